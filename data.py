@@ -1,0 +1,438 @@
+"""The data model of ReFineG and the dataset formats it reads and writes.
+
+Every stage takes and returns these objects: `Sample` (a tokenised text, an
+optional image path and its entities), `Entity` (a token span [start, end), a
+type, zero or more boxes) and `Box` (pixels of the ORIGINAL image). An entity
+with `boxes == []` is ungroundable: it is not visible in the image.
+
+Formats:
+- CCKS layout (the CCKS-2025 GMNER shared task): a folder with `text.json`
+  {id: {"text"}}, optional `entity.json` {id: [{"name", "label", "bnd"}]},
+  `images/<id>.jpg` and `types.txt` (the type descriptions the prompts use).
+- Twitter-GMNER: `IMGID:<id>` + two-column CoNLL, and a folder of Pascal-VOC
+  XML files whose objects join entities by surface string.
+- Plain two-column CoNLL (BIO or BIOES), with or without `IMGID:` lines.
+
+Text is tokenised with the regex `\\w+|[^\\w\\s]` (the CCKS data's own rule), so
+`ship's` is `ship ' s`. A name declared in `entity.json` labels EVERY
+occurrence of it in the text at token boundaries (the rule the CCKS tags were
+made with); longer names are placed first and an occurrence that overlaps an
+already placed entity is skipped, since BIO cannot hold overlaps.
+
+    python data.py examples/demo     # reads a folder and prints its statistics
+
+Left out on purpose: nested entities, character offsets (everything is tokens).
+"""
+
+import json
+import re
+import sys
+import warnings
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
+TWITTER_TYPE_TEXT = (
+    "1. PER: names of people (real or fictional), e.g. Justin Bieber, Obama\n"
+    "2. LOC: names of places, e.g. London, Mount Everest\n"
+    "3. ORG: names of organisations, companies, teams, e.g. NASA, Real Madrid\n"
+    "4. OTHER: other named things: products, events, works, e.g. iPhone, Super Bowl"
+)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line or record, and what was expected."""
+
+
+@dataclass
+class Box:
+    """An axis-aligned box in pixels of the original image (x2 > x1, y2 > y1)."""
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def area(self) -> float:
+        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
+
+    def iou(self, other: "Box") -> float:
+        w = min(self.x2, other.x2) - max(self.x1, other.x1)
+        h = min(self.y2, other.y2) - max(self.y1, other.y1)
+        inter = max(0.0, w) * max(0.0, h)
+        union = self.area() + other.area() - inter
+        return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Entity:
+    start: int                      # first token of the span
+    end: int                        # one past the last token
+    type: str
+    boxes: list[Box] = field(default_factory=list)   # [] = ungroundable
+    score: float | None = None      # the tagger's uncertainty (uncertainty.py)
+    source: str = "gold"            # gold | tagger | mllm: who produced this entity
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return (self.start, self.end)
+
+
+@dataclass
+class Sample:
+    id: str
+    tokens: list[str]
+    image: str | None = None        # path of the image; None = text only
+    entities: list[Entity] = field(default_factory=list)
+    marginals: np.ndarray | None = None   # (T, K) P(tag_t = k | text), set by tagger.predict
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+    def name(self, e: Entity) -> str:
+        """The surface string of an entity: its tokens joined by single spaces."""
+        return " ".join(self.tokens[e.start:e.end])
+
+
+@dataclass
+class Dataset:
+    """Samples plus what the prompts need to know about the entity types."""
+    samples: list[Sample]
+    types: list[str]                # the type set, in file order
+    type_text: str = ""             # the type descriptions (types.txt), verbatim, for prompts
+    generic: list[str] = field(default_factory=list)   # "do not extract" words from types.txt
+    missing_images: int = 0         # samples read as text-only because their image is missing
+
+
+def tokenize(text: str) -> list[str]:
+    return TOKEN_RE.findall(text)
+
+
+def find_name(tokens: list[str], name: str) -> list[int]:
+    """Start indices of every occurrence of `name` in `tokens` at token boundaries.
+
+    Case-sensitive: "Tiger" the helicopter is not "tiger" the animal.
+    """
+    needle = tokenize(name)
+    n = len(needle)
+    if n == 0:
+        return []
+    return [i for i in range(len(tokens) - n + 1) if tokens[i:i + n] == needle]
+
+
+def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[Entity], list[str]]:
+    """Entities for every occurrence of each (name, type); also the names found nowhere.
+
+    Longer names first; an occurrence overlapping an already placed entity is skipped.
+    """
+    taken = [False] * len(tokens)
+    entities, missing = [], []
+    for name, typ in sorted(names, key=lambda nt: -len(tokenize(nt[0]))):
+        starts = find_name(tokens, name)
+        if not starts:
+            missing.append(name)
+        n = len(tokenize(name))
+        for s in starts:
+            if not any(taken[s:s + n]):
+                taken[s:s + n] = [True] * n
+                entities.append(Entity(s, s + n, typ))
+    entities.sort(key=lambda e: e.start)
+    return entities, missing
+
+
+# ---------------------------------------------------------------- tags <-> spans
+
+def spans_to_tags(n: int, entities: list[Entity], scheme: str = "BIO") -> list[str]:
+    tags = ["O"] * n
+    for e in entities:
+        if e.end - e.start == 1 and scheme == "BIOES":
+            tags[e.start] = f"S-{e.type}"
+            continue
+        tags[e.start] = f"B-{e.type}"
+        for i in range(e.start + 1, e.end):
+            tags[i] = f"I-{e.type}"
+        if scheme == "BIOES":
+            tags[e.end - 1] = f"E-{e.type}"
+    return tags
+
+
+def tags_to_spans(tags: list[str]) -> list[tuple[int, int, str]]:
+    """(start, end, type) chunks of a BIO or BIOES tag sequence.
+
+    conlleval's rule: an I- (or E-) that does not continue a chunk of its own
+    type starts a new chunk, so `O I-PER` is a PER entity.
+    """
+    spans, start, cur = [], None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, typ = (tag[0], tag[2:]) if tag != "O" else ("O", None)
+        if start is not None and (prefix in "BSO" or typ != cur):
+            spans.append((start, i, cur))
+            start = None
+        if prefix in "BS" or (prefix in "IE" and start is None):
+            start, cur = i, typ
+        if prefix in "ES" and start is not None:
+            spans.append((start, i + 1, cur))
+            start = None
+    return spans
+
+
+# ---------------------------------------------------------------- the CCKS layout
+
+def read_types(path: Path) -> tuple[list[str], str, list[str]]:
+    """The type names, the full text and the "do not extract" examples of a types.txt.
+
+    Type lines look like `3. vessel: Watercraft for ...`; the do-not line holds
+    `(e.g.: gun, air base, ...)`.
+    """
+    text = path.read_text(encoding="utf-8")
+    types = re.findall(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", text, flags=re.M)
+    if not types:
+        raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
+    generic = []
+    m = re.search(r"DO NOT.*?\(e\.g\.:?\s*([^)]*)\)", text, flags=re.S)
+    if m:
+        generic = [w.strip() for w in m.group(1).split(",") if w.strip()]
+    return types, text.strip(), generic
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object {{id: ...}}, got {type(obj).__name__}")
+    return obj
+
+
+def _box(bnd: dict, where: str) -> Box:
+    try:
+        box = Box(*(float(bnd[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{where}: expected bnd {{xmin, ymin, xmax, ymax}} numbers or null, got {bnd!r}") from None
+    if min(box.x1, box.y1) < 0 or box.x2 <= box.x1 or box.y2 <= box.y1:
+        raise DataError(f"{where}: expected 0 <= xmin < xmax and 0 <= ymin < ymax, got {bnd!r}")
+    return box
+
+
+def read_ccks(folder: str | Path) -> Dataset:
+    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (expected text.json, images/, types.txt)")
+    for need in ("text.json", "types.txt"):
+        if not (folder / need).is_file():
+            raise DataError(f"{folder}: missing {need}")
+    types, type_text, generic = read_types(folder / "types.txt")
+    texts = _load_json(folder / "text.json")
+    labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
+    images = (folder / "images").resolve()
+    samples, missing_images = [], 0
+    for sid, rec in texts.items():
+        where = f"{folder / 'text.json'}: record {sid!r}"
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
+        image = (images / f"{sid}.jpg").resolve()
+        if image.parent != images:
+            raise DataError(f"{where}: id would escape the images folder ({image})")
+        if not image.is_file():
+            warnings.warn(f"{where}: image {image} not found; reading it as text-only")
+            missing_images += 1
+        tokens = tokenize(rec["text"])
+        entities = []
+        if labels is not None:
+            entities = _ccks_entities(labels.get(sid, []), tokens, types,
+                                      f"{folder / 'entity.json'}: record {sid!r}")
+        samples.append(Sample(str(sid), tokens, str(image) if image.is_file() else None, entities))
+    if labels is not None:
+        extra = set(labels) - set(texts)
+        if extra:
+            raise DataError(f"{folder / 'entity.json'}: ids with no text in text.json: {sorted(extra)[:5]}")
+    return Dataset(samples, types, type_text, generic, missing_images)
+
+
+def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str) -> list[Entity]:
+    if not isinstance(records, list):
+        raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
+    boxes: dict[tuple[str, str], list[Box]] = {}
+    for j, r in enumerate(records):
+        at = f"{where}, entity {j}"
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "label" not in r:
+            raise DataError(f"{at}: expected {{\"name\", \"label\", \"bnd\"}}, got {r!r}")
+        if r["label"] not in types:
+            raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
+        key = (r["name"], r["label"])
+        boxes.setdefault(key, [])
+        if r.get("bnd") is not None:
+            boxes[key].append(_box(r["bnd"], at))
+    entities, missing = label_names(tokens, list(boxes))
+    if missing:
+        raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
+    for e in entities:
+        name_key = next(k for k in boxes if tokenize(k[0]) == tokens[e.start:e.end] and k[1] == e.type)
+        e.boxes = list(boxes[name_key])
+    return entities
+
+
+def write_ccks(samples: list[Sample], path: str | Path) -> None:
+    """Predictions in the CCKS JSON layout: every id present, one record per box, `[]` for none."""
+    out = {}
+    for s in samples:
+        recs = []
+        for e in s.entities:
+            for b in e.boxes or [None]:
+                bnd = None if b is None else {"xmin": b.x1, "ymin": b.y1, "xmax": b.x2, "ymax": b.y2}
+                recs.append({"name": s.name(e), "label": e.type, "bnd": bnd})
+        out[s.id] = recs
+    Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def read_ccks_predictions(path: str | Path, like: list[Sample]) -> list[Sample]:
+    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts)."""
+    labels = _load_json(Path(path))
+    types = sorted({r.get("label") for recs in labels.values() for r in recs if isinstance(r, dict)})
+    out = []
+    for s in like:
+        ents = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}")
+        out.append(Sample(s.id, s.tokens, s.image, ents))
+    return out
+
+
+# ---------------------------------------------------------------- CoNLL and Twitter-GMNER
+
+def read_conll(path: str | Path) -> Dataset:
+    """Two-column CoNLL (token TAB tag), blank line between sentences, optional `IMGID:` lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    samples, tokens, tags, sid, first_line = [], [], [], None, 0
+
+    def flush():
+        if tokens:
+            ents = [Entity(s, e, t) for s, e, t in tags_to_spans(tags)]
+            samples.append(Sample(sid or str(len(samples)), list(tokens), None, ents))
+        tokens.clear(), tags.clear()
+
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if line.startswith("IMGID:"):
+                flush()
+                sid = line[len("IMGID:"):].strip()
+                continue
+            if not line.strip():
+                flush()
+                sid = None
+                continue
+            cols = line.split("\t") if "\t" in line else line.split()
+            if len(cols) < 2:
+                raise DataError(f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
+            tag = cols[-1]
+            if not (tag == "O" or re.fullmatch(r"[BIES]-\S+", tag)):
+                raise DataError(f"{path}:{lineno}: expected a tag O, B-X, I-X, E-X or S-X, got {tag!r}")
+            tokens.append(cols[0])
+            tags.append(tag)
+    flush()
+    types = sorted({e.type for s in samples for e in s.entities})
+    return Dataset(samples, types)
+
+
+def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | None = None) -> Dataset:
+    """Twitter-GMNER: CoNLL with IMGID lines plus Pascal-VOC boxes joined by surface string.
+
+    Every mention whose string has an <object> of that name gets all its boxes;
+    the others are ungroundable. Images are `<image_dir>/<id>.jpg` when given.
+    """
+    data = read_conll(txt)
+    xml_dir = Path(xml_dir)
+    for s in data.samples:
+        xml = xml_dir / f"{s.id}.xml"
+        named: dict[str, list[Box]] = {}
+        if xml.is_file():
+            try:
+                root = ET.parse(xml).getroot()
+            except ET.ParseError as err:
+                raise DataError(f"{xml}: malformed XML: {err}") from None
+            for k, obj in enumerate(root.iter("object")):
+                bb = obj.find("bndbox")
+                bnd = {t: bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")} if bb is not None else None
+                named.setdefault(obj.findtext("name", "").strip(), []).append(_box(bnd, f"{xml}: object {k}"))
+        for e in s.entities:
+            e.boxes = list(named.get(s.name(e), []))
+        if image_dir is not None:
+            img = Path(image_dir) / f"{s.id}.jpg"
+            if img.is_file():
+                s.image = str(img)
+            else:
+                data.missing_images += 1
+    data.types = [t for t in TWITTER_TYPES if t in data.types] + [t for t in data.types if t not in TWITTER_TYPES]
+    data.type_text = TWITTER_TYPE_TEXT
+    return data
+
+
+def write_conll(samples: list[Sample], path: str | Path, scheme: str = "BIO", imgid: bool = True) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for s in samples:
+            if imgid:
+                f.write(f"IMGID:{s.id}\n")
+            for tok, tag in zip(s.tokens, spans_to_tags(len(s.tokens), s.entities, scheme)):
+                f.write(f"{tok}\t{tag}\n")
+            f.write("\n")
+
+
+def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -> None:
+    """Predictions in the Twitter-GMNER layout: IMGID + CoNLL, one VOC file per sample with a box."""
+    write_conll(samples, txt)
+    xml_dir = Path(xml_dir)
+    xml_dir.mkdir(parents=True, exist_ok=True)
+    for s in samples:
+        objs = [(s.name(e), b) for e in s.entities for b in e.boxes]
+        if not objs:
+            continue
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = f"{s.id}.jpg"
+        for name, b in objs:
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = name
+            bb = ET.SubElement(obj, "bndbox")
+            for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (b.x1, b.y1, b.x2, b.y2)):
+                ET.SubElement(bb, tag).text = str(round(v))
+        ET.ElementTree(root).write(xml_dir / f"{s.id}.xml", encoding="utf-8")
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Any supported input: a CCKS folder, a Twitter txt (with xml/ beside it) or a CoNLL file."""
+    path = Path(path)
+    if path.is_dir():
+        return read_ccks(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    xml_dir = path.parent / "xml"
+    with path.open(encoding="utf-8") as f:
+        has_imgid = f.readline().startswith("IMGID:")
+    if has_imgid and xml_dir.is_dir():
+        return read_twitter(path, xml_dir)
+    return read_conll(path)
+
+
+def stats(data: Dataset) -> dict:
+    ents = [e for s in data.samples for e in s.entities]
+    return {
+        "samples": len(data.samples),
+        "entities": len(ents),
+        "groundable": sum(1 for e in ents if e.boxes),
+        "boxes": sum(len(e.boxes) for e in ents),
+        "with_image": sum(1 for s in data.samples if s.image),
+        "missing_images": data.missing_images,
+        "per_type": dict(Counter(e.type for e in ents)),
+    }
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:] or ["examples/demo"]:
+        print(arg, json.dumps(stats(read_dataset(arg)), indent=1))
