@@ -269,7 +269,9 @@ def _ccks_entities(records: list, tokens: list[str], types: list[str], where: st
         key = (r["name"], r["label"])
         boxes.setdefault(key, [])
         if r.get("bnd") is not None:
-            boxes[key].append(_box(r["bnd"], at))
+            box = _box(r["bnd"], at)
+            if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
+                boxes[key].append(box)
     entities, missing = label_names(tokens, list(boxes))
     if missing:
         raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
@@ -287,7 +289,9 @@ def write_ccks(samples: list[Sample], path: str | Path) -> None:
         for e in s.entities:
             for b in e.boxes or [None]:
                 bnd = None if b is None else {"xmin": b.x1, "ymin": b.y1, "xmax": b.x2, "ymax": b.y2}
-                recs.append({"name": s.name(e), "label": e.type, "bnd": bnd})
+                rec = {"name": s.name(e), "label": e.type, "bnd": bnd}
+                if rec not in recs:     # a name occurring twice is one CCKS entity: its records once
+                    recs.append(rec)
         out[s.id] = recs
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
 
@@ -295,7 +299,11 @@ def write_ccks(samples: list[Sample], path: str | Path) -> None:
 def read_ccks_predictions(path: str | Path, like: list[Sample]) -> list[Sample]:
     """Read a CCKS-layout entity.json against the samples it labels (same ids and texts)."""
     labels = _load_json(Path(path))
-    types = sorted({r.get("label") for recs in labels.values() for r in recs if isinstance(r, dict)})
+    extra = set(labels) - {s.id for s in like}
+    if extra:   # dropping them silently would hide a prediction made for the wrong data
+        raise DataError(f"{path}: {len(extra)} ids are not in the data it labels, e.g. {sorted(extra)[:5]}")
+    types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
+                    for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
     out = []
     for s in like:
         ents = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}")

@@ -1,0 +1,207 @@
+"""The scorer of ReFineG: GMNER, MNER and EEG micro precision / recall / F1, the paper's metrics.
+
+Three tasks, each a set of predicted items matched one to one against gold items:
+- MNER:  (span, type)          the text part only;
+- EEG:   (span, region)        entity extraction and grounding, type ignored;
+- GMNER: (span, type, region)  everything.
+
+Region rule (the GMNER benchmark's, Yu et al. 2023): a predicted entity's
+region is right when (a) the gold entity is ungroundable and the prediction
+has no box, or (b) the gold entity has boxes and some predicted box has IoU
+>= 0.5 with some gold box of that entity. A prediction with several boxes is
+thus scored by its best box. Each gold item is matched at most once (a maximum
+matching per sample), so a duplicated prediction is a false positive, and a
+prediction on a sample with no gold entity is a false positive too.
+
+Identity of an entity ("span" above):
+- `match="span"` (default): the token span [start, end); gold and predicted
+  samples must carry the same tokens.
+- `match="name"`: the surface string (tokenised, tokens joined by one space)
+  for data whose entities have no position, like CCKS's entity.json. Set
+  semantics: an entity whose (name, type) occurs several times in a sample
+  counts once, with the union of its boxes, in gold and prediction alike (so
+  in this mode a duplicated prediction collapses instead of counting as FP).
+
+Per-type rows: MNER and GMNER by the (shared) type; EEG ignores types when
+matching, so its rows count TP and FN under the gold type and FP under the
+predicted type.
+
+    python eval.py --gold examples/demo --pred examples/demo [--match span|name] [--json metrics.json]
+
+`--pred` is a CCKS folder (its entity.json is read against the gold texts), a
+CCKS-layout entity.json, or a Twitter-GMNER/CoNLL file. Samples missing from
+the prediction count as empty predictions; predicted ids absent from gold are
+an error. Left out on purpose: partial-overlap credit, and macro averages.
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from data import Box, DataError, Sample, read_ccks_predictions, read_dataset, tokenize
+
+IOU_THRESHOLD = 0.5        # the GMNER benchmark's threshold; exactly 0.5 counts
+TASKS = ("gmner", "mner", "eeg")
+USES = {"mner": (True, False), "eeg": (False, True), "gmner": (True, True)}   # task -> (type, region)
+
+Item = tuple[object, str, list[Box]]   # (identity: span tuple or name string, type, boxes)
+
+
+def region_ok(gold_boxes: list[Box], pred_boxes: list[Box], threshold: float = IOU_THRESHOLD) -> bool:
+    """The region rule: both ungroundable, or the best pair of boxes overlaps by IoU >= threshold."""
+    if not gold_boxes:
+        return not pred_boxes
+    return any(p.iou(g) >= threshold for p in pred_boxes for g in gold_boxes)
+
+
+def items(sample: Sample, match: str) -> list[Item]:
+    """The scored items of one sample under the identity rule `match`."""
+    if match == "span":
+        return [((e.start, e.end), e.type, e.boxes) for e in sample.entities]
+    merged: dict[tuple[str, str], list[Box]] = {}
+    for e in sample.entities:
+        boxes = merged.setdefault((" ".join(tokenize(sample.name(e))), e.type), [])
+        boxes.extend(b for b in e.boxes if b not in boxes)
+    return [(name, typ, boxes) for (name, typ), boxes in merged.items()]
+
+
+def max_matching(cands: list[list[int]], n_gold: int) -> list[int]:
+    """Kuhn's augmenting paths: owner[i] = the prediction matched to gold i, or -1.
+
+    Greedy matching would do when each identity has one gold item, but in name
+    mode "Tiger" can be gold twice (aircraft and other), and the best pairing
+    then depends on the order; the maximum matching does not.
+    """
+    owner = [-1] * n_gold
+
+    def augment(j: int, seen: set) -> bool:
+        for i in cands[j]:
+            if i not in seen:
+                seen.add(i)
+                if owner[i] < 0 or augment(owner[i], seen):
+                    owner[i] = j
+                    return True
+        return False
+
+    for j, c in enumerate(cands):
+        if c:
+            augment(j, set())
+    return owner
+
+
+def _counts() -> dict:
+    return {"tp": 0, "fp": 0, "fn": 0}
+
+
+def _prf(c: dict) -> dict:
+    p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+    r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"p": p, "r": r, "f1": f1, "tp": c["tp"], "fp": c["fp"], "fn": c["fn"]}
+
+
+def align(gold: list[Sample], pred: list[Sample], match: str) -> list[tuple[Sample, Sample | None]]:
+    """Pairs (gold sample, its prediction or None); predicted ids unknown to gold are an error."""
+    by_id = {}
+    for s in pred:
+        if s.id in by_id:
+            raise DataError(f"prediction: sample id {s.id!r} occurs twice")
+        by_id[s.id] = s
+    gold_ids = {s.id for s in gold}
+    unknown = [sid for sid in by_id if sid not in gold_ids]
+    if unknown:
+        raise DataError(f"prediction: {len(unknown)} sample ids are not in the gold data, e.g. {unknown[:5]}")
+    pairs = []
+    for g in gold:
+        p = by_id.get(g.id)
+        if match == "span" and p is not None and p.entities and p.tokens != g.tokens:
+            raise DataError(f"sample {g.id!r}: predicted tokens differ from gold tokens; spans are token "
+                            f"offsets, so they need the same tokens (or use match='name')")
+        pairs.append((g, p))
+    return pairs
+
+
+def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span") -> dict:
+    """Micro P/R/F1 of GMNER, MNER and EEG, with per-type rows.
+
+    Returns {"gmner"|"mner"|"eeg": {"p", "r", "f1", "tp", "fp", "fn", "per_type": {type: {...same...}}}}.
+    """
+    if match not in ("span", "name"):
+        raise ValueError(f"expected match 'span' or 'name', got {match!r}")
+    total = {t: _counts() for t in TASKS}
+    per_type = {t: defaultdict(_counts) for t in TASKS}
+    for g, p in align(gold, pred, match):
+        gi = items(g, match)
+        pi = items(p, match) if p is not None else []
+        by_key = defaultdict(list)
+        for i, (key, _, _) in enumerate(gi):
+            by_key[key].append(i)
+        # the pairs that share an identity, with their type and region verdicts, computed once
+        pairs = [[(i, gi[i][1] == typ, region_ok(gi[i][2], boxes)) for i in by_key.get(key, ())]
+                 for key, typ, boxes in pi]
+        for task in TASKS:
+            need_type, need_region = USES[task]
+            cands = [[i for i, same_type, same_region in row
+                      if (same_type or not need_type) and (same_region or not need_region)] for row in pairs]
+            owner = max_matching(cands, len(gi))
+            matched = set(owner)
+            for i, j in enumerate(owner):
+                kind = "tp" if j >= 0 else "fn"
+                total[task][kind] += 1
+                per_type[task][gi[i][1]][kind] += 1
+            for j, (_, typ, _) in enumerate(pi):
+                if j not in matched:
+                    total[task]["fp"] += 1
+                    per_type[task][typ]["fp"] += 1
+    return {t: {**_prf(total[t]), "per_type": {k: _prf(per_type[t][k]) for k in sorted(per_type[t])}}
+            for t in TASKS}
+
+
+def span_f1(gold: list[Sample], pred: list[Sample]) -> float:
+    """MNER micro F1 (span + type): the tagger's model-selection score on dev data."""
+    return evaluate(gold, pred)["mner"]["f1"]
+
+
+def table(result: dict) -> str:
+    """A readable table: one block per task, the micro row first, then one row per type."""
+    lines = [f"{'':<16}{'P':>7}{'R':>7}{'F1':>7}{'TP':>7}{'FP':>7}{'FN':>7}"]
+    for task in TASKS:
+        rows = [(task.upper(), result[task])] + [(f"  {k}", v) for k, v in result[task]["per_type"].items()]
+        for name, m in rows:
+            lines.append(f"{name:<16}{m['p']:>7.3f}{m['r']:>7.3f}{m['f1']:>7.3f}"
+                         f"{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}")
+    return "\n".join(lines)
+
+
+def read_prediction(path: str, gold: list[Sample]) -> list[Sample]:
+    """A CCKS folder or entity.json (read against the gold texts), or a Twitter/CoNLL file."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "entity.json").is_file():
+            raise DataError(f"{p}: a prediction folder needs an entity.json (CCKS layout)")
+        return read_ccks_predictions(p / "entity.json", gold)
+    if p.suffix == ".json":
+        return read_ccks_predictions(p, gold)
+    return read_dataset(p).samples
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Score GMNER / MNER / EEG predictions against gold data.")
+    ap.add_argument("--gold", required=True, help="gold data: CCKS folder, Twitter-GMNER txt (xml/ beside it) or CoNLL")
+    ap.add_argument("--pred", required=True, help="predictions: CCKS folder or entity.json, or a Twitter/CoNLL file")
+    ap.add_argument("--match", choices=["span", "name"], default="span",
+                    help="entity identity: token span (default) or surface string (set semantics per sample)")
+    ap.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    args = ap.parse_args()
+    try:   # the I/O boundary: bad files end the run with their message, not a traceback
+        gold = read_dataset(args.gold).samples
+        result = evaluate(gold, read_prediction(args.pred, gold), args.match)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    print(f"gold {args.gold}  pred {args.pred}  match {args.match}  samples {len(gold)}")
+    print(table(result))
+    if args.json:
+        meta = {"gold": args.gold, "pred": args.pred, "match": args.match, "samples": len(gold)}
+        Path(args.json).write_text(json.dumps({**meta, **result}, indent=1) + "\n", encoding="utf-8")
