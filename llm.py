@@ -1,0 +1,489 @@
+"""The MLLM client of ReFineG: one small HTTP client for any OpenAI-compatible server.
+
+Every call the method makes to the frozen (M)LLM goes through here: data
+synthesis in the training stage, the keep/correct/reject questions of the
+refinement stage and the box questions of the grounding stage. Input: OpenAI
+chat messages (text and images) and optionally a JSON schema. Output: a `Reply`
+holding the answer text, or the parsed JSON checked against the schema, plus
+token counts. Servers: vLLM (>= 0.12 for `json_schema`), llama.cpp's
+`llama-server` (images need `--mmproj`), hosted OpenAI-style APIs.
+
+Beyond a bare POST: validated structured output with bounded re-asks; retries
+only where they can help (backoff with jitter, Retry-After); clear errors for
+the usual set-up mistakes (no server, wrong model, an image sent to a text-only
+model); an append-only JSONL cache, so an interrupted run pays for no answer
+twice; threads for concurrency; usage counts.
+
+    python -c "import llm; print(llm.Client(llm.ClientConfig(base_url='http://127.0.0.1:8080/v1'))
+               .chat([{'role': 'user', 'content': 'Say hi'}]).content)"
+
+Left out on purpose: streaming, tool calls, several samples per request (`n`),
+asyncio, provider-specific APIs, automatic detection of `json_schema` support
+(set `structured="json_object"` for servers without it) and EXIF rotation of
+images (boxes are in the stored pixel grid, so images are sent in it too).
+"""
+
+import base64
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+
+import requests
+from PIL import Image
+from tqdm import tqdm
+
+RETRY_STATUS = {408, 409, 429}   # and every 5xx: the same request may well succeed later
+# What servers say when a text-only model is sent an image (llama-server without --mmproj, vLLM, OpenAI).
+NO_VISION = ("image input is not supported", "not a multimodal model", "at most 0 image",
+             "image_url is only supported", "does not support image")
+START_HINT = ("Is the server running? Start one (e.g. `vllm serve MODEL` or `llama-server -m MODEL.gguf "
+              "--mmproj MMPROJ.gguf`) and point base_url at its /v1.")
+NO_SERVER = ("no LLM server configured: set ClientConfig.base_url (refineg.py --llm-url), "
+             "e.g. http://127.0.0.1:8080/v1")
+SCHEMA_NOTE = "Answer with one JSON value (no prose, no code fences) that fits this JSON schema:\n"
+
+
+@dataclass
+class ClientConfig:
+    base_url: str = ""                 # e.g. http://127.0.0.1:8000/v1 ; "" = no LLM configured
+    model: str = ""                    # the served model name; "" = not sent (llama-server serves one model)
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key; unset is fine for local servers
+    connect_timeout: float = 10.0      # seconds to open a connection
+    read_timeout: float = 300.0        # seconds of silence before giving up (long JSON on a CPU is slow)
+    max_retries: int = 4               # extra tries after a timeout, connection error, 408/409/429 or 5xx
+    backoff_base: float = 1.0          # seconds before the first retry; doubles per retry, times a 0.5-1 jitter
+    backoff_cap: float = 30.0          # seconds: no wait is longer, Retry-After included
+    temperature: float = 0.0           # always sent: server defaults differ (vLLM takes the model's, often 0.7)
+    max_tokens: int = 2048             # a longer answer is an error (truncated JSON), never a result
+    workers: int = 4                   # parallel requests in map_chat; match the server's slots (llama-server -np)
+    cache_path: str | None = None      # JSONL of finished answers; None = no cache
+    structured: str = "json_schema"    # json_schema (vLLM >= 0.12, llama-server) | json_object (schema in the prompt)
+    schema_retries: int = 2            # re-asks, with the error, when an answer does not parse or fit the schema
+
+
+class LLMError(RuntimeError):
+    """A call that failed for good; the message says what happened, where, and what to try."""
+
+
+@dataclass
+class Reply:
+    content: object      # parsed JSON (dict/list) when a schema was given, else the answer text
+    usage: dict          # {"prompt_tokens", "completion_tokens"} of this call, re-asks included (cached: first cost)
+    cached: bool         # True: read from the cache file, no HTTP request was made
+
+
+@dataclass
+class Usage:
+    calls: int = 0               # chat() calls, cache hits and failures included
+    cache_hits: int = 0          # calls answered from the cache file
+    requests: int = 0            # HTTP requests sent, retries and re-asks included
+    prompt_tokens: int = 0       # as reported by the server, summed over every answered request
+    completion_tokens: int = 0
+    retries: int = 0             # requests repeated after a timeout, connection error, 408/409/429 or 5xx
+    reasks: int = 0              # requests repeated because the answer did not parse or fit the schema
+    failures: int = 0            # calls that ended in LLMError
+    seconds: float = 0.0         # wall time spent in chat() and map_chat()
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+# ---------------------------------------------------------------- message parts
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def image_part(path: str, max_side: int = 1000) -> tuple[dict, tuple[int, int]]:
+    """An image as a JPEG data URL with its long side at most `max_side`, and the (width, height) sent.
+
+    Always re-encoded: the label then always matches the bytes (PNG, WebP, CMYK JPEG all become RGB
+    JPEG, which every server decodes), and the size sent is known exactly, so a box the model gives
+    in the sent image's pixels maps back to the original by a pure scaling.
+    """
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")             # transparent pixels become white, not whatever colour they hide
+            im = Image.new("RGB", rgba.size, (255, 255, 255))
+            im.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            im = im.convert("RGB")
+    w, h = im.size
+    if max(w, h) > max_side:
+        scale = max_side / max(w, h)
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": url}}, im.size
+
+
+# ---------------------------------------------------------------- answers: JSON and the schema subset
+
+FENCE_RE = re.compile(r"```[A-Za-z]*\s*\n?(.*?)```", re.S)
+THINK_RE = re.compile(r"<think>.*?</think>", re.S)   # reasoning models served without a reasoning parser
+OPEN_RE = re.compile(r"[\[{]")
+
+
+def extract_json(text: str) -> object:
+    """The JSON value in a free-text answer: the whole text, else a fenced block, else the longest
+    value starting at a '{' or '[' in the prose (so "the [2] entities: {...}" gives the object)."""
+    text = THINK_RE.sub("", text).strip()
+    for candidate in [text] + FENCE_RE.findall(text):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            pass
+    decoder, best, m = json.JSONDecoder(), None, OPEN_RE.search(text)
+    while m:
+        try:
+            value, end = decoder.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            m = OPEN_RE.search(text, m.start() + 1)
+            continue
+        if best is None or end - m.start() > best[1]:
+            best = (value, end - m.start())
+        m = OPEN_RE.search(text, end)
+    if best is None:
+        raise ValueError(f"no JSON value in the answer {text[:200]!r}")
+    return best[0]
+
+
+SCHEMA_KEYS = {"type", "properties", "required", "items", "enum", "minItems", "maxItems", "minLength",
+               "maxLength", "minimum", "maximum", "additionalProperties", "anyOf", "description", "title"}
+PY_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is_type(value: object, t: str) -> bool:
+    if t == "integer":   # JSON Schema counts 3.0 as an integer; bool is never a number
+        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if t == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t not in PY_TYPES:
+        raise ValueError(f"schema type {t!r} is not one of {sorted(PY_TYPES) + ['integer', 'number']}")
+    return isinstance(value, PY_TYPES[t])
+
+
+def validate(value: object, schema: dict, path: str = "$") -> list[str]:
+    """The ways `value` breaks `schema` ([] = it fits), for the JSON-schema subset the prompts use.
+    An unsupported keyword raises ValueError: silently ignoring it would let bad answers through."""
+    unknown = set(schema) - SCHEMA_KEYS
+    if unknown:
+        raise ValueError(f"schema keyword(s) {sorted(unknown)} at {path} are not supported by llm.validate")
+    if "anyOf" in schema:
+        tries = [validate(value, s, path) for s in schema["anyOf"]]
+        if all(tries):
+            return [f"{path}: fits none of the anyOf choices ({'; '.join(t[0] for t in tries)})"]
+    if "type" in schema:
+        types = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+        if not any(_is_type(value, t) for t in types):
+            return [f"{path}: expected {' or '.join(types)}, got {json.dumps(value)[:60]}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{path}: {json.dumps(value)[:60]} is not one of {json.dumps(schema['enum'])}"]
+    errors = []
+    if isinstance(value, str):
+        if len(value) > schema.get("maxLength", len(value)):
+            errors.append(f"{path}: longer than {schema['maxLength']} characters")
+        if len(value) < schema.get("minLength", 0):
+            errors.append(f"{path}: shorter than {schema['minLength']} characters")
+    if _is_type(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path}: {value} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: {value} is above the maximum {schema['maximum']}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            errors.append(f"{path}: {len(value)} items, at least {schema['minItems']} expected")
+        if len(value) > schema.get("maxItems", len(value)):
+            errors.append(f"{path}: {len(value)} items, at most {schema['maxItems']} allowed")
+        for i, v in enumerate(value if "items" in schema else []):
+            errors += validate(v, schema["items"], f"{path}[{i}]")
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
+        errors += [f"{path}: missing required key {k!r}" for k in schema.get("required", []) if k not in value]
+        for k, v in value.items():
+            if k in props:
+                errors += validate(v, props[k], f"{path}.{k}")
+            elif extra is False:
+                errors.append(f"{path}: unexpected key {k!r}")
+            elif isinstance(extra, dict):
+                errors += validate(v, extra, f"{path}.{k}")
+    return errors
+
+
+# ---------------------------------------------------------------- the client
+
+def _load_cache(path: str) -> dict[str, str]:
+    """key -> the JSON of {"content", "usage"}. A line that does not parse (a run killed mid-write) is
+    skipped and reported. Answers are kept as JSON text so no caller can mutate a cached answer."""
+    cache, bad = {}, []
+    if not os.path.exists(path):
+        return cache
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                cache[record["key"]] = json.dumps({"content": record["content"], "usage": record["usage"]})
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if line.strip():
+                    bad.append(n)
+    if bad:
+        warnings.warn(f"{path}: ignored {len(bad)} unreadable line(s) {bad[:5]} (a run killed mid-write?)")
+    return cache
+
+
+def _elide(part: dict) -> dict:
+    """A message part for the cache file: a data URL becomes its digest, so the file stays readable."""
+    url = part.get("image_url", {}).get("url", "") if part.get("type") == "image_url" else ""
+    if not url.startswith("data:"):
+        return part
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return {**part, "image_url": {"url": f"<{len(url)} chars, sha256 {digest}>"}}
+
+
+def _with_note(messages: list[dict], note: str) -> list[dict]:
+    """The messages with `note` appended to the last user message (some chat templates drop system turns)."""
+    messages = list(messages)
+    i = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if i is None:
+        return messages + [{"role": "user", "content": note}]
+    c = messages[i]["content"]
+    messages[i] = {**messages[i], "content": c + "\n\n" + note if isinstance(c, str) else [*c, text_part(note)]}
+    return messages
+
+
+def check_server(config: ClientConfig) -> list[str]:
+    """The model names the server lists (GET {base_url}/models): one cheap request before a run spends
+    minutes on the tagger. Raises LLMError when the server cannot be reached or refuses the key; a model
+    missing from the list is only a warning, since llama-server answers to any model name."""
+    if not config.base_url:
+        raise LLMError(NO_SERVER)
+    url = config.base_url.rstrip("/") + "/models"
+    key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    try:
+        r = requests.get(url, headers={"Authorization": f"Bearer {key}"} if key else {},
+                         timeout=(config.connect_timeout, 30))
+    except requests.RequestException as e:
+        raise LLMError(f"cannot reach {url} ({type(e).__name__}). {START_HINT}") from None
+    if r.status_code in (401, 403):
+        raise LLMError(f"{url} refused the API key (HTTP {r.status_code}): check ${config.api_key_env}")
+    try:
+        names = [m["id"] for m in r.json()["data"]] if r.status_code == 200 else []
+    except (ValueError, KeyError, TypeError):
+        names = []          # no usable /models on this server: the first chat call will tell
+    if config.model and names and config.model not in names:
+        warnings.warn(f"model {config.model!r} is not in the list of {url}: {names[:10]} "
+                      "(llama-server ignores the name; vLLM and hosted APIs will refuse it)")
+    return names
+
+
+class Client:
+    """One client per stage, so `usage` is per stage; clients may share one cache file."""
+
+    def __init__(self, config: ClientConfig):
+        if config.structured not in ("json_schema", "json_object"):
+            raise ValueError(f"ClientConfig.structured: expected json_schema or json_object, got {config.structured!r}")
+        self.config = config
+        self.usage = Usage()
+        self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""   # never printed
+        self._lock = threading.Lock()                # guards usage, the cache dict and the cache file
+        self._cache = _load_cache(config.cache_path) if config.cache_path else {}
+        self._session = requests.Session()           # keep-alive: no TCP handshake per call
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(64, config.workers), max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def chat(self, messages: list[dict], schema: dict | None = None, *, temperature: float | None = None,
+             max_tokens: int | None = None) -> Reply:
+        """One answer. Raises LLMError when the server fails for good or the answer never fits `schema`."""
+        t0 = time.perf_counter()
+        try:
+            return self._chat(messages, schema, temperature=temperature, max_tokens=max_tokens)
+        finally:
+            self._count(seconds=time.perf_counter() - t0)
+
+    def map_chat(self, requests: list[dict], desc: str = "", workers: int | None = None) -> list[Reply | LLMError]:
+        """chat(**r) for every r, `workers` at a time (default config.workers), results in input order.
+        A failed item is its LLMError; the others are kept (and cached as each finishes)."""
+        t0, results = time.perf_counter(), [None] * len(requests)
+
+        def one(r: dict) -> Reply | LLMError:
+            try:
+                return self._chat(**r)
+            except LLMError as e:       # counted in usage.failures by _chat; the caller decides what to do
+                return e
+
+        pool = ThreadPoolExecutor(max_workers=max(1, workers or self.config.workers))
+        futures = {pool.submit(one, r): i for i, r in enumerate(requests)}
+        try:
+            for f in tqdm(as_completed(futures), total=len(futures), desc=desc or "llm", disable=None, leave=False):
+                results[futures[f]] = f.result()
+        finally:   # on Ctrl-C drop the queued requests; answers already in flight still land in the cache
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._count(seconds=time.perf_counter() - t0)
+        return results
+
+    # -- internals
+
+    def _count(self, **inc: float) -> None:
+        with self._lock:
+            for k, v in inc.items():
+                setattr(self.usage, k, getattr(self.usage, k) + v)
+
+    def _error(self, message: str) -> LLMError:
+        # Error bodies and exception texts could echo a header; a key shorter than 8 characters is a
+        # local placeholder (e.g. "x") and scrubbing it would garble the message.
+        if len(self._key) >= 8:
+            message = message.replace(self._key, "***")
+        return LLMError(message)
+
+    def _chat(self, messages: list[dict], schema: dict | None = None, *, temperature: float | None = None,
+              max_tokens: int | None = None) -> Reply:
+        cfg = self.config
+        if not (isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages)):
+            raise ValueError(f"messages: expected a nonempty list of {{'role', 'content'}} dicts, not {messages!r:.70}")
+        self._count(calls=1)
+        try:
+            if not cfg.base_url:
+                raise LLMError(NO_SERVER)
+            body = {"messages": messages, "stream": False,
+                    "max_tokens": cfg.max_tokens if max_tokens is None else max_tokens,
+                    "temperature": cfg.temperature if temperature is None else temperature}
+            if cfg.model:
+                body["model"] = cfg.model
+            if schema is not None and cfg.structured == "json_schema":
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+            elif schema is not None:
+                body["response_format"] = {"type": "json_object"}
+                body["messages"] = _with_note(messages, SCHEMA_NOTE + json.dumps(schema))
+            # The key is the whole request body: model, messages, schema and mode, sampling settings.
+            key = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._count(cache_hits=1)
+                hit = json.loads(hit)
+                return Reply(hit["content"], hit["usage"], cached=True)
+            reply = self._ask(body, schema)
+            self._store(key, body, reply)
+            return reply
+        except LLMError:
+            self._count(failures=1)
+            raise
+
+    def _ask(self, body: dict, schema: dict | None) -> Reply:
+        """POST until the answer parses and fits `schema`, re-asking with the problem up to schema_retries times."""
+        used = {"prompt_tokens": 0, "completion_tokens": 0}
+        messages = body["messages"]
+        for attempt in range(self.config.schema_retries + 1):
+            if attempt:
+                self._count(reasks=1)
+            data = self._post({**body, "messages": messages})
+            try:
+                choice = data["choices"][0]
+                text = choice["message"].get("content") or ""
+            except (KeyError, IndexError, TypeError, AttributeError):
+                raise self._error(f"unexpected answer from {self.config.base_url}: {json.dumps(data):.300}") from None
+            tokens = {k: int((data.get("usage") or {}).get(k) or 0) for k in used}
+            used = {k: used[k] + tokens[k] for k in used}
+            self._count(**tokens)
+            if choice.get("finish_reason") == "length":
+                raise self._error(f"the answer was cut at max_tokens={body['max_tokens']} (finish_reason 'length'): "
+                                  "raise max_tokens or bound the schema (maxItems, maxLength); "
+                                  f"it starts {text[:200]!r}")
+            if schema is None:
+                return Reply(text, used, cached=False)
+            try:
+                value = extract_json(text)
+            except ValueError as e:
+                problems = [str(e)]
+            else:
+                problems = validate(value, schema)    # a ValueError here is the caller's schema: not caught
+            if not problems:
+                return Reply(value, used, cached=False)
+            messages = messages + [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": f"That answer is not valid: {'; '.join(problems[:5])}. "
+                                            "Reply again with only the JSON value, fitting the schema."}]
+        raise self._error(f"the answer did not fit the schema in {self.config.schema_retries + 1} tries: "
+                          f"{'; '.join(problems[:5])}; the last one starts {text[:200]!r}")
+
+    def _post(self, body: dict) -> dict:
+        """The JSON of a 200 answer to POST /chat/completions, retrying only what a retry can fix."""
+        cfg = self.config
+        url = cfg.base_url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        tries, delay, problem = cfg.max_retries + 1, 0.0, None
+        for attempt in range(tries):
+            if attempt:
+                self._count(retries=1)
+                time.sleep(delay)
+            self._count(requests=1)
+            try:
+                r = self._session.post(url, json=body, headers=headers,
+                                       timeout=(cfg.connect_timeout, cfg.read_timeout))
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                problem, delay = e, self._backoff(attempt, None)
+                continue
+            if r.status_code == 200:
+                try:
+                    return r.json()
+                except ValueError:
+                    raise self._error(f"{url} answered 200 with a body that is not JSON: {r.text[:300]!r}") from None
+            start, low = r.text[:300], r.text.lower()
+            if any(p in low for p in NO_VISION):
+                raise self._error(f"the model {cfg.model or '(server default)'} at {url} has no vision: it refused "
+                                  f"the image (HTTP {r.status_code}: {start}). Serve a vision-language model "
+                                  "(llama-server also needs --mmproj).")
+            if r.status_code == 404:
+                raise self._error(f"model {cfg.model!r} not found at {url} (HTTP 404: {start}); check the name "
+                                  f"against GET {cfg.base_url.rstrip('/')}/models and that base_url ends in /v1")
+            if r.status_code in RETRY_STATUS or r.status_code >= 500:
+                problem = f"HTTP {r.status_code}: {start}"
+                delay = self._backoff(attempt, r.headers.get("Retry-After"))
+                continue
+            hint = f" (check the API key in ${cfg.api_key_env})" if r.status_code in (401, 403) else ""
+            raise self._error(f"HTTP {r.status_code} from {url}{hint}: {start}")
+        if isinstance(problem, requests.Timeout):
+            raise self._error(f"no answer from {url} within {cfg.connect_timeout:g} s (connect) / "
+                              f"{cfg.read_timeout:g} s (read) in {tries} tries: {problem}")
+        if isinstance(problem, requests.ConnectionError):
+            raise self._error(f"cannot connect to {url} in {tries} tries ({problem}). {START_HINT}")
+        raise self._error(f"{url} failed {tries} times; the last answer: {problem}")
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        """Seconds before the next try: the server's Retry-After (seconds) if it gave one, else capped
+        exponential backoff with jitter, so parallel workers do not retry in lock step."""
+        cfg = self.config
+        if retry_after and retry_after.replace(".", "", 1).isdigit():   # the HTTP-date form: our own backoff
+            return min(float(retry_after), cfg.backoff_cap)
+        return min(cfg.backoff_cap, cfg.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+    def _store(self, key: str, body: dict, reply: Reply) -> None:
+        """With a cache file, remember an answer: one appended, flushed line (a kill loses at most that line)."""
+        if not self.config.cache_path:
+            return
+        answer = {"content": reply.content, "usage": reply.usage}
+        messages = [{**m, "content": [_elide(p) for p in m["content"]]} if isinstance(m.get("content"), list)
+                    else m for m in body["messages"]]
+        line = json.dumps({"key": key, **answer, "request": {**body, "messages": messages}}, ensure_ascii=False)
+        line += "\n"
+        with self._lock:
+            self._cache[key] = json.dumps(answer)
+            os.makedirs(os.path.dirname(os.path.abspath(self.config.cache_path)), exist_ok=True)
+            with open(self.config.cache_path, "a+b") as f:
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":     # a torn last line: start ours on a fresh line
+                        line = "\n" + line
+                f.write(line.encode("utf-8"))
+                f.flush()

@@ -1,0 +1,265 @@
+"""Training stage, part 1 of ReFineG: the paper's domain-aware NER data synthesis.
+
+The LLM's knowledge reaches the small tagger as extra labelled sentences. For
+every labelled seed sample one LLM call asks for `per_seed` new sentences:
+`keep_share` of them reuse the seed's entities in new contexts, the rest use
+new specific names of the same types (paper: 20 + 10 of 30); an entity-free
+seed asks for entity-free sentences, so the tagger also sees negatives from the
+domain. The prompt carries the domain's own type descriptions (types.txt).
+
+Labels come only from names the seed or the LLM DECLARES for a sentence it
+writes; the LLM is never asked to tag free text. This is how the paper avoids
+"domain knowledge conflict": a general LLM's idea of what counts as an entity
+differs from the domain's annotation guidelines (it would tag "aircraft
+carrier" or "the navy"), so its tags on free text would put its notion of
+entity into the training labels. A declared name, by contrast, is checked
+against the type list, the "do not extract" list and the text, and then labels
+every occurrence of itself (data.label_names, the rule the gold data follows).
+
+Every answer is validated before it reaches the training set; each rejection
+is counted by reason: unknown type (never remapped), declared name not in the
+text at token boundaries, generic name, empty/short/over-long text, duplicate,
+copy of a seed, entities in a sentence for an entity-free seed, a name given
+two types (or a seed's name given another type than the seed's).
+
+Input: a labelled `Dataset` (the seeds) and an llm.Client. Output: synthetic
+`Sample`s (ids `syn-<seed id>-<j>`, j = position in the LLM's answer, no image)
+and a summary dict; `write_synthetic` / `read_synthetic` store them as
+synthetic.jsonl. Reruns cost nothing: the requests are deterministic and the
+client caches answers. Run through the pipeline:
+
+    python refineg.py --data examples/demo --out runs/demo
+
+Left out on purpose: images (synthetic sentences are text-only: they train the
+text tagger), asking the LLM to tag free text (see above), and filtering by any
+model's judgement: every check here is an exact rule a reader can verify.
+"""
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data import DataError, Dataset, Entity, Sample, label_names, tokenize
+from llm import Client, LLMError
+
+MAX_NAME_CHARS = 100    # schema bound on a declared name; real names are far shorter
+
+
+@dataclass
+class SynthConfig:
+    per_seed: int = 30              # sentences asked per seed (paper: 30)
+    keep_share: float = 2 / 3       # share reusing the seed's entities; the rest get new names (paper: 20 of 30)
+    min_tokens: int = 4             # shorter sentences are rejected (tokens as data.tokenize counts them)
+    max_tokens: int = 64            # longer ones too; also bounds the schema's text length
+    max_entities: int = 10          # schema bound on entities per sentence
+    temperature: float = 0.8        # sampling temperature: diversity matters more than the single best sentence
+    answer_tokens: int = 4096       # max_tokens per call: 30 sentences with their JSON need ~3k tokens
+    seeds: int = 0                  # use the first N seed samples only; 0 = all (a cheap trial run)
+    type_enum: bool = True          # types as a schema enum: a json_schema server cannot write another type.
+                                    # The client rejects a whole answer that breaks the schema, so False lets an
+                                    # unknown type drop only its sentence (cheaper with json_object servers)
+    generic: list[str] = field(default_factory=list)  # extra generic words to reject, beside types.txt's list
+
+
+# ---------------------------------------------------------------- the request
+
+def answer_schema(types: list[str], config: SynthConfig) -> dict:
+    """JSON schema of one answer, bounded everywhere: a random-weight model never stops otherwise.
+
+    The list is wrapped in an object because structured-output servers want
+    an object at the top level.
+    """
+    typ = {"type": "string", "enum": list(types)} if config.type_enum else {"type": "string", "maxLength": 40}
+    entity = {"type": "object", "additionalProperties": False, "required": ["name", "type"],
+              "properties": {"name": {"type": "string", "maxLength": MAX_NAME_CHARS}, "type": typ}}
+    sample = {"type": "object", "additionalProperties": False, "required": ["text", "entities"],
+              "properties": {"text": {"type": "string", "maxLength": 10 * config.max_tokens},
+                             "entities": {"type": "array", "maxItems": config.max_entities, "items": entity}}}
+    return {"type": "object", "additionalProperties": False, "required": ["samples"],
+            "properties": {"samples": {"type": "array", "maxItems": config.per_seed, "items": sample}}}
+
+
+def system_prompt(data: Dataset, config: SynthConfig) -> str:
+    generic = data.generic + config.generic
+    dont = f" (for example: {', '.join(generic)})" if generic else ""
+    return (
+        "You write training sentences for a named entity recognizer in one specific domain.\n\n"
+        f"The entity types of this domain, with their annotation guidelines:\n{data.type_text}\n\n"
+        "Rules:\n"
+        f"1. An entity is a specific name (a proper name, model or designation), never a generic word{dont}.\n"
+        "2. Every entity you declare for a sentence appears in that sentence verbatim, "
+        "with the same spelling and capitalisation.\n"
+        f"3. Use only these types, spelled exactly so: {', '.join(data.types)}.\n"
+        "4. Declare every entity of these types that a sentence contains, and nothing else.\n"
+        f"5. Each sentence is {config.min_tokens} to {config.max_tokens} tokens long (words and punctuation marks), "
+        "reads like the example, "
+        "and differs from the example and from your other sentences.\n"
+        'Answer with JSON: {"samples": [{"text": "...", "entities": [{"name": "...", "type": "..."}]}]}.'
+    )
+
+
+def user_prompt(seed: Sample, config: SynthConfig) -> str:
+    if not seed.entities:
+        return (f"Example sentence: {seed.text}\nIts entities: none.\n\n"
+                f"Write {config.per_seed} new sentences in the same style and domain that contain no entity "
+                "of the listed types; give each an empty entities list.")
+    keep = round(config.per_seed * config.keep_share)
+    names = dict.fromkeys((seed.name(e), e.type) for e in seed.entities)   # unique, in text order
+    listed = "\n".join(f'- "{n}" ({t})' for n, t in names)
+    types = ", ".join(dict.fromkeys(t for _, t in names))
+    return (f"Example sentence: {seed.text}\nIts entities:\n{listed}\n\n"
+            f"Write {keep} new sentences that use these same entities in new contexts, and "
+            f"{config.per_seed - keep} sentences that use other specific names of the same types ({types}). "
+            "Declare the entities of every sentence.")
+
+
+def build_request(seed: Sample, data: Dataset, config: SynthConfig) -> dict:
+    """The kwargs of Client.chat for one seed; a pure function of its inputs, so the cache hits on reruns."""
+    return {"messages": [{"role": "system", "content": system_prompt(data, config)},
+                         {"role": "user", "content": user_prompt(seed, config)}],
+            "schema": answer_schema(data.types, config),
+            "temperature": config.temperature,
+            "max_tokens": config.answer_tokens}
+
+
+# ---------------------------------------------------------------- validation
+
+def normalise(tokens: list[str]) -> str:
+    return " ".join(tokens).lower()
+
+
+def check(item: dict, seed: Sample, types: list[str], generic: set[str], config: SynthConfig,
+          seed_keys: set[str], kept_keys: set[str]) -> tuple[list[str], list[Entity]] | str:
+    """(tokens, entities) of a valid answer item, or the reason it is rejected."""
+    text = item["text"].strip()
+    tokens = tokenize(text)
+    if not tokens:
+        return "empty_text"
+    if len(tokens) < config.min_tokens:
+        return "too_short"
+    if len(tokens) > config.max_tokens:
+        return "too_long"
+    key = normalise(tokens)
+    if key in seed_keys:
+        return "seed_copy"
+    if key in kept_keys:
+        return "duplicate"
+    # Names compare as token sequences: "F-35" and the seed's "F - 35" are one name.
+    declared = [(" ".join(tokenize(e["name"])), e["type"]) for e in item["entities"]]
+    if declared and not seed.entities:
+        return "entities_for_entity_free_seed"
+    if any(t not in types for _, t in declared):
+        return "unknown_type"
+    if any(n.lower() in generic for n, _ in declared):
+        return "generic_name"
+    # The seed's names are declared too (with the seed's gold type): a sentence
+    # that reuses one without declaring it must not teach the tagger it is O.
+    names = {seed.name(e): e.type for e in seed.entities}
+    for n, t in declared:
+        if names.setdefault(n, t) != t:
+            return "type_conflict"
+    entities, missing = label_names(tokens, list(names.items()))
+    if any(n in missing for n, _ in declared):
+        return "name_not_in_text"
+    for e in entities:
+        e.source = "synth"
+    return tokens, entities
+
+
+# ---------------------------------------------------------------- the stage
+
+def synthesize(seeds: Dataset, client: Client, config: SynthConfig) -> tuple[list[Sample], dict]:
+    """One LLM call per seed (concurrent, cached); the valid synthetic samples and a summary."""
+    if config.per_seed < 1 or not 0.0 <= config.keep_share <= 1.0:
+        raise ValueError(f"expected per_seed >= 1 and 0 <= keep_share <= 1, got {config.per_seed}, {config.keep_share}")
+    if not 1 <= config.min_tokens <= config.max_tokens:
+        raise ValueError(f"expected 1 <= min_tokens <= max_tokens, got {config.min_tokens}, {config.max_tokens}")
+    if not seeds.types:
+        raise ValueError("expected a dataset with entity types (types.txt), got none")
+    used = seeds.samples[:config.seeds] if config.seeds > 0 else seeds.samples
+    replies = client.map_chat([build_request(s, seeds, config) for s in used], desc="synth")
+
+    generic = {g.strip().lower() for g in seeds.generic + config.generic}
+    seed_keys = {normalise(s.tokens) for s in seeds.samples}    # all seeds, not only those used
+    kept_keys: set[str] = set()
+    out, rejected, failed, generated = [], Counter(), [], 0
+    for seed, reply in zip(used, replies):
+        if isinstance(reply, LLMError):     # the client already retried; count it and go on
+            failed.append((seed.id, str(reply)))
+            continue
+        items = reply.content["samples"]
+        generated += len(items)
+        for j, item in enumerate(items):
+            result = check(item, seed, seeds.types, generic, config, seed_keys, kept_keys)
+            if isinstance(result, str):
+                rejected[result] += 1
+                continue
+            tokens, entities = result
+            kept_keys.add(normalise(tokens))
+            out.append(Sample(f"syn-{seed.id}-{j}", tokens, None, entities))
+
+    per_type = Counter(e.type for s in out for e in s.entities)
+    summary = {
+        "seeds": len(used),
+        "calls": len(used),
+        "failed_calls": len(failed),
+        "failed_seeds": [sid for sid, _ in failed],
+        "first_error": failed[0][1] if failed else None,
+        "generated": generated,
+        "kept": len(out),
+        "entity_free_kept": sum(1 for s in out if not s.entities),
+        "rejected": dict(sorted(rejected.items())),
+        "entities_per_type": {t: per_type[t] for t in seeds.types},
+    }
+    return out, summary
+
+
+def format_summary(summary: dict) -> str:
+    s = summary
+    lines = [f"synth: {s['seeds']} seeds, {s['calls']} calls ({s['failed_calls']} failed), "
+             f"{s['generated']} sentences generated, {s['kept']} kept ({s['entity_free_kept']} entity-free)"]
+    if s["rejected"]:
+        lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in s["rejected"].items()))
+    lines.append("  entities: " + ", ".join(f"{k} {v}" for k, v in s["entities_per_type"].items()))
+    if s["failed_calls"]:
+        lines.append(f"  failed seeds: {', '.join(s['failed_seeds'][:10])}"
+                     f"{' ...' if s['failed_calls'] > 10 else ''}; first error: {s['first_error']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- synthetic.jsonl
+
+def write_synthetic(samples: list[Sample], path: str | Path) -> None:
+    """One JSON object a line: id, seed, text, tokens, entities [{start, end, type, name}]."""
+    with open(path, "w", encoding="utf-8") as f:
+        for s in samples:
+            seed = s.id[len("syn-"):].rsplit("-", 1)[0] if s.id.startswith("syn-") else None
+            ents = [{"start": e.start, "end": e.end, "type": e.type, "name": s.name(e)} for e in s.entities]
+            rec = {"id": s.id, "seed": seed, "text": s.text, "tokens": s.tokens, "entities": ents}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def read_synthetic(path: str | Path) -> list[Sample]:
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+                tokens = [str(t) for t in rec["tokens"]]
+                ents = [Entity(int(e["start"]), int(e["end"]), str(e["type"]), source="synth")
+                        for e in rec["entities"]]
+                sample = Sample(str(rec["id"]), tokens, None, ents)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise DataError(f"{where}: expected {{id, tokens, entities: [{{start, end, type}}]}}: {err!r}") from None
+            for e, raw in zip(ents, rec["entities"]):
+                if not 0 <= e.start < e.end <= len(tokens):
+                    raise DataError(f"{where}: entity span [{e.start}, {e.end}) outside {len(tokens)} tokens")
+                if "name" in raw and tokenize(raw["name"]) != tokens[e.start:e.end]:
+                    raise DataError(f"{where}: entity name {raw['name']!r} is not the tokens of its span "
+                                    f"{sample.name(e)!r}")
+            samples.append(sample)
+    return samples

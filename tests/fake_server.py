@@ -1,0 +1,112 @@
+"""A scripted OpenAI-compatible server for tests and benchmarks (stdlib only).
+
+    with FakeServer(lambda body: reply({"entities": []})) as srv:
+        client = Client(ClientConfig(base_url=srv.url))     # srv.url = http://127.0.0.1:PORT/v1
+        ...
+    srv.requests                                            # the JSON bodies received, in arrival order
+
+`handler(body)` answers each POST /v1/chat/completions: a dict is a 200 JSON
+body (build it with `reply`), a tuple `(status, dict | str, headers)` is sent
+as given, and an exception becomes a 500 (also kept in `srv.errors`). It runs
+in the server's thread for that request, so it may sleep to simulate a slow or
+hung server. GET /v1/models and GET /health answer as vLLM and llama-server do.
+"""
+
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def reply(content: str | dict | list, finish_reason: str = "stop", prompt_tokens: int = 10,
+          completion_tokens: int = 5, model: str = "fake-model") -> dict:
+    """A /chat/completions answer; `content` is JSON-encoded unless it is a string."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True           # a hung handler must not keep the test process (or server_close) waiting
+    request_queue_size = 128        # the default of 5 refuses connections under 16 parallel clients
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):   # the client gave up: fine
+            super().handle_error(request, client_address)
+
+
+class FakeServer:
+    def __init__(self, handler=None, latency: float = 0.0, model: str = "fake-model"):
+        self.handler = handler or (lambda body: reply("ok"))
+        self.latency = latency      # seconds added before every chat answer (benchmarks)
+        self.model = model
+        self.requests: list[dict] = []   # POST bodies, in arrival order
+        self.headers: list[dict] = []    # their HTTP headers, same order
+        self.errors: list[str] = []      # exceptions raised by the handler
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"   # keep-alive, as real servers do
+            wbufsize = -1                   # headers and body in one send; two sends cost 40 ms (Nagle + delayed ACK)
+
+            def log_message(self, *args):   # quiet
+                pass
+
+            def send(self, status: int, payload, headers: dict | None = None) -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, str(v))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.rstrip("/") in ("/v1/models", "/models"):
+                    self.send(200, {"object": "list", "data": [{"id": fake.model, "object": "model"}]})
+                elif self.path == "/health":
+                    self.send(200, {"status": "ok"})
+                else:
+                    self.send(404, {"error": {"message": f"no route {self.path}", "code": 404}})
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self.send(404, {"error": {"message": f"no route {self.path}", "code": 404}})
+                    return
+                body = json.loads(raw)
+                with fake._lock:
+                    fake.requests.append(body)
+                    fake.headers.append(dict(self.headers))
+                if fake.latency:
+                    time.sleep(fake.latency)
+                try:
+                    out = fake.handler(body)
+                except Exception as e:   # a test's handler failing is reported, not hidden in a thread
+                    fake.errors.append(repr(e))
+                    out = (500, {"error": {"message": f"fake server handler raised {e!r}", "code": 500}}, {})
+                if isinstance(out, tuple):
+                    self.send(*out)
+                else:
+                    self.send(200, out)
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def __enter__(self) -> "FakeServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,460 @@
+"""llm.py against the scripted fake server: retries, timeouts, structured output, error messages,
+images, the cache (also across a killed run), concurrency and usage counts. Seconds, offline."""
+
+import base64
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fake_server import FakeServer, reply
+import llm
+from llm import Client, ClientConfig, LLMError, check_server, extract_json, image_part, text_part, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+          "required": ["answer"], "additionalProperties": False}
+NO_VISION_BODY = {"error": {"code": 500, "type": "server_error",   # llama-server without --mmproj, verbatim
+                            "message": "image input is not supported - hint: if this is unexpected, "
+                                       "you may need to provide the mmproj"}}
+
+
+def client(url: str, **kw) -> Client:
+    """Tiny timeouts and backoff: every retry path runs in milliseconds."""
+    cfg = dict(base_url=url, model="fake-model", connect_timeout=1.0, read_timeout=2.0, max_retries=2,
+               backoff_base=0.001, backoff_cap=0.01, workers=4)
+    cfg.update(kw)
+    return Client(ClientConfig(**cfg))
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def script(*outs):
+    """A handler giving `outs` in order, then repeating the last one."""
+    outs, n = list(outs), [0]
+
+    def handler(body):
+        n[0] += 1
+        return outs[min(n[0], len(outs)) - 1]
+    return handler
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- retries and errors
+
+def test_503_then_200_is_retried():
+    with FakeServer(script((503, {"error": {"message": "busy"}}, {}), reply("hi"))) as srv:
+        c = client(srv.url)
+        r = c.chat(ask("hello"))
+    assert r.content == "hi" and not r.cached and len(srv.requests) == 2 and c.usage.retries == 1
+
+
+def test_400_is_not_retried_and_reports_status_and_body():
+    with FakeServer(script((400, "bad request: messages[0] has no content", {}))) as srv:
+        c = client(srv.url)
+        with pytest.raises(LLMError, match=r"HTTP 400 .*bad request: messages\[0\] has no content"):
+            c.chat(ask("hello"))
+    assert len(srv.requests) == 1 and c.usage.retries == 0 and c.usage.failures == 1
+
+
+def test_5xx_until_the_last_try_is_an_error_with_details():
+    with FakeServer(script((502, "upstream down", {}))) as srv:
+        with pytest.raises(LLMError, match=r"failed 3 times.*HTTP 502: upstream down"):
+            client(srv.url, max_retries=2).chat(ask("hello"))
+    assert len(srv.requests) == 3
+
+
+def test_hung_response_times_out_and_is_retried():
+    def handler(body):
+        if len(srv.requests) == 1:
+            time.sleep(0.6)          # longer than the read timeout: the client must give up and retry
+        return reply("late but fine")
+
+    with FakeServer(handler) as srv:
+        c = client(srv.url, read_timeout=0.1)
+        t0 = time.perf_counter()
+        r = c.chat(ask("hello"))
+        elapsed = time.perf_counter() - t0
+    assert r.content == "late but fine" and len(srv.requests) == 2 and c.usage.retries == 1
+    assert elapsed < 0.5
+
+
+def test_timeout_on_every_try_names_the_url():
+    with FakeServer(lambda body: time.sleep(0.3) or reply("never seen")) as srv:
+        with pytest.raises(LLMError, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions .* 2 tries"):
+            client(srv.url, read_timeout=0.05, max_retries=1).chat(ask("hello"))
+
+
+def test_retry_after_is_honoured_and_capped():
+    with FakeServer(script((429, "slow down", {"Retry-After": "0.3"}), reply("ok"))) as srv:
+        t0 = time.perf_counter()
+        assert client(srv.url, backoff_cap=5.0).chat(ask("hello")).content == "ok"
+        assert 0.3 <= time.perf_counter() - t0 < 1.0
+    with FakeServer(script((429, "slow down", {"Retry-After": "100"}), reply("ok"))) as srv:
+        t0 = time.perf_counter()
+        assert client(srv.url, backoff_cap=0.05).chat(ask("hello")).content == "ok"
+        assert time.perf_counter() - t0 < 0.5          # backoff_cap bounds every wait
+
+
+def test_connection_refused_names_the_url_and_hints_to_start_a_server():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    c = client(url, max_retries=1)
+    with pytest.raises(LLMError, match=r"cannot connect to http://127\.0\.0\.1:\d+/v1/chat/completions in 2 tries.*"
+                                       r"Is the server running"):
+        c.chat(ask("hello"))
+    assert c.usage.requests == 2 and c.usage.failures == 1
+
+
+def test_check_server_lists_models_and_names_an_unreachable_url():
+    with FakeServer(model="served-model") as srv:
+        assert check_server(ClientConfig(base_url=srv.url, model="served-model")) == ["served-model"]
+        with pytest.warns(UserWarning, match=r"model 'other' is not in the list .*\['served-model'\]"):
+            check_server(ClientConfig(base_url=srv.url, model="other"))
+    with pytest.raises(LLMError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1/models .*Is the server running"):
+        check_server(ClientConfig(base_url=f"http://127.0.0.1:{free_port()}/v1"))
+
+
+def test_no_base_url_is_a_clear_error():
+    with pytest.raises(LLMError, match="no LLM server configured"):
+        Client(ClientConfig()).chat(ask("hello"))
+
+
+def test_text_only_model_refusing_an_image_is_a_no_vision_error_without_retries(tmp_path):
+    path = tmp_path / "a.jpg"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(path)
+    part, _ = image_part(str(path))
+    with FakeServer(script((500, NO_VISION_BODY, {}))) as srv:
+        c = client(srv.url)
+        with pytest.raises(LLMError, match=r"model fake-model at .* has no vision.*--mmproj"):
+            c.chat([{"role": "user", "content": [text_part("What is this?"), part]}])
+    assert len(srv.requests) == 1 and c.usage.retries == 0
+
+
+def test_unknown_model_names_the_model():
+    body = {"object": "error", "message": "The model `nope` does not exist.", "type": "NotFoundError", "code": 404}
+    with FakeServer(script((404, body, {}))) as srv:
+        with pytest.raises(LLMError, match=r"model 'nope' not found at .*/models"):
+            client(srv.url, model="nope").chat(ask("hello"))
+    assert len(srv.requests) == 1
+
+
+def test_finish_reason_length_is_an_error_not_a_result():
+    with FakeServer(script(reply('{"answer": "ye', finish_reason="length"))) as srv:
+        with pytest.raises(LLMError, match=r"cut at max_tokens=2048 \(finish_reason 'length'\)"):
+            client(srv.url).chat(ask("hello"), SCHEMA)
+    assert len(srv.requests) == 1
+
+
+# ---------------------------------------------------------------- structured output
+
+def test_json_schema_request_form_and_explicit_sampling():
+    with FakeServer(script(reply({"answer": "yes"}))) as srv:
+        r = client(srv.url).chat(ask("Is it?"), SCHEMA)
+    body = srv.requests[0]
+    assert r.content == {"answer": "yes"}
+    assert body["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
+    assert body["temperature"] == 0.0 and body["stream"] is False and body["model"] == "fake-model"
+    assert body["messages"] == ask("Is it?")
+
+
+def test_json_object_fallback_puts_the_schema_in_the_prompt():
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [text_part("Is it?")]}]
+    with FakeServer(script(reply('Sure:\n```json\n{"answer": "no"}\n```'))) as srv:
+        r = client(srv.url, structured="json_object").chat(messages, SCHEMA)
+    body = srv.requests[0]
+    assert r.content == {"answer": "no"}
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["messages"][0] == messages[0] and body["messages"][1]["content"][0] == text_part("Is it?")
+    assert json.dumps(SCHEMA) in body["messages"][1]["content"][1]["text"]
+    assert len(messages[1]["content"]) == 1                  # the caller's messages are not modified
+
+
+def test_invalid_json_is_reasked_with_a_note_then_reported(tmp_path):
+    with FakeServer(script(reply("I think the answer is yes."))) as srv:
+        c = client(srv.url, schema_retries=2, cache_path=str(tmp_path / "cache.jsonl"))
+        with pytest.raises(LLMError, match=r"did not fit the schema in 3 tries: no JSON value"):
+            c.chat(ask("Is it?"), SCHEMA)
+    assert len(srv.requests) == 3
+    second = srv.requests[1]["messages"]
+    assert second[:1] == ask("Is it?")
+    assert second[1] == {"role": "assistant", "content": "I think the answer is yes."}
+    assert second[2]["role"] == "user" and "not valid: no JSON value" in second[2]["content"]
+    assert c.usage.reasks == 2 and c.usage.failures == 1
+    assert not (tmp_path / "cache.jsonl").exists()           # failures are never cached
+
+
+def test_schema_violation_is_reasked_and_the_corrected_answer_kept():
+    with FakeServer(script(reply({"answer": "maybe", "why": "unsure"}), reply({"answer": "no"}))) as srv:
+        c = client(srv.url)
+        r = c.chat(ask("Is it?"), SCHEMA)
+    note = srv.requests[1]["messages"][-1]["content"]
+    assert r.content == {"answer": "no"} and len(srv.requests) == 2
+    assert '$.answer: "maybe" is not one of ["yes", "no"]' in note and "$: unexpected key 'why'" in note
+    assert r.usage == {"prompt_tokens": 20, "completion_tokens": 10}   # the re-ask is paid for too
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"a": 1}', {"a": 1}),
+    (" 42 ", 42),
+    ('```json\n{"a": [1, 2]}\n```', {"a": [1, 2]}),
+    ('Sure! Here it is:\n```\n[1, 2]\n```\nHope this helps.', [1, 2]),
+    ('The [2] entities are {"x": [1, {"y": 2}]} as requested.', {"x": [1, {"y": 2}]}),
+    ('<think>maybe {"a": 0}</think>\n{"a": 1}', {"a": 1}),
+    ('Answer: {"bad": } and then {"good": true}.', {"good": True}),
+])
+def test_extract_json(text, expected):
+    assert extract_json(text) == expected
+
+
+@pytest.mark.parametrize("text", ["no json here", '{"a": ', ""])
+def test_extract_json_without_json_raises(text):
+    with pytest.raises(ValueError, match="no JSON value"):
+        extract_json(text)
+
+
+def test_validate_subset():
+    box = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1000}, "minItems": 4, "maxItems": 4}
+    schema = {"type": "object", "required": ["name", "boxes"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "maxLength": 5},
+                             "type": {"enum": ["PER", "LOC"]},
+                             "n": {"type": "integer"},
+                             "note": {"type": ["string", "null"]},
+                             "boxes": {"type": "array", "items": box, "maxItems": 2}}}
+    good = {"name": "Obama", "type": "PER", "n": 3, "note": None, "boxes": [[0, 1.5, 10, 1000]]}
+    assert validate(good, schema) == []
+    assert validate({**good, "n": 3.0}, schema) == []                      # JSON Schema: 3.0 is an integer
+    assert validate({**good, "n": True}, schema) == ["$.n: expected integer, got true"]
+    assert validate({**good, "note": 7}, schema) == ["$.note: expected string or null, got 7"]
+    assert validate({**good, "name": "Barack"}, schema) == ["$.name: longer than 5 characters"]
+    assert validate({**good, "type": "ORG"}, schema) == ['$.type: "ORG" is not one of ["PER", "LOC"]']
+    assert validate({**good, "boxes": [[0, 0, 1]]}, schema) == ["$.boxes[0]: 3 items, at least 4 expected"]
+    assert validate({**good, "boxes": [[0, 0, 1, 1001]]}, schema) == ["$.boxes[0][3]: 1001 is above the maximum 1000"]
+    assert validate({**good, "boxes": [[0, 0, 1, 1]] * 3}, schema) == ["$.boxes: 3 items, at most 2 allowed"]
+    assert validate({"boxes": [], "x": 1}, schema) == ["$: missing required key 'name'", "$: unexpected key 'x'"]
+    assert validate([], schema) == ["$: expected object, got []"]
+    assert validate(None, {"anyOf": [{"type": "string"}, {"type": "null"}]}) == []
+    assert validate(1, {"anyOf": [{"type": "string"}, {"type": "null"}]})[0].startswith("$: fits none of the anyOf")
+    with pytest.raises(ValueError, match=r"\['pattern'\] at \$ are not supported"):
+        validate("x", {"type": "string", "pattern": "^x$"})
+
+
+# ---------------------------------------------------------------- images
+
+def decode(url: str) -> Image.Image:
+    prefix = "data:image/jpeg;base64,"
+    assert url.startswith(prefix)
+    im = Image.open(io.BytesIO(base64.b64decode(url[len(prefix):], validate=True)))
+    im.load()
+    return im
+
+
+@pytest.mark.parametrize("size, fmt, mode, max_side, expected", [
+    ((1600, 900), "JPEG", "RGB", 1000, (1000, 562)),   # 900 * 1000 / 1600 = 562.5, rounds to even
+    ((900, 1600), "PNG", "RGB", 1000, (562, 1000)),
+    ((640, 480), "PNG", "RGBA", 1000, (640, 480)),     # never upscaled
+    ((300, 200), "GIF", "P", 150, (150, 100)),
+])
+def test_image_part_is_a_jpeg_data_url_of_the_size_it_reports(tmp_path, size, fmt, mode, max_side, expected):
+    path = tmp_path / f"img.{fmt.lower()}"
+    im = Image.new("RGB", size, (30, 120, 200)).convert(mode)
+    if mode == "RGBA":
+        im.paste((0, 0, 0, 0), (0, 0, size[0] // 2, size[1]))    # left half fully transparent
+    im.save(path, format=fmt)
+    part, sent = image_part(str(path), max_side=max_side)
+    assert part["type"] == "image_url" and sent == expected
+    with FakeServer() as srv:                     # and it arrives as sent
+        client(srv.url).chat([{"role": "user", "content": [text_part("What?"), part]}])
+    got = decode(srv.requests[0]["messages"][0]["content"][1]["image_url"]["url"])
+    assert got.format == "JPEG" and got.mode == "RGB" and got.size == expected
+    if mode == "RGBA":   # transparent pixels become white, the opaque ones keep their colour
+        assert min(got.getpixel((10, 10))) > 245
+        assert max(abs(a - b) for a, b in zip(got.getpixel((600, 400)), (30, 120, 200))) < 8
+
+
+# ---------------------------------------------------------------- cache
+
+def test_identical_call_is_a_cache_hit_without_a_request(tmp_path):
+    cache = str(tmp_path / "cache.jsonl")
+    with FakeServer(lambda body: reply({"answer": "yes"})) as srv:
+        c = client(srv.url, cache_path=cache)
+        first = c.chat(ask("Is it?"), SCHEMA)
+        first.content["answer"] = "mutated by the caller"
+        second = c.chat(ask("Is it?"), SCHEMA)
+        assert len(srv.requests) == 1
+        assert second.cached and not first.cached and second.content == {"answer": "yes"}
+        assert second.usage == first.usage == {"prompt_tokens": 10, "completion_tokens": 5}   # what it cost once
+        c.chat(ask("Is it?"), SCHEMA, temperature=0.7)          # other sampling settings: a different request
+        c.chat(ask("Is it?"))                                    # no schema: a different request
+        assert len(srv.requests) == 3
+        again = client(srv.url, cache_path=cache)                # a new run reads the file
+        assert again.chat(ask("Is it?"), SCHEMA).cached and len(srv.requests) == 3
+    assert c.usage.cache_hits == 1 and again.usage.as_dict()["requests"] == 0
+
+
+def test_cache_file_is_readable_and_images_are_elided(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (50, 40)).save(path)
+    part, _ = image_part(str(path))
+    cache = tmp_path / "cache.jsonl"
+    with FakeServer() as srv:
+        client(srv.url, cache_path=str(cache)).chat([{"role": "user", "content": [text_part("What?"), part]}])
+    record = json.loads(cache.read_text())
+    url = record["request"]["messages"][0]["content"][1]["image_url"]["url"]
+    assert record["content"] == "ok" and url.startswith(f"<{len(part['image_url']['url'])} chars, sha256 ")
+
+
+def test_torn_last_line_is_ignored_and_the_next_record_starts_on_a_new_line(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    with FakeServer(lambda body: reply("answer to " + body["messages"][0]["content"])) as srv:
+        c = client(srv.url, cache_path=str(cache))
+        c.chat(ask("a"))
+        c.chat(ask("b"))
+        with open(cache, "ab") as f:
+            f.write(b'{"key": "0123", "content": "answer to c, cut o')     # killed mid-write
+        with pytest.warns(UserWarning, match=r"ignored 1 unreadable line\(s\) \[3\]"):
+            c2 = client(srv.url, cache_path=str(cache))
+        assert [c2.chat(ask(q)).content for q in "abc"] == ["answer to a", "answer to b", "answer to c"]
+        assert len(srv.requests) == 3
+        with pytest.warns(UserWarning, match=r"\[3\]"):
+            c3 = client(srv.url, cache_path=str(cache))
+        assert all(c3.chat(ask(q)).cached for q in "abc") and len(srv.requests) == 3
+
+
+CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import llm
+c = llm.Client(llm.ClientConfig(base_url=sys.argv[2], model="fake-model", cache_path=sys.argv[3], workers=1))
+c.map_chat([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(10)])
+"""
+
+
+def test_a_killed_run_keeps_its_answers_and_a_rerun_asks_only_for_the_rest(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    child, started = {}, threading.Event()
+
+    def handler(body):
+        q = body["messages"][0]["content"]
+        if q == "q5" and "proc" in child:       # the first run dies (SIGKILL) while waiting for this answer
+            started.wait(5)
+            child["proc"].kill()
+            child.pop("proc")
+        return reply("a" + q[1:])
+
+    with FakeServer(handler) as srv:
+        child["proc"] = proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), srv.url, str(cache)])
+        started.set()
+        assert proc.wait(timeout=20) != 0
+        assert [b["messages"][0]["content"] for b in srv.requests] == [f"q{i}" for i in range(6)]
+        assert len(cache.read_text().splitlines()) == 5
+        c = client(srv.url, cache_path=str(cache))
+        out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(10)])
+    assert [r.content for r in out] == [f"a{i}" for i in range(10)]
+    assert [r.cached for r in out] == [True] * 5 + [False] * 5
+    assert sorted(b["messages"][0]["content"] for b in srv.requests[6:]) == [f"q{i}" for i in range(5, 10)]
+    assert c.usage.cache_hits == 5 and c.usage.requests == 5
+
+
+def test_ctrl_c_in_map_chat_drops_queued_requests_and_keeps_finished_answers(tmp_path, monkeypatch):
+    def interrupted(iterable, **kw):      # Ctrl-C arrives in the main thread after the first answer
+        for x in iterable:
+            yield x
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(llm, "tqdm", interrupted)
+    cache = tmp_path / "cache.jsonl"
+    with FakeServer(lambda body: time.sleep(0.05) or reply("a")) as srv:
+        c = client(srv.url, cache_path=str(cache), workers=2)
+        with pytest.raises(KeyboardInterrupt):
+            c.map_chat([{"messages": ask(f"q{i}")} for i in range(20)])
+        time.sleep(0.2)                   # let the requests in flight land
+        sent = len(srv.requests)
+    assert 1 <= sent <= 4                 # the queued ones were never sent
+    assert len(cache.read_text().splitlines()) == sent
+
+
+# ---------------------------------------------------------------- concurrency, key, usage
+
+def test_map_chat_keeps_order_and_one_failure_loses_nothing(tmp_path):
+    def handler(body):
+        i = int(body["messages"][0]["content"][1:])
+        time.sleep((8 - i) * 0.01)               # later items finish first
+        return (400, "no such thing", {}) if i == 3 else reply(f"a{i}")
+
+    cache = tmp_path / "cache.jsonl"
+    with FakeServer(handler) as srv:
+        c = client(srv.url, cache_path=str(cache))
+        out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(8)], desc="test")
+    assert [r.content if not isinstance(r, LLMError) else "ERR" for r in out] == \
+           ["a0", "a1", "a2", "ERR", "a4", "a5", "a6", "a7"]
+    assert "HTTP 400" in str(out[3]) and c.usage.failures == 1 and c.usage.calls == 8
+    assert len(cache.read_text().splitlines()) == 7
+
+
+def test_map_chat_runs_requests_in_parallel():
+    with FakeServer(latency=0.2) as srv:
+        c = client(srv.url)
+        t0 = time.perf_counter()
+        out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(8)], workers=8)
+        elapsed = time.perf_counter() - t0
+    assert all(r.content == "ok" for r in out) and elapsed < 1.0     # serial: 1.6 s
+
+
+def test_api_key_is_a_bearer_header_and_never_written_or_shown(tmp_path, monkeypatch):
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("REFINEG_TEST_KEY", key)
+
+    def handler(body):
+        if body["messages"][0]["content"] == "echo":    # a server that echoes the header in its error body
+            return (400, f"bad header {srv.headers[-1]['Authorization']}", {})
+        return reply("fine")
+
+    cache = tmp_path / "cache.jsonl"
+    with FakeServer(handler) as srv:
+        c = client(srv.url, api_key_env="REFINEG_TEST_KEY", cache_path=str(cache))
+        assert c.chat(ask("hello")).content == "fine"
+        with pytest.raises(LLMError) as err:
+            c.chat(ask("echo"))
+        monkeypatch.delenv("REFINEG_TEST_KEY")
+        client(srv.url).chat(ask("no key"))
+    assert srv.headers[0]["Authorization"] == f"Bearer {key}" and "Authorization" not in srv.headers[2]
+    assert "bad header Bearer ***" in str(err.value) and key not in str(err.value)
+    assert key not in cache.read_text() and key not in repr(c.usage)
+
+
+def test_usage_counts():
+    outs = {"retry": [(503, "busy", {}), reply("r", prompt_tokens=7, completion_tokens=3)],
+            "reask": [reply({"answer": "maybe"}, prompt_tokens=11, completion_tokens=2),
+                      reply({"answer": "yes"}, prompt_tokens=13, completion_tokens=2)],
+            "fail": [(400, "no", {})]}
+
+    def handler(body):
+        return outs[body["messages"][0]["content"]].pop(0)
+
+    with FakeServer(handler) as srv:
+        c = client(srv.url, cache_path=None)
+        c.chat(ask("retry"))
+        c.chat(ask("reask"), SCHEMA)
+        with pytest.raises(LLMError):
+            c.chat(ask("fail"))
+    u = c.usage.as_dict()
+    assert u.pop("seconds") > 0
+    assert u == {"calls": 3, "cache_hits": 0, "requests": 5, "prompt_tokens": 31, "completion_tokens": 7,
+                 "retries": 1, "reasks": 1, "failures": 1}
+    assert len(srv.requests) == 5
