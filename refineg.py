@@ -1,0 +1,337 @@
+"""ReFineG end to end: synthesis -> tagger -> uncertainty + refinement -> demo selection + grounding -> scores.
+
+The one straight pipeline of the paper (Tang et al., CCKS 2025, arXiv 2509.10975):
+  1. training stage: an LLM writes labelled sentences from the labelled seeds
+     (synth.py), a small encoder + CRF tagger is trained on seeds + synthetic
+     data (tagger.py);
+  2. refinement stage: the tagger predicts entities with CRF-marginal
+     uncertainty; only the uncertain ones go to the MLLM (uncertainty.py);
+  3. grounding stage: the k most similar labelled samples are shown to the MLLM
+     as worked examples before it boxes the entities (grounding.py).
+Predictions are written in the CCKS layout and scored (eval.py) when gold exists.
+
+    python refineg.py --data examples/demo                       # supervised path, no server
+    python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
+        --box-format abs
+
+Rerunning the same command resumes: finished stages are reused (keyed by their
+settings) and cached MLLM answers are not paid again. Only this file knows the
+order of the stages; every flag maps onto one field of a stage's settings.
+Left out on purpose: multi-GPU training, a web UI, adding entities the tagger
+missed (off by default in the paper's spirit: that is where an LLM's notion of
+"entity" leaks in).
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import inspect
+import json
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import data
+import eval as scorer
+import grounding
+import llm
+import synth
+import tagger
+import uncertainty
+
+# ---------------------------------------------------------------- settings -> flags
+
+
+@dataclasses.dataclass
+class RunConfig:
+    data: str = ""                  # labelled data: a CCKS folder, a Twitter-GMNER txt (xml/ beside it) or CoNLL
+    test: str = ""                  # data to predict (labelled or not); "" = hold out --test-share of --data
+    test_share: float = 0.3         # share of --data held out as the test split when --test is not given
+    out: str = "runs/refineg"       # run directory (config.json, predictions.json, metrics.json, ...)
+    tagger_dir: str = ""            # reuse a trained tagger from this directory instead of training one
+    synthesize: bool = True         # run the synthesis stage when an LLM is configured
+    refine: bool = True             # run the refinement stage when an LLM is configured
+    ground: bool = True             # run the grounding stage when an LLM is configured
+    viz: int = 0                    # draw this many predictions (boxes, names, types; gold too) into viz/
+    seed: int = 0                   # the test split's shuffle
+
+
+STAGES = [("run", RunConfig, ""), ("llm", llm.ClientConfig, "llm-"), ("synth", synth.SynthConfig, "synth-"),
+          ("tagger", tagger.TaggerConfig, "tagger-"), ("uncertainty", uncertainty.UncertaintyConfig, "unc-"),
+          ("grounding", grounding.GroundingConfig, "ground-")]
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The comment after each field of a settings dataclass: the single source of --help."""
+    src = inspect.getsource(cls)
+    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Every flag sets the field of the same name in that stage's settings dataclass.")
+    for stage, cls, prefix in STAGES:
+        group = ap.add_argument_group(f"{stage} ({cls.__module__}.{cls.__name__})")
+        helps = field_help(cls)
+        for f in dataclasses.fields(cls):
+            flag = "--" + prefix + f.name.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = type(default)
+            text = f"{helps.get(f.name, '')} (default: {default!r})"
+            if kind is bool:
+                group.add_argument(flag, dest=f"{stage}.{f.name}", action=argparse.BooleanOptionalAction, default=default, help=text)
+            elif kind is list:
+                group.add_argument(flag, dest=f"{stage}.{f.name}", nargs="*", metavar=f.name.upper(), default=default, help=text)
+            else:
+                group.add_argument(flag, *ALIASES.get(flag, []), dest=f"{stage}.{f.name}", type=converter(str(f.type)),
+                                   metavar=f.name.upper(), default=default, help=text)
+    return ap
+
+
+ALIASES = {"--llm-base-url": ["--llm-url"], "--tagger-dir": ["--tagger"]}
+
+
+def converter(annotation: str):
+    """str -> the field's type; `none` means None for optional fields."""
+    base = float if "float" in annotation else int if "int" in annotation else str
+    if "None" not in annotation:
+        return base
+    return lambda s: None if s.lower() == "none" else base(s)
+
+
+def parse_configs(argv: list[str]) -> dict:
+    args = vars(build_parser().parse_args(argv))
+    return {stage: cls(**{f.name: args[f"{stage}.{f.name}"] for f in dataclasses.fields(cls)}) for stage, cls, _ in STAGES}
+
+
+def key(*parts) -> str:
+    """A short fingerprint of settings and inputs: a finished stage is reused only when it matches."""
+    blob = json.dumps(parts, sort_keys=True, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_json(path: Path, obj) -> None:
+    """Write-then-rename, so Ctrl-C never leaves a half-written file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def split(samples: list[data.Sample], share: float, seed: int) -> tuple[list, list]:
+    """A seeded hold-out of `share` of the labelled samples as the test split."""
+    if not 0.0 < share < 1.0:
+        raise data.DataError(f"--test-share: expected a share in (0, 1), got {share}")
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(share * len(samples)))
+    test = sorted(order[:n_test])
+    train = sorted(order[n_test:])
+    return [samples[i] for i in train], [samples[i] for i in test]
+
+
+def has_labels(path: str) -> bool:
+    """A CCKS folder is labelled when it has entity.json; CoNLL and Twitter files always carry tags."""
+    p = Path(path)
+    return not p.is_dir() or (p / "entity.json").is_file()
+
+
+def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], list[data.Sample], bool]:
+    """The labelled dataset, its training part, the samples to predict, and whether they have gold."""
+    if not run.data:
+        raise data.DataError("--data is required: a CCKS folder, a Twitter-GMNER txt or a CoNLL file")
+    labelled = data.read_dataset(run.data)
+    if not labelled.samples:
+        raise data.DataError(f"{run.data}: no sample found (an empty dataset)")
+    if not run.test:
+        train, test = split(labelled.samples, run.test_share, run.seed)
+        return labelled, train, test, True
+    target = data.read_dataset(run.test)
+    if not target.samples:
+        raise data.DataError(f"{run.test}: no sample found (an empty dataset)")
+    unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
+    if unknown:
+        raise data.DataError(f"{run.test}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}")
+    return labelled, labelled.samples, target.samples, has_labels(run.test)
+
+
+def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: Path) -> tuple[tagger.Tagger, str]:
+    """Train the tagger, or reuse out/tagger when it was trained with the same settings on the same data."""
+    run = cfg["run"]
+    if run.tagger_dir:
+        return tagger.load(run.tagger_dir), f"loaded from {run.tagger_dir}"
+    k = key(cfg["tagger"], types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train])
+    stamp = out / "tagger" / "stage.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == k:
+        return tagger.load(str(out / "tagger")), "reused (same settings and data)"
+    model = tagger.train_tagger(train, types, cfg["tagger"])
+    tmp = out / "tagger.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tagger.save(model, str(tmp))
+    write_json(tmp / "stage.json", {"key": k, "history": model.history})
+    shutil.rmtree(out / "tagger", ignore_errors=True)
+    tmp.rename(out / "tagger")
+    return model, f"trained on {len(train)} sentences"
+
+
+def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out: Path) -> tuple[list[data.Sample], dict]:
+    k = key(cfg["synth"], cfg["llm"].model, [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities])
+                                            for s in seeds.samples])
+    stamp = out / "synthetic.summary.json"
+    if stamp.is_file() and (out / "synthetic.jsonl").is_file() and json.loads(stamp.read_text()).get("key") == k:
+        return synth.read_synthetic(out / "synthetic.jsonl"), {**json.loads(stamp.read_text()), "reused": True}
+    samples, summary = synth.synthesize(seeds, client, cfg["synth"])
+    synth.write_synthetic(samples, out / "synthetic.jsonl.tmp")
+    (out / "synthetic.jsonl.tmp").replace(out / "synthetic.jsonl")
+    write_json(stamp, {**summary, "key": k})
+    return samples, summary
+
+
+def mner(gold: list[data.Sample], pred: list[data.Sample]) -> dict:
+    return scorer.evaluate(gold, pred)["mner"]
+
+
+def pipeline(cfg: dict) -> int:
+    run, out = cfg["run"], Path(cfg["run"].out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
+    labelled, train, test, gold_known = read_inputs(run)
+    seeds = dataclasses.replace(labelled, samples=train)
+    print(f"data: {len(train)} labelled training samples, {len(test)} to predict "
+          f"({'with' if gold_known else 'without'} gold); types {labelled.types}")
+    use_llm = bool(cfg["llm"].base_url)
+    llm_cfg = dataclasses.replace(cfg["llm"], cache_path=cfg["llm"].cache_path or str(out / "llm_cache.jsonl"))
+    if use_llm:
+        llm.check_server(llm_cfg)
+    metrics, usage, seconds, skipped, notes = {}, {}, {}, [], {}
+
+    def client(stage: str) -> llm.Client:
+        c = llm.Client(llm_cfg)
+        clients[stage] = c
+        return c
+    clients: dict[str, llm.Client] = {}
+
+    # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
+    t0 = time.perf_counter()
+    synthetic = []
+    if use_llm and run.synthesize:
+        synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
+        print(synth.format_summary(summary))
+        notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
+    else:
+        skipped.append("synthesis")
+    seconds["synthesis"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out)
+    print(f"tagger: {how}")
+    seconds["tagger"] = time.perf_counter() - t0
+
+    # 2. refinement stage: uncertainty for every predicted entity, the uncertain ones to the MLLM
+    t0 = time.perf_counter()
+    unc = cfg["uncertainty"]
+    pred = tagger.predict(model, test, mc_passes=unc.mc_passes if unc.method == "mc_dropout" else 0)
+    uncertainty.score(pred, model.tags, unc)
+    if gold_known:
+        metrics["tagger"] = {"mner": mner(test, pred)}
+    tau, tau_how = uncertainty.choose_threshold(pred, None, unc)
+    notes["uncertainty"] = {"tau": tau, "how": tau_how, "entities": sum(len(s.entities) for s in pred),
+                            "delegated": sum(map(len, uncertainty.route(pred, tau)))}
+    seconds["predict"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if use_llm and run.refine:
+        pred, notes["refinement"] = uncertainty.refine(pred, labelled, client("refinement"), unc, tags=model.tags)
+        if gold_known:
+            metrics["refinement"] = {"mner": mner(test, pred)}
+    else:
+        skipped.append("refinement")
+    seconds["refinement"] = time.perf_counter() - t0
+
+    # 3. grounding stage: k similar labelled samples as worked examples, then boxes
+    t0 = time.perf_counter()
+    if use_llm and run.ground:
+        pred, notes["grounding"] = grounding.ground(pred, train, labelled, client("grounding"), cfg["grounding"])
+    else:
+        skipped.append("grounding")
+    seconds["grounding"] = time.perf_counter() - t0
+    if gold_known:
+        metrics["final"] = scorer.evaluate(test, pred)
+
+    # outputs
+    data.write_ccks(pred, out / "predictions.json.tmp")
+    (out / "predictions.json.tmp").replace(out / "predictions.json")
+    usage = {stage: c.usage.as_dict() for stage, c in clients.items()}
+    write_json(out / "metrics.json", {"metrics": metrics, "stages": notes, "skipped": skipped})
+    write_json(out / "usage.json", {"llm": usage, "seconds": seconds})
+    if run.viz:
+        draw(pred, test if gold_known else None, out / "viz", run.viz)
+    print(summary_text(metrics, notes, usage, seconds, skipped, out))
+    return 0
+
+
+def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: list[str], out: Path) -> str:
+    lines = ["", "== ReFineG summary"]
+    for stage, m in metrics.items():
+        for name in ("mner", "eeg", "gmner"):
+            if name in m:
+                r = m[name]
+                lines.append(f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
+                             f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
+    u = notes["uncertainty"]
+    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})")
+    for stage, c in usage.items():
+        lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
+                     f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    if skipped:
+        lines.append(f"skipped: {', '.join(skipped)}" + (" (no MLLM configured: pass --llm-url URL --llm-model NAME "
+                     "of an OpenAI-compatible server, e.g. vLLM or llama-server; see README)" if "grounding" in skipped
+                     and "refinement" in skipped else "") + ("; every entity is ungroundable (no box)" if "grounding"
+                     in skipped else ""))
+    lines.append(f"written: {out}/predictions.json, metrics.json, usage.json, config.json")
+    return "\n".join(lines)
+
+
+def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
+    """Boxes, names and types of the first n predictions with an image (red), gold in green."""
+    from PIL import Image, ImageDraw
+    folder.mkdir(parents=True, exist_ok=True)
+    gold_by_id = {s.id: s for s in gold or []}
+    done = 0
+    for s in pred:
+        if done >= n or not s.image:
+            continue
+        img = Image.open(s.image).convert("RGB")
+        pen = ImageDraw.Draw(img)
+        layers = [(gold_by_id.get(s.id), (40, 200, 40), 0), (s, (230, 30, 30), 12)]
+        for sample, colour, dy in layers:
+            if sample is None:
+                continue
+            for e in sample.entities:
+                for b in e.boxes:
+                    pen.rectangle([b.x1, b.y1, b.x2, b.y2], outline=colour, width=2)
+                    pen.text((b.x1 + 2, b.y1 + 2 + dy), f"{sample.name(e)} ({e.type})", fill=colour)
+        unboxed = [f"{s.name(e)} ({e.type})" for e in s.entities if not e.boxes]
+        if unboxed:
+            pen.text((4, img.height - 14), "no box: " + ", ".join(unboxed), fill=(230, 30, 30))
+        img.save(folder / f"{s.id}.jpg", quality=90)
+        done += 1
+    print(f"viz: {done} pictures in {folder} (prediction red, gold green)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_configs(sys.argv[1:] if argv is None else argv)
+    try:
+        return pipeline(cfg)
+    except (data.DataError, llm.LLMError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages and every answered MLLM call are kept; rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
