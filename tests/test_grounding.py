@@ -1,0 +1,373 @@
+"""Tests of grounding.py: box conversion, demo selection, and the grounding call against a scripted fake MLLM.
+
+The fake MLLM answers the GOLD boxes of the demo data, converted to the box format by formulas written here
+independently of grounding.py, from the image size it actually received; GMNER F1 = 1.0 then proves the whole
+coordinate path (prompt -> sent image size -> answer -> original pixels -> scorer).
+"""
+
+import base64
+import io
+import json
+import re
+import warnings
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import grounding as g
+from data import Box, Dataset, Entity, Sample, read_ccks
+from eval import evaluate
+from fake_server import FakeServer, reply
+from llm import Client, ClientConfig, image_part
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+FORMATS = ["abs", "norm1000", "norm1"]
+
+
+# ---------------------------------------------------------------- box conversion
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_box_round_trip_on_a_resized_image(tmp_path, fmt):
+    """A 2000x1000 image sent at max_side 1000 is sent at 1000x500; Box(200, 100, 1000, 600) is then
+    abs [100, 50, 500, 300], norm1000 [100, 100, 500, 600], norm1 [0.1, 0.1, 0.5, 0.6]."""
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1000), (90, 120, 30)).save(path)
+    _, sent = image_part(str(path), max_side=1000)
+    assert sent == (1000, 500)
+    box = Box(200, 100, 1000, 600)
+    expected = {"abs": [100, 50, 500, 300], "norm1000": [100, 100, 500, 600], "norm1": [0.1, 0.1, 0.5, 0.6]}[fmt]
+    xyxy = g.to_model(box, (2000, 1000), sent, fmt)
+    assert np.allclose(xyxy, expected)
+    for orig, snt in [((2000, 1000), sent), ((640, 480), (640, 480)), ((333, 517), (193, 300))]:
+        for b in [box, Box(0, 0, 1, 1), Box(12.5, 7.25, 300, 333)]:
+            b = Box(min(b.x1, orig[0] - 1), min(b.y1, orig[1] - 1), min(b.x2, orig[0]), min(b.y2, orig[1]))
+            back = g.from_model(g.to_model(b, orig, snt, fmt), orig, snt, fmt)
+            assert max(abs(back.x1 - b.x1), abs(back.y1 - b.y1), abs(back.x2 - b.x2), abs(back.y2 - b.y2)) < 1.0
+
+
+def test_from_model_clips_to_the_image_and_rejects_unknown_formats():
+    assert g.from_model([-50, 20, 700, 900], (640, 480), (640, 480), "abs") == Box(0, 20, 640, 480)
+    with pytest.raises(ValueError, match="box_format"):
+        g.to_model(Box(0, 0, 1, 1), (10, 10), (10, 10), "xywh")
+
+
+# ---------------------------------------------------------------- selection
+
+def feats(ids, text, image, has_image, ent_mean, type_freq, n_ent):
+    f = lambda x: np.asarray(x, dtype=np.float32)
+    return g.Features(ids, f(text), f(image), np.asarray(has_image), f(ent_mean), f(type_freq), np.asarray(n_ent))
+
+
+def hand_built():
+    """Queries q0 (no image; one entity of type A named like [1, 0]) and q1 (image [1, 0]; no entity).
+    Demos: d0 is q0 itself; d1 has q0's text but a type-B entity; d2 a close text and q0's entity;
+    d3 q0's entity four times; d4 no entity. With weights .4/.2/.6 and type bonus .8:
+      q0 text (min-max over d1..d4) 1, .6, 0, 0; entity mean 0, 1.8, 1.8, 0 -> 0, 1, 1, 0
+         score d1 .40, d2 .84, d3 .60, d4 0 -> [d2, d3, d1]
+         entity sum 0, 1.8, 7.2, 0 -> 0, .25, 1, 0: d1 .40, d2 .39, d3 .60 -> [d3, d1, d2]
+      q1 text 0, 0, .8, 1, 1 -> same; image 1, -1 (no image), 0, 0, 1 -> 1, 0, .5, .5, 1
+         score d0 .20, d1 0, d2 .42, d3 .50, d4 .60 -> [d4, d3, d2]; without the image term d3 and d4 tie
+         at .40 and the earlier demo wins -> [d3, d4, d2]."""
+    q = feats(["q0", "q1"], [[1, 0], [0, 1]], [[0, 0], [1, 0]], [False, True],
+              [[1, 0], [0, 0]], [[1, 0], [0, 0]], [1, 0])
+    d = feats(["q0", "d1", "d2", "d3", "d4"],
+              [[1, 0], [1, 0], [0.6, 0.8], [0, 1], [0, 1]],
+              [[1, 0], [0, 0], [0, 1], [0, 1], [1, 0]], [True, False, True, True, True],
+              [[1, 0], [0, 1], [1, 0], [1, 0], [0, 0]],
+              [[1, 0], [0, 1], [1, 0], [1, 0], [0, 0]], [1, 1, 1, 4, 0])
+    return q, d
+
+
+def test_selection_picks_the_expected_demos_on_a_hand_built_case():
+    q, d = hand_built()
+    with pytest.warns(UserWarning, match="1 of 2 queries have no image"):
+        assert g.rank_demos(q, d, g.GroundingConfig()) == [[2, 3, 1], [4, 3, 2]]
+    with pytest.warns(UserWarning):
+        assert g.rank_demos(q, d, g.GroundingConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
+    assert g.rank_demos(q, d, g.GroundingConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
+
+
+def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
+    """q0 text only: d1 .4, d2 .24, d3 = d4 = 0; k larger than the 4 other demos returns those 4."""
+    q, d = hand_built()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picks = g.rank_demos(q, d, g.GroundingConfig(k=9, w_entity=0.0, w_image=0.0))
+    assert picks[0] == [1, 2, 3, 4]
+    assert picks[1] == [3, 4, 2, 0, 1]       # text .4, .4, .32, 0, 0: both ties go to the earlier demo
+
+
+def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
+    """The factorised entity term equals the explicit double loop over (query entity, demo entity) pairs."""
+    rng = np.random.default_rng(0)
+    vocab = {}
+
+    def fake_embed(texts, encoder="", batch_size=64):   # a fixed random unit vector per string
+        for t in texts:
+            vocab.setdefault(t, rng.normal(size=8))
+        out = np.array([vocab[t] / np.linalg.norm(vocab[t]) for t in texts], dtype=np.float32)
+        return out.reshape(len(texts), 8)
+
+    monkeypatch.setattr(g, "embed_texts", fake_embed)
+    words = ["Leopard", "Tiger", "Kiel", "NATO", "Boxer", "Sachsen"]
+    types = ["A", "B", "C"]
+
+    def sample(i):
+        toks = [words[j] for j in rng.choice(len(words), size=4, replace=False)]
+        ents = [Entity(j, j + 1, types[rng.integers(3)]) for j in range(int(rng.integers(0, 4)))]
+        return Sample(f"s{i}", toks, None, ents)
+
+    queries, demos = [sample(i) for i in range(5)], [sample(i) for i in range(3, 12)]
+    for mode in ["mean", "sum"]:
+        cfg = g.GroundingConfig(w_text=0.0, w_image=0.0, w_entity=1.0, entity_sim=mode)
+        got = g.similarity(g.features(queries, types, cfg), g.features(demos, types, cfg), cfg)
+        for i, qs in enumerate(queries):
+            raw = []
+            for ds in demos:
+                pairs = [float(vocab[qs.name(a)] @ vocab[ds.name(b)] / np.linalg.norm(vocab[qs.name(a)])
+                               / np.linalg.norm(vocab[ds.name(b)])) + 0.8 * (a.type == b.type)
+                         for a in qs.entities for b in ds.entities]
+                raw.append(sum(pairs) / (len(pairs) if mode == "mean" and pairs else 1))
+            raw = np.array(raw)
+            keep = np.array([ds.id != qs.id for ds in demos])
+            lo, hi = raw[keep].min(), raw[keep].max()
+            want = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+            assert np.allclose(got[i][keep], want[keep], atol=1e-5)
+            assert np.all(np.isneginf(got[i][~keep]))
+
+
+def test_pixel_descriptor_finds_a_resized_copy(tmp_path):
+    yy, xx = np.mgrid[0:120, 0:160]
+    scene = np.stack([xx * 1.5, yy * 2, 255 - xx], -1).clip(0, 255).astype(np.uint8)
+    paths = []
+    for name, img in [("a", Image.fromarray(scene)), ("copy", Image.fromarray(scene).resize((400, 300))),
+                      ("other", Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 160, 3), np.uint8)))]:
+        paths.append(str(tmp_path / f"{name}.jpg"))
+        img.save(paths[-1])
+    emb = g.embed_images(paths + [None])
+    assert np.allclose(np.linalg.norm(emb[:3], axis=1), 1, atol=1e-5) and not emb[3].any()
+    sims = emb[0] @ emb[1:3].T
+    assert sims[0] > 0.95 and sims[0] > sims[1] + 0.3
+
+
+def test_clip_image_encoder_from_a_local_folder(tmp_path):
+    """A tiny random CLIP built from a config: unit rows, zero row for no image, same image -> same row."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    cfg = CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 32, "patch_size": 16},
+                     projection_dim=8)
+    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clip")
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "r.jpg")
+    Image.new("RGB", (64, 48), (10, 10, 200)).save(tmp_path / "b.jpg")
+    p = [str(tmp_path / "r.jpg"), None, str(tmp_path / "b.jpg"), str(tmp_path / "r.jpg")]
+    emb = g.embed_images(p, image_encoder=str(tmp_path / "clip"))
+    assert emb.shape == (4, 8) and not emb[1].any()
+    assert np.allclose(np.linalg.norm(emb[[0, 2, 3]], axis=1), 1, atol=1e-5) and np.allclose(emb[0], emb[3], atol=1e-5)
+
+
+def test_default_text_encoder_ranks_a_paraphrase_first():
+    """The offline all-MiniLM-L6-v2, mean-pooled: unit rows, and a paraphrase beats an unrelated text."""
+    emb = g.embed_texts(["Leopard 2 tanks on exercise", "Two Leopard 2 tanks drive through a field",
+                         "The frigate Sachsen leaves Kiel harbour"])
+    assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
+
+
+# ---------------------------------------------------------------- the grounding call on a fake MLLM
+
+@pytest.fixture
+def bag_of_words(monkeypatch):
+    """Texts embedded by hashed bag of words instead of the encoder, for the tests whose subject is the call
+    and the boxes (what the real encoder does is tested above)."""
+    def embed(texts, encoder="", batch_size=64):
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for tok in t.lower().split():
+                out[i, zlib.crc32(tok.encode()) % 64] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+    monkeypatch.setattr(g, "embed_texts", embed)
+
+
+def sent_size(url: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+        return im.size
+
+
+def images_of(body: dict) -> list[str]:
+    return [p["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
+            for p in m["content"] if p["type"] == "image_url"]
+
+
+def query_of(body: dict) -> tuple[str, list[dict]]:
+    """The text and the listed entities of the LAST user turn (the query)."""
+    text = next(p["text"] for p in body["messages"][-1]["content"] if p["type"] == "text")
+    m = re.search(r"Text: (.*)\nEntities: (.*)", text, re.S)
+    return m.group(1), json.loads(m.group(2))
+
+
+def in_format(b: Box, orig, sent, fmt):   # independent of grounding.to_model
+    W, H = orig
+    if fmt == "abs":
+        return [b.x1 * sent[0] / W, b.y1 * sent[1] / H, b.x2 * sent[0] / W, b.y2 * sent[1] / H]
+    u = 1000 if fmt == "norm1000" else 1
+    return [b.x1 / W * u, b.y1 / H * u, b.x2 / W * u, b.y2 / H * u]
+
+
+def gold_handler(data: Dataset, fmt: str):
+    by_text = {s.text: s for s in data.samples}
+
+    def handler(body):
+        text, listed = query_of(body)
+        s = by_text[text]
+        sent = sent_size(images_of(body)[-1])
+        with Image.open(s.image) as im:
+            orig = im.size
+        boxes = {s.name(e): [in_format(b, orig, sent, fmt) for b in e.boxes] for e in s.entities}
+        return reply({"entities": [{"entity": it["entity"], "type": it["type"], "boxes": boxes[it["entity"]]}
+                                   for it in listed]})
+    return handler
+
+
+def unboxed(samples):
+    return [Sample(s.id, s.tokens, s.image, [Entity(e.start, e.end, e.type, source="tagger") for e in s.entities])
+            for s in samples]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
+    data = read_ccks(DEMO)
+    cfg = g.GroundingConfig(k=2, box_format=fmt, max_side=300)   # 300 < every demo image: all are resized
+    with FakeServer(gold_handler(data, fmt)) as srv:
+        out, counts = g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
+    assert not srv.errors
+    assert any(sent_size(images_of(b)[-1]) != Image.open(data.samples[0].image).size for b in srv.requests)
+    scores = evaluate(data.samples, out)
+    assert scores["gmner"]["f1"] == 1.0 and scores["eeg"]["f1"] == 1.0, scores["gmner"]
+    assert counts["calls"] == len(srv.requests) == 27 and counts["no_entity"] == 5
+    assert counts["boxes"] == sum(len(e.boxes) for s in data.samples for e in s.entities)
+    assert counts.get("degenerate_boxes", 0) == counts.get("missing", 0) == counts.get("failed_calls", 0) == 0
+
+
+def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(bag_of_words):
+    data = read_ccks(DEMO)
+    cfg = g.GroundingConfig(k=3, max_side=200)
+    with FakeServer(gold_handler(data, "abs")) as srv:
+        g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
+    asked = [s for s in data.samples if any(e.type != "location" for e in s.entities)]
+    picks = dict(zip([s.id for s in asked], g.select_demos(unboxed(asked), data.samples, cfg)))
+    url = lambda p: image_part(p, 200)[0]["image_url"]["url"]
+    by_text = {s.text: s for s in data.samples}
+    assert len(srv.requests) == len(asked)
+    for body in srv.requests:
+        q = by_text[query_of(body)[0]]
+        demos = [data.samples[j] for j in picks[q.id]]
+        assert len(demos) == 3 and q.id not in [d.id for d in demos]
+        assert images_of(body) == [url(d.image) for d in demos] + [url(q.image)]
+        roles = [m["role"] for m in body["messages"]]
+        assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
+        shown = [m["content"][1]["text"] for m in body["messages"][1::2]]
+        assert all(f"Text: {d.text}\n" in t for d, t in zip(demos + [q], shown))
+        answer = json.loads(body["messages"][2]["content"])   # the first worked answer: gold boxes as sent
+        d0, sent = demos[0], sent_size(images_of(body)[0])
+        orig = Image.open(d0.image).size
+        want = {d0.name(e): [[round(v) for v in in_format(b, orig, sent, "abs")] for b in e.boxes]
+                for e in d0.entities if e.type != "location"}
+        assert {it["entity"]: it["boxes"] for it in answer["entities"]} == want
+
+
+def box_everything(body):
+    """A fake MLLM that puts one box [10, 10, 90, 90] on every entity it is asked about."""
+    return reply({"entities": [{"entity": it["entity"], "type": it["type"], "boxes": [[10, 10, 90, 90]]}
+                               for it in query_of(body)[1]]})
+
+
+def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
+    """Sample a: a vehicle and a location (which arrives with a stale box); only the vehicle is asked and
+    boxed. Sample b: only a location -> no call. Sample c: a vehicle but no image -> no call."""
+    data = read_ccks(DEMO)
+    img = data.samples[0].image
+    a = Sample("a", "Leopard 2 tanks in Munster".split(), img,
+               [Entity(0, 2, "vehicle"), Entity(4, 5, "location", [Box(1, 1, 5, 5)])])
+    b = Sample("b", "Rain over Munster".split(), img, [Entity(2, 3, "location")])
+    c = Sample("c", "Leopard 2 again".split(), None, [Entity(0, 2, "vehicle")])
+    with FakeServer(box_everything) as srv:
+        out, counts = g.ground([a, b, c], data.samples, data, Client(ClientConfig(base_url=srv.url)),
+                               g.GroundingConfig(k=1, max_side=10_000))
+    assert len(srv.requests) == 1 and not srv.errors
+    body = srv.requests[0]
+    assert query_of(body)[1] == [{"entity": "Leopard 2", "type": "vehicle"}]
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["entities"]["items"]["properties"]["entity"]["enum"] == ["Leopard 2"]
+    assert "Entities of type location are never grounded" in body["messages"][0]["content"]
+    assert out[0].entities[0].boxes == [Box(10, 10, 90, 90)] and out[0].entities[1].boxes == []
+    assert all(not e.boxes for s in out[1:] for e in s.entities)
+    assert counts["no_entity"] == 1 and counts["no_image"] == 1 and counts["calls"] == 1
+
+
+def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
+    """Twitter-style types (LOC, not location): a LOC entity is asked and boxed like any other."""
+    img = read_ccks(DEMO).samples[0].image
+    s = Sample("t", "Obama visits Munster".split(), img, [Entity(0, 1, "PER"), Entity(2, 3, "LOC")])
+    data = Dataset([s], ["PER", "LOC"], "1. PER: people\n2. LOC: places", [])
+    with FakeServer(box_everything) as srv:
+        out, counts = g.ground([s], [s, Sample("d", ["x"], img, [])], data, Client(ClientConfig(base_url=srv.url)),
+                               g.GroundingConfig(k=1))
+    assert "never grounded" not in srv.requests[0]["messages"][0]["content"]
+    assert [e.boxes for e in out[0].entities] == [[Box(10, 10, 90, 90)]] * 2 and counts["calls"] == 1
+
+
+def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
+    """parse_answer on every kind of bad answer, then the same answers through the client and a fake server."""
+    asked = {"Leopard 2": "vehicle", "NATO": "other"}
+    orig = sent = (640, 480)
+    ok = {"entity": "NATO", "type": "other", "boxes": [[10, 10, 50, 50]]}
+    cases = {
+        "strings": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": ["10,10,50,50"]}, ok]},
+                    {"malformed_boxes": 1, "missing": 0}),
+        "nested": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[[1, 2, 3, 4]]]}, ok]},
+                   {"malformed_boxes": 1}),
+        "x2<x1": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[50, 10, 10, 50]]}, ok]},
+                  {"degenerate_boxes": 1}),
+        "off image": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[900, 900, 990, 990]]}, ok]},
+                      {"degenerate_boxes": 1}),
+        "no boxes key": ({"entities": [{"entity": "Leopard 2", "type": "vehicle"}, ok]}, {"bad_items": 1, "missing": 1}),
+        "invented": ({"entities": [{"entity": "Zeppelin", "type": "aircraft", "boxes": []}, ok]},
+                     {"invented": 1, "missing": 1}),
+        "not JSON": ("I think the tank is on the left.", {"bad_answers": 1, "missing": 0}),
+        "wrong shape": ({"boxes": [1, 2]}, {"bad_answers": 1}),
+    }
+    for name, (content, want) in cases.items():
+        counts = Counter()
+        found = g.parse_answer(content, asked, orig, sent, "abs", counts)
+        for k, v in want.items():
+            assert counts[k] == v, (name, dict(counts))
+        if not name.startswith(("not", "wrong")):
+            assert found["NATO"] == [Box(10, 10, 50, 50)] and not found.get("Leopard 2"), name
+
+    # Through the client: answers outside the schema are re-asked and end as failed calls; x2 < x1 fits the
+    # schema and is dropped as degenerate; the other samples are grounded as usual.
+    data = read_ccks(DEMO)
+    queries = [s for s in unboxed(data.samples) if any(e.type != "location" for e in s.entities)][:len(cases)]
+    script = {q.text: content for q, (content, _) in zip(queries, cases.values())}
+
+    def handler(body):
+        text, listed = query_of(body)
+        content = script[text]
+        if isinstance(content, dict) and "entities" in content:   # aim the bad item at an asked entity
+            items = [dict(it) for it in content["entities"]]
+            if items[0]["entity"] != "Zeppelin":
+                items[0]["entity"] = listed[0]["entity"]
+            content = {"entities": items[:1]}
+        return reply(content)
+
+    with FakeServer(handler) as srv:
+        client = Client(ClientConfig(base_url=srv.url, schema_retries=1, max_retries=0))
+        out, counts = g.ground(queries, data.samples, data, client, g.GroundingConfig(k=1))
+    assert counts["calls"] == len(cases) and counts["failed_calls"] == len(cases) - 1
+    assert counts["degenerate_boxes"] == 1 and client.usage.reasks == len(cases) - 1
+    assert all(not e.boxes for s in out for e in s.entities)
