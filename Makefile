@@ -15,3 +15,15 @@ test: setup-dev
 	$(PY) -m pytest -q
 
 .PHONY: setup setup-dev demo test
+
+# Integration tests against a real llama-server serving a tiny random-weight Qwen2-VL (test infrastructure only).
+# The build is idempotent and caches outside the repository in $REFINEG_REALSERVER_CACHE (default
+# ~/.cache/refineg-realserver): ~6 min on 2 cores the first time, seconds after. `make test` runs these tests too
+# once the server is built, and skips them (naming `make real-server`) when it is not.
+real-server: setup-dev
+	PY=$(PY) bash tests/realserver/build.sh
+
+test-real: real-server
+	$(PY) -m pytest -q -m realserver tests/test_realserver.py
+
+.PHONY: real-server test-real
