@@ -72,6 +72,10 @@ class ClientConfig:
 class LLMError(RuntimeError):
     """A call that failed for good; the message says what happened, where, and what to try."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status        # the HTTP status of the last answer, None when there was none
+
 
 @dataclass
 class Reply:
@@ -339,12 +343,12 @@ class Client:
             for k, v in inc.items():
                 setattr(self.usage, k, getattr(self.usage, k) + v)
 
-    def _error(self, message: str) -> LLMError:
+    def _error(self, message: str, status: int | None = None) -> LLMError:
         # Error bodies and exception texts could echo a header; a key shorter than 8 characters is a
         # local placeholder (e.g. "x") and scrubbing it would garble the message.
         if len(self._key) >= 8:
             message = message.replace(self._key, "***")
-        return LLMError(message)
+        return LLMError(message, status)
 
     def _chat(self, messages: list[dict], schema: dict | None = None, *, temperature: float | None = None,
               max_tokens: int | None = None) -> Reply:
@@ -397,9 +401,14 @@ class Client:
             used = {k: used[k] + tokens[k] for k in used}
             self._count(**tokens)
             if choice.get("finish_reason") == "length":
-                raise self._error(f"the answer was cut at max_tokens={body['max_tokens']} (finish_reason 'length'): "
-                                  "raise max_tokens or bound the schema (maxItems, maxLength); "
-                                  f"it starts {text[:200]!r}")
+                # llama-server accepts prompt + max_tokens beyond its context and stops when the context is
+                # full (vLLM refuses with a 400): fewer tokens than max_tokens means the context, not the cap.
+                why = (f"cut at max_tokens={body['max_tokens']}: raise max_tokens or bound the schema "
+                       "(maxItems, maxLength)" if tokens["completion_tokens"] >= body["max_tokens"] else
+                       f"cut after {tokens['completion_tokens']} tokens by the server's context "
+                       f"({tokens['prompt_tokens']} prompt tokens): start the server with a larger context "
+                       "(llama-server -c, vLLM --max-model-len) or send fewer/smaller images")
+                raise self._error(f"the answer was {why} (finish_reason 'length'); it starts {text[:200]!r}")
             if schema is None:
                 return Reply(text, used, cached=False)
             try:
@@ -422,7 +431,7 @@ class Client:
         cfg = self.config
         url = cfg.base_url.rstrip("/") + "/chat/completions"
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        tries, delay, problem = cfg.max_retries + 1, 0.0, None
+        tries, delay, problem, status = cfg.max_retries + 1, 0.0, None, None
         for attempt in range(tries):
             if attempt:
                 self._count(retries=1)
@@ -443,22 +452,25 @@ class Client:
             if any(p in low for p in NO_VISION):
                 raise self._error(f"the model {cfg.model or '(server default)'} at {url} has no vision: it refused "
                                   f"the image (HTTP {r.status_code}: {start}). Serve a vision-language model "
-                                  "(llama-server also needs --mmproj).")
+                                  "(llama-server also needs --mmproj).", r.status_code)
             if r.status_code == 404:
                 raise self._error(f"model {cfg.model!r} not found at {url} (HTTP 404: {start}); check the name "
-                                  f"against GET {cfg.base_url.rstrip('/')}/models and that base_url ends in /v1")
+                                  f"against GET {cfg.base_url.rstrip('/')}/models and that base_url ends in /v1", 404)
             if r.status_code in RETRY_STATUS or r.status_code >= 500:
-                problem = f"HTTP {r.status_code}: {start}"
+                problem, status = f"HTTP {r.status_code}: {start}", r.status_code
                 delay = self._backoff(attempt, r.headers.get("Retry-After"))
                 continue
             hint = f" (check the API key in ${cfg.api_key_env})" if r.status_code in (401, 403) else ""
-            raise self._error(f"HTTP {r.status_code} from {url}{hint}: {start}")
+            if "context" in low and r.status_code == 400:      # llama-server: exceed_context_size_error
+                hint = (" (the prompt does not fit the server's context: start it with a larger context "
+                        "(llama-server -c, vLLM --max-model-len) or send fewer/smaller images)")
+            raise self._error(f"HTTP {r.status_code} from {url}{hint}: {start}", r.status_code)
         if isinstance(problem, requests.Timeout):
             raise self._error(f"no answer from {url} within {cfg.connect_timeout:g} s (connect) / "
                               f"{cfg.read_timeout:g} s (read) in {tries} tries: {problem}")
         if isinstance(problem, requests.ConnectionError):
             raise self._error(f"cannot connect to {url} in {tries} tries ({problem}). {START_HINT}")
-        raise self._error(f"{url} failed {tries} times; the last answer: {problem}")
+        raise self._error(f"{url} failed {tries} times; the last answer: {problem}", status)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Seconds before the next try: the server's Retry-After (seconds) if it gave one, else capped

@@ -30,6 +30,16 @@ def reply(content: str | dict | list, finish_reason: str = "stop", prompt_tokens
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
+def error(status: int, message: str, kind: str = "invalid_request_error", **extra) -> tuple[int, dict, dict]:
+    """An error answer in the shape llama-server sends: {"error": {"code", "message", "type", ...}}.
+
+    Seen on a real server: 400 invalid_request_error (bad base64), 400 exceed_context_size_error
+    (with n_prompt_tokens and n_ctx), 404 not_found_error, 500 server_error ("image input is not
+    supported" from a text-only model, and client mistakes such as image_url given as a string).
+    """
+    return status, {"error": {"code": status, "message": message, "type": kind, **extra}}, {}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True           # a hung handler must not keep the test process (or server_close) waiting
     request_queue_size = 128        # the default of 5 refuses connections under 16 parallel clients

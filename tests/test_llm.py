@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fake_server import FakeServer, reply
+from fake_server import FakeServer, error, reply
 import llm
 from llm import Client, ClientConfig, LLMError, check_server, extract_json, image_part, text_part, validate
 
@@ -153,10 +153,35 @@ def test_unknown_model_names_the_model():
 
 
 def test_finish_reason_length_is_an_error_not_a_result():
-    with FakeServer(script(reply('{"answer": "ye', finish_reason="length"))) as srv:
-        with pytest.raises(LLMError, match=r"cut at max_tokens=2048 \(finish_reason 'length'\)"):
+    with FakeServer(script(reply('{"answer": "ye', finish_reason="length", completion_tokens=2048))) as srv:
+        with pytest.raises(LLMError, match=r"cut at max_tokens=2048: .*\(finish_reason 'length'\)"):
             client(srv.url).chat(ask("hello"), SCHEMA)
     assert len(srv.requests) == 1
+
+
+def test_length_before_max_tokens_blames_the_context():
+    """llama-server accepts prompt + max_tokens beyond its context and stops when the context is full
+    (found on the real server): 200, finish_reason length, fewer tokens than max_tokens."""
+    answer = reply('{"answer": "ye', finish_reason="length", prompt_tokens=8100, completion_tokens=92)
+    with FakeServer(script(answer)) as srv:
+        with pytest.raises(LLMError, match=r"cut after 92 tokens by the server's context \(8100 prompt tokens\)"):
+            client(srv.url).chat(ask("hello"), SCHEMA)
+    assert len(srv.requests) == 1
+
+
+def test_real_server_error_shapes_give_status_and_hints():
+    """The error bodies llama-server sends (modelled by fake_server.error), each one try."""
+    cases = [(error(400, "request (9000 tokens) exceeds the available context size (8192 tokens)",
+                    "exceed_context_size_error", n_prompt_tokens=9000, n_ctx=8192), 400, "larger context"),
+             (error(400, "Failed to load image or audio file"), 400, "Failed to load image"),
+             (error(404, "Model not found", "not_found_error"), 404, "not found"),
+             (error(500, "image input is not supported - hint: if this is unexpected, you may need to provide "
+                         "the mmproj", "server_error"), 500, "has no vision")]
+    for answer, status, words in cases:
+        with FakeServer(script(answer)) as srv:
+            with pytest.raises(LLMError, match=words) as info:
+                client(srv.url).chat(ask("hello"))
+        assert info.value.status == status and len(srv.requests) == 1
 
 
 # ---------------------------------------------------------------- structured output
