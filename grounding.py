@@ -299,7 +299,9 @@ def _answer(demo: Sample, asked: dict[str, str], orig, sent, fmt: str) -> dict:
 
 def answer_schema(asked: dict[str, str], types: list[str], sent: tuple[int, int], fmt: str, max_boxes: int) -> dict:
     top = {"abs": max(sent), "norm1000": 1000, "norm1": 1}[fmt]
-    coord = {"type": "number", "minimum": 0, "maximum": top}
+    # Whole units except for 0-1: llama.cpp's grammar enforces minimum/maximum on integers only, so a
+    # "number" lets a model write -3333333333 and pay a re-ask with every image sent again.
+    coord = {"type": "number" if fmt == "norm1" else "integer", "minimum": 0, "maximum": top}
     item = {"type": "object", "additionalProperties": False, "required": ["entity", "type", "boxes"],
             "properties": {"entity": {"type": "string", "enum": list(asked)},
                            "type": {"type": "string", "enum": types},

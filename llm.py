@@ -470,7 +470,9 @@ class Client:
                               f"{cfg.read_timeout:g} s (read) in {tries} tries: {problem}")
         if isinstance(problem, requests.ConnectionError):
             raise self._error(f"cannot connect to {url} in {tries} tries ({problem}). {START_HINT}")
-        raise self._error(f"{url} failed {tries} times; the last answer: {problem}", status)
+        hint = (" The server's context is full: llama-server's slots share -c, so give it workers x (prompt + "
+                "answer) tokens or lower --llm-workers." if "context size" in str(problem).lower() else "")
+        raise self._error(f"{url} failed {tries} times; the last answer: {problem}.{hint}", status)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Seconds before the next try: the server's Retry-After (seconds) if it gave one, else capped

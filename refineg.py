@@ -52,7 +52,7 @@ class RunConfig:
     test_share: float = 0.3         # share of --data held out as the test split when --test is not given
     out: str = "runs/refineg"       # run directory (config.json, predictions.json, metrics.json, ...)
     tagger_dir: str = ""            # reuse a trained tagger from this directory instead of training one
-    synthesize: bool = True         # run the synthesis stage when an LLM is configured
+    synthesize: bool = True         # run the synthesis stage when an LLM is configured and a tagger is trained
     refine: bool = True             # run the refinement stage when an LLM is configured
     ground: bool = True             # run the grounding stage when an LLM is configured
     viz: int = 0                    # draw this many predictions (boxes, names, types; gold too) into viz/
@@ -180,8 +180,9 @@ def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out:
     k = key(cfg["synth"], cfg["llm"].model, [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities])
                                             for s in seeds.samples])
     stamp = out / "synthetic.summary.json"
-    if stamp.is_file() and (out / "synthetic.jsonl").is_file() and json.loads(stamp.read_text()).get("key") == k:
-        return synth.read_synthetic(out / "synthetic.jsonl"), {**json.loads(stamp.read_text()), "reused": True}
+    done = json.loads(stamp.read_text()) if stamp.is_file() and (out / "synthetic.jsonl").is_file() else {}
+    if done.get("key") == k and not done.get("failed_calls"):    # failed calls are asked again (the rest is cached)
+        return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
     samples, summary = synth.synthesize(seeds, client, cfg["synth"])
     synth.write_synthetic(samples, out / "synthetic.jsonl.tmp")
     (out / "synthetic.jsonl.tmp").replace(out / "synthetic.jsonl")
@@ -216,7 +217,7 @@ def pipeline(cfg: dict) -> int:
     # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
     t0 = time.perf_counter()
     synthetic = []
-    if use_llm and run.synthesize:
+    if use_llm and run.synthesize and not run.tagger_dir:     # synthetic sentences only serve training
         synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
         print(synth.format_summary(summary))
         notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}

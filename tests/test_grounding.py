@@ -210,12 +210,13 @@ def query_of(body: dict) -> tuple[str, list[dict]]:
     return m.group(1), json.loads(m.group(2))
 
 
-def in_format(b: Box, orig, sent, fmt):   # independent of grounding.to_model
+def in_format(b: Box, orig, sent, fmt):   # independent of grounding.to_model; whole units as a model writes them
     W, H = orig
     if fmt == "abs":
-        return [b.x1 * sent[0] / W, b.y1 * sent[1] / H, b.x2 * sent[0] / W, b.y2 * sent[1] / H]
-    u = 1000 if fmt == "norm1000" else 1
-    return [b.x1 / W * u, b.y1 / H * u, b.x2 / W * u, b.y2 / H * u]
+        return [round(v) for v in (b.x1 * sent[0] / W, b.y1 * sent[1] / H, b.x2 * sent[0] / W, b.y2 * sent[1] / H)]
+    if fmt == "norm1000":
+        return [round(v) for v in (b.x1 / W * 1000, b.y1 / H * 1000, b.x2 / W * 1000, b.y2 / H * 1000)]
+    return [b.x1 / W, b.y1 / H, b.x2 / W, b.y2 / H]
 
 
 def gold_handler(data: Dataset, fmt: str):

@@ -28,7 +28,7 @@ def gold_boxes() -> dict[tuple[str, str], list[list[float]]]:
     out = {}
     for s in gold.samples:
         for e in s.entities:
-            out.setdefault((s.text, s.name(e)), [[b.x1, b.y1, b.x2, b.y2] for b in e.boxes])
+            out.setdefault((s.text, s.name(e)), [[round(v) for v in (b.x1, b.y1, b.x2, b.y2)] for b in e.boxes])
     return out
 
 
@@ -119,6 +119,8 @@ def test_interrupted_run_resumes_without_paying_twice(trained: Path, tmp_path: P
     with FakeServer(oracle) as srv:                         # the uninterrupted reference run
         assert refineg.main([*common, "--out", str(tmp_path / "ref"), "--llm-url", srv.url]) == 0
         reference = (tmp_path / "ref" / "predictions.json").read_text()
+        usage = json.loads((tmp_path / "ref" / "usage.json").read_text())["llm"]
+        assert "synthesis" not in usage                     # a reused tagger needs no synthetic sentences
 
     real_map = llm.Client.map_chat
 
