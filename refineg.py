@@ -162,7 +162,8 @@ def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: P
     run = cfg["run"]
     if run.tagger_dir:
         return tagger.load(run.tagger_dir), f"loaded from {run.tagger_dir}"
-    k = key(cfg["tagger"], types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train])
+    settings = dataclasses.replace(cfg["tagger"], progress=True)    # showing bars does not change the model
+    k = key(settings, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train])
     stamp = out / "tagger" / "stage.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == k:
         return tagger.load(str(out / "tagger")), "reused (same settings and data)"
