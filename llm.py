@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
@@ -371,12 +372,18 @@ class Client:
         finally:
             self._count(seconds=time.perf_counter() - t0)
 
-    def map_chat(self, requests: list[dict], desc: str = "", workers: int | None = None) -> list[Reply | LLMError]:
+    def map_chat(self, requests: list[dict | Callable[[], dict | None]], desc: str = "",
+                 workers: int | None = None) -> list[Reply | LLMError | None]:
         """chat(**r) for every r, `workers` at a time (default config.workers), results in input order.
-        A failed item is its LLMError; the others are kept (and cached as each finishes)."""
+        A failed item is its LLMError; the others are kept (and cached as each finishes). An r that is a
+        function is called in the worker to build the request, so only the requests in flight are in
+        memory (their images are the bulk); when it returns None no call is made and the result is None."""
         t0, results = time.perf_counter(), [None] * len(requests)
 
-        def one(r: dict) -> Reply | LLMError:
+        def one(r: dict | Callable[[], dict | None]) -> Reply | LLMError | None:
+            r = r() if callable(r) else r
+            if r is None:
+                return None
             try:
                 return self._chat(**r)
             except LLMError as e:       # counted in usage.failures by _chat; the caller decides what to do
