@@ -357,6 +357,7 @@ class Client:
         self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""   # never printed
         self._lock = threading.Lock()                # guards usage, the cache dict and the cache file
         self._silent = 0                             # calls in a row that got no answer (see dead_after)
+        self.last_error = ""                         # the message of the latest failed call, for summaries
         self._cache = _load_cache(config.cache_path) if config.cache_path else {}
         self._session = requests.Session()           # keep-alive: no TCP handshake per call
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(64, config.workers), max_retries=0)
@@ -445,8 +446,9 @@ class Client:
             reply = self._ask(body, schema)
             self._store(key, body, reply)
             return reply
-        except LLMError:
+        except LLMError as e:
             self._count(failures=1)
+            self.last_error = str(e)
             raise
 
     def _ask(self, body: dict, schema: dict | None) -> Reply:
