@@ -229,7 +229,7 @@ def _box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False
     if not all(np.isfinite(xyxy)):
         raise DataError(f"{where}: expected finite coordinates, got {bnd!r}")
     w, h = size or (np.inf, np.inf)
-    clipped = [min(max(v, 0.0), top) for v, top in zip(xyxy, (w, h, w, h))]
+    clipped = [min(max(v, 0.0), float(top)) for v, top in zip(xyxy, (w, h, w, h))]
     box = Box(*clipped)
     if box.x2 <= box.x1 or box.y2 <= box.y1:
         raise DataError(f"{where}: expected xmin < xmax and ymin < ymax inside the image"
