@@ -342,14 +342,18 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
 
 def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
     """Boxes, names and types of the first n predictions with an image (red), gold in green."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
     folder.mkdir(parents=True, exist_ok=True)
     gold_by_id = {s.id: s for s in gold or []}
     done = 0
     for s in pred:
         if done >= n or not s.image:
             continue
-        img = Image.open(s.image).convert("RGB")
+        try:
+            img = llm.open_image(s.image)
+        except llm.ImageError as err:      # untrusted file: no picture for it, said once
+            print(f"viz: {err}; not drawn")
+            continue
         pen = ImageDraw.Draw(img)
         layers = [(gold_by_id.get(s.id), (40, 200, 40), 0), (s, (230, 30, 30), 12)]
         for sample, colour, dy in layers:
