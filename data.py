@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+ID_RE = re.compile(r"\w[\w.-]*")       # a sample id names its image file: no path separators, no leading dot
 TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
 TWITTER_TYPE_TEXT = (
     "1. PER: names of people (real or fictional), e.g. Justin Bieber, Obama\n"
@@ -107,6 +109,8 @@ class Dataset:
     type_text: str = ""             # the type descriptions (types.txt), verbatim, for prompts
     generic: list[str] = field(default_factory=list)   # "do not extract" words from types.txt
     missing_images: int = 0         # samples read as text-only because their image is missing
+    clipped_boxes: int = 0          # gold boxes reaching outside their image, clipped to it (warned)
+    unmatched_objects: int = 0      # Twitter xml objects whose name is no entity of their sample (warned, dropped)
 
 
 def tokenize(text: str) -> list[str]:
@@ -189,7 +193,7 @@ def read_types(path: Path) -> tuple[list[str], str, list[str]]:
     Type lines look like `3. vessel: Watercraft for ...`; the do-not line holds
     `(e.g.: gun, air base, ...)`.
     """
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig").replace("\ufeff", "")   # a BOM anywhere would hide a type line
     types = re.findall(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", text, flags=re.M)
     if not types:
         raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
@@ -202,7 +206,7 @@ def read_types(path: Path) -> tuple[list[str], str, list[str]]:
 
 def _load_json(path: Path) -> dict:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
     if not isinstance(obj, dict):
@@ -210,14 +214,36 @@ def _load_json(path: Path) -> dict:
     return obj
 
 
-def _box(bnd: dict, where: str) -> Box:
+def _box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False) -> tuple[Box, bool]:
+    """A gold box and whether it was clipped. The policy: coordinates outside the image (negative, or past
+    `size` when the image size is known) are clipped to it, counted and warned by the reader; anything
+    else odd is refused: strings or booleans in JSON (`text` = XML, where numbers are text), NaN or
+    Infinity, and boxes with no area (xmax <= xmin or ymax <= ymin, also after clipping)."""
     try:
-        box = Box(*(float(bnd[k]) for k in ("xmin", "ymin", "xmax", "ymax")))
+        raw = [bnd[k] for k in ("xmin", "ymin", "xmax", "ymax")]
+        if not text and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw):
+            raise TypeError
+        xyxy = [float(v) for v in raw]
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{where}: expected bnd {{xmin, ymin, xmax, ymax}} numbers or null, got {bnd!r}") from None
-    if min(box.x1, box.y1) < 0 or box.x2 <= box.x1 or box.y2 <= box.y1:
-        raise DataError(f"{where}: expected 0 <= xmin < xmax and 0 <= ymin < ymax, got {bnd!r}")
-    return box
+    if not all(np.isfinite(xyxy)):
+        raise DataError(f"{where}: expected finite coordinates, got {bnd!r}")
+    w, h = size or (np.inf, np.inf)
+    clipped = [min(max(v, 0.0), float(top)) for v, top in zip(xyxy, (w, h, w, h))]
+    box = Box(*clipped)
+    if box.x2 <= box.x1 or box.y2 <= box.y1:
+        raise DataError(f"{where}: expected xmin < xmax and ymin < ymax inside the image"
+                        f"{f' ({w}x{h})' if size else ''}, got {bnd!r}")
+    return box, clipped != xyxy
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """The size from the image header; None when it cannot be read (grounding reports that image)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:    # any unreadable file: no clipping to its size here; the stages count it
+        return None
 
 
 def read_ccks(folder: str | Path) -> Dataset:
@@ -232,31 +258,38 @@ def read_ccks(folder: str | Path) -> Dataset:
     texts = _load_json(folder / "text.json")
     labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
     images = (folder / "images").resolve()
-    samples, missing_images = [], 0
+    samples, missing_images, clipped = [], 0, Counter()
     for sid, rec in texts.items():
         where = f"{folder / 'text.json'}: record {sid!r}"
+        if not ID_RE.fullmatch(sid):
+            raise DataError(f"{where}: an id is a plain name (letters, digits, '_', '-', '.'; not starting with "
+                            f"'.'), since images/<id>.jpg is its image; got {sid!r}")
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
-        image = (images / f"{sid}.jpg").resolve()
-        if image.parent != images:
-            raise DataError(f"{where}: id would escape the images folder ({image})")
+        image = images / f"{sid}.jpg"
         if not image.is_file():
             warnings.warn(f"{where}: image {image} not found; reading it as text-only")
             missing_images += 1
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
+            size = _image_size(image) if image.is_file() and labels.get(sid) else None
             entities = _ccks_entities(labels.get(sid, []), tokens, types,
-                                      f"{folder / 'entity.json'}: record {sid!r}")
+                                      f"{folder / 'entity.json'}: record {sid!r}", size, clipped)
         samples.append(Sample(str(sid), tokens, str(image) if image.is_file() else None, entities))
     if labels is not None:
         extra = set(labels) - set(texts)
         if extra:
             raise DataError(f"{folder / 'entity.json'}: ids with no text in text.json: {sorted(extra)[:5]}")
-    return Dataset(samples, types, type_text, generic, missing_images)
+    if clipped:
+        warnings.warn(f"{sum(clipped.values())} gold box(es) reached outside their image and were clipped to it, "
+                      f"e.g. in {min(clipped)}")
+    return Dataset(samples, types, type_text, generic, missing_images, clipped_boxes=sum(clipped.values()))
 
 
-def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str) -> list[Entity]:
+def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str,
+                   size: tuple[int, int] | None = None, clipped: Counter | None = None) -> list[Entity]:
+    """Entities of one record list; `clipped` counts, per `where`, the boxes clipped to the image `size`."""
     if not isinstance(records, list):
         raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
     boxes: dict[tuple[str, str], list[Box]] = {}
@@ -269,7 +302,9 @@ def _ccks_entities(records: list, tokens: list[str], types: list[str], where: st
         key = (r["name"], r["label"])
         boxes.setdefault(key, [])
         if r.get("bnd") is not None:
-            box = _box(r["bnd"], at)
+            box, was_clipped = _box(r["bnd"], at, size)
+            if was_clipped and clipped is not None:
+                clipped[where] += 1
             if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
                 boxes[key].append(box)
     entities, missing = label_names(tokens, list(boxes))
@@ -326,7 +361,7 @@ def read_conll(path: str | Path) -> Dataset:
             samples.append(Sample(sid or str(len(samples)), list(tokens), None, ents))
         tokens.clear(), tags.clear()
 
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n").rstrip("\r")
             if line.startswith("IMGID:"):
@@ -358,6 +393,7 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | N
     """
     data = read_conll(txt)
     xml_dir = Path(xml_dir)
+    unmatched = Counter()                                   # xml file -> objects naming no entity
     for s in data.samples:
         xml = xml_dir / f"{s.id}.xml"
         named: dict[str, list[Box]] = {}
@@ -366,18 +402,32 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | N
                 root = ET.parse(xml).getroot()
             except ET.ParseError as err:
                 raise DataError(f"{xml}: malformed XML: {err}") from None
+            try:            # the VOC <size>, when present, bounds the boxes
+                size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
+            except (TypeError, ValueError):
+                size = None
             for k, obj in enumerate(root.iter("object")):
                 bb = obj.find("bndbox")
                 bnd = {t: bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")} if bb is not None else None
-                named.setdefault(obj.findtext("name", "").strip(), []).append(_box(bnd, f"{xml}: object {k}"))
+                box, clipped = _box(bnd, f"{xml}: object {k}", size if size and min(size) > 0 else None, text=True)
+                data.clipped_boxes += clipped
+                named.setdefault(obj.findtext("name", "").strip(), []).append(box)
         for e in s.entities:
             e.boxes = list(named.get(s.name(e), []))
+        names = {s.name(e) for e in s.entities}
+        unmatched[xml] += sum(len(boxes) for name, boxes in named.items() if name not in names)
         if image_dir is not None:
             img = Path(image_dir) / f"{s.id}.jpg"
             if img.is_file():
                 s.image = str(img)
             else:
                 data.missing_images += 1
+    data.unmatched_objects = sum(unmatched.values())
+    if data.unmatched_objects:
+        warnings.warn(f"{xml_dir}: {data.unmatched_objects} object(s) name no entity of their sample and are dropped, "
+                      f"e.g. in {next(str(x) for x, n in unmatched.items() if n)}")
+    if data.clipped_boxes:
+        warnings.warn(f"{xml_dir}: {data.clipped_boxes} box(es) reached outside their image and were clipped to it")
     data.types = [t for t in TWITTER_TYPES if t in data.types] + [t for t in data.types if t not in TWITTER_TYPES]
     data.type_text = TWITTER_TYPE_TEXT
     return data
@@ -421,7 +471,7 @@ def read_dataset(path: str | Path) -> Dataset:
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
     xml_dir = path.parent / "xml"
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         has_imgid = f.readline().startswith("IMGID:")
     if has_imgid and xml_dir.is_dir():
         return read_twitter(path, xml_dir)

@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 
 from data import Box, Dataset, Entity, Sample
-from llm import Client, LLMError, image_part, text_part
+from llm import Client, ImageError, LLMError, image_part, image_size, open_image, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (sides rounded to multiples of 28), a few pixels off the size sent; servers do not report that size.
@@ -131,24 +131,36 @@ def _pixel_descriptor(img: Image.Image) -> np.ndarray:
 
 @torch.no_grad()
 def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: int = 64) -> np.ndarray:
-    """(N, E) unit vectors (zero rows for missing images): CLIP when a local folder is given, else pixels."""
+    """(N, E) unit vectors (zero rows for missing or unreadable images): CLIP when a local folder is given,
+    else pixels. An unreadable image is reported where it would be sent (ground), not here."""
     have = [i for i, p in enumerate(paths) if p]
     if image_encoder:
         from transformers import CLIPImageProcessor, CLIPModel
         model, proc = CLIPModel.from_pretrained(image_encoder).eval(), CLIPImageProcessor.from_pretrained(image_encoder)
         out = np.zeros((len(paths), model.config.projection_dim), dtype=np.float32)
         for b in range(0, len(have), batch_size):
-            idx = have[b:b + batch_size]
-            pix = proc(images=[Image.open(paths[i]).convert("RGB") for i in idx], return_tensors="pt")["pixel_values"]
+            images = {i: _load(paths[i]) for i in have[b:b + batch_size]}
+            idx = [i for i, im in images.items() if im is not None]
+            if not idx:
+                continue
+            pix = proc(images=[images[i] for i in idx], return_tensors="pt")["pixel_values"]
             feats = model.get_image_features(pixel_values=pix)     # (B, E); transformers 5 wraps it in an output
             feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
             out[idx] = torch.nn.functional.normalize(feats, dim=-1).numpy()
         return out
     out = np.zeros((len(paths), 832), dtype=np.float32)
     for i in have:
-        with Image.open(paths[i]) as img:
-            out[i] = _pixel_descriptor(img.convert("RGB"))
+        img = _load(paths[i])
+        if img is not None:
+            out[i] = _pixel_descriptor(img)
     return out
+
+
+def _load(path: str) -> Image.Image | None:
+    try:
+        return open_image(path)
+    except ImageError:
+        return None
 
 
 def features(samples: list[Sample], types: list[str], config: GroundingConfig) -> Features:
@@ -311,11 +323,6 @@ def answer_schema(asked: dict[str, str], types: list[str], sent: tuple[int, int]
             "properties": {"entities": {"type": "array", "maxItems": len(asked), "items": item}}}
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    with Image.open(path) as img:
-        return img.size
-
-
 def _number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
@@ -374,31 +381,54 @@ def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Cl
     t0 = time.perf_counter()
     chosen = select_demos([samples[i] for i, _ in todo], pool, config) if todo and pool else [[] for _ in todo]
     counts["selection_seconds"] = round(time.perf_counter() - t0, 2)      # embeddings included
-    sent_demo: dict[str, tuple[dict, tuple[int, int]]] = {}       # demo images are encoded once
     system = {"role": "system", "content": system_prompt(data, never, fmt)}
-    requests, sizes = [], []
-    for (i, asked), picks in zip(todo, chosen):
+    shown: dict[str, tuple | None] = {}      # demo image -> (part, sent, orig), None = unreadable; encoded once
+    sizes: dict[int, tuple] = {}             # todo index -> (orig, sent) of the query image
+    bad_images: dict[str, str] = {}          # image path -> why it cannot be used
+
+    def encode(path: str) -> tuple | None:
+        try:
+            orig, (part, sent) = image_size(path), image_part(path, config.max_side)
+            return part, sent, orig
+        except ImageError as err:              # untrusted file: counted, the call goes on without it
+            bad_images[path] = str(err)
+            return None
+
+    def request(k: int, i: int, asked: dict[str, str], picks: list[int]) -> dict | None:
+        """Built in map_chat's workers, so only the requests in flight hold their base64 images."""
+        query = encode(samples[i].image)
+        if query is None:
+            return None                          # no image to ground in: no call, no box
         messages = [system]
         for j in picks:
             d = pool[j]
-            if d.image not in sent_demo:
-                sent_demo[d.image] = image_part(d.image, config.max_side)
-            part, dsent = sent_demo[d.image]
-            d_asked = _asked(d, never_l)
-            messages += [_turn(d, d_asked, part, dsent, fmt), _answer(d, d_asked, _image_size(d.image), dsent, fmt)]
-        part, sent = image_part(samples[i].image, config.max_side)
+            if d.image not in shown:             # two workers may both encode it: harmless
+                shown[d.image] = encode(d.image)
+            if shown[d.image] is not None:
+                part, dsent, dorig = shown[d.image]
+                d_asked = _asked(d, never_l)
+                messages += [_turn(d, d_asked, part, dsent, fmt), _answer(d, d_asked, dorig, dsent, fmt)]
+        part, sent, orig = query
+        sizes[k] = (orig, sent)
         messages.append(_turn(samples[i], asked, part, sent, fmt))
         types = data.types + [t for t in dict.fromkeys(asked.values()) if t not in data.types]
-        requests.append({"messages": messages, "schema": answer_schema(asked, types, sent, fmt, config.max_boxes)})
-        sizes.append((_image_size(samples[i].image), sent))
-    replies = client.map_chat(requests, desc="grounding") if requests else []
-    counts["calls"] = len(requests)
+        return {"messages": messages, "schema": answer_schema(asked, types, sent, fmt, config.max_boxes)}
+
+    builders = [lambda k=k, i=i, a=asked, p=picks: request(k, i, a, p)
+                for k, ((i, asked), picks) in enumerate(zip(todo, chosen))]
+    replies = client.map_chat(builders, desc="grounding") if builders else []
     found: dict[int, dict[str, list[Box]]] = {}
-    for (i, asked), (orig, sent), reply in zip(todo, sizes, replies):
-        if isinstance(reply, LLMError):
+    for k, ((i, asked), reply) in enumerate(zip(todo, replies)):
+        if reply is None:
+            counts["image_errors"] += 1
+        elif isinstance(reply, LLMError):
             counts["failed_calls"] += 1
-            continue
-        found[i] = parse_answer(reply.content, asked, orig, sent, fmt, counts)
+        else:
+            found[i] = parse_answer(reply.content, asked, *sizes[k], fmt, counts)
+    counts["calls"] = len(todo) - counts["image_errors"]
+    counts["demo_image_errors"] = sum(v is None for v in shown.values())
+    for path, why in sorted(bad_images.items()):
+        print(f"grounding: {why}; no box from it")
     out = []
     for i, s in enumerate(samples):
         boxes = found.get(i, {})

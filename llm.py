@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
@@ -57,8 +58,11 @@ class ClientConfig:
     model: str = ""                    # the served model name; "" = not sent (llama-server serves one model)
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key; unset is fine for local servers
     connect_timeout: float = 10.0      # seconds to open a connection
-    read_timeout: float = 300.0        # seconds of silence before giving up (long JSON on a CPU is slow)
+    read_timeout: float = 120.0        # seconds of silence before a try fails (raise it for slow local models)
     max_retries: int = 4               # extra tries after a timeout, connection error, 408/409/429 or 5xx
+    call_budget: float = 240.0         # seconds one call may spend over all its tries: a hung server costs minutes
+    dead_after: int = 4                # calls in a row without any answer (timeouts, no connection): the rest fail at once
+    max_answer_bytes: int = 2_000_000  # a longer HTTP answer is refused unread (a broken server), never re-asked
     backoff_base: float = 1.0          # seconds before the first retry; doubles per retry, times a 0.5-1 jitter
     backoff_cap: float = 30.0          # seconds: no wait is longer, Retry-After included
     temperature: float = 0.0           # always sent: server defaults differ (vLLM takes the model's, often 0.7)
@@ -67,6 +71,10 @@ class ClientConfig:
     cache_path: str | None = None      # JSONL of finished answers; None = no cache
     structured: str = "json_schema"    # json_schema (vLLM >= 0.12, llama-server) | json_object (schema in the prompt)
     schema_retries: int = 2            # re-asks, with the error, when an answer does not parse or fit the schema
+
+
+class ImageError(OSError):
+    """An image file that cannot be used: missing, not an image, truncated, or too many pixels."""
 
 
 class LLMError(RuntimeError):
@@ -94,6 +102,9 @@ class Usage:
     retries: int = 0             # requests repeated after a timeout, connection error, 408/409/429 or 5xx
     reasks: int = 0              # requests repeated because the answer did not parse or fit the schema
     failures: int = 0            # calls that ended in LLMError
+    odd_usage: int = 0           # answers whose usage counts were not numbers (counted as 0 tokens)
+    cached_prompt_tokens: int = 0      # what earlier runs paid for the answers read from the cache
+    cached_completion_tokens: int = 0
     seconds: float = 0.0         # wall time spent in chat() and map_chat()
 
     def as_dict(self) -> dict:
@@ -106,21 +117,44 @@ def text_part(text: str) -> dict:
     return {"type": "text", "text": text}
 
 
+def open_image(path: str) -> Image.Image:
+    """A decoded image as RGB, or ImageError. Every image file is untrusted input: an empty file, text
+    named .jpg, a truncated JPEG or a header claiming more than PIL's MAX_IMAGE_PIXELS (a decompression
+    bomb, refused before decoding) all become one exception type the stages count and fall back on."""
+    try:
+        with Image.open(path) as im:
+            if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
+                raise ImageError(f"{im.width}x{im.height} pixels, more than {Image.MAX_IMAGE_PIXELS}")
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")         # transparent pixels become white, not whatever colour they hide
+                out = Image.new("RGB", rgba.size, (255, 255, 255))
+                out.paste(rgba, mask=rgba.getchannel("A"))
+                return out
+            return im.convert("RGB")
+    except ImageError as e:
+        raise ImageError(f"cannot use image {path}: {e}") from None
+    except Exception as e:    # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... by format
+        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the header alone, or ImageError."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception as e:
+        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
 def image_part(path: str, max_side: int = 1000) -> tuple[dict, tuple[int, int]]:
     """An image as a JPEG data URL with its long side at most `max_side`, and the (width, height) sent.
 
     Always re-encoded: the label then always matches the bytes (PNG, WebP, CMYK JPEG all become RGB
     JPEG, which every server decodes), and the size sent is known exactly, so a box the model gives
-    in the sent image's pixels maps back to the original by a pure scaling.
+    in the sent image's pixels maps back to the original by a pure scaling. ImageError when unreadable.
     """
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")             # transparent pixels become white, not whatever colour they hide
-            im = Image.new("RGB", rgba.size, (255, 255, 255))
-            im.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            im = im.convert("RGB")
+    im = open_image(path)
     w, h = im.size
     if max(w, h) > max_side:
         scale = max_side / max(w, h)
@@ -140,12 +174,14 @@ OPEN_RE = re.compile(r"[\[{]")
 
 def extract_json(text: str) -> object:
     """The JSON value in a free-text answer: the whole text, else a fenced block, else the longest
-    value starting at a '{' or '[' in the prose (so "the [2] entities: {...}" gives the object)."""
+    value starting at a '{' or '[' in the prose (so "the [2] entities: {...}" gives the object).
+    Nesting deeper than Python's recursion limit ends the search (RecursionError is caught: every
+    '[' of "[[[[..." would fail the same way, and trying them all takes minutes)."""
     text = THINK_RE.sub("", text).strip()
     for candidate in [text] + FENCE_RE.findall(text):
         try:
             return json.loads(candidate)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
     decoder, best, m = json.JSONDecoder(), None, OPEN_RE.search(text)
     while m:
@@ -154,6 +190,8 @@ def extract_json(text: str) -> object:
         except json.JSONDecodeError:
             m = OPEN_RE.search(text, m.start() + 1)
             continue
+        except RecursionError:
+            break
         if best is None or end - m.start() > best[1]:
             best = (value, end - m.start())
         m = OPEN_RE.search(text, end)
@@ -177,6 +215,14 @@ def _is_type(value: object, t: str) -> bool:
     return isinstance(value, PY_TYPES[t])
 
 
+def _preview(value: object, n: int) -> str:
+    """The start of a value's JSON for a message; a value too deep to print is named by its type."""
+    try:
+        return json.dumps(value)[:n]
+    except (RecursionError, TypeError, ValueError):
+        return f"<{type(value).__name__} nested too deep to print>"
+
+
 def validate(value: object, schema: dict, path: str = "$") -> list[str]:
     """The ways `value` breaks `schema` ([] = it fits), for the JSON-schema subset the prompts use.
     An unsupported keyword raises ValueError: silently ignoring it would let bad answers through."""
@@ -190,9 +236,9 @@ def validate(value: object, schema: dict, path: str = "$") -> list[str]:
     if "type" in schema:
         types = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
         if not any(_is_type(value, t) for t in types):
-            return [f"{path}: expected {' or '.join(types)}, got {json.dumps(value)[:60]}"]
+            return [f"{path}: expected {' or '.join(types)}, got {_preview(value, 60)}"]
     if "enum" in schema and value not in schema["enum"]:
-        return [f"{path}: {json.dumps(value)[:60]} is not one of {json.dumps(schema['enum'])}"]
+        return [f"{path}: {_preview(value, 60)} is not one of {json.dumps(schema['enum'])}"]
     errors = []
     if isinstance(value, str):
         if len(value) > schema.get("maxLength", len(value)):
@@ -254,6 +300,16 @@ def _elide(part: dict) -> dict:
     return {**part, "image_url": {"url": f"<{len(url)} chars, sha256 {digest}>"}}
 
 
+def _content_text(content: object) -> str | None:
+    """The answer text of message.content: a string, null (""), or a list of text parts (the OpenAI
+    content-part form, joined); anything else is None (the caller reports it)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    return None
+
+
 def _with_note(messages: list[dict], note: str) -> list[dict]:
     """The messages with `note` appended to the last user message (some chat templates drop system turns)."""
     messages = list(messages)
@@ -300,6 +356,8 @@ class Client:
         self.usage = Usage()
         self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""   # never printed
         self._lock = threading.Lock()                # guards usage, the cache dict and the cache file
+        self._silent = 0                             # calls in a row that got no answer (see dead_after)
+        self.last_error = ""                         # the message of the latest failed call, for summaries
         self._cache = _load_cache(config.cache_path) if config.cache_path else {}
         self._session = requests.Session()           # keep-alive: no TCP handshake per call
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(64, config.workers), max_retries=0)
@@ -315,12 +373,18 @@ class Client:
         finally:
             self._count(seconds=time.perf_counter() - t0)
 
-    def map_chat(self, requests: list[dict], desc: str = "", workers: int | None = None) -> list[Reply | LLMError]:
+    def map_chat(self, requests: list[dict | Callable[[], dict | None]], desc: str = "",
+                 workers: int | None = None) -> list[Reply | LLMError | None]:
         """chat(**r) for every r, `workers` at a time (default config.workers), results in input order.
-        A failed item is its LLMError; the others are kept (and cached as each finishes)."""
+        A failed item is its LLMError; the others are kept (and cached as each finishes). An r that is a
+        function is called in the worker to build the request, so only the requests in flight are in
+        memory (their images are the bulk); when it returns None no call is made and the result is None."""
         t0, results = time.perf_counter(), [None] * len(requests)
 
-        def one(r: dict) -> Reply | LLMError:
+        def one(r: dict | Callable[[], dict | None]) -> Reply | LLMError | None:
+            r = r() if callable(r) else r
+            if r is None:
+                return None
             try:
                 return self._chat(**r)
             except LLMError as e:       # counted in usage.failures by _chat; the caller decides what to do
@@ -374,14 +438,17 @@ class Client:
             key = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
             hit = self._cache.get(key)
             if hit is not None:
-                self._count(cache_hits=1)
                 hit = json.loads(hit)
+                paid = hit["usage"] if isinstance(hit["usage"], dict) else {}
+                self._count(cache_hits=1, **{f"cached_{k}": v for k, v in paid.items()
+                                             if k in ("prompt_tokens", "completion_tokens") and type(v) is int})
                 return Reply(hit["content"], hit["usage"], cached=True)
             reply = self._ask(body, schema)
             self._store(key, body, reply)
             return reply
-        except LLMError:
+        except LLMError as e:
             self._count(failures=1)
+            self.last_error = str(e)
             raise
 
     def _ask(self, body: dict, schema: dict | None) -> Reply:
@@ -394,13 +461,17 @@ class Client:
             data = self._post({**body, "messages": messages})
             try:
                 choice = data["choices"][0]
-                text = choice["message"].get("content") or ""
+                text = _content_text(choice["message"].get("content"))
+                finish = choice.get("finish_reason")
             except (KeyError, IndexError, TypeError, AttributeError):
-                raise self._error(f"unexpected answer from {self.config.base_url}: {json.dumps(data):.300}") from None
-            tokens = {k: int((data.get("usage") or {}).get(k) or 0) for k in used}
+                raise self._error(f"unexpected answer from {self.config.base_url}: {_preview(data, 300)}") from None
+            if text is None:
+                raise self._error(f"unexpected answer from {self.config.base_url}: message.content is neither "
+                                  f"text nor a list of text parts: {_preview(choice['message']['content'], 200)}")
+            tokens = self._tokens(data.get("usage"))
             used = {k: used[k] + tokens[k] for k in used}
             self._count(**tokens)
-            if choice.get("finish_reason") == "length":
+            if finish == "length":
                 # llama-server accepts prompt + max_tokens beyond its context and stops when the context is
                 # full (vLLM refuses with a 400): fewer tokens than max_tokens means the context, not the cap.
                 why = (f"cut at max_tokens={body['max_tokens']}: raise max_tokens or bound the schema "
@@ -426,29 +497,53 @@ class Client:
         raise self._error(f"the answer did not fit the schema in {self.config.schema_retries + 1} tries: "
                           f"{'; '.join(problems[:5])}; the last one starts {text[:200]!r}")
 
+    def _tokens(self, usage: object) -> dict:
+        """{"prompt_tokens", "completion_tokens"} of an answer; counts that are not whole numbers >= 0
+        ("n/a", [5], -1, true) are 0 and the answer is counted in usage.odd_usage."""
+        out, odd = {}, not isinstance(usage, dict | None)
+        for k in ("prompt_tokens", "completion_tokens"):
+            v = usage.get(k, 0) if isinstance(usage, dict) else 0
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e15 and v == int(v)
+            out[k], odd = (int(v) if ok else 0), odd or not ok
+        self._count(odd_usage=int(odd))
+        return out
+
     def _post(self, body: dict) -> dict:
-        """The JSON of a 200 answer to POST /chat/completions, retrying only what a retry can fix."""
+        """The JSON of a 200 answer to POST /chat/completions, retrying only what a retry can fix,
+        within call_budget seconds over all tries."""
         cfg = self.config
         url = cfg.base_url.rstrip("/") + "/chat/completions"
+        if self._silent >= cfg.dead_after > 0:
+            raise self._error(f"{url} gave no answer to {self._silent} calls in a row: taken as dead, this call "
+                              f"is not sent. {START_HINT}")
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        tries, delay, problem, status = cfg.max_retries + 1, 0.0, None, None
-        for attempt in range(tries):
+        n, delay, problem, status = 0, 0.0, None, None      # n = tries made
+        deadline = time.monotonic() + cfg.call_budget
+        for attempt in range(cfg.max_retries + 1):
             if attempt:
+                if time.monotonic() + delay >= deadline:
+                    break
                 self._count(retries=1)
                 time.sleep(delay)
             self._count(requests=1)
+            n += 1
+            read = max(0.1, min(cfg.read_timeout, deadline - time.monotonic()))
             try:
-                r = self._session.post(url, json=body, headers=headers,
-                                       timeout=(cfg.connect_timeout, cfg.read_timeout))
+                with self._session.post(url, json=body, headers=headers, stream=True,
+                                        timeout=(cfg.connect_timeout, read)) as r:
+                    raw = self._read(r, url)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 problem, delay = e, self._backoff(attempt, None)
                 continue
+            self._silent = 0                               # an answer, even an error: the server is alive
             if r.status_code == 200:
                 try:
-                    return r.json()
-                except ValueError:
-                    raise self._error(f"{url} answered 200 with a body that is not JSON: {r.text[:300]!r}") from None
-            start, low = r.text[:300], r.text.lower()
+                    return json.loads(raw)
+                except (ValueError, RecursionError):
+                    raise self._error(f"{url} answered 200 with a body that is not JSON "
+                                      f"(or nested too deep): {raw[:300]!r}") from None
+            text = raw.decode("utf-8", "replace")
+            start, low = text[:300], text.lower()
             if any(p in low for p in NO_VISION):
                 raise self._error(f"the model {cfg.model or '(server default)'} at {url} has no vision: it refused "
                                   f"the image (HTTP {r.status_code}: {start}). Serve a vision-language model "
@@ -465,14 +560,30 @@ class Client:
                 hint = (" (the prompt does not fit the server's context: start it with a larger context "
                         "(llama-server -c, vLLM --max-model-len) or send fewer/smaller images)")
             raise self._error(f"HTTP {r.status_code} from {url}{hint}: {start}", r.status_code)
+        if isinstance(problem, (requests.Timeout, requests.ConnectionError)):
+            with self._lock:
+                self._silent += 1
         if isinstance(problem, requests.Timeout):
             raise self._error(f"no answer from {url} within {cfg.connect_timeout:g} s (connect) / "
-                              f"{cfg.read_timeout:g} s (read) in {tries} tries: {problem}")
+                              f"{cfg.read_timeout:g} s (read) in {n} tries ({cfg.call_budget:g} s budget; raise "
+                              f"--llm-read-timeout / --llm-call-budget for a slow model): {problem}")
         if isinstance(problem, requests.ConnectionError):
-            raise self._error(f"cannot connect to {url} in {tries} tries ({problem}). {START_HINT}")
+            raise self._error(f"cannot connect to {url} in {n} tries ({problem}). {START_HINT}")
         hint = (" The server's context is full: llama-server's slots share -c, so give it workers x (prompt + "
                 "answer) tokens or lower --llm-workers." if "context size" in str(problem).lower() else "")
-        raise self._error(f"{url} failed {tries} times; the last answer: {problem}.{hint}", status)
+        raise self._error(f"{url} failed {n} times; the last answer: {problem}.{hint}", status)
+
+    def _read(self, r: requests.Response, url: str) -> bytes:
+        """The body, read up to max_answer_bytes: a longer one is refused without reading the rest, so a
+        broken server cannot fill the memory (nor be echoed into a re-ask)."""
+        cap, size, chunks = self.config.max_answer_bytes, 0, []
+        for chunk in r.iter_content(1 << 16):
+            size += len(chunk)
+            if size > cap:
+                raise self._error(f"{url} sent an answer of more than {cap} bytes (HTTP {r.status_code}); "
+                                  "refused unread (raise --llm-max-answer-bytes if it is legitimate)", r.status_code)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         """Seconds before the next try: the server's Retry-After (seconds) if it gave one, else capped

@@ -32,6 +32,8 @@ import re
 import shutil
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import data
@@ -56,6 +58,7 @@ class RunConfig:
     refine: bool = True             # run the refinement stage when an LLM is configured
     ground: bool = True             # run the grounding stage when an LLM is configured
     viz: int = 0                    # draw this many predictions (boxes, names, types; gold too) into viz/
+    warn_failed_share: float = 0.1  # a stage with more than this share of failed MLLM calls is flagged first
     seed: int = 0                   # the test split's shuffle
 
 
@@ -154,6 +157,9 @@ def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], list[d
     unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
     if unknown:
         raise data.DataError(f"{run.test}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}")
+    if Path(run.test).is_dir() and target.types != labelled.types:    # a CCKS folder brings its own types.txt
+        warnings.warn(f"{run.test}/types.txt lists {target.types}, the labelled data {labelled.types}: the labelled "
+                      "data's types and descriptions are used")
     return labelled, labelled.samples, target.samples, has_labels(run.test)
 
 
@@ -195,10 +201,12 @@ def mner(gold: list[data.Sample], pred: list[data.Sample]) -> dict:
     return scorer.evaluate(gold, pred)["mner"]
 
 
-def pipeline(cfg: dict) -> int:
+def pipeline(cfg: dict, state: dict) -> int:
+    """The stages in order; `state["stage"]` names the running one (for main's error line)."""
     run, out = cfg["run"], Path(cfg["run"].out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
+    state["stage"] = "reading the data"
     labelled, train, test, gold_known = read_inputs(run)
     seeds = dataclasses.replace(labelled, samples=train)
     print(f"data: {len(train)} labelled training samples, {len(test)} to predict "
@@ -207,73 +215,109 @@ def pipeline(cfg: dict) -> int:
     llm_cfg = dataclasses.replace(cfg["llm"], cache_path=cfg["llm"].cache_path or str(out / "llm_cache.jsonl"))
     if use_llm:
         llm.check_server(llm_cfg)
-    metrics, usage, seconds, skipped, notes = {}, {}, {}, [], {}
+    metrics, seconds, skipped, notes = {}, {}, [], {}
+    clients: dict[str, llm.Client] = {}
+    state["written"] = []
 
     def client(stage: str) -> llm.Client:
-        c = llm.Client(llm_cfg)
-        clients[stage] = c
-        return c
-    clients: dict[str, llm.Client] = {}
+        state["stage"] = stage
+        clients[stage] = llm.Client(llm_cfg)
+        return clients[stage]
 
-    # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
-    t0 = time.perf_counter()
-    synthetic = []
-    if use_llm and run.synthesize and not run.tagger_dir:     # synthetic sentences only serve training
-        synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
-        print(synth.format_summary(summary))
-        notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
-    else:
-        skipped.append("synthesis")
-    seconds["synthesis"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out)
-    print(f"tagger: {how}")
-    seconds["tagger"] = time.perf_counter() - t0
+    def predictions(samples: list[data.Sample], name: str) -> None:
+        data.write_ccks(samples, out / f"{name}.tmp")
+        (out / f"{name}.tmp").replace(out / name)
+        state["written"].append(name)
 
-    # 2. refinement stage: uncertainty for every predicted entity, the uncertain ones to the MLLM
-    t0 = time.perf_counter()
-    unc = cfg["uncertainty"]
-    pred = tagger.predict(model, test, mc_passes=unc.mc_passes if unc.method == "mc_dropout" else 0)
-    uncertainty.score(pred, model.tags, unc)
-    if gold_known:
-        metrics["tagger"] = {"mner": mner(test, pred)}
-    tau, tau_how = uncertainty.choose_threshold(pred, None, unc)
-    notes["uncertainty"] = {"tau": tau, "how": tau_how, "entities": sum(len(s.entities) for s in pred),
-                            "delegated": sum(map(len, uncertainty.route(pred, tau)))}
-    seconds["predict"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if use_llm and run.refine:
-        pred, notes["refinement"] = uncertainty.refine(pred, labelled, client("refinement"), unc, tags=model.tags)
+    try:
+        # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
+        t0 = time.perf_counter()
+        synthetic = []
+        if use_llm and run.synthesize and not run.tagger_dir:     # synthetic sentences only serve training
+            synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
+            print(synth.format_summary(summary))
+            notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
+            all_failed("synthesis", clients["synthesis"], "")
+        else:
+            skipped.append("synthesis")
+        seconds["synthesis"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state["stage"] = "tagger"
+        model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out)
+        print(f"tagger: {how}")
+        seconds["tagger"] = time.perf_counter() - t0
+
+        # 2. refinement stage: uncertainty for every predicted entity, the uncertain ones to the MLLM
+        t0 = time.perf_counter()
+        state["stage"] = "prediction"
+        unc = cfg["uncertainty"]
+        pred = tagger.predict(model, test, mc_passes=unc.mc_passes if unc.method == "mc_dropout" else 0)
+        uncertainty.score(pred, model.tags, unc)
         if gold_known:
-            metrics["refinement"] = {"mner": mner(test, pred)}
-    else:
-        skipped.append("refinement")
-    seconds["refinement"] = time.perf_counter() - t0
+            metrics["tagger"] = {"mner": mner(test, pred)}
+        tau, tau_how = uncertainty.choose_threshold(pred, None, unc)
+        notes["uncertainty"] = {"tau": tau, "how": tau_how, "entities": sum(len(s.entities) for s in pred),
+                                "delegated": sum(map(len, uncertainty.route(pred, tau)))}
+        seconds["predict"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if use_llm and run.refine:
+            pred, notes["refinement"] = uncertainty.refine(pred, labelled, client("refinement"), unc, tags=model.tags)
+            if gold_known:
+                metrics["refinement"] = {"mner": mner(test, pred)}
+        else:
+            skipped.append("refinement")
+        seconds["refinement"] = time.perf_counter() - t0
+        # What finished is on disk before grounding starts: a crash or Ctrl-C there keeps these predictions.
+        predictions(pred, "predictions.refined.json")
+        if "refinement" in clients:
+            all_failed("refinement", clients["refinement"], "predictions.refined.json holds the tagger's predictions")
 
-    # 3. grounding stage: k similar labelled samples as worked examples, then boxes
-    t0 = time.perf_counter()
-    if use_llm and run.ground:
-        pred, notes["grounding"] = grounding.ground(pred, train, labelled, client("grounding"), cfg["grounding"])
-    else:
-        skipped.append("grounding")
-    seconds["grounding"] = time.perf_counter() - t0
-    if gold_known:
-        metrics["final"] = scorer.evaluate(test, pred)
-
-    # outputs
-    data.write_ccks(pred, out / "predictions.json.tmp")
-    (out / "predictions.json.tmp").replace(out / "predictions.json")
-    usage = {stage: c.usage.as_dict() for stage, c in clients.items()}
-    write_json(out / "metrics.json", {"metrics": metrics, "stages": notes, "skipped": skipped})
-    write_json(out / "usage.json", {"llm": usage, "seconds": seconds})
+        # 3. grounding stage: k similar labelled samples as worked examples, then boxes
+        t0 = time.perf_counter()
+        if use_llm and run.ground:
+            pred, notes["grounding"] = grounding.ground(pred, train, labelled, client("grounding"), cfg["grounding"])
+        else:
+            skipped.append("grounding")
+        seconds["grounding"] = time.perf_counter() - t0
+        state["stage"] = "scoring"
+        if gold_known:
+            metrics["final"] = scorer.evaluate(test, pred)
+        predictions(pred, "predictions.json")
+        if "grounding" in clients:
+            all_failed("grounding", clients["grounding"], "predictions.json holds the entities without boxes")
+    finally:     # counts and times of whatever ran, also when a stage failed or was interrupted
+        usage = {stage: c.usage.as_dict() for stage, c in clients.items()}
+        write_json(out / "metrics.json", {"metrics": metrics, "stages": notes, "skipped": skipped,
+                                          "written": state["written"]})
+        write_json(out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": seconds})
     if run.viz:
+        state["stage"] = "drawing"
         draw(pred, test if gold_known else None, out / "viz", run.viz)
-    print(summary_text(metrics, notes, usage, seconds, skipped, out))
+    print(summary_text(metrics, notes, usage, seconds, skipped, out, run.warn_failed_share))
     return 0
 
 
-def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: list[str], out: Path) -> str:
-    lines = ["", "== ReFineG summary"]
+def all_failed(stage: str, client: llm.Client, kept: str) -> None:
+    """Raise LLMError when every call of a stage failed (a refused key, a dead model): the run must not end
+    with exit 0 and a summary that looks normal."""
+    u = client.usage
+    if u.calls and u.failures == u.calls:
+        raise llm.LLMError(f"every one of the {u.calls} {stage} calls failed" + (f" ({kept})" if kept else "")
+                           + f"; the last error: {client.last_error}")
+
+
+def all_runs(usage: dict) -> dict:
+    """Tokens per stage counting cached answers at what the earlier run that asked them paid."""
+    return {stage: {k: u[k] + u[f"cached_{k}"] for k in ("prompt_tokens", "completion_tokens")}
+            for stage, u in usage.items()}
+
+
+def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: list[str], out: Path,
+                 warn_share: float = 0.1) -> str:
+    failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
+              if c["calls"] and c["failures"] > warn_share * c["calls"]]
+    lines = ["", "== ReFineG summary" + (f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
+                                          if failed else "")]
     for stage, m in metrics.items():
         for name in ("mner", "eeg", "gmner"):
             if name in m:
@@ -291,20 +335,25 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
                      "of an OpenAI-compatible server, e.g. vLLM or llama-server; see README)" if "grounding" in skipped
                      and "refinement" in skipped else "") + ("; every entity is ungroundable (no box)" if "grounding"
                      in skipped else ""))
-    lines.append(f"written: {out}/predictions.json, metrics.json, usage.json, config.json")
+    lines.append(f"written: {out}/predictions.json (final), predictions.refined.json (before grounding), metrics.json, "
+                 "usage.json, config.json")
     return "\n".join(lines)
 
 
 def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
     """Boxes, names and types of the first n predictions with an image (red), gold in green."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
     folder.mkdir(parents=True, exist_ok=True)
     gold_by_id = {s.id: s for s in gold or []}
     done = 0
     for s in pred:
         if done >= n or not s.image:
             continue
-        img = Image.open(s.image).convert("RGB")
+        try:
+            img = llm.open_image(s.image)
+        except llm.ImageError as err:      # untrusted file: no picture for it, said once
+            print(f"viz: {err}; not drawn")
+            continue
         pen = ImageDraw.Draw(img)
         layers = [(gold_by_id.get(s.id), (40, 200, 40), 0), (s, (230, 30, 30), 12)]
         for sample, colour, dy in layers:
@@ -324,15 +373,36 @@ def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_configs(sys.argv[1:] if argv is None else argv)
+    state = {"stage": "start", "written": []}
+    kept = lambda: (f" Kept in {cfg['run'].out}: {', '.join(state['written'])}." if state["written"] else "")
     try:
-        return pipeline(cfg)
+        return pipeline(cfg, state)
     except (data.DataError, llm.LLMError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{kept()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: finished stages and every answered MLLM call are kept; rerun the same command to "
-              "resume", file=sys.stderr)
+        print(f"\ninterrupted: finished stages and every answered MLLM call are kept; rerun the same command to "
+              f"resume.{kept()}", file=sys.stderr)
         return 130
+    except Exception as err:        # a bug: one line naming the stage and sample; the traceback goes to a file
+        log = Path(cfg["run"].out) / "error.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        sample = _sample_of(err.__traceback__)
+        print(f"error: the {state['stage']} stage failed{f' on sample {sample!r}' if sample else ''}: "
+              f"{type(err).__name__}: {err}.{kept()} Traceback in {log}; please report it.", file=sys.stderr)
+        return 1
+
+
+def _sample_of(tb) -> str | None:
+    """The id of the innermost data.Sample a failing frame was working on (a local variable), if any."""
+    found = None
+    while tb is not None:
+        for v in tb.tb_frame.f_locals.values():
+            if isinstance(v, data.Sample):
+                found = v.id
+        tb = tb.tb_next
+    return found
 
 
 if __name__ == "__main__":

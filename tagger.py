@@ -27,7 +27,7 @@ mixed precision, multi-GPU training.
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,8 @@ class TaggerConfig:
     epoch_size: int = 2000         # sentences drawn afresh each epoch when there are more; 0 = all. Bounds the
                                    # training time on big synthetic sets (10 x 2,000 = 20,000 sentence passes)
     batch_size: int = 16           # sentences per step
+    train_chunk: int = 64          # words: a longer training text is cut between entities into pieces this long, so
+                                   # a batch's memory is bounded whatever one text's length (CCKS, Twitter: <= 39 words)
     warmup: float = 0.1            # share of all steps with linearly rising lr, then linear decay to 0
     dropout: float = 0.1           # before the emission layer (the encoder keeps its own dropout)
     shape_features: bool = True    # word-shape embeddings of the word and its two neighbours
@@ -359,6 +361,28 @@ def _check(samples: list[Sample], types: list[str]) -> None:
                 raise ValueError(f"sample {s.id!r}: span [{e.start}, {e.end}) outside its {len(s.tokens)} tokens")
 
 
+def chunks(sample: Sample, size: int) -> list[Sample]:
+    """The sample cut into pieces of at most `size` words, never inside an entity (a piece grows to the end of an
+    entity longer than `size`). Prediction needs no cut: without gradients its memory is linear in the length."""
+    if size <= 0:
+        raise ValueError(f"train_chunk: expected a positive number of words, got {size}")
+    inside = np.zeros(len(sample.tokens) + 1, dtype=bool)           # inside[b]: a cut before word b splits an entity
+    for e in sample.entities:
+        inside[e.start + 1:e.end] = True
+    out, a = [], 0
+    while a < len(sample.tokens):
+        b = min(a + size, len(sample.tokens))
+        while inside[b] and b > a + 1:
+            b -= 1
+        while inside[b]:                                             # an entity longer than `size`: keep it whole
+            b += 1
+        ents = [replace(e, start=e.start - a, end=e.end - a) for e in sample.entities if a <= e.start < b]
+        out.append(Sample(sample.id if a == 0 and b == len(sample.tokens) else f"{sample.id}#{a}",
+                          sample.tokens[a:b], sample.image, ents))
+        a = b
+    return out
+
+
 def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | None = None,
                  dev: list[Sample] | None = None) -> Tagger:
     """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the last."""
@@ -366,7 +390,7 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
     _check(train + (dev or []), types)
     if dev and len({s.id for s in dev}) != len(dev):
         raise ValueError("expected distinct sample ids in the dev set (the scorer pairs samples by id)")
-    train = [s for s in train if s.tokens]
+    train = [piece for s in train if s.tokens for piece in chunks(s, config.train_chunk)]
     if not train:
         raise ValueError("expected at least one training sample with tokens, got none")
     if config.threads:

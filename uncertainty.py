@@ -319,23 +319,31 @@ def refine(samples: list[Sample], data: Dataset, client: Client, config: Uncerta
     tau, how = choose_threshold(samples, None, config)
     delegated = route(samples, tau)
     counts = Counter()
+    image_errors: dict[str, str] = {}               # sample id -> why its image cannot be used
+
+    def request(s: Sample, unc: list[Entity]) -> dict:
+        """Built in map_chat's workers, so only the requests in flight hold their base64 image."""
+        image = None
+        if s.image:
+            try:
+                image = image_part(s.image, config.max_side)[0]
+            except OSError as err:                  # unreadable image (llm.ImageError): ask on the text alone
+                image_errors[s.id] = str(err)
+        return build_request(s, unc, data, config, image)
+
     requests, where = [], []
     for i, (s, unc) in enumerate(zip(samples, delegated)):
         missed = config.allow_add and tags is not None and missed_entity_score(s, tags) > config.missed_tau
         if not unc and not missed:
             continue
         counts["missed_routed"] += bool(missed and not unc)
-        image = None
-        if s.image:
-            try:
-                image = image_part(s.image, config.max_side)[0]
-            except OSError as err:                      # unreadable image: ask on the text alone, counted
-                counts["image_errors"] += 1
-                print(f"uncertainty: sample {s.id}: cannot read image {s.image} ({err}); text-only call")
-        counts["text_only_calls"] += image is None
-        requests.append(build_request(s, unc, data, config, image))
+        requests.append(lambda s=s, unc=unc: request(s, unc))
         where.append(i)
     replies = client.map_chat(requests, desc="refine") if requests else []
+    for sid, why in image_errors.items():
+        print(f"uncertainty: sample {sid}: {why}; text-only call")
+    counts["image_errors"] += len(image_errors)
+    counts["text_only_calls"] += sum(not samples[i].image for i in where) + len(image_errors)
     # Unrouted samples are copied too, so the caller's predictions are never mutated.
     out = [replace(s, entities=[replace(e, boxes=list(e.boxes)) for e in s.entities]) for s in samples]
     for i, reply in zip(where, replies):

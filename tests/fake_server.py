@@ -7,15 +7,23 @@
 
 `handler(body)` answers each POST /v1/chat/completions: a dict is a 200 JSON
 body (build it with `reply`), a tuple `(status, dict | str, headers)` is sent
-as given, and an exception becomes a 500 (also kept in `srv.errors`). It runs
-in the server's thread for that request, so it may sleep to simulate a slow or
-hung server. GET /v1/models and GET /health answer as vLLM and llama-server do.
+as given, a `Cut` closes the connection halfway through its body, and an
+exception becomes a 500 (also kept in `srv.errors`). It runs in the server's
+thread for that request, so it may sleep to simulate a slow or hung server.
+GET /v1/models and GET /health answer as vLLM and llama-server do.
+
+`chaos(good, rate, seed)` wraps a handler so that a random share of the
+answers is one of the faults in FAULTS (5xx bursts, 429, hangs, cut bodies,
+HTML, invalid or off-schema JSON, truncation, deep nesting, odd usage,
+non-text content, huge bodies): the chaos test of the whole pipeline.
 """
 
 import json
+import random
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -38,6 +46,58 @@ def error(status: int, message: str, kind: str = "invalid_request_error", **extr
     supported" from a text-only model, and client mistakes such as image_url given as a string).
     """
     return status, {"error": {"code": status, "message": message, "type": kind, **extra}}, {}
+
+
+class Cut:
+    """An answer whose connection closes after `keep` bytes of its body (a server dying mid-answer)."""
+
+    def __init__(self, payload: dict | str, keep: int | None = None, status: int = 200):
+        self.data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        self.keep = len(self.data) // 2 if keep is None else keep
+        self.status = status
+
+
+def _with(good: dict, **message) -> dict:
+    """`good` with its first message's fields replaced."""
+    choice = {**good["choices"][0], "message": {**good["choices"][0]["message"], **message}}
+    return {**good, "choices": [choice]}
+
+
+HANG_SECONDS = 1.0      # a hang lasts this long: set the client's read_timeout below it
+DEEP = "[" * 100_000 + "]" * 100_000
+# fault name -> the answer that replaces a good one (a 200 JSON body built with `reply`)
+FAULTS = {
+    "5xx": lambda good: (503, {"error": {"code": 503, "message": "server overloaded", "type": "unavailable"}}, {}),
+    "429": lambda good: (429, {"error": {"code": 429, "message": "slow down"}}, {"Retry-After": "0"}),
+    "hang": lambda good: time.sleep(HANG_SECONDS) or good,
+    "cut": lambda good: Cut(good),
+    "html": lambda good: (200, "<html><body><h1>502 Bad Gateway</h1></body></html>", {}),
+    "invalid_json": lambda good: _with(good, content='{"entities": [{"entity": '),
+    "off_schema": lambda good: _with(good, content='{"answer": "I cannot see the image"}'),
+    "length": lambda good: {**_with(good, content=good["choices"][0]["message"]["content"][:20]),
+                            "choices": [{**good["choices"][0], "finish_reason": "length"}]},
+    "deep_content": lambda good: _with(good, content=DEEP),
+    "deep_body": lambda good: (200, DEEP, {}),
+    "odd_usage": lambda good: {**good, "usage": {"prompt_tokens": "n/a", "completion_tokens": [5]}},
+    "object_content": lambda good: _with(good, content={"entities": []}),
+    "huge": lambda good: _with(good, content="x" * 3_000_000),
+}
+
+
+def chaos(good, rate: float = 0.5, seed: int = 0, faults: list[str] | None = None):
+    """A handler answering like `good`, except that a `rate` share of the requests (seeded) gets a
+    fault drawn from `faults` (default all of FAULTS). `handler.used` counts the faults sent."""
+    rng, lock, names = random.Random(seed), threading.Lock(), list(faults or FAULTS)
+    used = Counter()
+
+    def handler(body: dict):
+        with lock:
+            fault = rng.choice(names) if rng.random() < rate else None
+            used[fault or "none"] += 1
+        answer = good(body)
+        return FAULTS[fault](answer) if fault else answer
+    handler.used = used
+    return handler
 
 
 class _Server(ThreadingHTTPServer):
@@ -102,7 +162,15 @@ class FakeServer:
                 except Exception as e:   # a test's handler failing is reported, not hidden in a thread
                     fake.errors.append(repr(e))
                     out = (500, {"error": {"message": f"fake server handler raised {e!r}", "code": 500}}, {})
-                if isinstance(out, tuple):
+                if isinstance(out, Cut):
+                    self.send_response(out.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out.data)))
+                    self.end_headers()
+                    self.wfile.write(out.data[:out.keep])
+                    self.wfile.flush()
+                    self.close_connection = True
+                elif isinstance(out, tuple):
                     self.send(*out)
                 else:
                     self.send(200, out)

@@ -141,9 +141,17 @@ def test_ccks_reader_without_labels_is_unlabelled(tmp_path):
 @pytest.mark.parametrize("record, message", [
     ({"name": "Leopard 2", "label": "ship", "bnd": None}, "label 'ship' is not in types.txt"),
     ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 60, "ymin": 20, "xmax": 60, "ymax": 50}},
-     "expected 0 <= xmin < xmax"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": -3, "ymin": 20, "xmax": 60, "ymax": 50}},
-     "expected 0 <= xmin < xmax"),
+     "expected xmin < xmax and ymin < ymax inside the image"),
+    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 170, "ymin": 20, "xmax": 200, "ymax": 50}},
+     "expected xmin < xmax and ymin < ymax inside the image (160x120)"),     # nothing left after clipping
+    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": float("nan"), "ymin": 20, "xmax": 60, "ymax": 50}},
+     "expected finite coordinates"),
+    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 1, "ymin": 2, "xmax": float("inf"), "ymax": 50}},
+     "expected finite coordinates"),
+    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": "1", "ymin": 2, "xmax": 60, "ymax": 50}},
+     "expected bnd"),
+    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": True, "ymin": 2, "xmax": 60, "ymax": 50}},
+     "expected bnd"),
     ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 1, "ymin": 2}}, "expected bnd"),
     ({"name": "Boxer", "label": "vehicle", "bnd": None}, "name 'Boxer' is not in the text"),
     ({"label": "vehicle", "bnd": None}, "expected {\"name\""),
@@ -164,10 +172,34 @@ def test_ccks_malformed_json_names_the_line(tmp_path):
         read_ccks(tmp_path)
 
 
-def test_ccks_id_escaping_the_images_folder(tmp_path):
-    make_ccks(tmp_path, {"../x": "Munster."}, {})
-    with pytest.raises(DataError, match=r"record '\.\./x': id would escape the images folder"):
+@pytest.mark.parametrize("sid", ["../x", "../images/001", "sub/002", ".hidden", "a b", ""])
+def test_ccks_ids_are_plain_names(tmp_path, sid):
+    make_ccks(tmp_path, {"001": "Munster.", sid: "Munster."}, {}, images=False)
+    with pytest.raises(DataError, match=r"record .*: an id is a plain name \(letters, digits, '_', '-', '\.'"):
         read_ccks(tmp_path)
+
+
+def test_boxes_outside_the_image_are_clipped_counted_and_warned(tmp_path):
+    labels = {**LABELS, "3": []}
+    labels["2"] = [{"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": -3, "ymin": 20, "xmax": 500, "ymax": 50}},
+                   LABELS["2"][1]]
+    make_ccks(tmp_path, TEXTS, labels)                  # images are 160 x 120
+    with pytest.warns(UserWarning, match=r"1 gold box\(es\) reached outside their image and were clipped"):
+        data = read_ccks(tmp_path)
+    assert data.clipped_boxes == 1 and data.samples[1].entities[0].boxes == [Box(0, 20, 160, 50)]
+
+
+def test_a_bom_is_accepted_in_every_text_file(tmp_path):
+    make_ccks(tmp_path, TEXTS, LABELS)
+    for name in ("text.json", "entity.json", "types.txt"):
+        f = tmp_path / name
+        f.write_text("\ufeff" + f.read_text(encoding="utf-8"), encoding="utf-8")
+    assert read_ccks(tmp_path).types == ["vehicle", "other", "location"]
+    types = tmp_path / "types.txt"           # a BOM before a later line (two files pasted together)
+    types.write_text(types.read_text(encoding="utf-8-sig").replace("2. other", "\ufeff2. other"), encoding="utf-8")
+    assert read_ccks(tmp_path).types == ["vehicle", "other", "location"]
+    (tmp_path / "a.txt").write_text("\ufeffIMGID:1\nObama\tB-PER\n", encoding="utf-8")
+    assert [s.id for s in read_dataset(tmp_path / "a.txt").samples] == ["1"]
 
 
 def test_ccks_missing_image_warns_and_reads_text_only(tmp_path):
@@ -261,6 +293,18 @@ def test_twitter_reader_joins_boxes_by_surface_string(tmp_path):
     assert [(s2.name(e), e.boxes) for e in s2.entities] == [("NASA", [])]      # no xml file at all
     assert data.types == ["PER", "LOC", "ORG"] and "PER" in data.type_text
     assert [s.entities for s in read_dataset(tmp_path / "train.txt").samples] == [s1.entities, s2.entities]
+
+
+def test_twitter_objects_naming_no_entity_are_counted_and_warned(tmp_path):
+    (tmp_path / "t.txt").write_text("IMGID:1\nObama\tB-PER\nspeaks\tO\n")
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "xml" / "1.xml").write_text(voc([("Obama", (1, 2, 30, 40)), ("Barack Obama", (5, 5, 20, 20)),
+                                                 ("Obama", (450, 350, 600, 500))]))     # the image is 500 x 400
+    with pytest.warns(UserWarning) as seen:
+        data = read_twitter(tmp_path / "t.txt", tmp_path / "xml")
+    assert data.unmatched_objects == 1 and data.clipped_boxes == 1
+    assert data.samples[0].entities[0].boxes == [Box(1, 2, 30, 40), Box(450, 350, 500, 400)]
+    assert any("1 object(s) name no entity" in str(w.message) and "1.xml" in str(w.message) for w in seen)
 
 
 def test_twitter_bad_box_names_the_file(tmp_path):

@@ -22,6 +22,7 @@ import grounding as g
 from data import Box, Dataset, Entity, Sample, read_ccks
 from eval import evaluate
 from fake_server import FakeServer, reply
+from hostile import BAD_IMAGES, write_bad_image
 from llm import Client, ClientConfig, image_part
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -372,3 +373,26 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
     assert counts["calls"] == len(cases) and counts["failed_calls"] == len(cases) - 1
     assert counts["degenerate_boxes"] == 1 and client.usage.reasks == len(cases) - 1
     assert all(not e.boxes for s in out for e in s.entities)
+
+
+@pytest.mark.parametrize("kind", BAD_IMAGES)
+def test_unreadable_images_are_counted_and_get_no_box(kind, tmp_path, bag_of_words):
+    """An empty, text, truncated or bomb image as a query and as a worked example: no traceback, the query
+    makes no call and gets no box, a demo is shown without it; every other sample is grounded as usual."""
+    data = read_ccks(DEMO)
+    broken = [s for s in data.samples if s.entities][:2]
+    for s in broken:
+        s.image = str(tmp_path / f"{s.id}.jpg")
+        write_bad_image(s.image, kind)
+    queries = [s for s in unboxed(data.samples) if s.entities]
+    with FakeServer(gold_handler(data, "abs")) as srv:
+        out, counts = g.ground(queries, data.samples, data, Client(ClientConfig(base_url=srv.url)),
+                               g.GroundingConfig(k=3))
+    assert not srv.errors
+    assert counts["image_errors"] == 2 and counts["calls"] == len(srv.requests) == len(queries) - 2
+    assert 0 < counts["demo_image_errors"] <= 2        # a broken demo is found when it is first picked
+    assert all(len(images_of(b)) <= 3 + 1 for b in srv.requests)
+    by_id = {s.id: s for s in out}
+    assert all(not e.boxes for s in broken for e in by_id[s.id].entities)
+    good = [s for s in data.samples if s.entities and s not in broken]
+    assert evaluate(good, [by_id[s.id] for s in good])["gmner"]["f1"] == 1.0

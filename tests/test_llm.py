@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fake_server import FakeServer, error, reply
+from fake_server import DEEP, FAULTS, FakeServer, error, reply
 import llm
 from llm import Client, ClientConfig, LLMError, check_server, extract_json, image_part, text_part, validate
 
@@ -330,6 +330,7 @@ def test_identical_call_is_a_cache_hit_without_a_request(tmp_path):
         again = client(srv.url, cache_path=cache)                # a new run reads the file
         assert again.chat(ask("Is it?"), SCHEMA).cached and len(srv.requests) == 3
     assert c.usage.cache_hits == 1 and again.usage.as_dict()["requests"] == 0
+    assert (again.usage.cached_prompt_tokens, again.usage.cached_completion_tokens) == (10, 5)   # paid by `c`
 
 
 def test_cache_file_is_readable_and_images_are_elided(tmp_path):
@@ -481,5 +482,97 @@ def test_usage_counts():
     u = c.usage.as_dict()
     assert u.pop("seconds") > 0
     assert u == {"calls": 3, "cache_hits": 0, "requests": 5, "prompt_tokens": 31, "completion_tokens": 7,
-                 "retries": 1, "reasks": 1, "failures": 1}
+                 "retries": 1, "reasks": 1, "failures": 1, "odd_usage": 0, "cached_prompt_tokens": 0,
+                 "cached_completion_tokens": 0}
     assert len(srv.requests) == 5
+
+
+# ---------------------------------------------------------------- hostile answers (issue 13)
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_every_fault_is_an_llm_error_or_a_retried_success(fault):
+    """Each fault of the chaos server on every try ends in LLMError (counted), never another exception;
+    the transient ones followed by a good answer are retried into a success."""
+    good = reply({"answer": "yes"})
+    with FakeServer(lambda body: FAULTS[fault](good)) as srv:
+        c = client(srv.url, read_timeout=0.3, schema_retries=1, max_retries=1)
+        try:
+            r = c.chat(ask("Is it?"), SCHEMA)
+        except LLMError:
+            assert c.usage.failures == 1
+        else:          # only answers whose fault is outside what the client needs
+            assert fault == "odd_usage" and r.content == {"answer": "yes"} and c.usage.odd_usage == 1
+    transient = {"5xx", "429", "hang", "cut"}
+    if fault in transient:
+        with FakeServer(script(FAULTS[fault](good), good)) as srv:
+            assert client(srv.url, read_timeout=0.3).chat(ask("Is it?"), SCHEMA).content == {"answer": "yes"}
+
+
+def test_deep_nesting_as_content_or_body_is_no_recursion_error():
+    for out in (reply(DEEP), (200, DEEP, {})):
+        with FakeServer(lambda body: out) as srv:
+            with pytest.raises(LLMError, match="not fit the schema|not JSON"):
+                client(srv.url, schema_retries=0).chat(ask("Is it?"), SCHEMA)
+    assert isinstance(extract_json("[[1]] " + DEEP), list)     # a value before the deep part is still found
+
+
+def test_odd_usage_counts_zero_tokens_and_is_counted():
+    odd = {**reply("hi"), "usage": {"prompt_tokens": "n/a", "completion_tokens": [5]}}
+    for usage in ({"prompt_tokens": "n/a", "completion_tokens": [5]}, [1, 2], {"prompt_tokens": -3},
+                  {"prompt_tokens": True}, {"prompt_tokens": float("inf")}):
+        with FakeServer(lambda body: {**odd, "usage": usage}) as srv:
+            c = client(srv.url)
+            r = c.chat(ask("hello"))
+        assert r.content == "hi" and c.usage.odd_usage == 1 and c.usage.prompt_tokens == 0
+    with FakeServer(lambda body: {**odd, "usage": {"prompt_tokens": 7.0}}) as srv:   # 7.0 is a count
+        c = client(srv.url)
+        assert c.chat(ask("hello")).usage == {"prompt_tokens": 7, "completion_tokens": 0}
+        assert c.usage.odd_usage == 0
+
+
+def test_content_as_text_parts_is_joined_and_other_shapes_are_errors():
+    parts = reply("")
+    parts["choices"][0]["message"]["content"] = [{"type": "text", "text": '{"answer": '}, {"type": "text", "text": '"no"}'}]
+    with FakeServer(lambda body: parts) as srv:
+        assert client(srv.url).chat(ask("Is it?"), SCHEMA).content == {"answer": "no"}
+    for content in ({"answer": "no"}, 42, ["no"]):
+        bad = reply("")
+        bad["choices"][0]["message"]["content"] = content
+        with FakeServer(lambda body: bad) as srv:
+            with pytest.raises(LLMError, match="neither text nor a list of text parts"):
+                client(srv.url).chat(ask("Is it?"), SCHEMA)
+
+
+def test_an_oversized_answer_is_refused_unread_and_never_echoed():
+    with FakeServer(lambda body: reply("x" * 3_000_000)) as srv:
+        c = client(srv.url, max_answer_bytes=1_000_000)
+        with pytest.raises(LLMError, match="more than 1000000 bytes"):
+            c.chat(ask("Is it?"), SCHEMA)
+    assert len(srv.requests) == 1 and c.usage.reasks == 0     # no re-ask carrying the 3 MB back
+    with FakeServer(lambda body: reply({"answer": "yes"})) as srv:   # the cap counts bytes, not a format
+        assert client(srv.url, max_answer_bytes=400).chat(ask("Is it?"), SCHEMA).content == {"answer": "yes"}
+
+
+def test_call_budget_bounds_a_hung_server_and_dead_after_stops_asking():
+    with FakeServer(lambda body: time.sleep(2) or reply("late")) as srv:
+        c = client(srv.url, read_timeout=0.5, max_retries=10, call_budget=1.2, dead_after=2, workers=1)
+        t0 = time.perf_counter()
+        out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(5)])
+        elapsed = time.perf_counter() - t0
+    assert all(isinstance(r, LLMError) for r in out)
+    assert "taken as dead" in str(out[-1]) and "no answer" in str(out[0])
+    assert len(srv.requests) == c.usage.requests <= 2 * 3      # two calls sent, each within its budget
+    assert c.usage.failures == 5
+    assert elapsed < 5.0          # 2 x budget, not 5 calls x 11 tries x read_timeout
+
+
+def test_an_answer_resets_the_dead_server_count():
+    outs = iter([None, None, "ok", None, None, "ok"])      # None = hang past the read timeout
+
+    def handler(body):
+        o = next(outs)
+        return reply(o) if o else time.sleep(0.5) or reply("late")
+    with FakeServer(handler) as srv:
+        c = client(srv.url, read_timeout=0.1, max_retries=0, dead_after=3, workers=1)
+        out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(6)])
+    assert [isinstance(r, LLMError) for r in out] == [True, True, False, True, True, False]

@@ -10,12 +10,14 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import data
 import llm
 import refineg
-from fake_server import FakeServer, reply
+from fake_server import FakeServer, chaos, reply
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
@@ -158,3 +160,118 @@ def test_actionable_errors(tmp_path: Path, capsys):
                          "--llm-max-retries", "0"]) == 2
     err = capsys.readouterr().err
     assert "127.0.0.1:9" in err
+
+
+# ---------------------------------------------------------------- failures (issue 13)
+
+def test_a_grounding_crash_keeps_the_refined_predictions_and_names_stage_and_sample(trained, tmp_path, monkeypatch,
+                                                                                      capsys):
+    def crash(samples, *args, **kw):
+        for s in samples:
+            if s.entities:
+                raise ZeroDivisionError("boom")
+    monkeypatch.setattr(refineg.grounding, "ground", crash)
+    with FakeServer(oracle) as srv:
+        code = refineg.main(["--data", str(DEMO), "--tagger", str(trained / "tagger"), "--out", str(tmp_path),
+                             "--llm-url", srv.url, "--unc-target-rate", "1.0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert re.match(r"error: the grounding stage failed on sample '\w+': ZeroDivisionError: boom\. Kept in .*"
+                    r"predictions\.refined\.json\. Traceback in .*error\.log", err[0]), err[0]
+    refined = json.loads((tmp_path / "predictions.refined.json").read_text())
+    assert len(refined) == len(json.loads((trained / "predictions.json").read_text()))
+    assert not (tmp_path / "predictions.json").exists() and "ZeroDivisionError" in (tmp_path / "error.log").read_text()
+    assert json.loads((tmp_path / "usage.json").read_text())["llm"]["refinement"]["calls"] > 0
+
+
+def test_every_call_failing_ends_the_run_non_zero(trained, tmp_path, capsys):
+    with FakeServer(lambda body: (401, {"error": {"message": "invalid api key"}}, {})) as srv:
+        code = refineg.main(["--data", str(DEMO), "--tagger", str(trained / "tagger"), "--out", str(tmp_path),
+                             "--llm-url", srv.url, "--unc-target-rate", "1.0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every one of the" in err and "refinement calls failed" in err and "HTTP 401" in err
+    assert (tmp_path / "predictions.refined.json").is_file()      # the tagger's predictions are kept
+
+
+def test_usage_counts_this_process_and_all_runs(trained, tmp_path):
+    argv = ["--data", str(DEMO), "--tagger", str(trained / "tagger"), "--out", str(tmp_path), "--unc-target-rate", "1.0"]
+    with FakeServer(oracle) as srv:
+        assert refineg.main([*argv, "--llm-url", srv.url]) == 0
+        first = json.loads((tmp_path / "usage.json").read_text())
+        assert refineg.main([*argv, "--llm-url", srv.url]) == 0         # everything from the cache
+        second = json.loads((tmp_path / "usage.json").read_text())
+    for stage in ("refinement", "grounding"):
+        assert first["llm"][stage]["prompt_tokens"] > 0 and second["llm"][stage]["prompt_tokens"] == 0
+        assert second["all_runs"][stage] == first["all_runs"][stage] == {
+            k: first["llm"][stage][k] for k in ("prompt_tokens", "completion_tokens")}
+
+
+def test_test_folder_with_other_types_warns(tmp_path):
+    test = tmp_path / "test"
+    test.mkdir()
+    (test / "text.json").write_text(json.dumps({"x1": {"text": "A Leopard 2 drives."}}))
+    (test / "types.txt").write_text("1. vehicle: tanks\n2. ship: boats\n")
+    with pytest.warns(UserWarning, match=r"types\.txt lists \['vehicle', 'ship'\], the labelled data"):
+        refineg.read_inputs(refineg.RunConfig(data=str(DEMO), test=str(test)))
+
+
+def without_reasks(body: dict) -> dict:
+    """The request as first asked: the client's re-asks append (its answer, a note) to the messages."""
+    messages = body["messages"]
+    while messages[-1]["role"] == "user" and str(messages[-1]["content"]).startswith("That answer is not valid"):
+        messages = messages[:-2]
+    return {**body, "messages": messages}
+
+
+def gold_tagger(model, samples: list[data.Sample], mc_passes: int = 0) -> list[data.Sample]:
+    """A stand-in for tagger.predict: the demo's gold entities with marginals 0.7 on their tags."""
+    gold = {s.id: s for s in data.read_ccks(DEMO).samples}
+    scheme = "BIOES" if any(t.startswith("S-") for t in model.tags) else "BIO"
+    out = []
+    for s in samples:
+        tags = data.spans_to_tags(len(s.tokens), gold[s.id].entities, scheme)
+        m = np.full((len(tags), len(model.tags)), 0.3 / (len(model.tags) - 1))
+        m[np.arange(len(tags)), [model.tags.index(t) for t in tags]] = 0.7
+        out.append(data.Sample(s.id, s.tokens, s.image, [data.Entity(e.start, e.end, e.type, source="tagger")
+                                                          for e in gold[s.id].entities], marginals=m))
+    return out
+
+
+def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predictions(trained, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Refinement and grounding of all 32 demo samples against a server answering half of the requests with a
+    random fault (FAULTS of fake_server): the run finishes, each failure is counted, the predictions are valid.
+    The tagger predicts the gold entities, so that every sample with an entity makes calls."""
+    monkeypatch.setattr(refineg.tagger, "predict", gold_tagger)
+    handler = chaos(lambda body: oracle(without_reasks(body)), rate=0.5, seed=13)
+    with FakeServer(handler) as srv:
+        code = refineg.main(["--data", str(DEMO), "--test", str(DEMO), "--tagger", str(trained / "tagger"),
+                             "--out", str(tmp_path), "--llm-url", srv.url, "--unc-target-rate", "1.0",
+                             "--llm-read-timeout", "0.5", "--llm-backoff-base", "0.01", "--llm-backoff-cap", "0.05",
+                             "--llm-max-retries", "2", "--llm-schema-retries", "1", "--llm-dead-after", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and not srv.errors
+    assert len(handler.used) >= 10, handler.used                    # most kinds of fault were sent
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    usage = json.loads((tmp_path / "usage.json").read_text())["llm"]
+    stages = metrics["stages"]
+    assert usage["refinement"]["calls"] >= 10 and usage["grounding"]["calls"] >= 10
+    assert stages["refinement"].get("failed_call", 0) == usage["refinement"]["failures"]
+    assert stages["grounding"].get("failed_calls", 0) == usage["grounding"]["failures"]
+    assert sum(u["failures"] for u in usage.values()) > 0 and usage["grounding"]["odd_usage"] >= 0
+    assert sum(u["requests"] for u in usage.values()) == len(srv.requests)
+    if any(u["failures"] > 0.1 * u["calls"] for u in usage.values()):
+        assert "== ReFineG summary: WARNING" in out
+    # predictions.json is valid: every id, names in the text, boxes inside the image
+    gold = {s.id: s for s in data.read_ccks(DEMO).samples}
+    pred = json.loads((tmp_path / "predictions.json").read_text())
+    test = list(gold.values())
+    assert sorted(pred) == sorted(gold)
+    for sid, recs in pred.items():
+        with Image.open(gold[sid].image) as im:
+            w, h = im.size
+        for r in recs:
+            assert data.find_name(gold[sid].tokens, r["name"]) and r["label"] in data.read_ccks(DEMO).types
+            b = r["bnd"]
+            assert b is None or 0 <= b["xmin"] < b["xmax"] <= w and 0 <= b["ymin"] < b["ymax"] <= h
+    assert data.read_ccks_predictions(tmp_path / "predictions.json", test)       # the scorer reads it back

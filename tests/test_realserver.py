@@ -420,7 +420,8 @@ def record(c: Client) -> list[tuple[dict, object]]:
     """(request, Reply | LLMError) of every call a stage makes through c.map_chat, in order."""
     seen, real = [], c.map_chat
 
-    def map_chat(requests: list[dict], desc: str = "", workers: int | None = None) -> list:
+    def map_chat(requests: list, desc: str = "", workers: int | None = None) -> list:
+        requests = [r() if callable(r) else r for r in requests]      # lazily built ones (grounding) built here
         replies = real(requests, desc, workers)
         seen.extend(zip(requests, replies))
         return replies

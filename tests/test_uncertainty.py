@@ -15,6 +15,7 @@ import tagger
 import uncertainty as unc
 from data import Entity, Sample, read_ccks, spans_to_tags
 from tests.fake_server import FakeServer, reply
+from tests.hostile import BAD_IMAGES, write_bad_image
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 
@@ -293,3 +294,18 @@ def test_refine_end_to_end_on_the_demo_data():
         # confident entities are untouched and stay the tagger's; corrected ones are the MLLM's
         assert all(e.source == ("tagger" if (e.start, e.end, e.type) in {(q.start, q.end, q.type) for q in p.entities}
                                 else "mllm") for e in o.entities)
+
+
+@pytest.mark.parametrize("kind", BAD_IMAGES)
+def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
+    tags = tagger.tag_names(read_ccks(DEMO).types, "BIOES")
+    preds, gold, data = demo_predictions(tags)
+    unc.score(preds, tags)
+    routed = [p for p in preds if p.entities][:1]
+    routed[0].image = str(tmp_path / "bad.jpg")
+    write_bad_image(routed[0].image, kind)
+    with FakeServer(oracle_mllm(gold, None)) as srv:
+        client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
+        out, counts = unc.refine(routed, data, client, unc.UncertaintyConfig(tau=-1.0))
+    assert counts["image_errors"] == counts["text_only_calls"] == counts["calls"] == len(srv.requests) == 1
+    assert "no image for this text" in json.dumps(srv.requests[0]["messages"])
