@@ -17,7 +17,10 @@ Text is tokenised with the regex `\\w+|[^\\w\\s]` (the CCKS data's own rule), so
 `ship's` is `ship ' s`. A name declared in `entity.json` labels EVERY
 occurrence of it in the text at token boundaries (the rule the CCKS tags were
 made with); longer names are placed first and an occurrence that overlaps an
-already placed entity is skipped, since BIO cannot hold overlaps.
+already placed entity is skipped, since BIO cannot hold overlaps. Wherever a
+name becomes a span (gold, predictions, the scorer's name mode, MLLM answers,
+synthetic sentences) it matches the tokens whose concatenation equals the name
+without whitespace (`find_name`), so "Jay-Z" is found in `Jay - Z` and `Jay-Z`.
 
     python data.py examples/demo     # reads a folder and prints its statistics
 
@@ -113,16 +116,29 @@ def tokenize(text: str) -> list[str]:
     return TOKEN_RE.findall(text)
 
 
-def find_name(tokens: list[str], name: str) -> list[int]:
-    """Start indices of every occurrence of `name` in `tokens` at token boundaries.
+def squash(name: str) -> str:
+    """A name without any whitespace: the one identity by which a name becomes a token span."""
+    return "".join(name.split())
 
-    Case-sensitive: "Tiger" the helicopter is not "tiger" the animal.
+
+def find_name(tokens: list[str], name: str) -> list[tuple[int, int]]:
+    """Every token span [start, end) whose tokens, joined, equal `name` once all whitespace is removed.
+
+    So a name survives any tokenisation: "V-E Day" matches both `V-E Day` (Twitter-GMNER
+    keeps hyphens inside tokens) and `V - E Day` (our tokenize()). Spans start and end at
+    token boundaries ("York" is not inside `NewYork`), and matching is case-sensitive:
+    "Tiger" the helicopter is not "tiger" the animal.
     """
-    needle = tokenize(name)
-    n = len(needle)
-    if n == 0:
-        return []
-    return [i for i in range(len(tokens) - n + 1) if tokens[i:i + n] == needle]
+    target = squash(name)
+    spans = []
+    for i in range(len(tokens) if target else 0):
+        joined, j = "", i
+        while j < len(tokens) and len(joined) < len(target) and target.startswith(joined):
+            joined += squash(tokens[j])
+            j += 1
+        if joined == target:
+            spans.append((i, j))
+    return spans
 
 
 def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[Entity], list[str]]:
@@ -132,15 +148,14 @@ def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[E
     """
     taken = [False] * len(tokens)
     entities, missing = [], []
-    for name, typ in sorted(names, key=lambda nt: -len(tokenize(nt[0]))):
-        starts = find_name(tokens, name)
-        if not starts:
+    for name, typ in sorted(names, key=lambda nt: -len(squash(nt[0]))):
+        spans = find_name(tokens, name)
+        if not spans:
             missing.append(name)
-        n = len(tokenize(name))
-        for s in starts:
-            if not any(taken[s:s + n]):
-                taken[s:s + n] = [True] * n
-                entities.append(Entity(s, s + n, typ))
+        for s, e in spans:
+            if not any(taken[s:e]):
+                taken[s:e] = [True] * (e - s)
+                entities.append(Entity(s, e, typ))
     entities.sort(key=lambda e: e.start)
     return entities, missing
 
@@ -246,8 +261,8 @@ def read_ccks(folder: str | Path) -> Dataset:
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
-            entities = _ccks_entities(labels.get(sid, []), tokens, types,
-                                      f"{folder / 'entity.json'}: record {sid!r}")
+            entities, _ = _ccks_entities(labels.get(sid, []), tokens, types,
+                                         f"{folder / 'entity.json'}: record {sid!r}")
         samples.append(Sample(str(sid), tokens, str(image) if image.is_file() else None, entities))
     if labels is not None:
         extra = set(labels) - set(texts)
@@ -256,29 +271,43 @@ def read_ccks(folder: str | Path) -> Dataset:
     return Dataset(samples, types, type_text, generic, missing_images)
 
 
-def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str) -> list[Entity]:
+def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str,
+                   lenient: bool = False) -> tuple[list[Entity], list[tuple[str, str, str]]]:
+    """The entities of one record list, and (name, label, reason) of the records that cannot be placed.
+
+    Gold (lenient False) is strict: an unknown label or a name not in the text is an error.
+    Predictions (lenient True) return such records instead, for the scorer to count as false positives.
+    """
     if not isinstance(records, list):
         raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
-    boxes: dict[tuple[str, str], list[Box]] = {}
+    boxes: dict[tuple[str, str], list[Box]] = {}       # (squashed name, label) -> boxes
+    names: dict[tuple[str, str], str] = {}             # (squashed name, label) -> the name as first written
+    unplaced: dict[tuple[str, str], str] = {}          # (name, label) -> why it cannot be placed
     for j, r in enumerate(records):
         at = f"{where}, entity {j}"
         if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "label" not in r:
             raise DataError(f"{at}: expected {{\"name\", \"label\", \"bnd\"}}, got {r!r}")
         if r["label"] not in types:
-            raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
-        key = (r["name"], r["label"])
+            if not lenient:
+                raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
+            unplaced.setdefault((r["name"], str(r["label"])), "label")
+            continue
+        key = (squash(r["name"]), r["label"])
+        names.setdefault(key, r["name"])
         boxes.setdefault(key, [])
         if r.get("bnd") is not None:
             box = _box(r["bnd"], at)
             if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
                 boxes[key].append(box)
-    entities, missing = label_names(tokens, list(boxes))
-    if missing:
+    entities, missing = label_names(tokens, [(names[k], k[1]) for k in boxes])
+    if missing and not lenient:
         raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
+    for k in boxes:
+        if names[k] in missing:
+            unplaced.setdefault((names[k], k[1]), "name")
     for e in entities:
-        name_key = next(k for k in boxes if tokenize(k[0]) == tokens[e.start:e.end] and k[1] == e.type)
-        e.boxes = list(boxes[name_key])
-    return entities
+        e.boxes = list(boxes[(squash("".join(tokens[e.start:e.end])), e.type)])
+    return entities, [(n, t, why) for (n, t), why in unplaced.items()]
 
 
 def write_ccks(samples: list[Sample], path: str | Path) -> None:
@@ -296,19 +325,28 @@ def write_ccks(samples: list[Sample], path: str | Path) -> None:
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
-def read_ccks_predictions(path: str | Path, like: list[Sample]) -> list[Sample]:
-    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts)."""
+def read_ccks_predictions(path: str | Path, like: list[Sample],
+                          types: list[str] | None = None) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
+    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts).
+
+    Returns the predicted samples and the records that cannot be placed, as (id, name,
+    label, reason): a name not in its text (reason "name") or a label outside `types`
+    (reason "label"; None accepts every label). Those are a model's mistakes, so they are
+    returned for scoring as false positives rather than refused; a malformed file still is.
+    """
     labels = _load_json(Path(path))
     extra = set(labels) - {s.id for s in like}
     if extra:   # dropping them silently would hide a prediction made for the wrong data
         raise DataError(f"{path}: {len(extra)} ids are not in the data it labels, e.g. {sorted(extra)[:5]}")
-    types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
-                    for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
-    out = []
+    if types is None:
+        types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
+                        for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
+    out, unplaced = [], []
     for s in like:
-        ents = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}")
+        ents, bad = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}", lenient=True)
         out.append(Sample(s.id, s.tokens, s.image, ents))
-    return out
+        unplaced += [(s.id, *b) for b in bad]
+    return out, unplaced
 
 
 # ---------------------------------------------------------------- CoNLL and Twitter-GMNER

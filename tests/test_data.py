@@ -37,9 +37,23 @@ def test_tokenize_splits_words_from_punctuation():
 
 def test_find_name_is_case_sensitive_and_token_aligned():
     tokens = tokenize("Tiger tiger Tigers Tiger NH-90")
-    assert find_name(tokens, "Tiger") == [0, 3]
-    assert find_name(tokens, "NH-90") == [4]
-    assert find_name(tokens, "") == []
+    assert find_name(tokens, "Tiger") == [(0, 1), (3, 4)]
+    assert find_name(tokens, "NH-90") == [(4, 7)]
+    assert find_name(tokens, "") == [] and find_name(tokens, "  ") == []
+    assert find_name(tokens, "Tige") == [] and find_name(tokens, "iger") == []   # token boundaries
+
+
+def test_find_name_ignores_whitespace_whatever_the_tokenisation():
+    """Twitter-GMNER keeps hyphens inside tokens; tokenize() splits them: both are found, and both
+    ways of writing the name find both."""
+    twitter = ["Happy", "V-E", "Day", "from", "Jay-Z"]
+    ours = tokenize("Happy V-E Day from Jay-Z")           # Happy V - E Day from Jay - Z
+    for name in ("V-E Day", "V - E Day", "V-EDay"):
+        assert find_name(twitter, name) == [(1, 3)]
+        assert find_name(ours, name) == [(1, 5)]
+    assert find_name(twitter, "Jay - Z") == [(4, 5)] and find_name(ours, "Jay-Z") == [(6, 9)]
+    assert find_name(twitter, "V-E") == [(1, 2)] and find_name(twitter, "V") == []   # not inside a token
+    assert find_name(["New", "York", "NewYork"], "New York") == [(0, 2), (2, 3)]
 
 
 def random_spans(rng: random.Random, n: int, types: list[str]) -> list[Entity]:
@@ -193,8 +207,8 @@ def test_ccks_writer_round_trips(tmp_path):
     assert [(s.id, s.tokens, s.entities) for s in back.samples] == \
         [(s.id, s.tokens, s.entities) for s in data.samples]
     # the same file read as predictions against the gold samples
-    pred = read_ccks_predictions(b / "entity.json", data.samples)
-    assert [s.entities for s in pred] == [s.entities for s in data.samples]
+    pred, unplaced = read_ccks_predictions(b / "entity.json", data.samples, data.types)
+    assert [s.entities for s in pred] == [s.entities for s in data.samples] and unplaced == []
 
 
 def test_ccks_writer_round_trips_the_demo(tmp_path):
@@ -212,7 +226,7 @@ def test_ccks_predictions_reject_unknown_ids(tmp_path):
     with pytest.raises(DataError, match="'42'"):
         read_ccks_predictions(tmp_path / "pred.json", data.samples)
     (tmp_path / "pred.json").write_text(json.dumps({"1": []}))       # absent ids are empty predictions
-    assert all(s.entities == [] for s in read_ccks_predictions(tmp_path / "pred.json", data.samples))
+    assert all(s.entities == [] for s in read_ccks_predictions(tmp_path / "pred.json", data.samples)[0])
 
 
 # ---------------------------------------------------------------- CoNLL and Twitter-GMNER

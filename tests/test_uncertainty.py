@@ -293,3 +293,13 @@ def test_refine_end_to_end_on_the_demo_data():
         # confident entities are untouched and stay the tagger's; corrected ones are the MLLM's
         assert all(e.source == ("tagger" if (e.start, e.end, e.type) in {(q.start, q.end, q.type) for q in p.entities}
                                 else "mllm") for e in o.entities)
+
+
+def test_respan_finds_names_whatever_the_tokenisation():
+    """Twitter tokens keep hyphens ("V-E"); the MLLM may copy the name with or without the spaces."""
+    from uncertainty import _find_span
+    tokens = ["Happy", "V-E", "Day", "from", "Jay", "-", "Z"]
+    free = np.zeros(len(tokens), dtype=bool)
+    assert _find_span(tokens, "V - E Day", Entity(1, 2, "OTHER"), free) == ((1, 3), "")
+    assert _find_span(tokens, "Jay-Z", None, free) == ((4, 7), "")
+    assert _find_span(tokens, "Jay-Zed", None, free) == (None, "span_not_in_text")
