@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
@@ -110,6 +111,7 @@ class Dataset:
     type_text: str = ""             # the type descriptions (types.txt), verbatim, for prompts
     generic: list[str] = field(default_factory=list)   # "do not extract" words from types.txt
     missing_images: int = 0         # samples read as text-only because their image is missing
+    format: str = ""                # "twitter" when read from Twitter-GMNER txt + xml (predictions are also written so)
 
 
 def tokenize(text: str) -> list[str]:
@@ -235,8 +237,35 @@ def _box(bnd: dict, where: str) -> Box:
     return box
 
 
-def read_ccks(folder: str | Path) -> Dataset:
-    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data)."""
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")   # tried in this order
+
+
+def find_image(dirs: list[Path], sid: str) -> str | None:
+    """`<dir>/<id>.jpg` (or .png, .jpeg) in the first of `dirs` that has it; None when none has.
+
+    Several folders because one benchmark's photos may come from several image sets
+    (Twitter-GMNER: the Twitter-2015 and Twitter-2017 images).
+    """
+    for d in dirs:
+        for suffix in IMAGE_SUFFIXES:
+            path = Path(d) / f"{sid}{suffix}"
+            if path.is_file():
+                return str(path.resolve())
+    return None
+
+
+def attach_images(data: "Dataset", dirs: list[Path]) -> None:
+    """Set every sample's image from `dirs`; count the samples that have none."""
+    for s in data.samples:
+        s.image = find_image(dirs, s.id)
+    data.missing_images = sum(1 for s in data.samples if s.image is None)
+
+
+def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
+    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data).
+
+    Images are `<folder>/images/<id>.jpg`, or looked up in `image_dirs` when given.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (expected text.json, images/, types.txt)")
@@ -252,18 +281,18 @@ def read_ccks(folder: str | Path) -> Dataset:
         where = f"{folder / 'text.json'}: record {sid!r}"
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
-        image = (images / f"{sid}.jpg").resolve()
-        if image.parent != images:
-            raise DataError(f"{where}: id would escape the images folder ({image})")
-        if not image.is_file():
-            warnings.warn(f"{where}: image {image} not found; reading it as text-only")
+        if (images / f"{sid}.jpg").resolve().parent != images:
+            raise DataError(f"{where}: id would escape the images folder ({images / f'{sid}.jpg'})")
+        image = find_image(image_dirs or [images], str(sid))
+        if image is None:
+            warnings.warn(f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only")
             missing_images += 1
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
             entities, _ = _ccks_entities(labels.get(sid, []), tokens, types,
                                          f"{folder / 'entity.json'}: record {sid!r}")
-        samples.append(Sample(str(sid), tokens, str(image) if image.is_file() else None, entities))
+        samples.append(Sample(str(sid), tokens, image, entities))
     if labels is not None:
         extra = set(labels) - set(texts)
         if extra:
@@ -388,11 +417,12 @@ def read_conll(path: str | Path) -> Dataset:
     return Dataset(samples, types)
 
 
-def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | None = None) -> Dataset:
+def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
     """Twitter-GMNER: CoNLL with IMGID lines plus Pascal-VOC boxes joined by surface string.
 
     Every mention whose string has an <object> of that name gets all its boxes;
-    the others are ungroundable. Images are `<image_dir>/<id>.jpg` when given.
+    the others are ungroundable. Images are `<dir>/<id>.jpg` (.png, .jpeg) in
+    `image_dirs` when given (see read_dataset for the default).
     """
     data = read_conll(txt)
     xml_dir = Path(xml_dir)
@@ -410,14 +440,11 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | N
                 named.setdefault(obj.findtext("name", "").strip(), []).append(_box(bnd, f"{xml}: object {k}"))
         for e in s.entities:
             e.boxes = list(named.get(s.name(e), []))
-        if image_dir is not None:
-            img = Path(image_dir) / f"{s.id}.jpg"
-            if img.is_file():
-                s.image = str(img)
-            else:
-                data.missing_images += 1
     data.types = [t for t in TWITTER_TYPES if t in data.types] + [t for t in data.types if t not in TWITTER_TYPES]
     data.type_text = TWITTER_TYPE_TEXT
+    data.format = "twitter"
+    if image_dirs is not None:
+        attach_images(data, [Path(d) for d in image_dirs])
     return data
 
 
@@ -432,16 +459,32 @@ def write_conll(samples: list[Sample], path: str | Path, scheme: str = "BIO", im
 
 
 def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -> None:
-    """Predictions in the Twitter-GMNER layout: IMGID + CoNLL, one VOC file per sample with a box."""
+    """Predictions in the Twitter-GMNER layout: IMGID + CoNLL, one VOC file per sample with a box.
+
+    Boxes join entities by surface string, as in the dataset, so `read_twitter` reads back
+    exactly what was written (boxes rounded to whole pixels, as the dataset's are).
+    """
+    Path(txt).parent.mkdir(parents=True, exist_ok=True)
     write_conll(samples, txt)
     xml_dir = Path(xml_dir)
     xml_dir.mkdir(parents=True, exist_ok=True)
     for s in samples:
-        objs = [(s.name(e), b) for e in s.entities for b in e.boxes]
+        objs = []
+        for e in s.entities:            # a name occurring twice carries the same boxes: its objects once
+            objs += [(s.name(e), b) for b in e.boxes if (s.name(e), b) not in objs]
         if not objs:
             continue
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = f"{s.id}.jpg"
+        if s.image:                     # the dataset's own files state the image size; ours do when we know it
+            try:
+                with Image.open(s.image) as img:
+                    w, h = img.size
+                size = ET.SubElement(root, "size")
+                ET.SubElement(size, "width").text = str(w)
+                ET.SubElement(size, "height").text = str(h)
+            except OSError:             # an unreadable image only costs the <size> element
+                pass
         for name, b in objs:
             obj = ET.SubElement(root, "object")
             ET.SubElement(obj, "name").text = name
@@ -451,19 +494,31 @@ def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -
         ET.ElementTree(root).write(xml_dir / f"{s.id}.xml", encoding="utf-8")
 
 
-def read_dataset(path: str | Path) -> Dataset:
-    """Any supported input: a CCKS folder, a Twitter txt (with xml/ beside it) or a CoNLL file."""
+def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
+    """Any supported input: a CCKS folder, a Twitter txt (with xml/ beside it) or a CoNLL file.
+
+    Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
+    CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
+    txt. A Twitter or IMGID-CoNLL file with neither has every image missing (counted).
+    """
     path = Path(path)
+    for d in images or []:
+        if not Path(d).is_dir():
+            raise DataError(f"--images: {d} is not a folder (expected a folder of <id>.jpg images)")
     if path.is_dir():
-        return read_ccks(path)
+        return read_ccks(path, images or None)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
+    dirs = [Path(d) for d in images or []] or [path.parent / "images"]
     xml_dir = path.parent / "xml"
     with path.open(encoding="utf-8") as f:
         has_imgid = f.readline().startswith("IMGID:")
     if has_imgid and xml_dir.is_dir():
-        return read_twitter(path, xml_dir)
-    return read_conll(path)
+        return read_twitter(path, xml_dir, dirs)
+    data = read_conll(path)
+    if has_imgid:                   # ids are image ids only when the file names them
+        attach_images(data, dirs)
+    return data
 
 
 def stats(data: Dataset) -> dict:

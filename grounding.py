@@ -371,6 +371,7 @@ def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Cl
             counts["no_entity"] += 1
         elif not s.image:
             counts["no_image"] += 1
+            counts["no_image_entities"] += sum(1 for e in s.entities if e.type.lower() not in never_l)
         else:
             todo.append((i, asked))
     t0 = time.perf_counter()

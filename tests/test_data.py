@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data import (Box, DataError, Entity, find_name, label_names, read_ccks, read_ccks_predictions,  # noqa: E402
-                  read_conll, read_dataset, read_twitter, spans_to_tags, tags_to_spans, tokenize,
+                  read_conll, read_dataset, read_twitter, spans_to_tags, tags_to_spans, tokenize, write_twitter,
                   write_ccks, write_conll)
 
 TWITTER = ROOT.parent / "shared" / "data" / "twitter-gmner"
@@ -292,3 +292,58 @@ def test_real_twitter_gmner_train():
     assert len(data.samples) == 7000
     assert len(ents) == 11779
     assert sum(1 for e in ents if e.boxes) == 4733
+
+
+def twitter_files(folder: Path) -> Path:
+    """A tiny Twitter-GMNER txt with xml/ beside it: tweet 1 has a boxed entity, tweet 2 none."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t.txt").write_text("IMGID:1\nJay-Z\tB-PER\nin\tO\nLondon\tB-LOC\n\nIMGID:2\nNASA\tB-ORG\n\n"
+                                  "IMGID:3\nhi\tO\n\n")
+    (folder / "xml").mkdir(exist_ok=True)
+    (folder / "xml" / "1.xml").write_text(voc([("Jay-Z", (1, 2, 30, 40))]))
+    return folder / "t.txt"
+
+
+def test_images_from_several_folders_and_beside_the_txt(tmp_path):
+    from PIL import Image
+    txt = twitter_files(tmp_path / "data")
+    a, b = tmp_path / "twitter2015", tmp_path / "twitter2017"
+    a.mkdir(), b.mkdir()
+    Image.new("RGB", (50, 40)).save(a / "1.jpg")
+    Image.new("RGB", (50, 40)).save(b / "2.png")          # a .png where that is what exists
+    data = read_dataset(txt, [a, b])
+    assert [Path(s.image).name if s.image else None for s in data.samples] == ["1.jpg", "2.png", None]
+    assert data.missing_images == 1 and data.format == "twitter"
+    none = read_dataset(txt)                              # no flag, no images/ beside: all missing, counted
+    assert none.missing_images == 3 and all(s.image is None for s in none.samples)
+    (tmp_path / "data" / "images").mkdir()
+    Image.new("RGB", (50, 40)).save(tmp_path / "data" / "images" / "3.jpeg")
+    beside = read_dataset(txt)
+    assert [s.image is not None for s in beside.samples] == [False, False, True] and beside.missing_images == 2
+    with pytest.raises(DataError, match="--images: .* is not a folder"):
+        read_dataset(txt, [tmp_path / "nope"])
+
+
+def test_twitter_writer_round_trips(tmp_path):
+    from PIL import Image
+    txt = twitter_files(tmp_path / "data")
+    (tmp_path / "data" / "images").mkdir()
+    Image.new("RGB", (50, 40)).save(tmp_path / "data" / "images" / "1.jpg")
+    gold = read_dataset(txt)
+    write_twitter(gold.samples, tmp_path / "out" / "p.txt", tmp_path / "out" / "xml")
+    back = read_dataset(tmp_path / "out" / "p.txt")
+    assert [(s.id, s.tokens, s.entities) for s in back.samples] == [(s.id, s.tokens, s.entities) for s in gold.samples]
+    assert "<width>50</width>" in (tmp_path / "out" / "xml" / "1.xml").read_text()
+
+
+@pytest.mark.skipif(not (TWITTER / "dev.txt").is_file(), reason="shared Twitter-GMNER data absent")
+def test_real_twitter_gmner_round_trips_through_the_writer(tmp_path):
+    """Twitter gold -> write_twitter -> read_twitter scores 1.000 on every task (the oracle: eval.py)."""
+    from eval import evaluate
+    gold = read_dataset(TWITTER / "dev.txt")
+    write_twitter(gold.samples, tmp_path / "dev.txt", tmp_path / "xml")
+    back = read_dataset(tmp_path / "dev.txt")
+    result = evaluate(gold.samples, back.samples)
+    assert all(result[t]["f1"] == 1.0 for t in ("mner", "eeg", "gmner"))
+    assert sum(len(e.boxes) for s in back.samples for e in s.entities) == \
+        sum(len(e.boxes) for s in gold.samples for e in s.entities)
