@@ -6,6 +6,8 @@ Sections (each prints a table and the command that reproduces it):
     python bench.py uncertainty   # uncertainty.py: AUROC and risk-coverage of entity uncertainty
     python bench.py selection     # grounding.py: demo selection quality and time (Twitter-GMNER)
     python bench.py eval          # eval.py: scoring speed on 10,000 samples
+    python bench.py gmner         # the whole method on Twitter-GMNER with a simulated MLLM of known accuracy
+                                  # (bench_gmner.py)
 
 Real data is read from ../shared/data/ (never shipped); a section skips with a
 message when it is absent. Every number is measured on this machine in this run.
@@ -601,8 +603,14 @@ def bench_eval(args) -> None:
     print("command: python bench.py eval")
 
 
+def bench_gmner(args) -> None:
+    """In its own file: bench_gmner.py."""
+    import bench_gmner
+    bench_gmner.bench_gmner(args)
+
+
 SECTIONS = {"client": bench_client, "tagger": bench_tagger, "uncertainty": bench_uncertainty,
-            "selection": bench_selection, "eval": bench_eval}
+            "selection": bench_selection, "eval": bench_eval, "gmner": bench_gmner}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
