@@ -495,7 +495,7 @@ def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -
 
 
 def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
-    """Any supported input: a CCKS folder, a Twitter txt (with xml/ beside it) or a CoNLL file.
+    """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
 
     Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
     CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
@@ -510,11 +510,13 @@ def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Da
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
     dirs = [Path(d) for d in images or []] or [path.parent / "images"]
-    xml_dir = path.parent / "xml"
+    # xml/ beside the txt, or up to two folders above it: the benchmark's own layouts keep one xml/ for
+    # txt/{train,dev,test}.txt (NUSTM/GMNER) and for the low-resource splits lowres/10GMNER/train.txt
+    xml_dirs = [d / "xml" for d in (path.parent, path.parent.parent, path.parent.parent.parent) if (d / "xml").is_dir()]
     with path.open(encoding="utf-8") as f:
         has_imgid = f.readline().startswith("IMGID:")
-    if has_imgid and xml_dir.is_dir():
-        return read_twitter(path, xml_dir, dirs)
+    if has_imgid and xml_dirs:
+        return read_twitter(path, xml_dirs[0], dirs)
     data = read_conll(path)
     if has_imgid:                   # ids are image ids only when the file names them
         attach_images(data, dirs)

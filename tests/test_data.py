@@ -347,3 +347,12 @@ def test_real_twitter_gmner_round_trips_through_the_writer(tmp_path):
     assert all(result[t]["f1"] == 1.0 for t in ("mner", "eeg", "gmner"))
     assert sum(len(e.boxes) for s in back.samples for e in s.entities) == \
         sum(len(e.boxes) for s in gold.samples for e in s.entities)
+
+
+def test_twitter_lowres_split_finds_the_xml_folder_above_it(tmp_path):
+    """lowres/10GMNER/train.txt shares twitter-gmner/xml/ with train.txt: its boxes are found."""
+    twitter_files(tmp_path)
+    (tmp_path / "lowres" / "10GMNER").mkdir(parents=True)
+    shutil.copy(tmp_path / "t.txt", tmp_path / "lowres" / "10GMNER" / "train.txt")
+    data = read_dataset(tmp_path / "lowres" / "10GMNER" / "train.txt")
+    assert data.format == "twitter" and data.samples[0].entities[0].boxes == [Box(1, 2, 30, 40)]
