@@ -7,6 +7,8 @@ Sections (each prints a table and the command that reproduces it):
     python bench.py selection     # grounding.py: demo selection quality and time (Twitter-GMNER)
     python bench.py eval          # eval.py: scoring speed on 10,000 samples
     python bench.py memory        # peak memory of training on a long text and of grounding (bench_memory.py)
+    python bench.py gmner         # the whole method on Twitter-GMNER with a simulated MLLM of known accuracy
+                                  # (bench_gmner.py)
 
 Real data is read from ../shared/data/ (never shipped); a section skips with a
 message when it is absent. Every number is measured on this machine in this run.
@@ -603,12 +605,19 @@ def bench_eval(args) -> None:
 
 
 def bench_memory(args) -> None:
+    """In its own file: bench_memory.py."""
     import bench_memory
     bench_memory.bench_memory(args)
 
 
+def bench_gmner(args) -> None:
+    """In its own file: bench_gmner.py."""
+    import bench_gmner
+    bench_gmner.bench_gmner(args)
+
+
 SECTIONS = {"client": bench_client, "tagger": bench_tagger, "uncertainty": bench_uncertainty,
-            "selection": bench_selection, "eval": bench_eval, "memory": bench_memory}
+            "selection": bench_selection, "eval": bench_eval, "memory": bench_memory, "gmner": bench_gmner}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

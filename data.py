@@ -17,7 +17,10 @@ Text is tokenised with the regex `\\w+|[^\\w\\s]` (the CCKS data's own rule), so
 `ship's` is `ship ' s`. A name declared in `entity.json` labels EVERY
 occurrence of it in the text at token boundaries (the rule the CCKS tags were
 made with); longer names are placed first and an occurrence that overlaps an
-already placed entity is skipped, since BIO cannot hold overlaps.
+already placed entity is skipped, since BIO cannot hold overlaps. Wherever a
+name becomes a span (gold, predictions, the scorer's name mode, MLLM answers,
+synthetic sentences) it matches the tokens whose concatenation equals the name
+without whitespace (`find_name`), so "Jay-Z" is found in `Jay - Z` and `Jay-Z`.
 
     python data.py examples/demo     # reads a folder and prints its statistics
 
@@ -111,22 +114,36 @@ class Dataset:
     missing_images: int = 0         # samples read as text-only because their image is missing
     clipped_boxes: int = 0          # gold boxes reaching outside their image, clipped to it (warned)
     unmatched_objects: int = 0      # Twitter xml objects whose name is no entity of their sample (warned, dropped)
+    format: str = ""                # "twitter" when read from Twitter-GMNER txt + xml (predictions are also written so)
 
 
 def tokenize(text: str) -> list[str]:
     return TOKEN_RE.findall(text)
 
 
-def find_name(tokens: list[str], name: str) -> list[int]:
-    """Start indices of every occurrence of `name` in `tokens` at token boundaries.
+def squash(name: str) -> str:
+    """A name without any whitespace: the one identity by which a name becomes a token span."""
+    return "".join(name.split())
 
-    Case-sensitive: "Tiger" the helicopter is not "tiger" the animal.
+
+def find_name(tokens: list[str], name: str) -> list[tuple[int, int]]:
+    """Every token span [start, end) whose tokens, joined, equal `name` once all whitespace is removed.
+
+    So a name survives any tokenisation: "V-E Day" matches both `V-E Day` (Twitter-GMNER
+    keeps hyphens inside tokens) and `V - E Day` (our tokenize()). Spans start and end at
+    token boundaries ("York" is not inside `NewYork`), and matching is case-sensitive:
+    "Tiger" the helicopter is not "tiger" the animal.
     """
-    needle = tokenize(name)
-    n = len(needle)
-    if n == 0:
-        return []
-    return [i for i in range(len(tokens) - n + 1) if tokens[i:i + n] == needle]
+    target = squash(name)
+    spans = []
+    for i in range(len(tokens) if target else 0):
+        joined, j = "", i
+        while j < len(tokens) and len(joined) < len(target) and target.startswith(joined):
+            joined += squash(tokens[j])
+            j += 1
+        if joined == target:
+            spans.append((i, j))
+    return spans
 
 
 def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[Entity], list[str]]:
@@ -136,15 +153,14 @@ def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[E
     """
     taken = [False] * len(tokens)
     entities, missing = [], []
-    for name, typ in sorted(names, key=lambda nt: -len(tokenize(nt[0]))):
-        starts = find_name(tokens, name)
-        if not starts:
+    for name, typ in sorted(names, key=lambda nt: -len(squash(nt[0]))):
+        spans = find_name(tokens, name)
+        if not spans:
             missing.append(name)
-        n = len(tokenize(name))
-        for s in starts:
-            if not any(taken[s:s + n]):
-                taken[s:s + n] = [True] * n
-                entities.append(Entity(s, s + n, typ))
+        for s, e in spans:
+            if not any(taken[s:e]):
+                taken[s:e] = [True] * (e - s)
+                entities.append(Entity(s, e, typ))
     entities.sort(key=lambda e: e.start)
     return entities, missing
 
@@ -246,8 +262,35 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def read_ccks(folder: str | Path) -> Dataset:
-    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data)."""
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")   # tried in this order
+
+
+def find_image(dirs: list[Path], sid: str) -> str | None:
+    """`<dir>/<id>.jpg` (or .png, .jpeg) in the first of `dirs` that has it; None when none has.
+
+    Several folders because one benchmark's photos may come from several image sets
+    (Twitter-GMNER: the Twitter-2015 and Twitter-2017 images).
+    """
+    for d in dirs:
+        for suffix in IMAGE_SUFFIXES:
+            path = Path(d) / f"{sid}{suffix}"
+            if path.is_file():
+                return str(path.resolve())
+    return None
+
+
+def attach_images(data: "Dataset", dirs: list[Path]) -> None:
+    """Set every sample's image from `dirs`; count the samples that have none."""
+    for s in data.samples:
+        s.image = find_image(dirs, s.id)
+    data.missing_images = sum(1 for s in data.samples if s.image is None)
+
+
+def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
+    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data).
+
+    Images are `<folder>/images/<id>.jpg`, or looked up in `image_dirs` when given.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (expected text.json, images/, types.txt)")
@@ -266,17 +309,17 @@ def read_ccks(folder: str | Path) -> Dataset:
                             f"'.'), since images/<id>.jpg is its image; got {sid!r}")
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
-        image = images / f"{sid}.jpg"
-        if not image.is_file():
-            warnings.warn(f"{where}: image {image} not found; reading it as text-only")
+        image = find_image(image_dirs or [images], str(sid))
+        if image is None:
+            warnings.warn(f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only")
             missing_images += 1
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
-            size = _image_size(image) if image.is_file() and labels.get(sid) else None
-            entities = _ccks_entities(labels.get(sid, []), tokens, types,
-                                      f"{folder / 'entity.json'}: record {sid!r}", size, clipped)
-        samples.append(Sample(str(sid), tokens, str(image) if image.is_file() else None, entities))
+            size = _image_size(Path(image)) if image and labels.get(sid) else None
+            entities, _ = _ccks_entities(labels.get(sid, []), tokens, types,
+                                         f"{folder / 'entity.json'}: record {sid!r}", size, clipped)
+        samples.append(Sample(str(sid), tokens, image, entities))
     if labels is not None:
         extra = set(labels) - set(texts)
         if extra:
@@ -288,18 +331,30 @@ def read_ccks(folder: str | Path) -> Dataset:
 
 
 def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str,
-                   size: tuple[int, int] | None = None, clipped: Counter | None = None) -> list[Entity]:
-    """Entities of one record list; `clipped` counts, per `where`, the boxes clipped to the image `size`."""
+                   size: tuple[int, int] | None = None, clipped: Counter | None = None,
+                   lenient: bool = False) -> tuple[list[Entity], list[tuple[str, str, str]]]:
+    """The entities of one record list, and (name, label, reason) of the records that cannot be placed.
+
+    Gold (lenient False) is strict: an unknown label or a name not in the text is an error.
+    Predictions (lenient True) return such records instead, for the scorer to count as false positives.
+    `clipped` counts, per `where`, the boxes clipped to the image `size`.
+    """
     if not isinstance(records, list):
         raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
-    boxes: dict[tuple[str, str], list[Box]] = {}
+    boxes: dict[tuple[str, str], list[Box]] = {}       # (squashed name, label) -> boxes
+    names: dict[tuple[str, str], str] = {}             # (squashed name, label) -> the name as first written
+    unplaced: dict[tuple[str, str], str] = {}          # (name, label) -> why it cannot be placed
     for j, r in enumerate(records):
         at = f"{where}, entity {j}"
         if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "label" not in r:
             raise DataError(f"{at}: expected {{\"name\", \"label\", \"bnd\"}}, got {r!r}")
         if r["label"] not in types:
-            raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
-        key = (r["name"], r["label"])
+            if not lenient:
+                raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
+            unplaced.setdefault((r["name"], str(r["label"])), "label")
+            continue
+        key = (squash(r["name"]), r["label"])
+        names.setdefault(key, r["name"])
         boxes.setdefault(key, [])
         if r.get("bnd") is not None:
             box, was_clipped = _box(r["bnd"], at, size)
@@ -307,13 +362,15 @@ def _ccks_entities(records: list, tokens: list[str], types: list[str], where: st
                 clipped[where] += 1
             if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
                 boxes[key].append(box)
-    entities, missing = label_names(tokens, list(boxes))
-    if missing:
+    entities, missing = label_names(tokens, [(names[k], k[1]) for k in boxes])
+    if missing and not lenient:
         raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
+    for k in boxes:
+        if names[k] in missing:
+            unplaced.setdefault((names[k], k[1]), "name")
     for e in entities:
-        name_key = next(k for k in boxes if tokenize(k[0]) == tokens[e.start:e.end] and k[1] == e.type)
-        e.boxes = list(boxes[name_key])
-    return entities
+        e.boxes = list(boxes[(squash("".join(tokens[e.start:e.end])), e.type)])
+    return entities, [(n, t, why) for (n, t), why in unplaced.items()]
 
 
 def write_ccks(samples: list[Sample], path: str | Path) -> None:
@@ -331,19 +388,28 @@ def write_ccks(samples: list[Sample], path: str | Path) -> None:
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
-def read_ccks_predictions(path: str | Path, like: list[Sample]) -> list[Sample]:
-    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts)."""
+def read_ccks_predictions(path: str | Path, like: list[Sample],
+                          types: list[str] | None = None) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
+    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts).
+
+    Returns the predicted samples and the records that cannot be placed, as (id, name,
+    label, reason): a name not in its text (reason "name") or a label outside `types`
+    (reason "label"; None accepts every label). Those are a model's mistakes, so they are
+    returned for scoring as false positives rather than refused; a malformed file still is.
+    """
     labels = _load_json(Path(path))
     extra = set(labels) - {s.id for s in like}
     if extra:   # dropping them silently would hide a prediction made for the wrong data
         raise DataError(f"{path}: {len(extra)} ids are not in the data it labels, e.g. {sorted(extra)[:5]}")
-    types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
-                    for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
-    out = []
+    if types is None:
+        types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
+                        for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
+    out, unplaced = [], []
     for s in like:
-        ents = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}")
+        ents, bad = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}", lenient=True)
         out.append(Sample(s.id, s.tokens, s.image, ents))
-    return out
+        unplaced += [(s.id, *b) for b in bad]
+    return out, unplaced
 
 
 # ---------------------------------------------------------------- CoNLL and Twitter-GMNER
@@ -385,11 +451,12 @@ def read_conll(path: str | Path) -> Dataset:
     return Dataset(samples, types)
 
 
-def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | None = None) -> Dataset:
+def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
     """Twitter-GMNER: CoNLL with IMGID lines plus Pascal-VOC boxes joined by surface string.
 
     Every mention whose string has an <object> of that name gets all its boxes;
-    the others are ungroundable. Images are `<image_dir>/<id>.jpg` when given.
+    the others are ungroundable. Images are `<dir>/<id>.jpg` (.png, .jpeg) in
+    `image_dirs` when given (see read_dataset for the default).
     """
     data = read_conll(txt)
     xml_dir = Path(xml_dir)
@@ -416,12 +483,6 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | N
             e.boxes = list(named.get(s.name(e), []))
         names = {s.name(e) for e in s.entities}
         unmatched[xml] += sum(len(boxes) for name, boxes in named.items() if name not in names)
-        if image_dir is not None:
-            img = Path(image_dir) / f"{s.id}.jpg"
-            if img.is_file():
-                s.image = str(img)
-            else:
-                data.missing_images += 1
     data.unmatched_objects = sum(unmatched.values())
     if data.unmatched_objects:
         warnings.warn(f"{xml_dir}: {data.unmatched_objects} object(s) name no entity of their sample and are dropped, "
@@ -430,6 +491,9 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dir: str | Path | N
         warnings.warn(f"{xml_dir}: {data.clipped_boxes} box(es) reached outside their image and were clipped to it")
     data.types = [t for t in TWITTER_TYPES if t in data.types] + [t for t in data.types if t not in TWITTER_TYPES]
     data.type_text = TWITTER_TYPE_TEXT
+    data.format = "twitter"
+    if image_dirs is not None:
+        attach_images(data, [Path(d) for d in image_dirs])
     return data
 
 
@@ -444,16 +508,32 @@ def write_conll(samples: list[Sample], path: str | Path, scheme: str = "BIO", im
 
 
 def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -> None:
-    """Predictions in the Twitter-GMNER layout: IMGID + CoNLL, one VOC file per sample with a box."""
+    """Predictions in the Twitter-GMNER layout: IMGID + CoNLL, one VOC file per sample with a box.
+
+    Boxes join entities by surface string, as in the dataset, so `read_twitter` reads back
+    exactly what was written (boxes rounded to whole pixels, as the dataset's are).
+    """
+    Path(txt).parent.mkdir(parents=True, exist_ok=True)
     write_conll(samples, txt)
     xml_dir = Path(xml_dir)
     xml_dir.mkdir(parents=True, exist_ok=True)
     for s in samples:
-        objs = [(s.name(e), b) for e in s.entities for b in e.boxes]
+        objs = []
+        for e in s.entities:            # a name occurring twice carries the same boxes: its objects once
+            objs += [(s.name(e), b) for b in e.boxes if (s.name(e), b) not in objs]
         if not objs:
             continue
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = f"{s.id}.jpg"
+        if s.image:                     # the dataset's own files state the image size; ours do when we know it
+            try:
+                with Image.open(s.image) as img:
+                    w, h = img.size
+                size = ET.SubElement(root, "size")
+                ET.SubElement(size, "width").text = str(w)
+                ET.SubElement(size, "height").text = str(h)
+            except OSError:             # an unreadable image only costs the <size> element
+                pass
         for name, b in objs:
             obj = ET.SubElement(root, "object")
             ET.SubElement(obj, "name").text = name
@@ -463,19 +543,33 @@ def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -
         ET.ElementTree(root).write(xml_dir / f"{s.id}.xml", encoding="utf-8")
 
 
-def read_dataset(path: str | Path) -> Dataset:
-    """Any supported input: a CCKS folder, a Twitter txt (with xml/ beside it) or a CoNLL file."""
+def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
+    """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
+
+    Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
+    CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
+    txt. A Twitter or IMGID-CoNLL file with neither has every image missing (counted).
+    """
     path = Path(path)
+    for d in images or []:
+        if not Path(d).is_dir():
+            raise DataError(f"--images: {d} is not a folder (expected a folder of <id>.jpg images)")
     if path.is_dir():
-        return read_ccks(path)
+        return read_ccks(path, images or None)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
-    xml_dir = path.parent / "xml"
+    dirs = [Path(d) for d in images or []] or [path.parent / "images"]
+    # xml/ beside the txt, or up to two folders above it: the benchmark's own layouts keep one xml/ for
+    # txt/{train,dev,test}.txt (NUSTM/GMNER) and for the low-resource splits lowres/10GMNER/train.txt
+    xml_dirs = [d / "xml" for d in (path.parent, path.parent.parent, path.parent.parent.parent) if (d / "xml").is_dir()]
     with path.open(encoding="utf-8-sig") as f:
         has_imgid = f.readline().startswith("IMGID:")
-    if has_imgid and xml_dir.is_dir():
-        return read_twitter(path, xml_dir)
-    return read_conll(path)
+    if has_imgid and xml_dirs:
+        return read_twitter(path, xml_dirs[0], dirs)
+    data = read_conll(path)
+    if has_imgid:                   # ids are image ids only when the file names them
+        attach_images(data, dirs)
+    return data
 
 
 def stats(data: Dataset) -> dict:

@@ -16,8 +16,8 @@ prediction on a sample with no gold entity is a false positive too.
 Identity of an entity ("span" above):
 - `match="span"` (default): the token span [start, end); gold and predicted
   samples must carry the same tokens.
-- `match="name"`: the surface string (tokenised, tokens joined by one space)
-  for data whose entities have no position, like CCKS's entity.json. Set
+- `match="name"`: the surface string without whitespace (data.squash, so
+  "F-35" and "F - 35" are one name) for data whose entities have no position, like CCKS's entity.json. Set
   semantics: an entity whose (name, type) occurs several times in a sample
   counts once, with the union of its boxes, in gold and prediction alike (so
   in this mode a duplicated prediction collapses instead of counting as FP).
@@ -31,7 +31,10 @@ predicted type.
 `--pred` is a CCKS folder (its entity.json is read against the gold texts), a
 CCKS-layout entity.json, or a Twitter-GMNER/CoNLL file. Samples missing from
 the prediction count as empty predictions; predicted ids absent from gold are
-an error. Left out on purpose: partial-overlap credit, and macro averages.
+an error. A predicted record that cannot be placed (a name not in its text, a
+label outside the gold's types: an MLLM's invention) is a false positive in
+every task, counted and reported in one warning line, never a reason to refuse
+the file; gold files stay strict. Left out on purpose: partial-overlap credit, and macro averages.
 """
 
 import argparse
@@ -40,7 +43,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from data import Box, DataError, Sample, read_ccks_predictions, read_dataset, tokenize
+from data import Box, DataError, Dataset, Sample, read_ccks_predictions, read_dataset, squash
 
 IOU_THRESHOLD = 0.5        # the GMNER benchmark's threshold; exactly 0.5 counts
 TASKS = ("gmner", "mner", "eeg")
@@ -62,7 +65,7 @@ def items(sample: Sample, match: str) -> list[Item]:
         return [((e.start, e.end), e.type, e.boxes) for e in sample.entities]
     merged: dict[tuple[str, str], list[Box]] = {}
     for e in sample.entities:
-        boxes = merged.setdefault((" ".join(tokenize(sample.name(e))), e.type), [])
+        boxes = merged.setdefault((squash(sample.name(e)), e.type), [])
         boxes.extend(b for b in e.boxes if b not in boxes)
     return [(name, typ, boxes) for (name, typ), boxes in merged.items()]
 
@@ -123,8 +126,11 @@ def align(gold: list[Sample], pred: list[Sample], match: str) -> list[tuple[Samp
     return pairs
 
 
-def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span") -> dict:
+def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplaced: list[tuple] = ()) -> dict:
     """Micro P/R/F1 of GMNER, MNER and EEG, with per-type rows.
+
+    `unplaced`: predicted records that could not be placed in their text, (id, name, label, ...)
+    as read_ccks_predictions returns them; each is a false positive of every task.
 
     Returns {"gmner"|"mner"|"eeg": {"p", "r", "f1", "tp", "fp", "fn", "per_type": {type: {...same...}}}}.
     """
@@ -155,6 +161,10 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span") -> dic
                 if j not in matched:
                     total[task]["fp"] += 1
                     per_type[task][typ]["fp"] += 1
+    for _, _, label, *_ in unplaced:
+        for task in TASKS:
+            total[task]["fp"] += 1
+            per_type[task][label]["fp"] += 1
     return {t: {**_prf(total[t]), "per_type": {k: _prf(per_type[t][k]) for k in sorted(per_type[t])}}
             for t in TASKS}
 
@@ -175,16 +185,27 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def read_prediction(path: str, gold: list[Sample]) -> list[Sample]:
-    """A CCKS folder or entity.json (read against the gold texts), or a Twitter/CoNLL file."""
+def read_prediction(path: str, gold: Dataset) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
+    """The predicted samples and the unplaceable records (id, name, label, reason) of a prediction file.
+
+    A CCKS folder or entity.json is read against the gold texts and types; a Twitter/CoNLL
+    file carries its own tokens. Unplaceable records are reported in one warning line.
+    """
     p = Path(path)
     if p.is_dir():
         if not (p / "entity.json").is_file():
             raise DataError(f"{p}: a prediction folder needs an entity.json (CCKS layout)")
-        return read_ccks_predictions(p / "entity.json", gold)
-    if p.suffix == ".json":
-        return read_ccks_predictions(p, gold)
-    return read_dataset(p).samples
+        p = p / "entity.json"
+    if p.suffix != ".json":
+        return read_dataset(p).samples, []
+    pred, unplaced = read_ccks_predictions(p, gold.samples, gold.types)
+    if unplaced:
+        n_name = sum(1 for u in unplaced if u[3] == "name")
+        examples = "; ".join(f"{sid}: {name!r} ({label})" for sid, name, label, _ in unplaced[:3])
+        print(f"warning: {p}: {len(unplaced)} predicted records scored as false positives: {n_name} with a name "
+              f"not in the text, {len(unplaced) - n_name} with a label outside the gold types {gold.types} "
+              f"(e.g. {examples})", file=sys.stderr)
+    return pred, unplaced
 
 
 if __name__ == "__main__":
@@ -196,12 +217,15 @@ if __name__ == "__main__":
     ap.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     args = ap.parse_args()
     try:   # the I/O boundary: bad files end the run with their message, not a traceback
-        gold = read_dataset(args.gold).samples
-        result = evaluate(gold, read_prediction(args.pred, gold), args.match)
+        gold_data = read_dataset(args.gold)
+        gold = gold_data.samples
+        pred, unplaced = read_prediction(args.pred, gold_data)
+        result = evaluate(gold, pred, args.match, unplaced)
     except DataError as err:
         sys.exit(f"error: {err}")
     print(f"gold {args.gold}  pred {args.pred}  match {args.match}  samples {len(gold)}")
     print(table(result))
     if args.json:
-        meta = {"gold": args.gold, "pred": args.pred, "match": args.match, "samples": len(gold)}
+        meta = {"gold": args.gold, "pred": args.pred, "match": args.match, "samples": len(gold),
+                "unplaced_predictions": len(unplaced)}
         Path(args.json).write_text(json.dumps({**meta, **result}, indent=1) + "\n", encoding="utf-8")

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data import Box, Dataset, Entity, Sample
+from data import Box, Dataset, Entity, Sample, squash
 from llm import Client, ImageError, LLMError, image_part, image_size, open_image, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
@@ -334,17 +334,19 @@ def parse_answer(content: object, asked: dict[str, str], orig, sent, fmt: str, c
         counts["bad_answers"] += 1
         return {}
     found: dict[str, list[Box]] = {}
+    by_key = {squash(n): n for n in asked}          # the one name rule: whitespace does not count
     for it in items:
         if not isinstance(it, dict) or not isinstance(it.get("entity"), str) or not isinstance(it.get("boxes"), list):
             counts["bad_items"] += 1
             continue
-        if it["entity"] not in asked:
+        name = by_key.get(squash(it["entity"]))
+        if name is None:
             counts["invented"] += 1
             continue
         raw = it["boxes"]
         if len(raw) == 4 and all(_number(v) for v in raw):
             raw = [raw]                                  # one flat box instead of a list of boxes
-        boxes = found.setdefault(it["entity"], [])       # an entity answered with [] is ungroundable, not missing
+        boxes = found.setdefault(name, [])               # an entity answered with [] is ungroundable, not missing
         for xyxy in raw:
             if not (isinstance(xyxy, list) and len(xyxy) == 4 and all(_number(v) for v in xyxy)):
                 counts["malformed_boxes"] += 1
@@ -376,6 +378,7 @@ def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Cl
             counts["no_entity"] += 1
         elif not s.image:
             counts["no_image"] += 1
+            counts["no_image_entities"] += sum(1 for e in s.entities if e.type.lower() not in never_l)
         else:
             todo.append((i, asked))
     t0 = time.perf_counter()

@@ -8,7 +8,8 @@ The one straight pipeline of the paper (Tang et al., CCKS 2025, arXiv 2509.10975
      uncertainty; only the uncertain ones go to the MLLM (uncertainty.py);
   3. grounding stage: the k most similar labelled samples are shown to the MLLM
      as worked examples before it boxes the entities (grounding.py).
-Predictions are written in the CCKS layout and scored (eval.py) when gold exists.
+Predictions are written in the CCKS layout (and in the Twitter-GMNER layout when
+that is the data predicted) and scored (eval.py) when gold exists.
 
     python refineg.py --data examples/demo                       # supervised path, no server
     python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
@@ -51,6 +52,7 @@ import uncertainty
 class RunConfig:
     data: str = ""                  # labelled data: a CCKS folder, a Twitter-GMNER txt (xml/ beside it) or CoNLL
     test: str = ""                  # data to predict (labelled or not); "" = hold out --test-share of --data
+    images: list[str] = dataclasses.field(default_factory=list)   # image folders (<id>.jpg/.png/.jpeg) for --data and --test; none = images/ beside the data
     test_share: float = 0.3         # share of --data held out as the test split when --test is not given
     out: str = "runs/refineg"       # run directory (config.json, predictions.json, metrics.json, ...)
     tagger_dir: str = ""            # reuse a trained tagger from this directory instead of training one
@@ -141,17 +143,17 @@ def has_labels(path: str) -> bool:
     return not p.is_dir() or (p / "entity.json").is_file()
 
 
-def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], list[data.Sample], bool]:
-    """The labelled dataset, its training part, the samples to predict, and whether they have gold."""
+def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], data.Dataset, bool]:
+    """The labelled dataset, its training part, the data to predict, and whether it has gold."""
     if not run.data:
         raise data.DataError("--data is required: a CCKS folder, a Twitter-GMNER txt or a CoNLL file")
-    labelled = data.read_dataset(run.data)
+    labelled = data.read_dataset(run.data, run.images)
     if not labelled.samples:
         raise data.DataError(f"{run.data}: no sample found (an empty dataset)")
     if not run.test:
         train, test = split(labelled.samples, run.test_share, run.seed)
-        return labelled, train, test, True
-    target = data.read_dataset(run.test)
+        return labelled, train, dataclasses.replace(labelled, samples=test), True
+    target = data.read_dataset(run.test, run.images)
     if not target.samples:
         raise data.DataError(f"{run.test}: no sample found (an empty dataset)")
     unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
@@ -160,7 +162,7 @@ def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], list[d
     if Path(run.test).is_dir() and target.types != labelled.types:    # a CCKS folder brings its own types.txt
         warnings.warn(f"{run.test}/types.txt lists {target.types}, the labelled data {labelled.types}: the labelled "
                       "data's types and descriptions are used")
-    return labelled, labelled.samples, target.samples, has_labels(run.test)
+    return labelled, labelled.samples, target, has_labels(run.test)
 
 
 def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: Path) -> tuple[tagger.Tagger, str]:
@@ -207,11 +209,19 @@ def pipeline(cfg: dict, state: dict) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
     state["stage"] = "reading the data"
-    labelled, train, test, gold_known = read_inputs(run)
+    labelled, train, target, gold_known = read_inputs(run)
+    test = target.samples
     seeds = dataclasses.replace(labelled, samples=train)
     print(f"data: {len(train)} labelled training samples, {len(test)} to predict "
           f"({'with' if gold_known else 'without'} gold); types {labelled.types}")
+    with_image = sum(1 for s in test if s.image)
+    print(f"images: {with_image} of {len(test)} samples to predict have one"
+          + (f" ({len(test) - with_image} missing: text-only, their entities ungroundable)" if with_image < len(test) else ""))
     use_llm = bool(cfg["llm"].base_url)
+    if use_llm and (run.refine or run.ground) and not with_image:   # before any call is paid for
+        raise data.DataError(f"none of the {len(test)} samples to predict has an image, so refinement and grounding "
+                             "cannot see anything: pass --images DIR [DIR ...] (folders of <id>.jpg, .png or .jpeg; "
+                             "default: images/ beside the data), or turn the stages off with --no-refine --no-ground")
     llm_cfg = dataclasses.replace(cfg["llm"], cache_path=cfg["llm"].cache_path or str(out / "llm_cache.jsonl"))
     if use_llm:
         llm.check_server(llm_cfg)
@@ -283,6 +293,11 @@ def pipeline(cfg: dict, state: dict) -> int:
         if gold_known:
             metrics["final"] = scorer.evaluate(test, pred)
         predictions(pred, "predictions.json")
+        if target.format == "twitter":     # also the benchmark's own layout: predictions.txt + xml/ beside it
+            shutil.rmtree(out / "xml", ignore_errors=True)      # a stale box file would join a new prediction
+            data.write_twitter(pred, out / "predictions.txt.tmp", out / "xml")
+            (out / "predictions.txt.tmp").replace(out / "predictions.txt")
+            state["written"].append("predictions.txt")
         if "grounding" in clients:
             all_failed("grounding", clients["grounding"], "predictions.json holds the entities without boxes")
     finally:     # counts and times of whatever ran, also when a stage failed or was interrupted
@@ -324,6 +339,10 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
                 r = m[name]
                 lines.append(f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
                              f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
+    g = notes.get("grounding", {})
+    if g.get("no_image"):
+        lines.append(f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
+                     f"({g['no_image']} samples without image; --images DIR adds image folders)")
     u = notes["uncertainty"]
     lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})")
     for stage, c in usage.items():
@@ -335,8 +354,9 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
                      "of an OpenAI-compatible server, e.g. vLLM or llama-server; see README)" if "grounding" in skipped
                      and "refinement" in skipped else "") + ("; every entity is ungroundable (no box)" if "grounding"
                      in skipped else ""))
-    lines.append(f"written: {out}/predictions.json (final), predictions.refined.json (before grounding), metrics.json, "
-                 "usage.json, config.json")
+    twitter = ", predictions.txt + xml/ (Twitter-GMNER layout)" if (out / "predictions.txt").is_file() else ""
+    lines.append(f"written: {out}/predictions.json (final){twitter}, predictions.refined.json (before grounding), "
+                 "metrics.json, usage.json, config.json")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data import DataError, Dataset, Entity, Sample, label_names, tokenize
+from data import DataError, Dataset, Entity, Sample, label_names, squash, tokenize
 from llm import Client, LLMError
 
 MAX_NAME_CHARS = 100    # schema bound on a declared name; real names are far shorter
@@ -155,12 +155,13 @@ def check(item: dict, seed: Sample, types: list[str], generic: set[str], config:
         return "generic_name"
     # The seed's names are declared too (with the seed's gold type): a sentence
     # that reuses one without declaring it must not teach the tagger it is O.
-    names = {seed.name(e): e.type for e in seed.entities}
+    # Names are one name when equal without whitespace (data.find_name's rule).
+    names = {squash(seed.name(e)): (seed.name(e), e.type) for e in seed.entities}
     for n, t in declared:
-        if names.setdefault(n, t) != t:
+        if names.setdefault(squash(n), (n, t))[1] != t:
             return "type_conflict"
-    entities, missing = label_names(tokens, list(names.items()))
-    if any(n in missing for n, _ in declared):
+    entities, missing = label_names(tokens, list(names.values()))
+    if {squash(n) for n, _ in declared} & {squash(m) for m in missing}:
         return "name_not_in_text"
     for e in entities:
         e.source = "synth"
@@ -258,7 +259,7 @@ def read_synthetic(path: str | Path) -> list[Sample]:
             for e, raw in zip(ents, rec["entities"]):
                 if not 0 <= e.start < e.end <= len(tokens):
                     raise DataError(f"{where}: entity span [{e.start}, {e.end}) outside {len(tokens)} tokens")
-                if "name" in raw and tokenize(raw["name"]) != tokens[e.start:e.end]:
+                if "name" in raw and squash(str(raw["name"])) != squash(sample.name(e)):
                     raise DataError(f"{where}: entity name {raw['name']!r} is not the tokens of its span "
                                     f"{sample.name(e)!r}")
             samples.append(sample)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from data import Dataset, Entity, Sample, spans_to_tags, tokenize
+from data import Dataset, Entity, Sample, find_name, spans_to_tags
 from llm import Client, LLMError, image_part, text_part
 
 ACTIONS = ["keep", "change_span", "change_type", "reject"]
@@ -365,10 +365,7 @@ def _find_span(tokens: list[str], text: object, old: Entity | None,
     """The token span of `text` (overlapping `old` when given, not overlapping `taken`), or a reason."""
     if not isinstance(text, str) or not text.strip():
         return None, "span_not_in_text"
-    hits = set()
-    for needle in {tuple(text.split()), tuple(tokenize(text))}:    # shown text is tokens joined by spaces
-        n = len(needle)
-        hits |= {(i, i + n) for i in range(len(tokens) - n + 1) if n and tuple(tokens[i:i + n]) == needle}
+    hits = set(find_name(tokens, text))     # whitespace-insensitive: "Jay - Z" and "Jay-Z" are one name
     if not hits:
         return None, "span_not_in_text"
     if old is not None:

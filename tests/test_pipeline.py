@@ -274,4 +274,59 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
             assert data.find_name(gold[sid].tokens, r["name"]) and r["label"] in data.read_ccks(DEMO).types
             b = r["bnd"]
             assert b is None or 0 <= b["xmin"] < b["xmax"] <= w and 0 <= b["ymin"] < b["ymax"] <= h
-    assert data.read_ccks_predictions(tmp_path / "predictions.json", test)       # the scorer reads it back
+    _, unplaced = data.read_ccks_predictions(tmp_path / "predictions.json", test, data.read_ccks(DEMO).types)
+    assert unplaced == []                                   # the scorer reads every record back onto its text
+def tiny_twitter(folder: Path, images: bool) -> Path:
+    """Eight tweets in the Twitter-GMNER layout (txt + xml/), with gray images in images/ or none."""
+    from PIL import Image
+    folder.mkdir(parents=True)
+    (folder / "xml").mkdir()
+    lines = []
+    for i in range(8):
+        lines += [f"IMGID:{i}", "Jay-Z\tB-PER", "visits\tO", "New\tB-LOC", "York\tI-LOC", f"day{i}\tO", ""]
+        (folder / "xml" / f"{i}.xml").write_text(
+            "<annotation><size><width>64</width><height>48</height></size><object><name>Jay-Z</name>"
+            "<bndbox><xmin>2</xmin><ymin>3</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>")
+        if images:
+            (folder / "images").mkdir(exist_ok=True)
+            Image.new("RGB", (64, 48), (128, 128, 128)).save(folder / "images" / f"{i}.jpg")
+    (folder / "t.txt").write_text("\n".join(lines) + "\n")
+    return folder / "t.txt"
+
+
+def test_no_image_at_all_stops_before_the_first_call(tmp_path: Path, capsys):
+    txt = tiny_twitter(tmp_path / "tw", images=False)
+    with FakeServer(oracle) as srv:
+        argv = ["--data", str(txt), "--out", str(tmp_path / "o"), *FAST, "--llm-url", srv.url, "--llm-model", "fake-model"]
+        assert refineg.main(argv) == 2
+        assert srv.requests == []
+    err = capsys.readouterr().err
+    assert "none of the 2 samples to predict has an image" in err and "--images DIR" in err
+
+
+def test_twitter_data_gets_twitter_predictions_that_eval_reads(tmp_path: Path, capsys):
+    txt = tiny_twitter(tmp_path / "tw", images=True)
+    out = tmp_path / "o"
+    assert refineg.main(["--data", str(txt), "--out", str(out), *FAST, "--test-share", "0.5"]) == 0
+    assert (out / "predictions.txt").is_file() and (out / "xml").is_dir()
+    import eval as scorer
+    gold = data.read_dataset(txt)
+    pred_twitter, _ = scorer.read_prediction(str(out / "predictions.txt"), gold)
+    ids = {s.id for s in pred_twitter}
+    pred_ccks = [s for s in scorer.read_prediction(str(out / "predictions.json"), gold)[0] if s.id in ids]
+    assert len(ids) == 4
+    test = [s for s in gold.samples if s.id in ids]
+    saved = json.loads((out / "metrics.json").read_text())["metrics"]["final"]
+    assert scorer.evaluate(test, pred_twitter)["mner"]["f1"] == saved["mner"]["f1"]
+    assert scorer.evaluate(test, pred_twitter) == scorer.evaluate(test, pred_ccks)
+
+    # one predicted tweet loses its image: its entities are counted as ungroundable for lack of it
+    lost = sorted(ids)[0]
+    (tmp_path / "tw" / "images" / f"{lost}.jpg").unlink()
+    with FakeServer(oracle) as srv:
+        capsys.readouterr()
+        assert refineg.main(["--data", str(txt), "--out", str(out), *FAST, "--test-share", "0.5", "--no-synthesize",
+                             "--llm-url", srv.url, "--llm-model", "fake-model"]) == 0
+    printed = capsys.readouterr().out
+    assert "tagger: reused" in printed and "images: 3 of 4 samples to predict have one (1 missing" in printed
+    assert "grounding: 2 entities stayed ungroundable for lack of an image (1 samples without image" in printed

@@ -309,3 +309,11 @@ def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
         out, counts = unc.refine(routed, data, client, unc.UncertaintyConfig(tau=-1.0))
     assert counts["image_errors"] == counts["text_only_calls"] == counts["calls"] == len(srv.requests) == 1
     assert "no image for this text" in json.dumps(srv.requests[0]["messages"])
+def test_respan_finds_names_whatever_the_tokenisation():
+    """Twitter tokens keep hyphens ("V-E"); the MLLM may copy the name with or without the spaces."""
+    from uncertainty import _find_span
+    tokens = ["Happy", "V-E", "Day", "from", "Jay", "-", "Z"]
+    free = np.zeros(len(tokens), dtype=bool)
+    assert _find_span(tokens, "V - E Day", Entity(1, 2, "OTHER"), free) == ((1, 3), "")
+    assert _find_span(tokens, "Jay-Z", None, free) == ((4, 7), "")
+    assert _find_span(tokens, "Jay-Zed", None, free) == (None, "span_not_in_text")

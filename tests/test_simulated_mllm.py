@@ -1,0 +1,114 @@
+"""simulated_mllm.py behind the real refinement and grounding stages, on examples/demo.
+
+Predictions are the demo's gold, perturbed by a fixed rule (right, re-typed, over-long span,
+dropped, plus invented entities). With accuracy 1 the simulated MLLM must reach exactly what
+an oracle reaches (the GMNER ceiling: each MNER-correct entity gets its gold region); with
+accuracy 0 every answer must be wrong (no TP at all where the MLLM decides).
+"""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import eval as scorer
+import grounding
+import uncertainty
+from data import Entity, Sample, read_ccks
+from llm import Client, ClientConfig
+from simulated_mllm import SimConfig, SimulatedMLLM
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    data = read_ccks(DEMO)
+    sizes = {}
+    for s in data.samples:
+        with Image.open(s.image) as im:
+            sizes[s.id] = im.size
+    return data, sizes
+
+
+def perturbed(gold: list[Sample]) -> list[Sample]:
+    """Entity k of each sample: k % 4 == 0 right, 1 re-typed, 2 one token too long, 3 dropped;
+    every third sample also gets an invented entity on its last token when that token is free."""
+    out = []
+    for n, s in enumerate(gold):
+        types = sorted({e.type for g in gold for e in g.entities})
+        ents = []
+        for k, e in enumerate(s.entities):
+            if k % 4 == 0:
+                ents.append(Entity(e.start, e.end, e.type))
+            elif k % 4 == 1:
+                ents.append(Entity(e.start, e.end, next(t for t in types if t != e.type)))
+            elif k % 4 == 2 and e.end < len(s.tokens) and not any(g.start == e.end for g in s.entities):
+                ents.append(Entity(e.start, e.end + 1, e.type))
+        last = len(s.tokens) - 1
+        if n % 3 == 0 and not any(e.start <= last < e.end for e in s.entities + ents):
+            ents.append(Entity(last, last + 1, types[0]))
+        for e in ents:
+            e.score = 1.0
+        out.append(Sample(s.id, s.tokens, s.image, sorted(ents, key=lambda e: e.start)))
+    return out
+
+
+def ceiling(gold: list[Sample], pred: list[Sample]) -> dict:
+    """The oracle, independent of the server: every entity with a gold span gets that entity's gold boxes
+    (so each MNER-correct entity gets its gold region: the GMNER ceiling), others none."""
+    oracle = []
+    for g, p in zip(gold, pred):
+        boxes = {(e.start, e.end): e.boxes for e in g.entities}
+        oracle.append(replace(p, entities=[replace(e, boxes=list(boxes.get((e.start, e.end), [])))
+                                           for e in p.entities]))
+    return scorer.evaluate(gold, oracle)
+
+
+def run_ground(data, sizes, pred, accuracy: float):
+    # the oracle boxes every type; images are sent at most 320 px wide, so boxes are rescaled both ways
+    cfg = grounding.GroundingConfig(k=1, never_ground=[], max_side=320)
+    with SimulatedMLLM(data.samples, sizes, SimConfig(ground_accuracy=accuracy)) as sim:
+        out, counts = grounding.ground(pred, data.samples, data, Client(ClientConfig(base_url=sim.url)), cfg)
+    return out, counts, sim.counts
+
+
+def test_grounding_at_accuracy_one_reaches_the_ceiling_exactly(demo):
+    data, sizes = demo
+    pred = perturbed(data.samples)
+    out, counts, sim = run_ground(data, sizes, pred, 1.0)
+    assert counts["calls"] > 0 and counts.get("failed_calls", 0) == 0 and sim["ground_wrong"] == 0
+    got, best = scorer.evaluate(data.samples, out), ceiling(data.samples, pred)
+    assert best["gmner"]["tp"] == best["mner"]["tp"] > 0
+    for task in ("mner", "eeg", "gmner"):
+        assert (got[task]["tp"], got[task]["fp"], got[task]["fn"]) == \
+            (best[task]["tp"], best[task]["fp"], best[task]["fn"]), task
+
+
+def test_grounding_at_accuracy_zero_gets_every_region_wrong(demo):
+    data, sizes = demo
+    pred = perturbed(data.samples)
+    out, counts, sim = run_ground(data, sizes, pred, 0.0)
+    assert sim["ground_right"] == 0 and sim["ground_wrong"] > 0
+    got = scorer.evaluate(data.samples, out)
+    assert got["gmner"]["tp"] == 0 and got["eeg"]["tp"] == 0 and got["mner"]["tp"] > 0
+
+
+@pytest.mark.parametrize("accuracy", [1.0, 0.0])
+def test_refinement_right_and_wrong(demo, accuracy):
+    """Every entity delegated (tau 0.5 < score 1). Right: precision 1 and every gold entity that a
+    prediction overlaps recovered. Wrong: no right entity survives unchanged, none is recovered."""
+    data, sizes = demo
+    pred = perturbed(data.samples)
+    cfg = uncertainty.UncertaintyConfig(tau=0.5)
+    with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
+        out, summary = uncertainty.refine(pred, data, Client(ClientConfig(base_url=sim.url)), cfg)
+    assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary.get("failed_call")
+    got = scorer.evaluate(data.samples, out)["mner"]
+    overlapped = sum(1 for g, p in zip(data.samples, pred) for e in g.entities
+                     if any(min(e.end, q.end) > max(e.start, q.start) for q in p.entities))
+    if accuracy == 1.0:
+        assert (got["fp"], got["tp"]) == (0, overlapped)
+    else:
+        assert got["tp"] == 0 and sim.counts["refine_right"] == 0
