@@ -185,6 +185,7 @@ def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out:
     if done.get("key") == k and not done.get("failed_calls"):    # failed calls are asked again (the rest is cached)
         return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
     samples, summary = synth.synthesize(seeds, client, cfg["synth"])
+    synth.write_rejected(summary.pop("rejected_examples"), out / "synthetic.rejected.jsonl")
     synth.write_synthetic(samples, out / "synthetic.jsonl.tmp")
     (out / "synthetic.jsonl.tmp").replace(out / "synthetic.jsonl")
     write_json(stamp, {**summary, "key": k})

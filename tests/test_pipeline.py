@@ -8,6 +8,7 @@ pixels of the image as sent, which for the demo's <= 640 px images is the origin
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,11 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         final = metrics["metrics"]["final"]
         assert final["gmner"]["tp"] == final["mner"]["tp"] > 0
         assert (tmp_path / "synthetic.jsonl").is_file()
+        # what the filter removed (here: the oracle's repeated sentences), capped per reason, beside the summary
+        summary = json.loads((tmp_path / "synthetic.summary.json").read_text())
+        rejected = [json.loads(line) for line in (tmp_path / "synthetic.rejected.jsonl").read_text().splitlines()]
+        assert "rejected_examples" not in summary and summary["rejected"]
+        assert Counter(r["reason"] for r in rejected) == {k: min(v, 20) for k, v in summary["rejected"].items()}
         pred = json.loads((tmp_path / "predictions.json").read_text())
         assert any(r["bnd"] is not None for recs in pred.values() for r in recs)
 

@@ -413,7 +413,8 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "demo")
 REJECT_REASONS = {"empty_text", "too_short", "too_long", "seed_copy", "duplicate", "entities_for_entity_free_seed",
-                  "unknown_type", "generic_name", "type_conflict", "name_not_in_text"}      # synth.check's
+                  "unknown_type", "generic_name", "type_conflict", "name_not_in_text", "prompt_leak",
+                  "known_type_conflict"}      # synth.check's
 
 
 def record(c: Client) -> list[tuple[dict, object]]:
