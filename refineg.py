@@ -208,7 +208,11 @@ def pipeline(cfg: dict) -> int:
     llm_cfg = dataclasses.replace(cfg["llm"], cache_path=cfg["llm"].cache_path or str(out / "llm_cache.jsonl"))
     if use_llm:
         llm.check_server(llm_cfg)
-    metrics, usage, seconds, skipped, notes = {}, {}, {}, [], {}
+    metrics, usage, seconds, notes = {}, {}, {}, {}
+    skipped: dict[str, str] = {}        # stage -> why it did not run
+
+    def off(flag: str) -> str:
+        return f"turned off by --{flag}" if use_llm else NO_LLM
 
     def client(stage: str) -> llm.Client:
         c = llm.Client(llm_cfg)
@@ -219,12 +223,14 @@ def pipeline(cfg: dict) -> int:
     # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
     t0 = time.perf_counter()
     synthetic = []
-    if use_llm and run.synthesize and not run.tagger_dir:     # synthetic sentences only serve training
+    if run.tagger_dir:                                      # synthetic sentences only serve training
+        skipped["synthesis"] = f"a trained tagger is reused (--tagger {run.tagger_dir})"
+    elif use_llm and run.synthesize:
         synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
         print(synth.format_summary(summary))
         notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
     else:
-        skipped.append("synthesis")
+        skipped["synthesis"] = off("no-synthesize")
     seconds["synthesis"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out)
@@ -248,7 +254,7 @@ def pipeline(cfg: dict) -> int:
         if gold_known:
             metrics["refinement"] = {"mner": mner(test, pred)}
     else:
-        skipped.append("refinement")
+        skipped["refinement"] = off("no-refine")
     seconds["refinement"] = time.perf_counter() - t0
 
     # 3. grounding stage: k similar labelled samples as worked examples, then boxes
@@ -256,7 +262,7 @@ def pipeline(cfg: dict) -> int:
     if use_llm and run.ground:
         pred, notes["grounding"] = grounding.ground(pred, train, labelled, client("grounding"), cfg["grounding"])
     else:
-        skipped.append("grounding")
+        skipped["grounding"] = off("no-ground")
     seconds["grounding"] = time.perf_counter() - t0
     if gold_known:
         metrics["final"] = scorer.evaluate(test, pred)
@@ -273,7 +279,10 @@ def pipeline(cfg: dict) -> int:
     return 0
 
 
-def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: list[str], out: Path) -> str:
+NO_LLM = "no MLLM configured"
+
+
+def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path) -> str:
     lines = ["", "== ReFineG summary"]
     for stage, m in metrics.items():
         for name in ("mner", "eeg", "gmner"):
@@ -287,11 +296,11 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
         lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
                      f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    if skipped:
-        lines.append(f"skipped: {', '.join(skipped)}" + (" (no MLLM configured: pass --llm-url URL --llm-model NAME "
-                     "of an OpenAI-compatible server, e.g. vLLM or llama-server; see README)" if "grounding" in skipped
-                     and "refinement" in skipped else "") + ("; every entity is ungroundable (no box)" if "grounding"
-                     in skipped else ""))
+    for stage, why in skipped.items():
+        lines.append(f"skipped {stage}: {why}" + ("; every entity is ungroundable (no box)" if stage == "grounding" else ""))
+    if NO_LLM in skipped.values():
+        lines.append("  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
+                     "e.g. vLLM or llama-server; see README)")
     lines.append(f"written: {out}/predictions.json, metrics.json, usage.json, config.json")
     return "\n".join(lines)
 

@@ -77,12 +77,25 @@ def test_demo_without_server(trained: Path, capsys):
     assert sorted(pred) == sorted(s.id for s in test)            # every test id, [] for none
     assert all(r["bnd"] is None for recs in pred.values() for r in recs)   # no grounding without a server
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["skipped"]) == {"synthesis", "refinement", "grounding"}
+    assert metrics["skipped"] == dict.fromkeys(["synthesis", "refinement", "grounding"], "no MLLM configured")
     assert 0.0 <= metrics["metrics"]["tagger"]["mner"]["f1"] <= 1.0
     assert (out / "tagger" / "weights.pt").is_file() and (out / "config.json").is_file()
     # a rerun reuses the tagger (same settings, same data)
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 0
     assert "tagger: reused" in capsys.readouterr().out
+
+
+def test_summary_says_why_each_stage_was_skipped(trained: Path, tmp_path: Path, capsys):
+    """An LLM is configured, so "no MLLM configured" would be wrong: each stage names what turned it off."""
+    with FakeServer(oracle) as srv:
+        assert refineg.main(["--data", str(DEMO), "--out", str(tmp_path), "--tagger", str(trained / "tagger"),
+                             "--llm-url", srv.url, "--no-refine", "--no-ground"]) == 0
+        assert not [b for b in srv.requests if "messages" in b]      # no chat call at all
+    text = capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped"] == {
+        "synthesis": f"a trained tagger is reused (--tagger {trained / 'tagger'})",
+        "refinement": "turned off by --no-refine", "grounding": "turned off by --no-ground"}
+    assert "skipped refinement: turned off by --no-refine" in text and "no MLLM configured" not in text
 
 
 def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
@@ -94,7 +107,7 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         assert not srv.errors
         metrics = json.loads((tmp_path / "metrics.json").read_text())
         usage = json.loads((tmp_path / "usage.json").read_text())["llm"]
-        assert metrics["skipped"] == []
+        assert metrics["skipped"] == {}
         n_seeds = len(data.read_ccks(DEMO).samples) - len(json.loads((tmp_path / "predictions.json").read_text()))
         assert usage["synthesis"]["calls"] == n_seeds
         assert usage["refinement"]["calls"] == metrics["stages"]["refinement"]["calls"] > 0

@@ -602,7 +602,7 @@ def test_pipeline_on_demo_then_a_rerun_asks_only_the_failed_calls(server, tmp_pa
         assert proxy.errors == []
     _, test = refineg.split(data.read_ccks(DEMO).samples, 0.2, 0)
     assert sorted(pred) == sorted(s.id for s in test)
-    assert metrics["skipped"] == [] and set(usage) == {"synthesis", "refinement", "grounding"}
+    assert metrics["skipped"] == {} and set(usage) == {"synthesis", "refinement", "grounding"}
     for stage, u in usage.items():
         assert u["calls"] == metrics["stages"][stage]["calls"] > 0, stage
         assert u["requests"] == sent[:first].count(stage) == u["calls"] + u["retries"] + u["reasks"], stage
