@@ -6,6 +6,7 @@ Sections (each prints a table and the command that reproduces it):
     python bench.py uncertainty   # uncertainty.py: AUROC and risk-coverage of entity uncertainty
     python bench.py selection     # grounding.py: demo selection quality and time (Twitter-GMNER)
     python bench.py eval          # eval.py: scoring speed on 10,000 samples
+    python bench.py synth         # synth.py with a real 0.5B LLM (llama-server), then the tagger (bench_synth.py)
 
 Real data is read from ../shared/data/ (never shipped); a section skips with a
 message when it is absent. Every number is measured on this machine in this run.
@@ -601,8 +602,13 @@ def bench_eval(args) -> None:
     print("command: python bench.py eval")
 
 
+def bench_synth(args) -> None:
+    import bench_synth       # its own file: it starts a real server and trains the tagger
+    bench_synth.main(args)
+
+
 SECTIONS = {"client": bench_client, "tagger": bench_tagger, "uncertainty": bench_uncertainty,
-            "selection": bench_selection, "eval": bench_eval}
+            "selection": bench_selection, "eval": bench_eval, "synth": bench_synth}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
