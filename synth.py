@@ -72,8 +72,7 @@ class SynthConfig:
                                     # The client rejects a whole answer that breaks the schema, so False lets an
                                     # unknown type drop only its sentence (cheaper with json_object servers)
     generic: list[str] = field(default_factory=list)  # extra generic words to reject, beside types.txt's list
-    strict: bool = True             # also check names against the type knowledge (seeds + descriptions'
-                                    # examples), descriptions' generic heads, and prompt leaks; False = basic checks
+    strict: bool = True             # also reject known names given another type, generic heads, prompt leaks
     rejected_examples: int = 20     # rejected sentences kept per reason in synthetic.rejected.jsonl (0 = none)
 
 
