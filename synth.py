@@ -53,7 +53,7 @@ from llm import Client, LLMError
 
 MAX_NAME_CHARS = 100    # schema bound on a declared name; real names are far shorter
 # The prompts' scaffolding (below): a sentence containing any of it copied the prompt, not the domain.
-# Matched as token sequences; "..." is the placeholder of the answer format (real captions have none).
+# Matched as token sequences; "..." is a placeholder small models write for a sentence (real captions have none).
 LEAKS = ["Example sentence", "Its entities", "entities :", "Answer with JSON", "{", "}", '"text"', '"entities"',
          '"name"', '"type"', "...", "\u2026"]
 
@@ -111,9 +111,9 @@ def system_prompt(data: Dataset, config: SynthConfig) -> str:
         "4. Declare every entity of these types that a sentence contains, and nothing else.\n"
         f"5. Each sentence is {config.min_tokens} to {config.max_tokens} tokens long (words and punctuation marks), "
         "reads like the example, "
-        "and differs from the example and from your other sentences.\n"
-        'Answer with JSON: {"samples": [{"text": "...", "entities": [{"name": "...", "type": "..."}]}]}.'
-    )
+        "and differs from the example and from your other sentences."
+    )   # No answer template: the schema carries the format (llm.py adds it to the prompt for json_object servers).
+        # With {"text": "...", ...} in the prompt, Qwen2.5-Coder-0.5B wrote "..." for 20 of 20 sentences (2 seeds).
 
 
 def user_prompt(seed: Sample, config: SynthConfig) -> str:
