@@ -25,7 +25,9 @@ cheap LLM adds its own failures, so by default (`strict`) three more checks
 use the domain's type knowledge: a name whose type is known (from any seed or
 as an example in the type descriptions) declared with another type; a generic
 word that the descriptions use as a type's name or as the head of its examples
-("reconnaissance vehicles (Fennek)" makes "reconnaissance vehicle" generic);
+("reconnaissance vehicles (Fennek)" makes "reconnaissance vehicle" generic),
+or a name in lower case with no digit when no seed has such a name (the seeds'
+convention: CCKS has none; tweets have many, and then the rule is off);
 and text that copies the prompt's scaffolding ("Its entities", "...", JSON).
 A sample of the rejected sentences, with reasons, is kept for reading.
 
@@ -200,6 +202,10 @@ def singular(word: str) -> str:
     return word
 
 
+def plain_lowercase(name: str) -> bool:
+    return name == name.lower() and not any(c.isdigit() for c in name)
+
+
 def name_key(name: str) -> str:
     """Names compare as lower-cased token sequences: "F-35", "F - 35" and "f-35" are one name."""
     return " ".join(tokenize(name)).lower()
@@ -211,6 +217,7 @@ class Rules:
     types: list[str]
     generic: set[str]                   # singular name_keys of words that are never names
     known: dict[str, set[str]]          # name_key -> the types the seeds and the descriptions give that name
+    lowercase_generic: bool             # a lower-case name without digits is generic ("runway", "airships")
     leaks: list[str]                    # the scaffolding, as normalised token strings
     seed_keys: set[str]                 # normalised texts of all seeds (not only those used)
 
@@ -223,7 +230,9 @@ def build_rules(seeds: Dataset, config: SynthConfig) -> Rules:
         words = words + seeds.types + sorted(heads)
         for name, typ in [*examples.items(), *((s.name(e), e.type) for s in seeds.samples for e in s.entities)]:
             known.setdefault(name_key(name), set()).add(typ)     # a set: gold names "Tiger" as vehicle and aircraft
-    return Rules(seeds.types, {singular(name_key(w)) for w in words if name_key(w)}, known,
+    seed_names = [s.name(e) for s in seeds.samples for e in s.entities]
+    lowercase = config.strict and bool(seed_names) and not any(map(plain_lowercase, seed_names))
+    return Rules(seeds.types, {singular(name_key(w)) for w in words if name_key(w)}, known, lowercase,
                  [normalise(tokenize(x)) for x in LEAKS] if config.strict else [],
                  {normalise(s.tokens) for s in seeds.samples})
 
@@ -259,7 +268,8 @@ def check(item: dict, seed: Sample, rules: Rules, config: SynthConfig,
         return "entities_for_entity_free_seed"
     if any(t not in rules.types for _, t in declared):
         return "unknown_type"
-    if any(singular(n.lower()) in rules.generic for n, _ in declared):
+    if any(singular(n.lower()) in rules.generic or (rules.lowercase_generic and plain_lowercase(n))
+           for n, _ in declared):
         return "generic_name"
     # The seed's names are declared too (with the seed's gold type): a sentence
     # that reuses one without declaring it must not teach the tagger it is O.

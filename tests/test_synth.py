@@ -201,8 +201,9 @@ STRICT_ANSWER = [
     item("Two Fennek scouts waited at the edge of the forest ."),                           # 7 kept
     item("The frigate Alpha 9 left Wilhelmshaven at dawn .", ("Alpha 9", "vessel"), ("Wilhelmshaven", "vessel")),
     # 8 known_type_conflict: the name is known from another seed (s9) only
+    item("The Airbus A400M takes off from the runway .", ("runway", "location")),  # 9 generic: lower case, no seed is
 ]
-STRICT_REASONS = {"known_type_conflict": 2, "prompt_leak": 3, "generic_name": 2}
+STRICT_REASONS = {"known_type_conflict": 2, "prompt_leak": 3, "generic_name": 3}
 
 
 def strict_data() -> Dataset:
@@ -229,11 +230,16 @@ def test_strict_checks_reject_what_a_small_model_gets_wrong(tmp_path):
     ex = summary["rejected_examples"]
     assert [(r["j"], r["reason"]) for r in ex] == [(0, "known_type_conflict"), (1, "prompt_leak"),
                                                   (2, "generic_name"), (3, "generic_name"), (4, "prompt_leak"),
-                                                  (5, "prompt_leak"), (8, "known_type_conflict")]
+                                                  (5, "prompt_leak"), (8, "known_type_conflict"), (9, "generic_name")]
     assert ex[0]["seed"] == "s1" and ex[0]["text"] == STRICT_ANSWER[0]["text"]
     with FakeServer(fennek) as srv:
         _, capped = synthesize(data, client(srv.url, tmp_path), SynthConfig(**{**cfg.__dict__, "rejected_examples": 1}))
     assert [r["j"] for r in capped["rejected_examples"]] == [0, 1, 2]
+    # A seed with a lower-case name shows the domain has such names: the lower-case rule is then off.
+    data.samples.append(seed("s10", "Rain fell on sylt all day .", [("sylt", "location")]))
+    with FakeServer(fennek) as srv:
+        _, tweets = synthesize(data, client(srv.url, tmp_path / "lc"), cfg)
+    assert tweets["rejected"] == {**STRICT_REASONS, "generic_name": 2}
     write_rejected(ex, tmp_path / "rejected.jsonl")
     lines = (tmp_path / "rejected.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["reason"] for line in lines] == [r["reason"] for r in ex]
