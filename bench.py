@@ -614,6 +614,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=list(SECTIONS), help="which measurement to run")
     ap.add_argument("--epochs", type=int, default=None, help="tagger/uncertainty: training epochs (default: the section's own)")
+    ap.add_argument("--synth-seeds", type=int, default=0,
+                    help="synth: stop after this many seeds (0 = as many as 15 minutes allow; cached answers are free)")
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
     args = ap.parse_args()
     SECTIONS[args.section](args)

@@ -15,6 +15,7 @@ the method often has only a small local one. This measures that case on this mac
 
     python bench.py synth                   # ~15 min of generation + ~30 min of training on 2 cores
     python bench.py synth --quick           # 6 seeds, 1 tagger seed: a smoke run, numbers not comparable
+    python bench.py synth --synth-seeds 22  # the seeds of an earlier run only: every answer from the cache
 
 The LLM's answers are cached in runs/bench_synth/llm_cache.jsonl: a rerun pays no call twice and can extend
 the run to more seeds. Skips with a one-line reason when the server build or the data is absent.
@@ -174,6 +175,7 @@ def main(args) -> None:
         print(f"skipped: no llama-server build or {GGUF.name} in {CACHE} (build them with `make real-server`)")
         return
     minutes, max_seeds = (3.0, 6) if args.quick else (15.0, 300)
+    max_seeds = args.synth_seeds or max_seeds
     tagger_seeds = [0] if args.quick else [0, 1, 2]
     print("command: python bench.py synth" + (" --quick" if args.quick else ""))
     seeds, test = ccks_seeds()
