@@ -138,7 +138,9 @@ def train_and_score(train: list, test: list, types: list[str], config: dict) -> 
     done = json.loads(path.read_text()) if path.is_file() else {}
     if key in done:
         return done[key]["f1"], True
-    model = tg.train_tagger(train, types, tg.TaggerConfig(progress=False, **config))
+    # One torch thread: on 2 cores shared with other jobs, two threads spin at each op's barrier (this run's
+    # gold-only training took over 15 minutes at 2 threads, against about 1 minute on an idle machine).
+    model = tg.train_tagger(train, types, tg.TaggerConfig(progress=False, threads=1, **config))
     f1 = evaluate(test, tg.predict(model, test, batch_size=64))["mner"]["f1"]
     done = json.loads(path.read_text()) if path.is_file() else {}
     done[key] = {"sentences": len(train), "config": config, "f1": f1}
@@ -189,7 +191,8 @@ def main(args) -> None:
     minutes, max_seeds = (3.0, 6) if args.quick else (15.0, 300)
     max_seeds = args.synth_seeds or max_seeds
     tagger_seeds = [0] if args.quick else [0, 1, 2]
-    print("command: python bench.py synth" + (" --quick" if args.quick else ""))
+    print("command: python bench.py synth" + (" --quick" if args.quick else "")
+          + (f" --synth-seeds {args.synth_seeds}" if args.synth_seeds else ""))
     seeds, test = ccks_seeds()
     config = synth.SynthConfig(per_seed=10, answer_tokens=2048)
     n, usage, wall = generate(seeds, config, minutes, max_seeds)
