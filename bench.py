@@ -9,6 +9,7 @@ Sections (each prints a table and the command that reproduces it):
     python bench.py memory        # peak memory of training on a long text and of grounding (bench_memory.py)
     python bench.py gmner         # the whole method on Twitter-GMNER with a simulated MLLM of known accuracy
                                   # (bench_gmner.py)
+    python bench.py synth         # synth.py with a real 0.5B LLM (llama-server), then the tagger (bench_synth.py)
 
 Real data is read from ../shared/data/ (never shipped); a section skips with a
 message when it is absent. Every number is measured on this machine in this run.
@@ -616,13 +617,21 @@ def bench_gmner(args) -> None:
     bench_gmner.bench_gmner(args)
 
 
+def bench_synth(args) -> None:
+    import bench_synth       # its own file: it starts a real server and trains the tagger
+    bench_synth.main(args)
+
+
 SECTIONS = {"client": bench_client, "tagger": bench_tagger, "uncertainty": bench_uncertainty,
-            "selection": bench_selection, "eval": bench_eval, "memory": bench_memory, "gmner": bench_gmner}
+            "selection": bench_selection, "eval": bench_eval, "memory": bench_memory, "gmner": bench_gmner,
+            "synth": bench_synth}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=list(SECTIONS), help="which measurement to run")
     ap.add_argument("--epochs", type=int, default=None, help="tagger/uncertainty: training epochs (default: the section's own)")
+    ap.add_argument("--synth-seeds", type=int, default=0,
+                    help="synth: stop after this many seeds (0 = as many as 15 minutes allow; cached answers are free)")
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
     args = ap.parse_args()
     SECTIONS[args.section](args)

@@ -193,6 +193,7 @@ def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out:
     if done.get("key") == k and not done.get("failed_calls"):    # failed calls are asked again (the rest is cached)
         return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
     samples, summary = synth.synthesize(seeds, client, cfg["synth"])
+    synth.write_rejected(summary.pop("rejected_examples"), out / "synthetic.rejected.jsonl")
     synth.write_synthetic(samples, out / "synthetic.jsonl.tmp")
     (out / "synthetic.jsonl.tmp").replace(out / "synthetic.jsonl")
     write_json(stamp, {**summary, "key": k})
@@ -225,9 +226,13 @@ def pipeline(cfg: dict, state: dict) -> int:
     llm_cfg = dataclasses.replace(cfg["llm"], cache_path=cfg["llm"].cache_path or str(out / "llm_cache.jsonl"))
     if use_llm:
         llm.check_server(llm_cfg)
-    metrics, seconds, skipped, notes = {}, {}, [], {}
+    metrics, seconds, notes = {}, {}, {}
+    skipped: dict[str, str] = {}        # stage -> why it did not run
     clients: dict[str, llm.Client] = {}
     state["written"] = []
+
+    def off(flag: str) -> str:
+        return f"turned off by --{flag}" if use_llm else NO_LLM
 
     def client(stage: str) -> llm.Client:
         state["stage"] = stage
@@ -243,13 +248,15 @@ def pipeline(cfg: dict, state: dict) -> int:
         # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
         t0 = time.perf_counter()
         synthetic = []
-        if use_llm and run.synthesize and not run.tagger_dir:     # synthetic sentences only serve training
+        if run.tagger_dir:                                      # synthetic sentences only serve training
+            skipped["synthesis"] = f"a trained tagger is reused (--tagger {run.tagger_dir})"
+        elif use_llm and run.synthesize:
             synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
             print(synth.format_summary(summary))
             notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
             all_failed("synthesis", clients["synthesis"], "")
         else:
-            skipped.append("synthesis")
+            skipped["synthesis"] = off("no-synthesize")
         seconds["synthesis"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         state["stage"] = "tagger"
@@ -275,7 +282,7 @@ def pipeline(cfg: dict, state: dict) -> int:
             if gold_known:
                 metrics["refinement"] = {"mner": mner(test, pred)}
         else:
-            skipped.append("refinement")
+            skipped["refinement"] = off("no-refine")
         seconds["refinement"] = time.perf_counter() - t0
         # What finished is on disk before grounding starts: a crash or Ctrl-C there keeps these predictions.
         predictions(pred, "predictions.refined.json")
@@ -287,7 +294,7 @@ def pipeline(cfg: dict, state: dict) -> int:
         if use_llm and run.ground:
             pred, notes["grounding"] = grounding.ground(pred, train, labelled, client("grounding"), cfg["grounding"])
         else:
-            skipped.append("grounding")
+            skipped["grounding"] = off("no-ground")
         seconds["grounding"] = time.perf_counter() - t0
         state["stage"] = "scoring"
         if gold_known:
@@ -327,7 +334,10 @@ def all_runs(usage: dict) -> dict:
             for stage, u in usage.items()}
 
 
-def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: list[str], out: Path,
+NO_LLM = "no MLLM configured"
+
+
+def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path,
                  warn_share: float = 0.1) -> str:
     failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
               if c["calls"] and c["failures"] > warn_share * c["calls"]]
@@ -349,11 +359,11 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
         lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
                      f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    if skipped:
-        lines.append(f"skipped: {', '.join(skipped)}" + (" (no MLLM configured: pass --llm-url URL --llm-model NAME "
-                     "of an OpenAI-compatible server, e.g. vLLM or llama-server; see README)" if "grounding" in skipped
-                     and "refinement" in skipped else "") + ("; every entity is ungroundable (no box)" if "grounding"
-                     in skipped else ""))
+    for stage, why in skipped.items():
+        lines.append(f"skipped {stage}: {why}" + ("; every entity is ungroundable (no box)" if stage == "grounding" else ""))
+    if NO_LLM in skipped.values():
+        lines.append("  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
+                     "e.g. vLLM or llama-server; see README)")
     twitter = ", predictions.txt + xml/ (Twitter-GMNER layout)" if (out / "predictions.txt").is_file() else ""
     lines.append(f"written: {out}/predictions.json (final){twitter}, predictions.refined.json (before grounding), "
                  "metrics.json, usage.json, config.json")

@@ -20,7 +20,16 @@ Every answer is validated before it reaches the training set; each rejection
 is counted by reason: unknown type (never remapped), declared name not in the
 text at token boundaries, generic name, empty/short/over-long text, duplicate,
 copy of a seed, entities in a sentence for an entity-free seed, a name given
-two types (or a seed's name given another type than the seed's).
+two types (or a seed's name given another type than the seed's). A small or
+cheap LLM adds its own failures, so by default (`strict`) three more checks
+use the domain's type knowledge: a name whose type is known (from any seed or
+as an example in the type descriptions) declared with another type; a generic
+word that the descriptions use as a type's name or as the head of its examples
+("reconnaissance vehicles (Fennek)" makes "reconnaissance vehicle" generic),
+or a name in lower case with no digit when no seed has such a name (the seeds'
+convention: CCKS has none; tweets have many, and then the rule is off);
+and text that copies the prompt's scaffolding ("Its entities", "...", JSON).
+A sample of the rejected sentences, with reasons, is kept for reading.
 
 Input: a labelled `Dataset` (the seeds) and an llm.Client. Output: synthetic
 `Sample`s (ids `syn-<seed id>-<j>`, j = position in the LLM's answer, no image)
@@ -36,6 +45,7 @@ model's judgement: every check here is an exact rule a reader can verify.
 """
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +54,10 @@ from data import DataError, Dataset, Entity, Sample, label_names, squash, tokeni
 from llm import Client, LLMError
 
 MAX_NAME_CHARS = 100    # schema bound on a declared name; real names are far shorter
+# The prompts' scaffolding (below): a sentence containing any of it copied the prompt, not the domain.
+# Matched as token sequences; "..." is a placeholder small models write for a sentence (real captions have none).
+LEAKS = ["Example sentence", "Its entities", "entities :", "Answer with JSON", "{", "}", '"text"', '"entities"',
+         '"name"', '"type"', "...", "\u2026"]
 
 
 @dataclass
@@ -60,6 +74,8 @@ class SynthConfig:
                                     # The client rejects a whole answer that breaks the schema, so False lets an
                                     # unknown type drop only its sentence (cheaper with json_object servers)
     generic: list[str] = field(default_factory=list)  # extra generic words to reject, beside types.txt's list
+    strict: bool = True             # also reject known names given another type, generic heads, prompt leaks
+    rejected_examples: int = 20     # rejected sentences kept per reason in synthetic.rejected.jsonl (0 = none)
 
 
 # ---------------------------------------------------------------- the request
@@ -68,7 +84,9 @@ def answer_schema(types: list[str], config: SynthConfig) -> dict:
     """JSON schema of one answer, bounded everywhere: a random-weight model never stops otherwise.
 
     The list is wrapped in an object because structured-output servers want
-    an object at the top level.
+    an object at the top level. It holds exactly the `per_seed` sentences the
+    prompt asks for: a model that answers one placeholder item (copied from the
+    format line) breaks the schema and is asked again, instead of passing.
     """
     typ = {"type": "string", "enum": list(types)} if config.type_enum else {"type": "string", "maxLength": 40}
     entity = {"type": "object", "additionalProperties": False, "required": ["name", "type"],
@@ -77,7 +95,8 @@ def answer_schema(types: list[str], config: SynthConfig) -> dict:
               "properties": {"text": {"type": "string", "maxLength": 10 * config.max_tokens},
                              "entities": {"type": "array", "maxItems": config.max_entities, "items": entity}}}
     return {"type": "object", "additionalProperties": False, "required": ["samples"],
-            "properties": {"samples": {"type": "array", "maxItems": config.per_seed, "items": sample}}}
+            "properties": {"samples": {"type": "array", "minItems": config.per_seed, "maxItems": config.per_seed,
+                                         "items": sample}}}
 
 
 def system_prompt(data: Dataset, config: SynthConfig) -> str:
@@ -94,9 +113,9 @@ def system_prompt(data: Dataset, config: SynthConfig) -> str:
         "4. Declare every entity of these types that a sentence contains, and nothing else.\n"
         f"5. Each sentence is {config.min_tokens} to {config.max_tokens} tokens long (words and punctuation marks), "
         "reads like the example, "
-        "and differs from the example and from your other sentences.\n"
-        'Answer with JSON: {"samples": [{"text": "...", "entities": [{"name": "...", "type": "..."}]}]}.'
-    )
+        "and differs from the example and from your other sentences."
+    )   # No answer template: the schema carries the format (llm.py adds it to the prompt for json_object servers).
+        # With {"text": "...", ...} in the prompt, Qwen2.5-Coder-0.5B wrote "..." for 20 of 20 sentences (2 seeds).
 
 
 def user_prompt(seed: Sample, config: SynthConfig) -> str:
@@ -123,25 +142,123 @@ def build_request(seed: Sample, data: Dataset, config: SynthConfig) -> dict:
             "max_tokens": config.answer_tokens}
 
 
+# ---------------------------------------------------------------- the domain's type knowledge
+
+TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:")     # "3. vessel: ...", as data.read_types reads it
+
+
+def description_terms(type_text: str, types: list[str]) -> tuple[dict[str, str], set[str]]:
+    """The example names (name -> type) and the generic heads of a types.txt's descriptions.
+
+    Two layouts are read: inline, `e.g. tanks (Leopard 2), infantry fighting
+    vehicles (PUMA)` (heads outside the brackets, names inside) or a plain
+    `e.g. USS Nimitz, F-35`; and bulleted, `- Tanks and armored vehicles (e.g.,
+    Leopard 2, GTK Boxer)` (the head before the bracket). A head joined by
+    "and", "or" or "/" counts whole and in parts; `[glosses]` are dropped, and
+    the "DO NOT" line is data.read_types's business.
+    """
+    examples, heads = {}, set()
+
+    def add_head(text: str) -> None:
+        text = text.strip(" -*\t").lower()
+        if text:
+            heads.update([text, *(p.strip() for p in re.split(r"/| and | or ", text) if p.strip())])
+
+    def add_names(text: str, typ: str) -> None:
+        for name in text.split(","):
+            if name.strip():
+                examples.setdefault(name.strip(), typ)
+
+    typ = None
+    for line in type_text.splitlines():
+        m = TYPE_LINE.match(line)
+        typ = m.group(1) if m else typ
+        if typ not in types or "DO NOT" in line:
+            continue
+        line = re.sub(r"\[[^\]]*\]", "", line)                  # "MARS [rocket system]": a gloss
+        if "(e.g." in line:                                       # bulleted layout
+            line = re.sub(r"\((?!e\.g\.)[^()]*\)", "", line)     # "vehicles (UAVs) (e.g., ...)": an aside
+            for m in re.finditer(r"([^(),:;]*)\(e\.g\.[,:]?([^()]*)\)", line):
+                add_head(m.group(1))
+                add_names(m.group(2), typ)
+            continue
+        m = re.search(r"e\.g\.[,:]?(.*)", line)                  # inline layout
+        for part in re.findall(r"[^,(]*(?:\([^()]*\))?", m.group(1) if m else ""):
+            bracket = re.fullmatch(r"\s*([^(]*?)\s*\(([^()]*)\)\s*", part)
+            if bracket:
+                add_head(bracket.group(1))
+                add_names(bracket.group(2), typ)
+            else:
+                add_names(part, typ)
+    return examples, heads
+
+
+def singular(word: str) -> str:
+    """Enough English for generic heads: "reconnaissance vehicles" and "countries" match their singular."""
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def plain_lowercase(name: str) -> bool:
+    return name == name.lower() and not any(c.isdigit() for c in name)
+
+
+def name_key(name: str) -> str:
+    """Names compare as lower-cased token sequences: "F-35", "F - 35" and "f-35" are one name."""
+    return " ".join(tokenize(name)).lower()
+
+
+@dataclass
+class Rules:
+    """What validation knows beside the answer: built once per run from the seeds and the types."""
+    types: list[str]
+    generic: set[str]                   # singular name_keys of words that are never names
+    known: dict[str, set[str]]          # name_key -> the types the seeds and the descriptions give that name
+    lowercase_generic: bool             # a lower-case name without digits is generic ("runway", "airships")
+    leaks: list[str]                    # the scaffolding, as normalised token strings
+    seed_keys: set[str]                 # normalised texts of all seeds (not only those used)
+
+
+def build_rules(seeds: Dataset, config: SynthConfig) -> Rules:
+    words = seeds.generic + config.generic
+    known: dict[str, set[str]] = {}
+    if config.strict:
+        examples, heads = description_terms(seeds.type_text, seeds.types)
+        words = words + seeds.types + sorted(heads)
+        for name, typ in [*examples.items(), *((s.name(e), e.type) for s in seeds.samples for e in s.entities)]:
+            known.setdefault(name_key(name), set()).add(typ)     # a set: gold names "Tiger" as vehicle and aircraft
+    seed_names = [s.name(e) for s in seeds.samples for e in s.entities]
+    lowercase = config.strict and bool(seed_names) and not any(map(plain_lowercase, seed_names))
+    return Rules(seeds.types, {singular(name_key(w)) for w in words if name_key(w)}, known, lowercase,
+                 [normalise(tokenize(x)) for x in LEAKS] if config.strict else [],
+                 {normalise(s.tokens) for s in seeds.samples})
+
+
 # ---------------------------------------------------------------- validation
 
 def normalise(tokens: list[str]) -> str:
     return " ".join(tokens).lower()
 
 
-def check(item: dict, seed: Sample, types: list[str], generic: set[str], config: SynthConfig,
-          seed_keys: set[str], kept_keys: set[str]) -> tuple[list[str], list[Entity]] | str:
+def check(item: dict, seed: Sample, rules: Rules, config: SynthConfig,
+          kept_keys: set[str]) -> tuple[list[str], list[Entity]] | str:
     """(tokens, entities) of a valid answer item, or the reason it is rejected."""
     text = item["text"].strip()
     tokens = tokenize(text)
     if not tokens:
         return "empty_text"
+    key = normalise(tokens)
+    if any(f" {leak} " in f" {key} " for leak in rules.leaks) or \
+            (rules.leaks and any(not re.search(r"\w", e["name"]) for e in item["entities"])):
+        return "prompt_leak"
     if len(tokens) < config.min_tokens:
         return "too_short"
     if len(tokens) > config.max_tokens:
         return "too_long"
-    key = normalise(tokens)
-    if key in seed_keys:
+    if key in rules.seed_keys:
         return "seed_copy"
     if key in kept_keys:
         return "duplicate"
@@ -149,9 +266,10 @@ def check(item: dict, seed: Sample, types: list[str], generic: set[str], config:
     declared = [(" ".join(tokenize(e["name"])), e["type"]) for e in item["entities"]]
     if declared and not seed.entities:
         return "entities_for_entity_free_seed"
-    if any(t not in types for _, t in declared):
+    if any(t not in rules.types for _, t in declared):
         return "unknown_type"
-    if any(n.lower() in generic for n, _ in declared):
+    if any(singular(n.lower()) in rules.generic or (rules.lowercase_generic and plain_lowercase(n))
+           for n, _ in declared):
         return "generic_name"
     # The seed's names are declared too (with the seed's gold type): a sentence
     # that reuses one without declaring it must not teach the tagger it is O.
@@ -160,6 +278,10 @@ def check(item: dict, seed: Sample, types: list[str], generic: set[str], config:
     for n, t in declared:
         if names.setdefault(squash(n), (n, t))[1] != t:
             return "type_conflict"
+    # Rejected, not relabelled: a sentence written around the wrong type ("the
+    # ship PUMA docked") has a context that teaches the conflict even if relabelled.
+    if any(t not in rules.known.get(n.lower(), {t}) for n, t in declared):
+        return "known_type_conflict"
     entities, missing = label_names(tokens, list(names.values()))
     if {squash(n) for n, _ in declared} & {squash(m) for m in missing}:
         return "name_not_in_text"
@@ -181,10 +303,9 @@ def synthesize(seeds: Dataset, client: Client, config: SynthConfig) -> tuple[lis
     used = seeds.samples[:config.seeds] if config.seeds > 0 else seeds.samples
     replies = client.map_chat([build_request(s, seeds, config) for s in used], desc="synth")
 
-    generic = {g.strip().lower() for g in seeds.generic + config.generic}
-    seed_keys = {normalise(s.tokens) for s in seeds.samples}    # all seeds, not only those used
+    rules = build_rules(seeds, config)
     kept_keys: set[str] = set()
-    out, rejected, failed, generated = [], Counter(), [], 0
+    out, rejected, failed, generated, examples = [], Counter(), [], 0, []
     for seed, reply in zip(used, replies):
         if isinstance(reply, LLMError):     # the client already retried; count it and go on
             failed.append((seed.id, str(reply)))
@@ -192,9 +313,11 @@ def synthesize(seeds: Dataset, client: Client, config: SynthConfig) -> tuple[lis
         items = reply.content["samples"]
         generated += len(items)
         for j, item in enumerate(items):
-            result = check(item, seed, seeds.types, generic, config, seed_keys, kept_keys)
+            result = check(item, seed, rules, config, kept_keys)
             if isinstance(result, str):
                 rejected[result] += 1
+                if rejected[result] <= config.rejected_examples:
+                    examples.append({"seed": seed.id, "j": j, "reason": result, **item})
                 continue
             tokens, entities = result
             kept_keys.add(normalise(tokens))
@@ -212,6 +335,7 @@ def synthesize(seeds: Dataset, client: Client, config: SynthConfig) -> tuple[lis
         "entity_free_kept": sum(1 for s in out if not s.entities),
         "rejected": dict(sorted(rejected.items())),
         "entities_per_type": {t: per_type[t] for t in seeds.types},
+        "rejected_examples": examples,     # up to rejected_examples per reason; refineg.py writes them apart
     }
     return out, summary
 
@@ -238,6 +362,13 @@ def write_synthetic(samples: list[Sample], path: str | Path) -> None:
             seed = s.id[len("syn-"):].rsplit("-", 1)[0] if s.id.startswith("syn-") else None
             ents = [{"start": e.start, "end": e.end, "type": e.type, "name": s.name(e)} for e in s.entities]
             rec = {"id": s.id, "seed": seed, "text": s.text, "tokens": s.tokens, "entities": ents}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def write_rejected(examples: list[dict], path: str | Path) -> None:
+    """synthetic.rejected.jsonl: what the filter removed, one answer item a line with its seed and reason."""
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in examples:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 

@@ -8,6 +8,7 @@ pixels of the image as sent, which for the demo's <= 640 px images is the origin
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,25 @@ def test_demo_without_server(trained: Path, capsys):
     assert sorted(pred) == sorted(s.id for s in test)            # every test id, [] for none
     assert all(r["bnd"] is None for recs in pred.values() for r in recs)   # no grounding without a server
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["skipped"]) == {"synthesis", "refinement", "grounding"}
+    assert metrics["skipped"] == dict.fromkeys(["synthesis", "refinement", "grounding"], "no MLLM configured")
     assert 0.0 <= metrics["metrics"]["tagger"]["mner"]["f1"] <= 1.0
     assert (out / "tagger" / "weights.pt").is_file() and (out / "config.json").is_file()
     # a rerun reuses the tagger (same settings, same data)
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 0
     assert "tagger: reused" in capsys.readouterr().out
+
+
+def test_summary_says_why_each_stage_was_skipped(trained: Path, tmp_path: Path, capsys):
+    """An LLM is configured, so "no MLLM configured" would be wrong: each stage names what turned it off."""
+    with FakeServer(oracle) as srv:
+        assert refineg.main(["--data", str(DEMO), "--out", str(tmp_path), "--tagger", str(trained / "tagger"),
+                             "--llm-url", srv.url, "--no-refine", "--no-ground"]) == 0
+        assert not [b for b in srv.requests if "messages" in b]      # no chat call at all
+    text = capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped"] == {
+        "synthesis": f"a trained tagger is reused (--tagger {trained / 'tagger'})",
+        "refinement": "turned off by --no-refine", "grounding": "turned off by --no-ground"}
+    assert "skipped refinement: turned off by --no-refine" in text and "no MLLM configured" not in text
 
 
 def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
@@ -95,7 +109,7 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         assert not srv.errors
         metrics = json.loads((tmp_path / "metrics.json").read_text())
         usage = json.loads((tmp_path / "usage.json").read_text())["llm"]
-        assert metrics["skipped"] == []
+        assert metrics["skipped"] == {}
         n_seeds = len(data.read_ccks(DEMO).samples) - len(json.loads((tmp_path / "predictions.json").read_text()))
         assert usage["synthesis"]["calls"] == n_seeds
         assert usage["refinement"]["calls"] == metrics["stages"]["refinement"]["calls"] > 0
@@ -105,6 +119,11 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         final = metrics["metrics"]["final"]
         assert final["gmner"]["tp"] == final["mner"]["tp"] > 0
         assert (tmp_path / "synthetic.jsonl").is_file()
+        # what the filter removed (here: the oracle's repeated sentences), capped per reason, beside the summary
+        summary = json.loads((tmp_path / "synthetic.summary.json").read_text())
+        rejected = [json.loads(line) for line in (tmp_path / "synthetic.rejected.jsonl").read_text().splitlines()]
+        assert "rejected_examples" not in summary and summary["rejected"]
+        assert Counter(r["reason"] for r in rejected) == {k: min(v, 20) for k, v in summary["rejected"].items()}
         pred = json.loads((tmp_path / "predictions.json").read_text())
         assert any(r["bnd"] is not None for recs in pred.values() for r in recs)
 

@@ -413,7 +413,8 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "demo")
 REJECT_REASONS = {"empty_text", "too_short", "too_long", "seed_copy", "duplicate", "entities_for_entity_free_seed",
-                  "unknown_type", "generic_name", "type_conflict", "name_not_in_text"}      # synth.check's
+                  "unknown_type", "generic_name", "type_conflict", "name_not_in_text", "prompt_leak",
+                  "known_type_conflict"}      # synth.check's
 
 
 def record(c: Client) -> list[tuple[dict, object]]:
@@ -602,7 +603,7 @@ def test_pipeline_on_demo_then_a_rerun_asks_only_the_failed_calls(server, tmp_pa
         assert proxy.errors == []
     _, test = refineg.split(data.read_ccks(DEMO).samples, 0.2, 0)
     assert sorted(pred) == sorted(s.id for s in test)
-    assert metrics["skipped"] == [] and set(usage) == {"synthesis", "refinement", "grounding"}
+    assert metrics["skipped"] == {} and set(usage) == {"synthesis", "refinement", "grounding"}
     for stage, u in usage.items():
         assert u["calls"] == metrics["stages"][stage]["calls"] > 0, stage
         assert u["requests"] == sent[:first].count(stage) == u["calls"] + u["retries"] + u["reasks"], stage
