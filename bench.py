@@ -3,6 +3,8 @@
 Sections (each prints a table and the command that reproduces it):
     python bench.py client        # llm.py: concurrency efficiency and per-call overhead on a fake server
     python bench.py tagger        # tagger.py vs AutoModelForTokenClassification (CCKS, Twitter-GMNER 10 %)
+    python bench.py labels        # bench_labels.py: Twitter-GMNER 10 %, lever by lever (schedule, self-training)
+    python bench.py speed         # bench_speed.py: prediction speed float/int8 vs the peer, and a profile
     python bench.py uncertainty   # uncertainty.py: AUROC and risk-coverage of entity uncertainty
     python bench.py selection     # grounding.py: demo selection quality and time (Twitter-GMNER)
     python bench.py eval          # eval.py: scoring speed on 10,000 samples
@@ -343,6 +345,7 @@ def bench_uncertainty(args) -> None:
 
     import numpy as np
 
+    import bench_unc_variants
     import tagger
     import uncertainty as unc
 
@@ -350,6 +353,7 @@ def bench_uncertainty(args) -> None:
     rates = [0.1, 0.2, 0.3, 0.5]
     sets = ([("CCKS (gold 0-99; tagger on gold 100-399 + synthetic)", "ccks")] if have(CCKS) else []) + \
            ([("Twitter-GMNER 10 % (test: dev.txt; tagger on 10 % train)", "twitter")] if have(TWITTER) else [])
+    sets = [(name, setting) for name, setting in sets if not args.only or setting in args.only.split(",")]
     for name, setting in sets:
         tg, dev, test = _unc_tagger(setting, args)
         t0 = time.perf_counter()
@@ -367,6 +371,8 @@ def bench_uncertainty(args) -> None:
             unc.score(copies, tg.tags, replace(cfg, method=method))
             methods[label] = np.array([e.score for s in copies for e in s.entities])
         methods["max-softmax of the emission layer (no CRF)"] = _unc_softmax_scores(tg, pred)
+        methods.update(bench_unc_variants.variants(tg, pred, _tagger_data(setting, args.quick)[0], dev,
+                                                   methods["marginal (default)"]))
         f1 = unc.corrector_f1_curve(pred, test, [])[0]
         print(f"\n{name}: {len(test)} test samples, {len(wrong)} predicted entities, {wrong.sum()} wrong "
               f"({wrong.mean():.1%}); tagger MNER F1 {f1:.3f}; predict {t1 - t0:.1f} s, "
@@ -419,7 +425,8 @@ def bench_uncertainty(args) -> None:
         if 0 < sum(has_missed) < len(has_missed):
             print(f"missed-entity score: AUROC {_unc_auroc(np.array(missed), np.array(has_missed)):.3f} for "
                   f"'a gold entity overlaps no prediction' ({sum(has_missed)} of {len(pred)} samples)")
-    print("\ncommand: python bench.py uncertainty" + (" --quick" if args.quick else ""))
+    print("\ncommand: python bench.py uncertainty" + (" --quick" if args.quick else "")
+          + (f" --only {args.only}" if args.only else ""))
 
 
 def _unc_kind(e, gold) -> str:
@@ -465,20 +472,24 @@ def _unc_softmax_scores(tg, pred: list):
 UNC_CACHE = Path("/tmp/refineg_bench_taggers")   # trained taggers, reused across runs; never in the repo
 
 
+def _unc_cache_path(setting: str, config: dict, types: list[str], train: list, dev: list | None) -> Path:
+    """Where a tagger trained on these data with these TaggerConfig overrides is cached (bench_labels fills it too)."""
+    import hashlib
+    import json
+    blob = json.dumps([setting, config, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities])
+                                                for s in train + (dev or [])]])
+    return UNC_CACHE / f"{setting}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
 def _unc_tagger(setting: str, args) -> tuple:
     """(tagger, dev, test) of one of bench_tagger's "ours" settings (same data, same TaggerConfig),
     trained once and cached under /tmp, keyed by the settings and the training data."""
-    import hashlib
-    import json
-
     import tagger
     train, dev, test, types, _ = _tagger_data(setting, args.quick)
     config = {"progress": False, "epochs": args.epochs or 10, **({"epoch_size": 2000} if setting == "ccks" else {})}
     if args.quick:
         config.update(epochs=1, epoch_size=0)
-    blob = json.dumps([setting, config, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities])
-                                                for s in train + (dev or [])]])
-    path = UNC_CACHE / f"{setting}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    path = _unc_cache_path(setting, config, types, train, dev)
     if (path / "weights.pt").is_file():
         print(f"{setting}: cached tagger {path}", file=sys.stderr)
         return tagger.load(str(path)), dev, test
@@ -601,7 +612,18 @@ def bench_eval(args) -> None:
     print("command: python bench.py eval")
 
 
-SECTIONS = {"client": bench_client, "tagger": bench_tagger, "uncertainty": bench_uncertainty,
+def bench_labels(args) -> None:
+    import bench_labels
+    bench_labels.bench_labels(args)
+
+
+def bench_speed(args) -> None:
+    import bench_speed
+    bench_speed.bench_speed(args)
+
+
+SECTIONS = {"client": bench_client, "tagger": bench_tagger, "labels": bench_labels, "speed": bench_speed,
+            "uncertainty": bench_uncertainty,
             "selection": bench_selection, "eval": bench_eval}
 
 if __name__ == "__main__":
@@ -609,6 +631,8 @@ if __name__ == "__main__":
     ap.add_argument("section", choices=list(SECTIONS), help="which measurement to run")
     ap.add_argument("--epochs", type=int, default=None, help="tagger/uncertainty: training epochs (default: the section's own)")
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
+    ap.add_argument("--only", default="", help="labels: settings, uncertainty: ccks and/or twitter; comma-separated (default: all)")
+    ap.add_argument("--seeds", default="0,1,2", help="labels: comma-separated seeds")
     args = ap.parse_args()
     SECTIONS[args.section](args)
     sys.exit(0)
