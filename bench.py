@@ -349,7 +349,7 @@ def bench_uncertainty(args) -> None:
     import tagger
     import uncertainty as unc
 
-    cfg = unc.UncertaintyConfig()
+    cfg = unc.UncertaintyConfig(**({} if args.mc_passes is None else {"mc_passes": args.mc_passes}))
     rates = [0.1, 0.2, 0.3, 0.5]
     sets = ([("CCKS (gold 0-99; tagger on gold 100-399 + synthetic)", "ccks")] if have(CCKS) else []) + \
            ([("Twitter-GMNER 10 % (test: dev.txt; tagger on 10 % train)", "twitter")] if have(TWITTER) else [])
@@ -359,13 +359,15 @@ def bench_uncertainty(args) -> None:
         t0 = time.perf_counter()
         pred = tagger.predict(tg, test)
         t1 = time.perf_counter()
-        mc = tagger.predict(tg, test, mc_passes=cfg.mc_passes)
+        mc = tagger.predict(tg, test, mc_passes=cfg.mc_passes) if cfg.mc_passes else None
         t2 = time.perf_counter()
         wrong = np.array(unc.wrong_flags(pred, test))
         methods = {}
         for label, marg_from, method in [("marginal (default)", pred, "marginal"),
                                          (f"MC dropout, entropy (T={cfg.mc_passes})", mc, "mc_dropout"),
                                          (f"marginal of MC-mean marginals (T={cfg.mc_passes})", mc, "marginal")]:
+            if marg_from is None:
+                continue
             copies = [replace(p, entities=[replace(e) for e in p.entities], marginals=m.marginals)
                       for p, m in zip(pred, marg_from)]
             unc.score(copies, tg.tags, replace(cfg, method=method))
@@ -426,7 +428,8 @@ def bench_uncertainty(args) -> None:
             print(f"missed-entity score: AUROC {_unc_auroc(np.array(missed), np.array(has_missed)):.3f} for "
                   f"'a gold entity overlaps no prediction' ({sum(has_missed)} of {len(pred)} samples)")
     print("\ncommand: python bench.py uncertainty" + (" --quick" if args.quick else "")
-          + (f" --only {args.only}" if args.only else ""))
+          + (f" --only {args.only}" if args.only else "")
+          + (f" --mc-passes {args.mc_passes}" if args.mc_passes is not None else ""))
 
 
 def _unc_kind(e, gold) -> str:
@@ -633,6 +636,7 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
     ap.add_argument("--only", default="", help="labels: settings, uncertainty: ccks and/or twitter; comma-separated (default: all)")
     ap.add_argument("--seeds", default="0,1,2", help="labels: comma-separated seeds")
+    ap.add_argument("--mc-passes", type=int, default=None, help="uncertainty: MC dropout passes (0 skips those rows)")
     args = ap.parse_args()
     SECTIONS[args.section](args)
     sys.exit(0)
