@@ -28,15 +28,16 @@ def _peer(tg_model, types: list[str], int8: bool = False):
 
     import tagger as tg
     tok = tg_model.tokenizer
+    config = {k: v for k, v in tg_model.encoder.config.to_dict().items() if k not in ("id2label", "label2id")}
     model = AutoModelForTokenClassification.from_config(
-        tg_model.encoder.config.__class__(**{**tg_model.encoder.config.to_dict(), "num_labels": 1 + 2 * len(types)}))
+        tg_model.encoder.config.__class__(**{**config, "num_labels": 1 + 2 * len(types)}))   # BIO tags
     weights = {k: v for k, v in tg_model.encoder.state_dict().items() if not k.startswith("pooler.")}  # no pooler
     model.base_model.load_state_dict(weights)
     model.eval()
     if int8:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            model = torch.ao.quantization.quantize_dynamic(model, tg.INT8, dtype=torch.qint8)   # as ours
 
     def predict(samples):
         enc = tok([s.tokens for s in samples], is_split_into_words=True, truncation=True,
