@@ -51,8 +51,9 @@ def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
     if config.self_train_rounds < 0:
         raise ValueError(f"expected self_train_rounds >= 0, got {config.self_train_rounds}")
     unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]   # labels ignored, never read
+    plain = replace(config, int8=False)            # int8 layers cannot train on: only the last tagger is quantized
     t0 = time.perf_counter()
-    model = tagger.train_tagger(train, types, config, dev)
+    model = tagger.train_tagger(train, types, plain, dev)
     rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0}]
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()
@@ -60,8 +61,11 @@ def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
         if config.progress:
             print(f"self-training round {r}: {len(kept)} of {len(unlabelled)} unlabelled sentences kept "
                   f"({sum(len(s.entities) for s in kept)} entities)")
-        model = tagger.train_tagger(train + kept, types, replace(config, epochs=config.self_train_epochs), dev,
+        model = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs), dev,
                                     init=model)
         rounds.append({"round": r, "pseudo_sentences": len(kept),
                        "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0})
+    if config.int8:
+        model.config = replace(model.config, int8=True)   # saved with it, so that load rebuilds int8 layers
+        tagger.quantize(model)
     return model, rounds

@@ -387,8 +387,9 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
         raise ValueError(f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}")
     tagger = Tagger(config, types, encoder, tokenizer).to(config.device)
     if init is not None:
-        if init.tags != tagger.tags:
-            raise ValueError(f"init: expected a tagger with tags {tagger.tags}, got {init.tags}")
+        if init.tags != tagger.tags or init.config.int8:
+            raise ValueError(f"init: expected a float tagger with tags {tagger.tags}, got "
+                             f"{'an int8' if init.config.int8 else 'a'} tagger with tags {init.tags}")
         tagger.load_state_dict(init.state_dict())
     if config.freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)

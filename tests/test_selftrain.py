@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import refineg
 import selftrain
@@ -61,6 +62,10 @@ def test_rounds_continue_from_the_teacher(teacher_and_text):
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["pseudo_sentences"] for r in rounds] == [0, len(text), len(text)]
     assert len(student.history) == 1 and student.tags == model.tags and not student.training
+    small = replace(cfg, self_train_rounds=1, int8=True)          # int8 applies to the last tagger only
+    quantized, _ = selftrain.self_train(labelled[:10], text[:10], TYPES, small)
+    assert quantized.config.int8 and isinstance(quantized.encoder.encoder.layer[0].output.dense,
+                                                torch.ao.nn.quantized.dynamic.Linear)
     with pytest.raises(ValueError, match="self_train_rounds >= 0"):
         selftrain.self_train(labelled, text, TYPES, replace(cfg, self_train_rounds=-1))
 
