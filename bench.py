@@ -3,6 +3,8 @@
 Sections (each prints a table and the command that reproduces it):
     python bench.py client        # llm.py: concurrency efficiency and per-call overhead on a fake server
     python bench.py tagger        # tagger.py vs AutoModelForTokenClassification (CCKS, Twitter-GMNER 10 %)
+    python bench.py labels        # bench_labels.py: Twitter-GMNER 10 %, lever by lever (schedule, self-training)
+    python bench.py speed         # bench_speed.py: prediction speed float/int8 vs the peer, and a profile
     python bench.py uncertainty   # uncertainty.py: AUROC and risk-coverage of entity uncertainty
     python bench.py selection     # grounding.py: demo selection quality and time (Twitter-GMNER)
     python bench.py eval          # eval.py: scoring speed on 10,000 samples
@@ -347,30 +349,36 @@ def bench_uncertainty(args) -> None:
 
     import numpy as np
 
+    import bench_unc_variants
     import tagger
     import uncertainty as unc
 
-    cfg = unc.UncertaintyConfig()
+    cfg = unc.UncertaintyConfig(**({} if args.mc_passes is None else {"mc_passes": args.mc_passes}))
     rates = [0.1, 0.2, 0.3, 0.5]
     sets = ([("CCKS (gold 0-99; tagger on gold 100-399 + synthetic)", "ccks")] if have(CCKS) else []) + \
            ([("Twitter-GMNER 10 % (test: dev.txt; tagger on 10 % train)", "twitter")] if have(TWITTER) else [])
+    sets = [(name, setting) for name, setting in sets if not args.only or setting in args.only.split(",")]
     for name, setting in sets:
         tg, dev, test = _unc_tagger(setting, args)
         t0 = time.perf_counter()
         pred = tagger.predict(tg, test)
         t1 = time.perf_counter()
-        mc = tagger.predict(tg, test, mc_passes=cfg.mc_passes)
+        mc = tagger.predict(tg, test, mc_passes=cfg.mc_passes) if cfg.mc_passes else None
         t2 = time.perf_counter()
         wrong = np.array(unc.wrong_flags(pred, test))
         methods = {}
         for label, marg_from, method in [("marginal (default)", pred, "marginal"),
                                          (f"MC dropout, entropy (T={cfg.mc_passes})", mc, "mc_dropout"),
                                          (f"marginal of MC-mean marginals (T={cfg.mc_passes})", mc, "marginal")]:
+            if marg_from is None:
+                continue
             copies = [replace(p, entities=[replace(e) for e in p.entities], marginals=m.marginals)
                       for p, m in zip(pred, marg_from)]
             unc.score(copies, tg.tags, replace(cfg, method=method))
             methods[label] = np.array([e.score for s in copies for e in s.entities])
         methods["max-softmax of the emission layer (no CRF)"] = _unc_softmax_scores(tg, pred)
+        methods.update(bench_unc_variants.variants(tg, pred, _tagger_data(setting, args.quick)[0], dev,
+                                                   methods["marginal (default)"]))
         f1 = unc.corrector_f1_curve(pred, test, [])[0]
         print(f"\n{name}: {len(test)} test samples, {len(wrong)} predicted entities, {wrong.sum()} wrong "
               f"({wrong.mean():.1%}); tagger MNER F1 {f1:.3f}; predict {t1 - t0:.1f} s, "
@@ -423,7 +431,9 @@ def bench_uncertainty(args) -> None:
         if 0 < sum(has_missed) < len(has_missed):
             print(f"missed-entity score: AUROC {_unc_auroc(np.array(missed), np.array(has_missed)):.3f} for "
                   f"'a gold entity overlaps no prediction' ({sum(has_missed)} of {len(pred)} samples)")
-    print("\ncommand: python bench.py uncertainty" + (" --quick" if args.quick else ""))
+    print("\ncommand: python bench.py uncertainty" + (" --quick" if args.quick else "")
+          + (f" --only {args.only}" if args.only else "")
+          + (f" --mc-passes {args.mc_passes}" if args.mc_passes is not None else ""))
 
 
 def _unc_kind(e, gold) -> str:
@@ -469,20 +479,24 @@ def _unc_softmax_scores(tg, pred: list):
 UNC_CACHE = Path("/tmp/refineg_bench_taggers")   # trained taggers, reused across runs; never in the repo
 
 
+def _unc_cache_path(setting: str, config: dict, types: list[str], train: list, dev: list | None) -> Path:
+    """Where a tagger trained on these data with these TaggerConfig overrides is cached (bench_labels fills it too)."""
+    import hashlib
+    import json
+    blob = json.dumps([setting, config, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities])
+                                                for s in train + (dev or [])]])
+    return UNC_CACHE / f"{setting}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
 def _unc_tagger(setting: str, args) -> tuple:
     """(tagger, dev, test) of one of bench_tagger's "ours" settings (same data, same TaggerConfig),
     trained once and cached under /tmp, keyed by the settings and the training data."""
-    import hashlib
-    import json
-
     import tagger
     train, dev, test, types, _ = _tagger_data(setting, args.quick)
     config = {"progress": False, "epochs": args.epochs or 10, **({"epoch_size": 2000} if setting == "ccks" else {})}
     if args.quick:
         config.update(epochs=1, epoch_size=0)
-    blob = json.dumps([setting, config, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities])
-                                                for s in train + (dev or [])]])
-    path = UNC_CACHE / f"{setting}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    path = _unc_cache_path(setting, config, types, train, dev)
     if (path / "weights.pt").is_file():
         print(f"{setting}: cached tagger {path}", file=sys.stderr)
         return tagger.load(str(path)), dev, test
@@ -605,6 +619,16 @@ def bench_eval(args) -> None:
     print("command: python bench.py eval")
 
 
+def bench_labels(args) -> None:
+    import bench_labels
+    bench_labels.bench_labels(args)
+
+
+def bench_speed(args) -> None:
+    import bench_speed
+    bench_speed.bench_speed(args)
+
+
 def bench_memory(args) -> None:
     """In its own file: bench_memory.py."""
     import bench_memory
@@ -622,9 +646,9 @@ def bench_synth(args) -> None:
     bench_synth.main(args)
 
 
-SECTIONS = {"client": bench_client, "tagger": bench_tagger, "uncertainty": bench_uncertainty,
-            "selection": bench_selection, "eval": bench_eval, "memory": bench_memory, "gmner": bench_gmner,
-            "synth": bench_synth}
+SECTIONS = {"client": bench_client, "tagger": bench_tagger, "labels": bench_labels, "speed": bench_speed,
+            "uncertainty": bench_uncertainty, "selection": bench_selection, "eval": bench_eval,
+            "memory": bench_memory, "gmner": bench_gmner, "synth": bench_synth}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -633,6 +657,9 @@ if __name__ == "__main__":
     ap.add_argument("--synth-seeds", type=int, default=0,
                     help="synth: stop after this many seeds (0 = as many as 15 minutes allow; cached answers are free)")
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
+    ap.add_argument("--only", default="", help="labels: settings, uncertainty: ccks and/or twitter; comma-separated (default: all)")
+    ap.add_argument("--seeds", default="0,1,2", help="labels: comma-separated seeds")
+    ap.add_argument("--mc-passes", type=int, default=None, help="uncertainty: MC dropout passes (0 skips those rows)")
     args = ap.parse_args()
     SECTIONS[args.section](args)
     sys.exit(0)

@@ -41,6 +41,7 @@ import data
 import eval as scorer
 import grounding
 import llm
+import selftrain
 import synth
 import tagger
 import uncertainty
@@ -56,6 +57,7 @@ class RunConfig:
     test_share: float = 0.3         # share of --data held out as the test split when --test is not given
     out: str = "runs/refineg"       # run directory (config.json, predictions.json, metrics.json, ...)
     tagger_dir: str = ""            # reuse a trained tagger from this directory instead of training one
+    unlabelled: str = ""            # in-domain text to self-train the tagger on (any --data format; labels ignored)
     synthesize: bool = True         # run the synthesis stage when an LLM is configured and a tagger is trained
     refine: bool = True             # run the refinement stage when an LLM is configured
     ground: bool = True             # run the grounding stage when an LLM is configured
@@ -165,24 +167,31 @@ def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], data.D
     return labelled, labelled.samples, target, has_labels(run.test)
 
 
-def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: Path) -> tuple[tagger.Tagger, str]:
-    """Train the tagger, or reuse out/tagger when it was trained with the same settings on the same data."""
+def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: Path,
+                   unlabelled: list[data.Sample]) -> tuple[tagger.Tagger, str]:
+    """Train the tagger (self-trained when there is unlabelled text), or reuse out/tagger when it was trained
+    with the same settings on the same data."""
     run = cfg["run"]
     if run.tagger_dir:
         return tagger.load(run.tagger_dir), f"loaded from {run.tagger_dir}"
     settings = dataclasses.replace(cfg["tagger"], progress=True)    # showing bars does not change the model
-    k = key(settings, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train])
+    k = key(settings, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train],
+            [s.tokens for s in unlabelled])
     stamp = out / "tagger" / "stage.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == k:
         return tagger.load(str(out / "tagger")), "reused (same settings and data)"
-    model = tagger.train_tagger(train, types, cfg["tagger"])
+    if unlabelled:
+        model, rounds = selftrain.self_train(train, unlabelled, types, cfg["tagger"])
+    else:
+        model, rounds = tagger.train_tagger(train, types, cfg["tagger"]), []
     tmp = out / "tagger.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tagger.save(model, str(tmp))
-    write_json(tmp / "stage.json", {"key": k, "history": model.history})
+    write_json(tmp / "stage.json", {"key": k, "history": model.history, "self_training": rounds})
     shutil.rmtree(out / "tagger", ignore_errors=True)
     tmp.rename(out / "tagger")
-    return model, f"trained on {len(train)} sentences"
+    kept = f", self-trained on {rounds[-1]['pseudo_sentences']} of {len(unlabelled)} unlabelled" if rounds else ""
+    return model, f"trained on {len(train)} sentences{kept}"
 
 
 def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out: Path) -> tuple[list[data.Sample], dict]:
@@ -260,7 +269,8 @@ def pipeline(cfg: dict, state: dict) -> int:
         seconds["synthesis"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         state["stage"] = "tagger"
-        model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out)
+        unlabelled = data.read_dataset(run.unlabelled).samples if run.unlabelled and not run.tagger_dir else []
+        model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out, unlabelled)
         print(f"tagger: {how}")
         seconds["tagger"] = time.perf_counter() - t0
 

@@ -27,6 +27,7 @@ mixed precision, multi-GPU training.
 import copy
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -67,7 +68,12 @@ class TaggerConfig:
     seed: int = 0                  # batches, dropout and head initialisation
     device: str = "cpu"            # torch device
     threads: int = 0               # torch.set_num_threads; 0 = leave torch's default
+    int8: bool = False             # trained encoder's linear layers in int8 (CPU): 3x faster prediction, -0.5 F1
     progress: bool = True          # tqdm bars while training
+    self_train_rounds: int = 1     # with unlabelled text (selftrain.py): pseudo-label + retrain rounds
+    self_train_epochs: int = 3     # epochs of each round, continuing from the previous round's tagger
+    self_train_tau: float = 0.1    # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
+    self_train_missed: float = 0.1  # ... and its missed-entity score (max 1 - P(O) outside entities) is <= this
 
 
 # ---------------------------------------------------------------- tags, shapes, windows
@@ -384,8 +390,11 @@ def chunks(sample: Sample, size: int) -> list[Sample]:
 
 
 def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | None = None,
-                 dev: list[Sample] | None = None) -> Tagger:
-    """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the last."""
+                 dev: list[Sample] | None = None, init: Tagger | None = None) -> Tagger:
+    """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the last.
+
+    `init`: start from this (float) tagger's weights instead of the pretrained encoder and a fresh head.
+    """
     config = config or TaggerConfig()
     _check(train + (dev or []), types)
     if dev and len({s.id for s in dev}) != len(dev):
@@ -401,6 +410,11 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
     if config.max_length > tokenizer.model_max_length:
         raise ValueError(f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}")
     tagger = Tagger(config, types, encoder, tokenizer).to(config.device)
+    if init is not None:
+        if init.tags != tagger.tags or init.config.int8:
+            raise ValueError(f"init: expected a float tagger with tags {tagger.tags}, got "
+                             f"{'an int8' if init.config.int8 else 'a'} tagger with tags {init.tags}")
+        tagger.load_state_dict(init.state_dict())
     if config.freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)
     enc = encode(tokenizer, [s.tokens for s in train], config.max_length)
@@ -449,8 +463,29 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     if best_state is not None:
         tagger.load_state_dict(best_state)
+    if config.int8:
+        quantize(tagger)
     tagger.eval()
     return tagger
+
+
+# One int8 scale per output row, not one per matrix: on Twitter-GMNER per-tensor scales cost 0.9 F1 points,
+# per-channel 0.5, at about the same speed (python bench.py speed)
+INT8 = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+
+
+def quantize(tagger: Tagger) -> None:
+    """Replace the encoder's nn.Linear layers by int8 ones (weights int8, activations quantized per batch).
+
+    The linear layers hold ~all of a transformer's arithmetic; embeddings, layer norms, the
+    shape features, the emission layer and the CRF stay float. Prediction only: int8 layers
+    have no gradients. `save` then writes the int8 weights, and `load` rebuilds them.
+    """
+    if torch.device(tagger.config.device).type != "cpu":
+        raise ValueError(f"int8 dynamic quantization runs on CPU only, got device {tagger.config.device!r}")
+    with warnings.catch_warnings():   # torch 2.13 points to torchao for the same thing; this API still works
+        warnings.simplefilter("ignore")
+        tagger.encoder = torch.ao.quantization.quantize_dynamic(tagger.encoder, INT8, dtype=torch.qint8)
 
 
 # ---------------------------------------------------------------- prediction, save, load
@@ -500,7 +535,7 @@ def save(tagger: Tagger, directory: str) -> None:
     meta = {"tagger": asdict(tagger.config), "types": tagger.types, "tags": tagger.tags,
             "encoder": tagger.encoder.config.to_dict()}
     (d / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    torch.save({k: v.cpu() for k, v in tagger.state_dict().items()}, d / "weights.pt")
+    torch.save(tagger.state_dict(), d / "weights.pt")   # as it is: int8 layers need its version metadata to load
     tagger.tokenizer.save_pretrained(str(d))
 
 
@@ -518,5 +553,7 @@ def load(directory: str, device: str | None = None) -> Tagger:
     tagger = Tagger(config, meta["types"], AutoModel.from_config(enc_cfg), AutoTokenizer.from_pretrained(str(d)))
     if tagger.tags != meta["tags"]:
         raise ValueError(f"{d}/config.json: tags {meta['tags']} do not match the types and scheme")
+    if config.int8:          # saved int8: the same int8 layers must exist before their weights can load
+        quantize(tagger)
     tagger.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
     return tagger.to(config.device).eval()

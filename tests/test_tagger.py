@@ -5,6 +5,7 @@ is LOC; train and test use disjoint (name, place, context) combinations, so a
 tagger that learnt the pattern scores span F1 1.0 on the test sentences.
 """
 
+import copy
 import dataclasses
 import random
 import sys
@@ -186,3 +187,16 @@ def test_a_very_long_training_text_is_trained_in_bounded_pieces(encoder_dir, mon
                           max_length=48)
     tg.train_tagger(make(rng, 8, NAMES, PLACES) + [long], ["PER", "LOC"], cfg)
     assert max(seen) <= 64 and sum(seen) >= 5000 // 64
+def test_int8_encoder_predicts_like_float_and_round_trips(trained, tmp_path):
+    tagger, test = trained
+    q = copy.deepcopy(tagger)
+    q.config = dataclasses.replace(q.config, int8=True)
+    tg.quantize(q)
+    assert isinstance(q.encoder.encoder.layer[0].attention.self.query, torch.ao.nn.quantized.dynamic.Linear)
+    pred = tg.predict(q, test)
+    assert tg.span_f1(test, pred) >= 0.9                       # int8 rounding may flip a rare token, not the task
+    assert all(np.allclose(p.marginals.sum(1), 1.0, atol=1e-5) for p in pred)
+    tg.save(q, str(tmp_path / "q"))                            # int8 weights are saved and rebuilt as int8
+    again = tg.load(str(tmp_path / "q"))
+    assert all(np.array_equal(x.marginals, y.marginals) for x, y in zip(pred, tg.predict(again, test)))
+    assert (tmp_path / "q" / "weights.pt").stat().st_size > 0

@@ -1,0 +1,114 @@
+"""Label efficiency of the tagger on Twitter-GMNER: what 10 % of the labels reach, lever by lever.
+
+    python bench.py labels                                  # every setting, seeds 0 1 2
+    python bench.py labels --only default,epochs20 --seeds 0
+
+Protocol of `bench.py tagger`: train on lowres/10GMNER/train.txt (700 tweets), keep the epoch of
+best span F1 on lowres/10GMNER/dev.txt (150 tweets; the schedule is chosen on it too), test on
+the full dev.txt (1,500 tweets; note that it contains those 150). Self-training reads the other
+6,300 tweets of train.txt as text: their tags are dropped before the tagger sees them, and are
+used only afterwards, to report how precise the kept pseudo labels were. A self-training row's
+teacher is the labelled-only tagger of the same schedule and seed, reported beside it.
+Training seconds are wall time on the shared machine, pseudo-labelling included.
+"""
+
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+
+DEFAULT = "10 % labelled, defaults (10 epochs, lr 5e-5)"
+SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row when it is self-training)
+    "default": (DEFAULT, {}, None),
+    "epochs20": ("10 % labelled, 20 epochs", {"epochs": 20}, None),
+    "lr1e-4": ("10 % labelled, encoder lr 1e-4", {"lr_encoder": 1e-4}, None),
+    "st": ("10 % labelled + unlabelled text, self-training (1 round, +3 epochs)", {}, DEFAULT),
+}
+
+
+def _pseudo_precision(kept: list, gold_by_id: dict) -> tuple[float, float]:
+    """Span P and R of the kept pseudo labels against the tags the bench dropped (a diagnostic only)."""
+    from eval import evaluate
+    gold = [gold_by_id[s.id] for s in kept]
+    m = evaluate(gold, kept)["mner"]
+    return m["p"], m["r"]
+
+
+def _scores(model, dev: list, test: list, seconds: float) -> dict:
+    """Kept epoch, its split-dev F1, full-dev P/R/F1 and training seconds of one trained tagger."""
+    import tagger as tg
+    from eval import evaluate
+    best = max((h for h in model.history if "dev_f1" in h), key=lambda h: h["dev_f1"])
+    m = evaluate(test, tg.predict(model, test))["mner"]
+    return {"split_dev_f1": best["dev_f1"], "best_epoch": best["epoch"], "epochs": len(model.history),
+            "p": m["p"], "r": m["r"], "f1": m["f1"], "train_seconds": seconds}
+
+
+def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[dict]:
+    """Train one setting with one seed. A self-training setting gives two rows: its teacher (labelled only,
+    the same schedule and seed) and the self-trained tagger."""
+    import bench
+    import selftrain
+    import tagger as tg
+    from data import TWITTER_TYPES, Sample, read_conll
+    low = bench.TWITTER / "lowres" / "10GMNER"
+    train, dev = read_conll(low / "train.txt").samples, read_conll(low / "dev.txt").samples
+    test = read_conll(bench.TWITTER / "dev.txt").samples
+    if quick:
+        train, test = train[:100], test[:200]
+    label, config, teacher = SETTINGS[name]
+    config = {"progress": False, **config, **overrides}
+    cfg = tg.TaggerConfig(**{**config, "seed": seed})
+    t0 = time.perf_counter()
+    model = tg.train_tagger(train, TWITTER_TYPES, cfg, dev)
+    rows = [{"setting": teacher or label, "seed": seed, **_scores(model, dev, test, time.perf_counter() - t0)}]
+    cache = bench._unc_cache_path("twitter", {"progress": False, "epochs": 10}, TWITTER_TYPES, train, dev)
+    if seed == 0 and cfg == tg.TaggerConfig(progress=False) and not quick and not (cache / "weights.pt").is_file():
+        tg.save(model, str(cache))        # the very tagger bench.py uncertainty and speed use: trained once
+    if teacher:
+        seen = {s.id for s in read_conll(low / "train.txt").samples}
+        rest = [s for s in read_conll(bench.TWITTER / "train.txt").samples if s.id not in seen][:300 if quick else None]
+        text = [Sample(s.id, s.tokens) for s in rest]                  # the tags stay behind
+        kept, _ = selftrain.pseudo_label(model, text)
+        p, r = _pseudo_precision(kept, {s.id: s for s in rest})
+        student = tg.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs), dev,
+                                  init=model)
+        rows.append({"setting": label, "seed": seed, **_scores(student, dev, test, time.perf_counter() - t0),
+                     "extra": f"{len(kept)} of {len(text)} tweets pseudo-labelled (entity P {p:.3f}, R {r:.3f})"})
+    return rows
+
+
+def bench_labels(args) -> None:
+    from bench import TWITTER, have
+    if not have(TWITTER):
+        return
+    names = args.only.split(",") if args.only else list(SETTINGS)
+    unknown = set(names) - set(SETTINGS)
+    if unknown:
+        raise SystemExit(f"--only: unknown settings {sorted(unknown)}; expected some of {list(SETTINGS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    rows = []
+    for name in names:
+        for seed in seeds:
+            print(f"running {name} seed {seed} ...", file=sys.stderr, flush=True)
+            for r in run_one(name, seed, overrides, args.quick):
+                rows.append(r)
+                print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
+                      file=sys.stderr, flush=True)
+    print("\nTwitter-GMNER, trained on lowres/10GMNER (700 tweets), epoch kept on its dev (150), "
+          "tested on the full dev.txt (1,500)")
+    print(f"{'setting':<56}{'seed':>5}{'epochs':>8}{'dev150':>8}{'P':>7}{'R':>7}{'F1':>7}{'train s':>9}  extra")
+    for r in rows:
+        extra = r.get("extra", "")
+        print(f"{r['setting']:<56}{r['seed']:>5}{r['best_epoch']:>4}/{r['epochs']:<3}"
+              f"{r['split_dev_f1']:>8.3f}{r['p']:>7.3f}{r['r']:>7.3f}{r['f1']:>7.3f}{r['train_seconds']:>9.0f}  {extra}")
+    print("\nmean over seeds " + ",".join(map(str, seeds)) + ":")
+    for label in dict.fromkeys(r["setting"] for r in rows):
+        got = [r for r in rows if r["setting"] == label]
+        f1 = np.array([r["f1"] for r in got])
+        print(f"  {label:<56} F1 {f1.mean():.3f} (sd {f1.std():.3f}, {len(got)} seeds), dev150 "
+              f"{np.mean([r['split_dev_f1'] for r in got]):.3f}, train {np.mean([r['train_seconds'] for r in got]):.0f} s")
+    print(f"command: python bench.py labels --only {','.join(names)} --seeds {args.seeds}" + (" --quick" if args.quick else "")
+          + (f" --epochs {args.epochs}" if args.epochs else ""))

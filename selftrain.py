@@ -1,0 +1,71 @@
+"""Self-training: the tagger labels unlabelled text and learns again from the sentences it is sure of.
+
+Not in the ReFineG paper: it is the label-efficiency lever that needs no LLM. The paper's
+lever, data synthesis (synth.py), needs an LLM and writes NEW sentences around the seeds'
+entities; self-training needs only raw in-domain text (tweets without tags), which is
+usually cheap. Use synthesis when an LLM is at hand and in-domain text is scarce; use
+self-training when there is in-domain text and no LLM (or both: they add different data).
+
+Each round: the current tagger predicts the unlabelled sentences with CRF marginals; a
+sentence is kept, with its Viterbi entities as labels, when every predicted entity has an
+uncertainty (uncertainty.score: max of span and type doubt) at most `self_train_tau` and
+no token outside them looks like a missed entity (uncertainty.missed_entity_score at most
+`self_train_missed`). The tagger then trains on labelled + kept sentences for
+`self_train_epochs` more epochs, starting from its own weights (a fresh student would cost
+a full training run per round; on 2 shared CPU cores that decided it).
+
+Inputs: labelled Samples, unlabelled Samples (their entities are ignored), the types, a
+TaggerConfig (its `self_train_*` fields) and optional dev Samples for epoch selection.
+Output: the last round's Tagger and one row per round (sentences kept, seconds).
+
+    python refineg.py --data lowres/10GMNER/train.txt --unlabelled train.txt ...
+    python bench.py labels        # Twitter-GMNER: 10 % labelled, with and without the other 90 % as text
+
+Left out on purpose: soft (marginal-weighted) pseudo labels, re-weighting gold against
+pseudo-labelled sentences, and a teacher ensemble; the kept sentences simply join the data.
+"""
+
+import time
+from dataclasses import replace
+
+import tagger
+import uncertainty
+from data import Sample
+
+
+def pseudo_label(model: tagger.Tagger, unlabelled: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """(kept, all) predictions of `unlabelled`: kept = the sentences the tagger is sure of, as training data."""
+    cfg = model.config
+    pred = tagger.predict(model, unlabelled)
+    uncertainty.score(pred, model.tags)
+    kept = [s for s in pred if s.tokens and all(e.score <= cfg.self_train_tau for e in s.entities)
+            and uncertainty.missed_entity_score(s, model.tags) <= cfg.self_train_missed]
+    return [replace(s, marginals=None) for s in kept], pred
+
+
+def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
+               config: tagger.TaggerConfig | None = None,
+               dev: list[Sample] | None = None) -> tuple[tagger.Tagger, list[dict]]:
+    """Train on `train`, then `config.self_train_rounds` times: pseudo-label `unlabelled`, retrain on both."""
+    config = config or tagger.TaggerConfig()
+    if config.self_train_rounds < 0:
+        raise ValueError(f"expected self_train_rounds >= 0, got {config.self_train_rounds}")
+    unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]   # labels ignored, never read
+    plain = replace(config, int8=False)            # int8 layers cannot train on: only the last tagger is quantized
+    t0 = time.perf_counter()
+    model = tagger.train_tagger(train, types, plain, dev)
+    rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0}]
+    for r in range(1, config.self_train_rounds + 1):
+        t0 = time.perf_counter()
+        kept, _ = pseudo_label(model, unlabelled)
+        if config.progress:
+            print(f"self-training round {r}: {len(kept)} of {len(unlabelled)} unlabelled sentences kept "
+                  f"({sum(len(s.entities) for s in kept)} entities)")
+        model = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs), dev,
+                                    init=model)
+        rounds.append({"round": r, "pseudo_sentences": len(kept),
+                       "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0})
+    if config.int8:
+        model.config = replace(model.config, int8=True)   # saved with it, so that load rebuilds int8 layers
+        tagger.quantize(model)
+    return model, rounds
