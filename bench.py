@@ -617,6 +617,7 @@ if __name__ == "__main__":
     ap.add_argument("section", choices=list(SECTIONS), help="which measurement to run")
     ap.add_argument("--epochs", type=int, default=None, help="tagger/uncertainty: training epochs (default: the section's own)")
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
+    ap.add_argument("--only", nargs="+", default=None, help="gmner: only these row groups (refine, ground, whole)")
     args = ap.parse_args()
     SECTIONS[args.section](args)
     sys.exit(0)
