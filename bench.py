@@ -657,7 +657,7 @@ if __name__ == "__main__":
     ap.add_argument("--synth-seeds", type=int, default=0,
                     help="synth: stop after this many seeds (0 = as many as 15 minutes allow; cached answers are free)")
     ap.add_argument("--quick", action="store_true", help="smaller data for a fast look (numbers then not comparable)")
-    ap.add_argument("--only", default="", help="labels: settings, uncertainty: ccks and/or twitter; comma-separated (default: all)")
+    ap.add_argument("--only", default="", help="labels: settings; uncertainty: ccks and/or twitter; gmner: row groups (refine, ground, whole); comma-separated (default: all)")
     ap.add_argument("--seeds", default="0,1,2", help="labels: comma-separated seeds")
     ap.add_argument("--mc-passes", type=int, default=None, help="uncertainty: MC dropout passes (0 skips those rows)")
     args = ap.parse_args()

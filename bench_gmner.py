@@ -19,6 +19,7 @@ gold region, computed without any server), which grounding at a = 1.0 must equal
 
     python bench.py gmner            # about 15 minutes on 2 cores (the tagger is trained once, then cached)
     python bench.py gmner --quick    # 300 test tweets, fewer rows: a fast look, numbers not comparable
+    python bench.py gmner --only ground,whole   # some row groups only (refine, ground, whole)
 """
 
 import sys
@@ -114,8 +115,9 @@ def bench_gmner(args) -> None:
     row("tagger only (no MLLM)", "-", pred, None)
     settings = [("refine top 10 %", 0.1), ("refine top 20 % (default)", 0.2), ("refine top 30 %", 0.3),
                 ("refine every entity (authors' rule)", None)]
+    groups = args.only.split(",") if args.only else ["refine", "ground", "whole"]
     accuracies = [0.8] if args.quick else [0.6, 0.8, 0.95]
-    for a in accuracies:
+    for a in accuracies if "refine" in groups else []:
         for name, rate in settings:
             cfg = uncertainty.UncertaintyConfig(target_rate=rate) if rate else uncertainty.UncertaintyConfig(tau=-1.0)
             with SimulatedMLLM(world, sizes, SimConfig(refine_accuracy=a)) as sim:
@@ -124,7 +126,7 @@ def bench_gmner(args) -> None:
             assert not summary.get("failed_call"), summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)
-    for a in ([1.0] if args.quick else [0.6, 0.8, 1.0]):
+    for a in ([1.0] if args.quick else [0.6, 0.8, 1.0]) if "ground" in groups else []:
         with SimulatedMLLM(world, sizes, SimConfig(ground_accuracy=a)) as sim:
             c = client(sim)
             out, counts = grounding.ground(pred, demos, test_data, c, grounding.GroundingConfig())
@@ -137,7 +139,7 @@ def bench_gmner(args) -> None:
                   f"{best['mner']['f1']:.3f} | {best['eeg']['f1']:.3f} | {best['gmner']['f1']:.3f} | - | - |")
             print(f"exactness: grounding at a = 1.0 GMNER tp/fp/fn {got['tp']}/{got['fp']}/{got['fn']}, ceiling "
                   f"{best['gmner']['tp']}/{best['gmner']['fp']}/{best['gmner']['fn']}: {'EQUAL' if exact else 'DIFFERENT'}")
-    if not args.quick:
+    if not args.quick and "whole" in groups:
         with SimulatedMLLM(world, sizes, SimConfig(refine_accuracy=0.8, ground_accuracy=0.8)) as sim:
             c = client(sim)
             out, _ = uncertainty.refine(pred, test_data, c, uncertainty.UncertaintyConfig())

@@ -156,7 +156,9 @@ class SimulatedMLLM:
     def _written(self, b: Box, orig: tuple[int, int], sent: tuple[int, int]) -> list:
         unit = {"abs": sent, "norm1000": (1000, 1000), "norm1": (1, 1)}[self.config.box_format]
         sx, sy = unit[0] / orig[0], unit[1] / orig[1]
-        xyxy = [b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy]
+        # clipped to the image: a few gold boxes reach past the size their xml states, and a model answers
+        # inside the image it sees (the answer schema bounds every coordinate by the image size)
+        xyxy = [min(max(v, 0.0), top) for v, top in zip([b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy], unit * 2)]
         return [round(v, 4) for v in xyxy] if self.config.box_format == "norm1" else [round(v) for v in xyxy]
 
 
