@@ -24,6 +24,8 @@ SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row 
     "epochs20": ("10 % labelled, 20 epochs", {"epochs": 20}, None),
     "lr1e-4": ("10 % labelled, encoder lr 1e-4", {"lr_encoder": 1e-4}, None),
     "st": ("10 % labelled + unlabelled text, self-training (1 round, +3 epochs)", {}, DEFAULT),
+    "st-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training", {"lr_encoder": 1e-4},
+                  "10 % labelled, encoder lr 1e-4"),
 }
 
 
