@@ -30,6 +30,7 @@ from pathlib import Path
 
 IMAGES = Path("/tmp/refineg_bench_gmner_images")     # gray placeholders, rebuilt when absent; never in the repo
 DEFAULT_SIZE = (600, 450)                            # the median image size, for tweets without an xml file
+GROUND_ACCURACIES = [0.6, 0.8, 1.0]                  # a of the grounding rows (1.0: the exactness check)
 
 
 def image_sizes(ids: list[str], xml_dir: Path) -> dict[str, tuple[int, int]]:
@@ -126,7 +127,7 @@ def bench_gmner(args) -> None:
             assert not summary.get("failed_call"), summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)
-    for a in ([1.0] if args.quick else [0.6, 0.8, 1.0]) if "ground" in groups else []:
+    for a in ([1.0] if args.quick else GROUND_ACCURACIES) if "ground" in groups else []:
         with SimulatedMLLM(world, sizes, SimConfig(ground_accuracy=a)) as sim:
             c = client(sim)
             out, counts = grounding.ground(pred, demos, test_data, c, grounding.GroundingConfig())

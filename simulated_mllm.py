@@ -81,7 +81,8 @@ class SimulatedMLLM:
             types = props["decisions"]["items"]["properties"]["type"]["enum"]
             content = self._refine(sample, query, text, types)
         elif "entities" in props:
-            content = self._ground(sample, query, text)
+            max_boxes = props["entities"]["items"]["properties"]["boxes"].get("maxItems", 10 ** 6)
+            content = self._ground(sample, query, text, max_boxes)
         else:
             raise ValueError(f"not a refinement or grounding request: schema properties {sorted(props)}")
         self._count("unknown_text" if sample is None else "requests")
@@ -124,7 +125,7 @@ class SimulatedMLLM:
             decisions.append({"id": int(i), "action": d[0], "span": d[1], "type": d[2]})
         return {"reasoning": "simulated", "decisions": decisions}
 
-    def _ground(self, sample: Sample | None, query: str, text: str) -> dict:
+    def _ground(self, sample: Sample | None, query: str, text: str, max_boxes: int) -> dict:
         asked = json.loads(re.search(r"^Entities: (.*)$", text, flags=re.M).group(1))
         size = re.search(r"^Image size: (\d+)x(\d+) pixels", text, flags=re.M)
         orig = self.sizes.get(sample.id) if sample is not None else None
@@ -149,8 +150,8 @@ class SimulatedMLLM:
                     w, h = orig[0] * rng.uniform(0.2, 0.5), orig[1] * rng.uniform(0.2, 0.5)
                     x, y = rng.uniform(0, orig[0] - w), rng.uniform(0, orig[1] - h)
                     boxes = [Box(x, y, x + w, y + h)]
-            items.append({"entity": name, "type": a["type"],
-                          "boxes": [self._written(b, orig, sent) for b in boxes]})
+            items.append({"entity": name, "type": a["type"],    # the schema's maxItems binds a model too
+                          "boxes": [self._written(b, orig, sent) for b in boxes[:max_boxes]]})
         return {"entities": items}
 
     def _written(self, b: Box, orig: tuple[int, int], sent: tuple[int, int]) -> list:
