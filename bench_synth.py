@@ -13,7 +13,7 @@ the method often has only a small local one. This measures that case on this mac
   4. the tagger (CCKS protocol of ../shared/data/ccks/README.md, as `bench.py tagger`) trained on gold only,
      gold + these sentences, gold + the authors' qwen-max sentences (synthetic.conll), over 3 seeds.
 
-    python bench.py synth                   # ~15 min of generation + ~30 min of training on 2 cores
+    python bench.py synth                   # 15 min of generation + ~60 min of training on loaded 2 cores
     python bench.py synth --quick           # 6 seeds, 1 tagger seed: a smoke run, numbers not comparable
     python bench.py synth --synth-seeds 22  # the seeds of an earlier run only: every answer from the cache
 
