@@ -82,7 +82,7 @@ def bench_gmner(args) -> None:
     from llm import Client, ClientConfig
     from simulated_mllm import SimConfig, SimulatedMLLM
 
-    print("command: python bench.py gmner" + (" --quick" if args.quick else ""))
+    print("command: python bench.py gmner" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else ""))
     if not have(TWITTER):
         return
     tg, _, _ = _unc_tagger("twitter", args)                   # the uncertainty bench's tagger, cached
