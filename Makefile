@@ -8,8 +8,10 @@ setup:
 setup-dev: setup
 	$(PY) -m pip install -q -r requirements-dev.txt
 
+# 22 training sentences: the default 10 epochs leave the tagger at MNER F1 ~0.31 on the 10 held-out samples;
+# 30 epochs reach ~0.71 in about 15 s on 2 cores (measured 2026-11-30).
 demo: setup
-	$(PY) refineg.py --data examples/demo --out runs/demo
+	$(PY) refineg.py --data examples/demo --out runs/demo --tagger-epochs 30
 
 test: setup-dev
 	$(PY) -m pytest -q
