@@ -36,7 +36,7 @@ def have(path: Path) -> bool:
 # ---------------------------------------------------------------- client (llm.py)
 
 def bench_client(args) -> None:
-    """llm.py on the fake server (tests/fake_server.py), nothing else on the wire.
+    """llm.py on the fake server (fake_server.py), nothing else on the wire.
 
     1. 64 requests to a server with a fixed 200 ms latency, by workers: wall time and efficiency =
        ideal / measured, ideal = ceil(64 / workers) x 0.2 s (what perfect threads would take).
@@ -52,7 +52,7 @@ def bench_client(args) -> None:
     import requests
 
     from llm import Client, ClientConfig
-    from tests.fake_server import FakeServer, reply
+    from fake_server import FakeServer, reply
 
     def ask(i: int) -> dict:
         return {"messages": [{"role": "user", "content": f"question {i}: is it a vessel?"}]}

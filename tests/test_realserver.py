@@ -1,6 +1,6 @@
 """Integration tests of llm.py against a real llama.cpp `llama-server` (test infrastructure, not the paper).
 
-The unit tests drive llm.Client with a scripted fake server (tests/fake_server.py); these drive it with the
+The unit tests drive llm.Client with a scripted fake server (fake_server.py); these drive it with the
 real thing: llama-server serving a tiny random-weight Qwen2-VL (tests/realserver/make_tiny_qwen2vl.py) with its
 vision encoder (mmproj). The answers are noise, so the tests check what a real server decides that a fake one
 only imitates: image decoding and the image-token budget, several images in one request (the grounding

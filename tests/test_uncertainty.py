@@ -14,7 +14,7 @@ import llm
 import tagger
 import uncertainty as unc
 from data import Entity, Sample, read_ccks, spans_to_tags
-from tests.fake_server import FakeServer, reply
+from fake_server import FakeServer, reply
 from tests.hostile import BAD_IMAGES, write_bad_image
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
