@@ -52,7 +52,8 @@ import torch
 from PIL import Image
 
 from data import Box, Dataset, Entity, Sample, squash
-from llm import Client, ImageError, LLMError, image_part, image_size, open_image, text_part
+from images import ImageError, image_part, image_size, open_image
+from llm import Client, LLMError, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (sides rounded to multiples of 28), a few pixels off the size sent; servers do not report that size.

@@ -40,6 +40,7 @@ from pathlib import Path
 import data
 import eval as scorer
 import grounding
+import images
 import llm
 import selftrain
 import synth
@@ -390,8 +391,8 @@ def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, 
         if done >= n or not s.image:
             continue
         try:
-            img = llm.open_image(s.image)
-        except llm.ImageError as err:      # untrusted file: no picture for it, said once
+            img = images.open_image(s.image)
+        except images.ImageError as err:      # untrusted file: no picture for it, said once
             print(f"viz: {err}; not drawn")
             continue
         pen = ImageDraw.Draw(img)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from data import Dataset, Entity, Sample, find_name, spans_to_tags
-from llm import Client, LLMError, image_part, text_part
+from images import image_part
+from llm import Client, LLMError, text_part
 
 ACTIONS = ["keep", "change_span", "change_type", "reject"]
 
@@ -327,7 +328,7 @@ def refine(samples: list[Sample], data: Dataset, client: Client, config: Uncerta
         if s.image:
             try:
                 image = image_part(s.image, config.max_side)[0]
-            except OSError as err:                  # unreadable image (llm.ImageError): ask on the text alone
+            except OSError as err:                  # unreadable image (images.ImageError): ask on the text alone
                 image_errors[s.id] = str(err)
         return build_request(s, unc, data, config, image)
 

@@ -23,7 +23,8 @@ from data import Box, Dataset, Entity, Sample, read_ccks
 from eval import evaluate
 from fake_server import FakeServer, reply
 from hostile import BAD_IMAGES, write_bad_image
-from llm import Client, ClientConfig, image_part
+from images import image_part
+from llm import Client, ClientConfig
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 FORMATS = ["abs", "norm1000", "norm1"]

@@ -16,7 +16,9 @@ from PIL import Image
 
 from fake_server import DEEP, FAULTS, FakeServer, error, reply
 import llm
-from llm import Client, ClientConfig, LLMError, check_server, extract_json, image_part, text_part, validate
+from images import image_part
+from llm import Client, ClientConfig, LLMError, check_server, text_part
+from structured import extract_json, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},

@@ -42,7 +42,9 @@ import refineg
 import synth
 import uncertainty
 from fake_server import FakeServer
-from llm import Client, ClientConfig, LLMError, check_server, image_part, text_part, validate
+from images import image_part
+from llm import Client, ClientConfig, LLMError, check_server, text_part
+from structured import validate
 
 CACHE = os.environ.get("REFINEG_REALSERVER_CACHE", os.path.expanduser("~/.cache/refineg-realserver"))
 IMAGE_MAX_TOKENS = 256   # --image-max-tokens: caps each image's tokens, so image tests stay cheap on a CPU
