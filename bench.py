@@ -460,15 +460,15 @@ def _unc_softmax_scores(tg, pred: list):
     """1 - mean over the span of the max softmax of the emission scores: a token classifier's usual confidence."""
     import numpy as np
     import torch
-    import tagger
-    enc = tagger.encode(tg.tokenizer, [s.tokens for s in pred], tg.config.max_length)
+    import encoding
+    enc = encoding.encode(tg.tokenizer, [s.tokens for s in pred], tg.config.max_length)
     out = []
     with torch.inference_mode():
         for i in range(0, len(pred), 64):
             rows = [j for j in range(i, min(i + 64, len(pred))) if pred[j].tokens]
             if not rows:
                 continue
-            batch = tagger.collate([enc[j] for j in rows], tg.tokenizer.pad_token_id, tg.config.device)
+            batch = encoding.collate([enc[j] for j in rows], tg.tokenizer.pad_token_id, tg.config.device)
             probs = torch.softmax(tg.emissions(batch), dim=-1).max(-1).values.numpy()   # (B, T)
             for b, j in enumerate(rows):
                 out += [(j, e.start, 1.0 - float(probs[b, e.start:e.end].mean())) for e in pred[j].entities]

@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from tagger import CRF, allowed_moves, tag_names
+from crf import CRF, allowed_moves, tag_names
 
 
 def oracle(crf: CRF, em: torch.Tensor, n: int, ok) -> tuple[list, torch.Tensor, list, torch.Tensor]:
