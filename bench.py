@@ -530,7 +530,8 @@ def bench_selection(args) -> None:
     import numpy as np
 
     from data import read_twitter
-    from grounding import GroundingConfig, features, rank_demos
+    from demos import features, rank_demos
+    from grounding import GroundingConfig
     if not have(TWITTER):
         return
     queries = [s for s in read_twitter(TWITTER / "dev.txt", TWITTER / "xml").samples if s.entities]
