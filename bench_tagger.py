@@ -7,6 +7,7 @@ P/R/F1, training and prediction speed, peak memory, and the ratios ours/peer. Re
 ../shared/data/ (never shipped); a dataset that is absent is skipped with a message.
 """
 
+import math
 import sys
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
 
     feats = features(train)
     per_epoch = min(cfg.epoch_size or len(train), len(train))
-    total = cfg.epochs * -(-per_epoch // cfg.batch_size)
+    total = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_encoder)
     sched = get_linear_schedule_with_warmup(opt, max(1, int(cfg.warmup * total)), total)
     history, best_f1, best_state = [], -1.0, None
@@ -158,7 +159,7 @@ def _tagger_child() -> None:
     else:
         history, predict = _tagger_peer(train, dev, types, cfg)
     m = evaluate(test, predict(test))["mner"]
-    reps = test * (1 if spec["quick"] else -(-1000 // len(test)))   # at least 1,000 sentences for a stable speed
+    reps = test * (1 if spec["quick"] else math.ceil(1000 / len(test)))   # at least 1,000 sentences for a stable speed
     t0 = time.perf_counter()
     predict(reps)
     infer = len(reps) / (time.perf_counter() - t0)

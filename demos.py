@@ -75,6 +75,9 @@ def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np
     return out
 
 
+PIXEL_DIM = 16 * 16 * 3 + 4 * 4 * 4   # the pixel descriptor: an RGB 16x16 thumbnail + a 4x4x4 colour histogram
+
+
 def _pixel_descriptor(img: Image.Image) -> np.ndarray:
     """A weak, deterministic image descriptor: a centred 16x16 thumbnail plus a 4x4x4 colour histogram."""
     small = np.asarray(img.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0   # (768,)
@@ -104,7 +107,7 @@ def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: i
             feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
             out[idx] = torch.nn.functional.normalize(feats, dim=-1).numpy()
         return out
-    out = np.zeros((len(paths), 832), dtype=np.float32)
+    out = np.zeros((len(paths), PIXEL_DIM), dtype=np.float32)
     for i in have:
         img = _load(paths[i])
         if img is not None:

@@ -166,13 +166,13 @@ class Client:
         finally:
             self._count(seconds=time.perf_counter() - t0)
 
-    def map_chat(self, requests: list[dict | Callable[[], dict | None]], desc: str = "",
+    def map_chat(self, jobs: list[dict | Callable[[], dict | None]], desc: str = "",
                  workers: int | None = None) -> list[Reply | LLMError | None]:
-        """chat(**r) for every r, `workers` at a time (default config.workers), results in input order.
+        """chat(**r) for every request r in `jobs`, `workers` at a time (default config.workers), results in input order.
         A failed item is its LLMError; the others are kept (and cached as each finishes). An r that is a
         function is called in the worker to build the request, so only the requests in flight are in
         memory (their images are the bulk); when it returns None no call is made and the result is None."""
-        t0, results = time.perf_counter(), [None] * len(requests)
+        t0, results = time.perf_counter(), [None] * len(jobs)
 
         def one(r: dict | Callable[[], dict | None]) -> Reply | LLMError | None:
             r = r() if callable(r) else r
@@ -184,7 +184,7 @@ class Client:
                 return e
 
         pool = ThreadPoolExecutor(max_workers=max(1, workers or self.config.workers))
-        futures = {pool.submit(one, r): i for i, r in enumerate(requests)}
+        futures = {pool.submit(one, r): i for i, r in enumerate(jobs)}
         try:
             for f in tqdm(as_completed(futures), total=len(futures), desc=desc or "llm", disable=None, leave=False):
                 results[futures[f]] = f.result()

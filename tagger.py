@@ -27,6 +27,7 @@ mixed precision, multi-GPU training.
 
 import copy
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -180,7 +181,7 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
         {"params": head, "lr": config.lr_head, "weight_decay": config.weight_decay},
         {"params": list(tagger.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0}])
     per_epoch = min(config.epoch_size or len(train), len(train))
-    total = config.epochs * -(-per_epoch // config.batch_size)
+    total = config.epochs * math.ceil(per_epoch / config.batch_size)
     warm = max(1, int(config.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm))))

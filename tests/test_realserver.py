@@ -423,10 +423,10 @@ def record(c: Client) -> list[tuple[dict, object]]:
     """(request, Reply | LLMError) of every call a stage makes through c.map_chat, in order."""
     seen, real = [], c.map_chat
 
-    def map_chat(requests: list, desc: str = "", workers: int | None = None) -> list:
-        requests = [r() if callable(r) else r for r in requests]      # lazily built ones (grounding) built here
-        replies = real(requests, desc, workers)
-        seen.extend(zip(requests, replies))
+    def map_chat(jobs: list, desc: str = "", workers: int | None = None) -> list:
+        jobs = [r() if callable(r) else r for r in jobs]      # lazily built ones (grounding) built here
+        replies = real(jobs, desc, workers)
+        seen.extend(zip(jobs, replies))
         return replies
 
     c.map_chat = map_chat
