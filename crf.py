@@ -49,7 +49,7 @@ class CRF(nn.Module):
     def __init__(self, num_tags: int, start_ok: torch.Tensor | None = None, trans_ok: torch.Tensor | None = None,
                  end_ok: torch.Tensor | None = None):
         super().__init__()
-        k = num_tags
+        k = self.num_tags = num_tags
         self.start = nn.Parameter(torch.zeros(k))
         self.trans = nn.Parameter(torch.zeros(k, k))
         self.end = nn.Parameter(torch.zeros(k))
@@ -58,6 +58,32 @@ class CRF(nn.Module):
               torch.ones(k, dtype=torch.bool) if end_ok is None else end_ok]
         for name, m in zip(("start_pen", "trans_pen", "end_pen"), ok):
             self.register_buffer(name, torch.where(m, 0.0, NEG), persistent=False)
+
+    def _validate(self, em: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor | None = None) -> None:
+        """The public entry points' inputs, checked as pytorch-crf does: a wrong shape or a mask with holes
+        would otherwise give silently wrong scores, not an error."""
+        if em.dim() != 3 or em.shape[2] != self.num_tags:
+            raise ValueError(f"emissions: expected shape (B, T, {self.num_tags}), got {tuple(em.shape)}")
+        if not em.is_floating_point():
+            raise ValueError(f"emissions: expected a float tensor, got {em.dtype}")
+        if mask.shape != em.shape[:2]:
+            raise ValueError(f"mask: expected shape {tuple(em.shape[:2])} (the emissions' B, T), got {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask: expected a bool tensor, got {mask.dtype}")
+        if mask.shape[1] and not mask[:, 0].all():
+            raise ValueError("mask: expected every row to start with a token (mask[:, 0] all True), "
+                             f"got empty row(s) {(~mask[:, 0]).nonzero().flatten().tolist()[:5]}")
+        if (mask[:, 1:] & ~mask[:, :-1]).any():
+            raise ValueError("mask: expected the padding at the end of each row (True then False), got a True "
+                             f"after a False in row(s) {(mask[:, 1:] & ~mask[:, :-1]).any(1).nonzero().flatten().tolist()[:5]}")
+        if tags is not None:
+            if tags.shape != em.shape[:2]:
+                raise ValueError(f"tags: expected shape {tuple(em.shape[:2])} (the emissions' B, T), got {tuple(tags.shape)}")
+            if tags.dtype != torch.long:
+                raise ValueError(f"tags: expected a long tensor, got {tags.dtype}")
+            if ((tags < 0) | (tags >= self.num_tags)).any():
+                raise ValueError(f"tags: expected tag indices in [0, {self.num_tags}), got "
+                                 f"{int(tags.min())}..{int(tags.max())}")
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.start + self.start_pen, self.trans + self.trans_pen, self.end + self.end_pen
@@ -75,6 +101,7 @@ class CRF(nn.Module):
 
     def log_likelihood(self, em: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log P(tags | x) per row, (B,). em (B, T, K) float, tags (B, T) long, mask (B, T) bool."""
+        self._validate(em, mask, tags)
         start, trans, end = self.scores()
         m = mask.to(em.dtype)
         gold = em.gather(2, tags[:, :, None]).squeeze(2) * m                              # (B, T)
@@ -86,6 +113,7 @@ class CRF(nn.Module):
 
     def marginals(self, em: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """P(tag_t = k | x) by forward-backward, (B, T, K); rows of padding are 0."""
+        self._validate(em, mask)
         _, trans, end = self.scores()
         alphas = self._alphas(em, mask)
         log_z = torch.logsumexp(alphas[:, -1] + end, dim=1)           # (B,)
@@ -100,6 +128,7 @@ class CRF(nn.Module):
 
     def viterbi(self, em: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         """The best tag path of each row, cut to its length."""
+        self._validate(em, mask)
         start, trans, end = self.scores()
         k = em.shape[2]
         score = start + em[:, 0]                                      # (B, K)
