@@ -1,0 +1,56 @@
+"""refineg.py's command line: every invalid setting ends with one `error:` line and exit code 2, before any stage.
+
+Each case goes through main(), as a user's command does; the data folder is the shipped demo, so a case that
+slipped through the check would start training (and the test would notice the missing SystemExit).
+"""
+
+from pathlib import Path
+
+import pytest
+
+import refineg
+
+DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--unc-target-rate", "none"], "--unc-target-rate: expected a share in [0, 1] (none only together with a fixed --unc-tau), got None"),
+    (["--unc-target-rate", "1.5"], "--unc-target-rate: expected a share in [0, 1]"),
+    (["--unc-method", "entropy"], "--unc-method: expected marginal or mc_dropout, got 'entropy'"),
+    (["--unc-tau", "-1"], "--unc-tau: expected none or a score >= 0, got -1.0"),
+    (["--test-share", "1"], "--test-share: expected a share in (0, 1), got 1.0"),
+    (["--viz", "-2"], "--viz: expected a number of pictures >= 0, got -2"),
+    (["--llm-structured", "xml"], "--llm-structured: expected json_schema or json_object, got 'xml'"),
+    (["--llm-workers", "0"], "--llm-workers: expected at least 1, got 0"),
+    (["--synth-keep-share", "2"], "--synth-keep-share: expected a share in [0, 1], got 2.0"),
+    (["--synth-min-tokens", "80"], "--synth-min-tokens: expected 1 <= min-tokens <= --synth-max-tokens (64), got 80"),
+    (["--tagger-scheme", "IOB"], "--tagger-scheme: expected BIO or BIOES, got 'IOB'"),
+    (["--tagger-epochs", "0"], "--tagger-epochs: expected at least 1, got 0"),
+    (["--tagger-dropout", "1"], "--tagger-dropout: expected a probability in [0, 1), got 1.0"),
+    (["--ground-box-format", "xywh"], "--ground-box-format: expected abs or norm1000 or norm1, got 'xywh'"),
+    (["--ground-entity-sim", "max"], "--ground-entity-sim: expected mean or sum, got 'max'"),
+    (["--ground-k", "-1"], "--ground-k: expected 0 or more worked examples, got -1"),
+    (["--tagger-epochs", "x"], "argument --tagger-epochs: invalid int value: 'x'"),     # argparse's own check
+])
+def test_invalid_setting_is_one_error_line_and_exit_2(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as ended:
+        refineg.main(["--data", DEMO, "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2
+    assert f"error: {message}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()          # refused before any stage wrote anything
+
+
+def test_every_problem_is_named_at_once(capsys):
+    with pytest.raises(SystemExit):
+        refineg.main(["--data", DEMO, "--tagger-scheme", "IOB", "--ground-k", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("refineg.py: error: --tagger-scheme: expected BIO or BIOES, got 'IOB'; "
+                   "--ground-k: expected 0 or more worked examples, got -1")
+
+
+def test_defaults_and_a_fixed_tau_are_valid():
+    assert refineg.settings_problems(refineg.parse_configs(["--data", DEMO])) == []
+    # no target rate is fine when tau is fixed: nothing has to be chosen on labelled dev data
+    assert refineg.settings_problems(refineg.parse_configs(["--unc-target-rate", "none", "--unc-tau", "0.3"])) == []
