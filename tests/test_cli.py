@@ -1,4 +1,4 @@
-"""refineg.py's command line: every invalid setting ends with one `error:` line and exit code 2, before any stage.
+"""refineg.py's command line (cli.py): every invalid setting ends with one `error:` line and exit code 2, before any stage.
 
 Each case goes through main(), as a user's command does; the data folder is the shipped demo, so a case that
 slipped through the check would start training (and the test would notice the missing SystemExit).
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import cli
 import refineg
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
@@ -51,6 +52,6 @@ def test_every_problem_is_named_at_once(capsys):
 
 
 def test_defaults_and_a_fixed_tau_are_valid():
-    assert refineg.settings_problems(refineg.parse_configs(["--data", DEMO])) == []
+    assert cli.settings_problems(cli.parse_configs(["--data", DEMO])) == []
     # no target rate is fine when tau is fixed: nothing has to be chosen on labelled dev data
-    assert refineg.settings_problems(refineg.parse_configs(["--unc-target-rate", "none", "--unc-tau", "0.3"])) == []
+    assert cli.settings_problems(cli.parse_configs(["--unc-target-rate", "none", "--unc-tau", "0.3"])) == []
