@@ -80,7 +80,9 @@ def test_demo_without_server(trained: Path, capsys):
     assert all(r["bnd"] is None for recs in pred.values() for r in recs)   # no grounding without a server
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped"] == dict.fromkeys(["synthesis", "refinement", "grounding"], "no MLLM configured")
-    assert 0.0 <= metrics["metrics"]["tagger"]["mner"]["f1"] <= 1.0
+    m = metrics["metrics"]["tagger"]["mner"]            # scored against the held-out split's gold, every entity of it
+    assert m["tp"] + m["fn"] == sum(len(s.entities) for s in test)
+    assert m["f1"] == pytest.approx(2 * m["tp"] / (2 * m["tp"] + m["fp"] + m["fn"]) if m["tp"] else 0.0)
     assert (out / "tagger" / "weights.pt").is_file() and (out / "config.json").is_file()
     # a rerun reuses the tagger (same settings, same data)
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 0
