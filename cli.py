@@ -47,9 +47,18 @@ STAGES = [("run", RunConfig, ""), ("llm", llm.ClientConfig, "llm-"), ("synth", s
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """The comment after each field of a settings dataclass: the single source of --help."""
-    src = inspect.getsource(cls)
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M))
+    """The comment after each field of a settings dataclass, joined with the comment-only lines that continue
+    it (so a long comment is never cut): the single source of --help."""
+    helps, name = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        field, more = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line), re.match(r"\s+#\s*(.+)$", line)
+        if field:
+            name, helps[field[1]] = field[1], field[2].strip()
+        elif more and name:
+            helps[name] += " " + more[1].strip()
+        else:
+            name = None
+    return helps
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,12 +4,15 @@ Each case goes through main(), as a user's command does; the data folder is the 
 slipped through the check would start training (and the test would notice the missing SystemExit).
 """
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 import cli
 import refineg
+import tagger
+import uncertainty
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
 
@@ -55,3 +58,18 @@ def test_defaults_and_a_fixed_tau_are_valid():
     assert cli.settings_problems(cli.parse_configs(["--data", DEMO])) == []
     # no target rate is fine when tau is fixed: nothing has to be chosen on labelled dev data
     assert cli.settings_problems(cli.parse_configs(["--unc-target-rate", "none", "--unc-tau", "0.3"])) == []
+
+
+def test_every_flag_has_its_whole_comment_as_help():
+    """--help comes from the comment after each settings field, continuation lines included: every field has
+    one, and none ends mid-phrase (the old one-line reader cut "... Bounds the" and "... this share of the")."""
+    dangling = {"the", "a", "an", "of", "to", "and", "or", "with", "in", "per", "than", "by", "for", "on", "at"}
+    for stage, cls, prefix in cli.STAGES:
+        helps = cli.field_help(cls)
+        for f in dataclasses.fields(cls):
+            text = helps.get(f.name, "")
+            assert text, f"--{prefix}{f.name.replace('_', '-')} has no help"
+            assert text.split()[-1].lower() not in dangling, f"--{prefix}{f.name}: help cut: {text[-40:]!r}"
+    assert cli.field_help(tagger.TaggerConfig)["epoch_size"].endswith("(10 x 2,000 = 20,000 sentence passes)")
+    assert cli.field_help(uncertainty.UncertaintyConfig)["target_gain"].endswith("brings on labelled dev data")
+    assert "--tagger-epoch-size" in (out := cli.build_parser().format_help()) and "sentence passes)" in out
