@@ -5,7 +5,7 @@ original size to map the model's boxes back. Input: an image path. Output: a dec
 (width, height), or an OpenAI `image_url` message part (a JPEG data URL, long side capped) with the
 size actually sent.
 
-    python -c "import images; print(images.image_size('examples/demo/images/' + __import__('os').listdir('examples/demo/images')[0]))"
+    python -c "import images; print(images.image_part('examples/demo/images/001.jpg', max_side=512)[1])"
 
 Left out on purpose: EXIF rotation (boxes are in the stored pixel grid, so images are sent in it too).
 """
