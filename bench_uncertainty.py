@@ -170,7 +170,7 @@ def _unc_tagger(setting: str, args) -> tuple:
     trained once and cached under /tmp, keyed by the settings and the training data."""
     import tagger
     train, dev, test, types, _ = _tagger_data(setting, args.quick)
-    config = {"progress": False, "epochs": args.epochs or 10, **({"epoch_size": 2000} if setting == "ccks" else {})}
+    config = {"progress": False, "epochs": args.epochs or 10}      # TaggerConfig's epoch_size (2,000) as in the pipeline
     if args.quick:
         config.update(epochs=1, epoch_size=0)
     path = _unc_cache_path(setting, config, types, train, dev)
