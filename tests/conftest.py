@@ -1,4 +1,4 @@
-"""Tests import the flat modules at the repository root (data, llm, ...) and tests/fake_server.py by name."""
+"""Tests import the flat modules at the repository root (data, llm, fake_server, ...) and tests/hostile.py by name."""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The CRF of tagger.py against brute-force enumeration of every tag sequence (the oracle).
+"""The CRF of crf.py against brute-force enumeration of every tag sequence (the oracle).
 
 For a row of length n the oracle lists all K**n paths, drops the ones the tag scheme
 forbids, scores each as start + emissions + transitions + end with the raw learnt
@@ -10,7 +10,7 @@ import itertools
 import pytest
 import torch
 
-from tagger import CRF, allowed_moves, tag_names
+from crf import CRF, allowed_moves, tag_names
 
 
 def oracle(crf: CRF, em: torch.Tensor, n: int, ok) -> tuple[list, torch.Tensor, list, torch.Tensor]:
@@ -112,3 +112,29 @@ def test_allowed_moves_by_hand():
     assert not end[ix("B-A")] and not end[ix("I-A")] and end[ix("E-A")] and end[ix("O")]
     assert not trans[ix("B-A"), ix("O")] and not trans[ix("O"), ix("E-A")] and not trans[ix("I-A"), ix("E-B")]
     assert trans[ix("B-A"), ix("E-A")] and trans[ix("E-A"), ix("S-B")] and trans[ix("S-A"), ix("B-A")]
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c, em, m, t: c.viterbi(em[:, :, :2], m), r"emissions: expected shape \(B, T, 3\), got \(2, 4, 2\)"),
+    (lambda c, em, m, t: c.marginals(em[0], m), r"emissions: expected shape \(B, T, 3\), got \(4, 3\)"),
+    (lambda c, em, m, t: c.marginals(em.long(), m), r"emissions: expected a float tensor, got torch.int64"),
+    (lambda c, em, m, t: c.viterbi(em, m.long()), r"mask: expected a bool tensor, got torch.int64"),
+    (lambda c, em, m, t: c.viterbi(em, m[:, :3]), r"mask: expected shape \(2, 4\) \(the emissions' B, T\), got \(2, 3\)"),
+    (lambda c, em, m, t: c.marginals(em, torch.tensor([[True, True, True, True], [False, True, True, True]])),
+     r"mask: expected every row to start with a token .* got empty row\(s\) \[1\]"),
+    (lambda c, em, m, t: c.viterbi(em, torch.tensor([[True, False, True, False], [True, True, True, True]])),
+     r"mask: expected the padding at the end of each row .* in row\(s\) \[0\]"),
+    (lambda c, em, m, t: c.log_likelihood(em, t[:, :3], m), r"tags: expected shape \(2, 4\) .* got \(2, 3\)"),
+    (lambda c, em, m, t: c.log_likelihood(em, t.int(), m), r"tags: expected a long tensor, got torch.int32"),
+    (lambda c, em, m, t: c.log_likelihood(em, t + 1, m), r"tags: expected tag indices in \[0, 3\), got 1..3"),
+])
+def test_entry_points_say_what_they_expected_and_got(call, message):
+    """Each public CRF method refuses a wrong shape, dtype or mask with an expected-vs-got message (as
+    pytorch-crf's _validate does), instead of silently scoring garbage."""
+    crf = CRF(3)
+    em = torch.randn(2, 4, 3)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    tags = torch.tensor([[0, 1, 2, 0], [2, 2, 0, 0]])
+    with pytest.raises(ValueError, match=message):
+        call(crf, em, mask, tags)
+    crf.log_likelihood(em, tags, mask), crf.marginals(em, mask), crf.viterbi(em, mask)   # the valid inputs pass

@@ -6,13 +6,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data import (Box, DataError, Entity, find_name, label_names, read_ccks, read_ccks_predictions,  # noqa: E402
+from data import (Box, DataError, Entity, Sample, find_name, label_names, read_ccks, read_ccks_predictions,  # noqa: E402
                   read_conll, read_dataset, read_twitter, spans_to_tags, tags_to_spans, tokenize, write_twitter,
                   write_ccks, write_conll)
 
@@ -28,6 +29,16 @@ def bnd_box(b: dict) -> Box:
 
 
 # ---------------------------------------------------------------- tokens and tags
+
+def test_samples_compare_by_content_not_by_marginals():
+    """A predicted Sample carries a (T, K) marginals array; == must compare ids, tokens, image and entities
+    (comparing arrays raises "truth value of an array is ambiguous"), and repr must not print the array."""
+    a = Sample("1", ["Obama", "spoke"], None, [Entity(0, 1, "PER")], marginals=np.ones((2, 3)))
+    b = Sample("1", ["Obama", "spoke"], None, [Entity(0, 1, "PER")], marginals=np.zeros((2, 3)))
+    assert a == b
+    assert a != Sample("1", ["Obama", "spoke"], None, [Entity(0, 1, "LOC")])
+    assert "marginals" not in repr(a)
+
 
 def test_tokenize_splits_words_from_punctuation():
     assert tokenize("The ship's NH-90, at 10:30.") == \

@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import demos as sel
 import grounding as g
 from data import Box, Dataset, Entity, Sample, read_ccks
 from eval import evaluate
 from fake_server import FakeServer, reply
 from hostile import BAD_IMAGES, write_bad_image
-from llm import Client, ClientConfig, image_part
+from images import image_part
+from llm import Client, ClientConfig
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 FORMATS = ["abs", "norm1000", "norm1"]
@@ -60,7 +62,7 @@ def test_from_model_clips_to_the_image_and_rejects_unknown_formats():
 
 def feats(ids, text, image, has_image, ent_mean, type_freq, n_ent):
     f = lambda x: np.asarray(x, dtype=np.float32)
-    return g.Features(ids, f(text), f(image), np.asarray(has_image), f(ent_mean), f(type_freq), np.asarray(n_ent))
+    return sel.Features(ids, f(text), f(image), np.asarray(has_image), f(ent_mean), f(type_freq), np.asarray(n_ent))
 
 
 def hand_built():
@@ -86,10 +88,10 @@ def hand_built():
 def test_selection_picks_the_expected_demos_on_a_hand_built_case():
     q, d = hand_built()
     with pytest.warns(UserWarning, match="1 of 2 queries have no image"):
-        assert g.rank_demos(q, d, g.GroundingConfig()) == [[2, 3, 1], [4, 3, 2]]
+        assert sel.rank_demos(q, d, g.GroundingConfig()) == [[2, 3, 1], [4, 3, 2]]
     with pytest.warns(UserWarning):
-        assert g.rank_demos(q, d, g.GroundingConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
-    assert g.rank_demos(q, d, g.GroundingConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
+        assert sel.rank_demos(q, d, g.GroundingConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
+    assert sel.rank_demos(q, d, g.GroundingConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
 
 
 def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
@@ -97,7 +99,7 @@ def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
     q, d = hand_built()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        picks = g.rank_demos(q, d, g.GroundingConfig(k=9, w_entity=0.0, w_image=0.0))
+        picks = sel.rank_demos(q, d, g.GroundingConfig(k=9, w_entity=0.0, w_image=0.0))
     assert picks[0] == [1, 2, 3, 4]
     assert picks[1] == [3, 4, 2, 0, 1]       # text .4, .4, .32, 0, 0: both ties go to the earlier demo
 
@@ -113,7 +115,7 @@ def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
         out = np.array([vocab[t] / np.linalg.norm(vocab[t]) for t in texts], dtype=np.float32)
         return out.reshape(len(texts), 8)
 
-    monkeypatch.setattr(g, "embed_texts", fake_embed)
+    monkeypatch.setattr(sel, "embed_texts", fake_embed)
     words = ["Leopard", "Tiger", "Kiel", "NATO", "Boxer", "Sachsen"]
     types = ["A", "B", "C"]
 
@@ -125,7 +127,7 @@ def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
     queries, demos = [sample(i) for i in range(5)], [sample(i) for i in range(3, 12)]
     for mode in ["mean", "sum"]:
         cfg = g.GroundingConfig(w_text=0.0, w_image=0.0, w_entity=1.0, entity_sim=mode)
-        got = g.similarity(g.features(queries, types, cfg), g.features(demos, types, cfg), cfg)
+        got = sel.similarity(sel.features(queries, types, cfg), sel.features(demos, types, cfg), cfg)
         for i, qs in enumerate(queries):
             raw = []
             for ds in demos:
@@ -149,7 +151,7 @@ def test_pixel_descriptor_finds_a_resized_copy(tmp_path):
                       ("other", Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 160, 3), np.uint8)))]:
         paths.append(str(tmp_path / f"{name}.jpg"))
         img.save(paths[-1])
-    emb = g.embed_images(paths + [None])
+    emb = sel.embed_images(paths + [None])
     assert np.allclose(np.linalg.norm(emb[:3], axis=1), 1, atol=1e-5) and not emb[3].any()
     sims = emb[0] @ emb[1:3].T
     assert sims[0] > 0.95 and sims[0] > sims[1] + 0.3
@@ -166,14 +168,14 @@ def test_clip_image_encoder_from_a_local_folder(tmp_path):
     Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "r.jpg")
     Image.new("RGB", (64, 48), (10, 10, 200)).save(tmp_path / "b.jpg")
     p = [str(tmp_path / "r.jpg"), None, str(tmp_path / "b.jpg"), str(tmp_path / "r.jpg")]
-    emb = g.embed_images(p, image_encoder=str(tmp_path / "clip"))
+    emb = sel.embed_images(p, image_encoder=str(tmp_path / "clip"))
     assert emb.shape == (4, 8) and not emb[1].any()
     assert np.allclose(np.linalg.norm(emb[[0, 2, 3]], axis=1), 1, atol=1e-5) and np.allclose(emb[0], emb[3], atol=1e-5)
 
 
 def test_default_text_encoder_ranks_a_paraphrase_first():
     """The offline all-MiniLM-L6-v2, mean-pooled: unit rows, and a paraphrase beats an unrelated text."""
-    emb = g.embed_texts(["Leopard 2 tanks on exercise", "Two Leopard 2 tanks drive through a field",
+    emb = sel.embed_texts(["Leopard 2 tanks on exercise", "Two Leopard 2 tanks drive through a field",
                          "The frigate Sachsen leaves Kiel harbour"])
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
@@ -191,7 +193,7 @@ def bag_of_words(monkeypatch):
             for tok in t.lower().split():
                 out[i, zlib.crc32(tok.encode()) % 64] += 1
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-    monkeypatch.setattr(g, "embed_texts", embed)
+    monkeypatch.setattr(sel, "embed_texts", embed)
 
 
 def sent_size(url: str) -> tuple[int, int]:
@@ -261,7 +263,7 @@ def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(
     with FakeServer(gold_handler(data, "abs")) as srv:
         g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
     asked = [s for s in data.samples if any(e.type != "location" for e in s.entities)]
-    picks = dict(zip([s.id for s in asked], g.select_demos(unboxed(asked), data.samples, cfg)))
+    picks = dict(zip([s.id for s in asked], sel.select_demos(unboxed(asked), data.samples, cfg)))
     url = lambda p: image_part(p, 200)[0]["image_url"]["url"]
     by_text = {s.text: s for s in data.samples}
     assert len(srv.requests) == len(asked)

@@ -17,7 +17,9 @@ import pytest
 import requests
 from PIL import Image
 
-from llm import Client, ClientConfig, LLMError, image_part, text_part, validate
+from images import image_part
+from llm import Client, ClientConfig, LLMError, text_part
+from structured import validate
 
 BINARY, GGUF = os.environ.get("LLAMA_SERVER", ""), os.environ.get("REFINEG_TEST_GGUF", "")
 pytestmark = [pytest.mark.realserver, pytest.mark.skipif(

@@ -80,7 +80,9 @@ def test_demo_without_server(trained: Path, capsys):
     assert all(r["bnd"] is None for recs in pred.values() for r in recs)   # no grounding without a server
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped"] == dict.fromkeys(["synthesis", "refinement", "grounding"], "no MLLM configured")
-    assert 0.0 <= metrics["metrics"]["tagger"]["mner"]["f1"] <= 1.0
+    m = metrics["metrics"]["tagger"]["mner"]            # scored against the held-out split's gold, every entity of it
+    assert m["tp"] + m["fn"] == sum(len(s.entities) for s in test)
+    assert m["f1"] == pytest.approx(2 * m["tp"] / (2 * m["tp"] + m["fp"] + m["fn"]) if m["tp"] else 0.0)
     assert (out / "tagger" / "weights.pt").is_file() and (out / "config.json").is_file()
     # a rerun reuses the tagger (same settings, same data)
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 0
@@ -223,6 +225,27 @@ def test_usage_counts_this_process_and_all_runs(trained, tmp_path):
         assert first["llm"][stage]["prompt_tokens"] > 0 and second["llm"][stage]["prompt_tokens"] == 0
         assert second["all_runs"][stage] == first["all_runs"][stage] == {
             k: first["llm"][stage][k] for k in ("prompt_tokens", "completion_tokens")}
+
+
+def test_unlabelled_test_folder_is_predicted_and_drawn(trained: Path, tmp_path: Path):
+    """The real prediction path: --test names another folder without entity.json. Every sample of it is
+    predicted, nothing is scored (there is no gold), and --viz draws N pictures the size of the originals."""
+    test = tmp_path / "test"
+    test.mkdir()
+    for name in ("text.json", "types.txt"):
+        (test / name).write_bytes((DEMO / name).read_bytes())
+    (test / "images").symlink_to(DEMO / "images")
+    out = tmp_path / "run"
+    assert refineg.main(["--data", str(DEMO), "--test", str(test), "--out", str(out), "--tagger",
+                         str(trained / "tagger"), "--viz", "3"]) == 0
+    ids = sorted(json.loads((DEMO / "text.json").read_text(encoding="utf-8-sig")))
+    assert sorted(json.loads((out / "predictions.json").read_text())) == ids
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == {}
+    drawn = sorted((out / "viz").glob("*.jpg"))
+    assert len(drawn) == 3
+    for p in drawn:
+        with Image.open(p) as got, Image.open(DEMO / "images" / p.name) as orig:
+            assert got.size == orig.size
 
 
 def test_test_folder_with_other_types_warns(tmp_path):

@@ -1,6 +1,6 @@
 """Integration tests of llm.py against a real llama.cpp `llama-server` (test infrastructure, not the paper).
 
-The unit tests drive llm.Client with a scripted fake server (tests/fake_server.py); these drive it with the
+The unit tests drive llm.Client with a scripted fake server (fake_server.py); these drive it with the
 real thing: llama-server serving a tiny random-weight Qwen2-VL (tests/realserver/make_tiny_qwen2vl.py) with its
 vision encoder (mmproj). The answers are noise, so the tests check what a real server decides that a fake one
 only imitates: image decoding and the image-token budget, several images in one request (the grounding
@@ -42,7 +42,9 @@ import refineg
 import synth
 import uncertainty
 from fake_server import FakeServer
-from llm import Client, ClientConfig, LLMError, check_server, image_part, text_part, validate
+from images import image_part
+from llm import Client, ClientConfig, LLMError, check_server, text_part
+from structured import validate
 
 CACHE = os.environ.get("REFINEG_REALSERVER_CACHE", os.path.expanduser("~/.cache/refineg-realserver"))
 IMAGE_MAX_TOKENS = 256   # --image-max-tokens: caps each image's tokens, so image tests stay cheap on a CPU
@@ -421,10 +423,10 @@ def record(c: Client) -> list[tuple[dict, object]]:
     """(request, Reply | LLMError) of every call a stage makes through c.map_chat, in order."""
     seen, real = [], c.map_chat
 
-    def map_chat(requests: list, desc: str = "", workers: int | None = None) -> list:
-        requests = [r() if callable(r) else r for r in requests]      # lazily built ones (grounding) built here
-        replies = real(requests, desc, workers)
-        seen.extend(zip(requests, replies))
+    def map_chat(jobs: list, desc: str = "", workers: int | None = None) -> list:
+        jobs = [r() if callable(r) else r for r in jobs]      # lazily built ones (grounding) built here
+        replies = real(jobs, desc, workers)
+        seen.extend(zip(jobs, replies))
         return replies
 
     c.map_chat = map_chat

