@@ -61,24 +61,6 @@ def bench_eval(args) -> None:
     bench_eval.bench_eval(args)
 
 
-# Kept under their old names for bench_labels.py, bench_synth.py and bench_gmner.py, which import them from
-# here (imported late, so the section files may import CCKS, TWITTER and have from this file).
-def _tagger_data(name: str, quick: bool) -> tuple:
-    import bench_tagger
-    return bench_tagger._tagger_data(name, quick)
-
-
-def _unc_cache_path(setting: str, config: dict, types: list[str], train: list, dev: list | None) -> Path:
-    import bench_uncertainty
-    return bench_uncertainty._unc_cache_path(setting, config, types, train, dev)
-
-
-def _unc_tagger(setting: str, args) -> tuple:
-    import bench_uncertainty
-    return bench_uncertainty._unc_tagger(setting, args)
-
-
-
 def bench_labels(args) -> None:
     import bench_labels
     bench_labels.bench_labels(args)

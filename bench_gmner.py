@@ -77,7 +77,8 @@ def bench_gmner(args) -> None:
     import grounding
     import tagger
     import uncertainty
-    from bench import TWITTER, _unc_tagger, have
+    from bench import TWITTER, have
+    from bench_uncertainty import _unc_tagger
     from data import read_twitter
     from llm import Client, ClientConfig
     from simulated_mllm import SimConfig, SimulatedMLLM

@@ -51,6 +51,7 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     """Train one setting with one seed. A self-training setting gives two rows: its teacher (labelled only,
     the same schedule and seed) and the self-trained tagger."""
     import bench
+    import bench_uncertainty
     import selftrain
     import tagger as tg
     from data import TWITTER_TYPES, Sample, read_conll
@@ -65,7 +66,7 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     t0 = time.perf_counter()
     model = tg.train_tagger(train, TWITTER_TYPES, cfg, dev)
     rows = [{"setting": teacher or label, "seed": seed, **_scores(model, dev, test, time.perf_counter() - t0)}]
-    cache = bench._unc_cache_path("twitter", {"progress": False, "epochs": 10}, TWITTER_TYPES, train, dev)
+    cache = bench_uncertainty._unc_cache_path("twitter", {"progress": False, "epochs": 10}, TWITTER_TYPES, train, dev)
     if seed == 0 and cfg == tg.TaggerConfig(progress=False) and not quick and not (cache / "weights.pt").is_file():
         tg.save(model, str(cache))        # the very tagger bench.py uncertainty and speed use: trained once
     if teacher:

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import bench
+import bench_tagger
 
 CACHE = Path(os.environ.get("REFINEG_REALSERVER_CACHE", Path.home() / ".cache" / "refineg-realserver"))
 GGUF = CACHE / "dl" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -176,7 +177,7 @@ def tagger_table(settings: list, test: list, types: list[str], tagger_seeds: lis
 def baselines(quick: bool, epochs: int | None) -> tuple[list, list, list[str]]:
     """The two settings without our sentences: gold only, gold + the authors' synthetic (as `bench.py tagger`)."""
     seeds, test = ccks_seeds()
-    authors, _, _, types, note = bench._tagger_data("ccks", quick)
+    authors, _, _, types, note = bench_tagger._tagger_data("ccks", quick)
     return [("gold only", seeds.samples, {"epochs": epochs or 20}),
             (f"{note} (authors, qwen-max)", authors, {"epochs": epochs or 10})], test, types
 
