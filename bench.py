@@ -19,6 +19,7 @@ message when it is absent. Every number is measured on this machine in this run.
 """
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -36,65 +37,13 @@ def have(path: Path) -> bool:
 
 # ---------------------------------------------------------------- sections, one file each
 
-def bench_client(args) -> None:
-    import bench_client
-    bench_client.bench_client(args)
-
-
-def bench_tagger(args) -> None:
-    import bench_tagger
-    bench_tagger.bench_tagger(args)
-
-
-def bench_uncertainty(args) -> None:
-    import bench_uncertainty
-    bench_uncertainty.bench_uncertainty(args)
-
-
-def bench_selection(args) -> None:
-    import bench_selection
-    bench_selection.bench_selection(args)
-
-
-def bench_eval(args) -> None:
-    import bench_eval
-    bench_eval.bench_eval(args)
-
-
-def bench_labels(args) -> None:
-    import bench_labels
-    bench_labels.bench_labels(args)
-
-
-def bench_speed(args) -> None:
-    import bench_speed
-    bench_speed.bench_speed(args)
-
-
-def bench_memory(args) -> None:
-    """In its own file: bench_memory.py."""
-    import bench_memory
-    bench_memory.bench_memory(args)
-
-
-def bench_gmner(args) -> None:
-    """In its own file: bench_gmner.py."""
-    import bench_gmner
-    bench_gmner.bench_gmner(args)
-
-
-def bench_synth(args) -> None:
-    import bench_synth       # its own file: it starts a real server and trains the tagger
-    bench_synth.main(args)
-
-
-SECTIONS = {"client": bench_client, "tagger": bench_tagger, "labels": bench_labels, "speed": bench_speed,
-            "uncertainty": bench_uncertainty, "selection": bench_selection, "eval": bench_eval,
-            "memory": bench_memory, "gmner": bench_gmner, "synth": bench_synth}
+# Section NAME is the function bench_NAME in bench_NAME.py, imported only when it runs: a section's
+# heavy imports (torch, a server binary) are paid by that section alone.
+SECTIONS = ["client", "tagger", "labels", "speed", "uncertainty", "selection", "eval", "memory", "gmner", "synth"]
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=list(SECTIONS), help="which measurement to run")
+    ap.add_argument("section", choices=SECTIONS, help="which measurement to run")
     ap.add_argument("--epochs", type=int, default=None, help="tagger/uncertainty: training epochs (default: the section's own)")
     ap.add_argument("--synth-seeds", type=int, default=0,
                     help="synth: stop after this many seeds (0 = as many as 15 minutes allow; cached answers are free)")
@@ -103,5 +52,6 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", default="0,1,2", help="labels: comma-separated seeds")
     ap.add_argument("--mc-passes", type=int, default=None, help="uncertainty: MC dropout passes (0 skips those rows)")
     args = ap.parse_args()
-    SECTIONS[args.section](args)
+    module = importlib.import_module(f"bench_{args.section}")
+    getattr(module, f"bench_{args.section}")(args)
     sys.exit(0)

@@ -182,7 +182,7 @@ def baselines(quick: bool, epochs: int | None) -> tuple[list, list, list[str]]:
             (f"{note} (authors, qwen-max)", authors, {"epochs": epochs or 10})], test, types
 
 
-def main(args) -> None:
+def bench_synth(args) -> None:
     import synth
     if not bench.have(bench.CCKS):
         return
