@@ -79,7 +79,7 @@ def bench_gmner(args) -> None:
     import uncertainty
     from bench import TWITTER, have
     from bench_uncertainty import _unc_tagger
-    from data import read_twitter
+    from twitter import read_twitter
     from llm import Client, ClientConfig
     from simulated_mllm import SimConfig, SimulatedMLLM
 

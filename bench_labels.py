@@ -54,7 +54,8 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     import bench_uncertainty
     import selftrain
     import tagger as tg
-    from data import TWITTER_TYPES, Sample, read_conll
+    from data import Sample
+    from twitter import TWITTER_TYPES, read_conll
     low = bench.TWITTER / "lowres" / "10GMNER"
     train, dev = read_conll(low / "train.txt").samples, read_conll(low / "dev.txt").samples
     test = read_conll(bench.TWITTER / "dev.txt").samples

@@ -38,30 +38,31 @@ def _peak_mb() -> float:
 def _tagger_case(spec: dict) -> dict:
     import random
 
+    import ccks
     import data
     import tagger
-    samples = data.read_ccks(DEMO).samples
+    samples = ccks.read_ccks(DEMO).samples
     if spec["long"]:
         rng = random.Random(0)
         words = [t for s in samples for t in s.tokens]
         samples = samples + [data.Sample("long", [rng.choice(words) for _ in range(spec["long"])])]
     cfg = tagger.TaggerConfig(epochs=1, epoch_size=0, progress=False, train_chunk=spec["chunk"], threads=1)
     t0 = time.perf_counter()
-    tagger.train_tagger(samples, data.read_ccks(DEMO).types, cfg)
+    tagger.train_tagger(samples, ccks.read_ccks(DEMO).types, cfg)
     return {"peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0}
 
 
 def _grounding_case(spec: dict) -> dict:
     import dataclasses
 
-    import data
+    import ccks
     import grounding
     import llm
     sys.path.insert(0, str(ROOT))
     from fake_server import FakeServer, reply
     import numpy as np
     from PIL import Image
-    demo = data.read_ccks(DEMO)
+    demo = ccks.read_ccks(DEMO)
     folder, rng = Path(tempfile.mkdtemp()), np.random.default_rng(0)
     y, x = np.mgrid[0:750, 0:1000]
     base = np.stack([x * 255 / 1000, y * 255 / 750, (x + y) * 255 / 1750], -1)

@@ -29,7 +29,7 @@ def bench_selection(args) -> None:
 
     import numpy as np
 
-    from data import read_twitter
+    from twitter import read_twitter
     from demos import features, rank_demos
     from grounding import GroundingConfig
     if not have(TWITTER):

@@ -68,7 +68,9 @@ def free_port() -> int:
 
 def ccks_seeds():
     """(seeds = gold 100-399 with the CCKS types and descriptions, held-out test = gold 0-99)."""
-    from data import Dataset, read_conll, read_types
+    from ccks import read_types
+    from data import Dataset
+    from twitter import read_conll
     gold = read_conll(bench.CCKS / "gold.conll").samples
     types, text, generic = read_types(bench.CCKS / "types.txt")
     return Dataset(gold[100:], types, text, generic), gold[:100]

@@ -23,7 +23,8 @@ def _tagger_data(name: str, quick: bool) -> tuple[list, list | None, list, list[
     Twitter: train on lowres/10GMNER/train.txt (or the full train.txt), select the epoch on
     lowres/10GMNER/dev.txt, test on the full dev.txt (1,500 tweets, a superset of that dev).
     """
-    from data import TWITTER_TYPES, read_conll, read_types
+    from ccks import read_types
+    from twitter import TWITTER_TYPES, read_conll
     if name.startswith("ccks"):
         gold = read_conll(CCKS / "gold.conll").samples
         test, seeds = gold[:100], gold[100:]

@@ -1,17 +1,13 @@
-"""The data model of ReFineG and the dataset formats it reads and writes.
+"""The data model of ReFineG and the rules every dataset format shares.
 
 Every stage takes and returns these objects: `Sample` (a tokenised text, an
 optional image path and its entities), `Entity` (a token span [start, end), a
 type, zero or more boxes) and `Box` (pixels of the ORIGINAL image). An entity
 with `boxes == []` is ungroundable: it is not visible in the image.
 
-Formats:
-- CCKS layout (the CCKS-2025 GMNER shared task): a folder with `text.json`
-  {id: {"text"}}, optional `entity.json` {id: [{"name", "label", "bnd"}]},
-  `images/<id>.jpg` and `types.txt` (the type descriptions the prompts use).
-- Twitter-GMNER: `IMGID:<id>` + two-column CoNLL, and a folder of Pascal-VOC
-  XML files whose objects join entities by surface string.
-- Plain two-column CoNLL (BIO or BIOES), with or without `IMGID:` lines.
+The formats live beside this file and build on it: `ccks.py` (the CCKS-2025
+folder layout) and `twitter.py` (Twitter-GMNER and plain CoNLL); `read_dataset`
+here picks the right reader for a path.
 
 Text is tokenised with the regex `\\w+|[^\\w\\s]` (the CCKS data's own rule), so
 `ship's` is `ship ' s`. A name declared in `entity.json` labels EVERY
@@ -21,6 +17,8 @@ already placed entity is skipped, since BIO cannot hold overlaps. Wherever a
 name becomes a span (gold, predictions, the scorer's name mode, MLLM answers,
 synthetic sentences) it matches the tokens whose concatenation equals the name
 without whitespace (`find_name`), so "Jay-Z" is found in `Jay - Z` and `Jay-Z`.
+Gold boxes follow one policy in every format (`gold_box`), and images are found
+by id in one or more folders (`find_image`).
 
     python data.py examples/demo     # reads a folder and prints its statistics
 
@@ -30,24 +28,13 @@ Left out on purpose: nested entities, character offsets (everything is tokens).
 import json
 import re
 import sys
-import warnings
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-ID_RE = re.compile(r"\w[\w.-]*")       # a sample id names its image file: no path separators, no leading dot
-TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
-TWITTER_TYPE_TEXT = (
-    "1. PER: names of people (real or fictional), e.g. Justin Bieber, Obama\n"
-    "2. LOC: names of places, e.g. London, Mount Everest\n"
-    "3. ORG: names of organisations, companies, teams, e.g. NASA, Real Madrid\n"
-    "4. OTHER: other named things: products, events, works, e.g. iPhone, Super Bowl"
-)
 
 
 class DataError(ValueError):
@@ -202,36 +189,9 @@ def tags_to_spans(tags: list[str]) -> list[tuple[int, int, str]]:
     return spans
 
 
-# ---------------------------------------------------------------- the CCKS layout
+# ---------------------------------------------------------------- the box policy and image lookup
 
-def read_types(path: Path) -> tuple[list[str], str, list[str]]:
-    """The type names, the full text and the "do not extract" examples of a types.txt.
-
-    Type lines look like `3. vessel: Watercraft for ...`; the do-not line holds
-    `(e.g.: gun, air base, ...)`.
-    """
-    text = path.read_text(encoding="utf-8-sig").replace("\ufeff", "")   # a BOM anywhere would hide a type line
-    types = re.findall(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", text, flags=re.M)
-    if not types:
-        raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
-    generic = []
-    m = re.search(r"DO NOT.*?\(e\.g\.:?\s*([^)]*)\)", text, flags=re.S)
-    if m:
-        generic = [w.strip() for w in m.group(1).split(",") if w.strip()]
-    return types, text.strip(), generic
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object {{id: ...}}, got {type(obj).__name__}")
-    return obj
-
-
-def _box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False) -> tuple[Box, bool]:
+def gold_box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False) -> tuple[Box, bool]:
     """A gold box and whether it was clipped. The policy: coordinates outside the image (negative, or past
     `size` when the image size is known) are clipped to it, counted and warned by the reader; anything
     else odd is refused: strings or booleans in JSON (`text` = XML, where numbers are text), NaN or
@@ -252,15 +212,6 @@ def _box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False
         raise DataError(f"{where}: expected xmin < xmax and ymin < ymax inside the image"
                         f"{f' ({w}x{h})' if size else ''}, got {bnd!r}")
     return box, clipped != xyxy
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """The size from the image header; None when it cannot be read (grounding reports that image)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception:    # any unreadable file: no clipping to its size here; the stages count it
-        return None
 
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")   # tried in this order
@@ -287,262 +238,7 @@ def attach_images(data: "Dataset", dirs: list[Path]) -> None:
     data.missing_images = sum(1 for s in data.samples if s.image is None)
 
 
-def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
-    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data).
-
-    Images are `<folder>/images/<id>.jpg`, or looked up in `image_dirs` when given.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder (expected text.json, images/, types.txt)")
-    for need in ("text.json", "types.txt"):
-        if not (folder / need).is_file():
-            raise DataError(f"{folder}: missing {need}")
-    types, type_text, generic = read_types(folder / "types.txt")
-    texts = _load_json(folder / "text.json")
-    labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
-    images = (folder / "images").resolve()
-    samples, missing_images, clipped = [], 0, Counter()
-    for sid, rec in texts.items():
-        where = f"{folder / 'text.json'}: record {sid!r}"
-        if not ID_RE.fullmatch(sid):
-            raise DataError(f"{where}: an id is a plain name (letters, digits, '_', '-', '.'; not starting with "
-                            f"'.'), since images/<id>.jpg is its image; got {sid!r}")
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
-        image = find_image(image_dirs or [images], str(sid))
-        if image is None:
-            warnings.warn(f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only")
-            missing_images += 1
-        tokens = tokenize(rec["text"])
-        entities = []
-        if labels is not None:
-            size = _image_size(Path(image)) if image and labels.get(sid) else None
-            entities, _ = _ccks_entities(labels.get(sid, []), tokens, types,
-                                         f"{folder / 'entity.json'}: record {sid!r}", size, clipped)
-        samples.append(Sample(str(sid), tokens, image, entities))
-    if labels is not None:
-        extra = set(labels) - set(texts)
-        if extra:
-            raise DataError(f"{folder / 'entity.json'}: ids with no text in text.json: {sorted(extra)[:5]}")
-    if clipped:
-        warnings.warn(f"{sum(clipped.values())} gold box(es) reached outside their image and were clipped to it, "
-                      f"e.g. in {min(clipped)}")
-    return Dataset(samples, types, type_text, generic, missing_images, clipped_boxes=sum(clipped.values()))
-
-
-def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str,
-                   size: tuple[int, int] | None = None, clipped: Counter | None = None,
-                   lenient: bool = False) -> tuple[list[Entity], list[tuple[str, str, str]]]:
-    """The entities of one record list, and (name, label, reason) of the records that cannot be placed.
-
-    Gold (lenient False) is strict: an unknown label or a name not in the text is an error.
-    Predictions (lenient True) return such records instead, for the scorer to count as false positives.
-    `clipped` counts, per `where`, the boxes clipped to the image `size`.
-    """
-    if not isinstance(records, list):
-        raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
-    boxes: dict[tuple[str, str], list[Box]] = {}       # (squashed name, label) -> boxes
-    names: dict[tuple[str, str], str] = {}             # (squashed name, label) -> the name as first written
-    unplaced: dict[tuple[str, str], str] = {}          # (name, label) -> why it cannot be placed
-    for j, r in enumerate(records):
-        at = f"{where}, entity {j}"
-        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "label" not in r:
-            raise DataError(f"{at}: expected {{\"name\", \"label\", \"bnd\"}}, got {r!r}")
-        if r["label"] not in types:
-            if not lenient:
-                raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
-            unplaced.setdefault((r["name"], str(r["label"])), "label")
-            continue
-        key = (squash(r["name"]), r["label"])
-        names.setdefault(key, r["name"])
-        boxes.setdefault(key, [])
-        if r.get("bnd") is not None:
-            box, was_clipped = _box(r["bnd"], at, size)
-            if was_clipped and clipped is not None:
-                clipped[where] += 1
-            if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
-                boxes[key].append(box)
-    entities, missing = label_names(tokens, [(names[k], k[1]) for k in boxes])
-    if missing and not lenient:
-        raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
-    for k in boxes:
-        if names[k] in missing:
-            unplaced.setdefault((names[k], k[1]), "name")
-    for e in entities:
-        e.boxes = list(boxes[(squash("".join(tokens[e.start:e.end])), e.type)])
-    return entities, [(n, t, why) for (n, t), why in unplaced.items()]
-
-
-def write_ccks(samples: list[Sample], path: str | Path) -> None:
-    """Predictions in the CCKS JSON layout: every id present, one record per box, `[]` for none."""
-    out = {}
-    for s in samples:
-        recs = []
-        for e in s.entities:
-            for b in e.boxes or [None]:
-                bnd = None if b is None else {"xmin": b.x1, "ymin": b.y1, "xmax": b.x2, "ymax": b.y2}
-                rec = {"name": s.name(e), "label": e.type, "bnd": bnd}
-                if rec not in recs:     # a name occurring twice is one CCKS entity: its records once
-                    recs.append(rec)
-        out[s.id] = recs
-    Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
-
-
-def read_ccks_predictions(path: str | Path, like: list[Sample],
-                          types: list[str] | None = None) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
-    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts).
-
-    Returns the predicted samples and the records that cannot be placed, as (id, name,
-    label, reason): a name not in its text (reason "name") or a label outside `types`
-    (reason "label"; None accepts every label). Those are a model's mistakes, so they are
-    returned for scoring as false positives rather than refused; a malformed file still is.
-    """
-    labels = _load_json(Path(path))
-    extra = set(labels) - {s.id for s in like}
-    if extra:   # dropping them silently would hide a prediction made for the wrong data
-        raise DataError(f"{path}: {len(extra)} ids are not in the data it labels, e.g. {sorted(extra)[:5]}")
-    if types is None:
-        types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
-                        for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
-    out, unplaced = [], []
-    for s in like:
-        ents, bad = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}", lenient=True)
-        out.append(Sample(s.id, s.tokens, s.image, ents))
-        unplaced += [(s.id, *b) for b in bad]
-    return out, unplaced
-
-
-# ---------------------------------------------------------------- CoNLL and Twitter-GMNER
-
-def read_conll(path: str | Path) -> Dataset:
-    """Two-column CoNLL (token TAB tag), blank line between sentences, optional `IMGID:` lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    samples, tokens, tags, sid = [], [], [], None
-
-    def flush():
-        if tokens:
-            ents = [Entity(s, e, t) for s, e, t in tags_to_spans(tags)]
-            samples.append(Sample(sid or str(len(samples)), list(tokens), None, ents))
-        tokens.clear(), tags.clear()
-
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if line.startswith("IMGID:"):
-                flush()
-                sid = line[len("IMGID:"):].strip()
-                continue
-            if not line.strip():
-                flush()
-                sid = None
-                continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            if len(cols) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
-            tag = cols[-1]
-            if not (tag == "O" or re.fullmatch(r"[BIES]-\S+", tag)):
-                raise DataError(f"{path}:{lineno}: expected a tag O, B-X, I-X, E-X or S-X, got {tag!r}")
-            tokens.append(cols[0])
-            tags.append(tag)
-    flush()
-    types = sorted({e.type for s in samples for e in s.entities})
-    return Dataset(samples, types)
-
-
-def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
-    """Twitter-GMNER: CoNLL with IMGID lines plus Pascal-VOC boxes joined by surface string.
-
-    Every mention whose string has an <object> of that name gets all its boxes;
-    the others are ungroundable. Images are `<dir>/<id>.jpg` (.png, .jpeg) in
-    `image_dirs` when given (see read_dataset for the default).
-    """
-    data = read_conll(txt)
-    xml_dir = Path(xml_dir)
-    unmatched = Counter()                                   # xml file -> objects naming no entity
-    for s in data.samples:
-        xml = xml_dir / f"{s.id}.xml"
-        named: dict[str, list[Box]] = {}
-        if xml.is_file():
-            try:
-                root = ET.parse(xml).getroot()
-            except ET.ParseError as err:
-                raise DataError(f"{xml}: malformed XML: {err}") from None
-            try:            # the VOC <size>, when present, bounds the boxes
-                size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
-            except (TypeError, ValueError):
-                size = None
-            for k, obj in enumerate(root.iter("object")):
-                bb = obj.find("bndbox")
-                bnd = {t: bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")} if bb is not None else None
-                box, clipped = _box(bnd, f"{xml}: object {k}", size if size and min(size) > 0 else None, text=True)
-                data.clipped_boxes += clipped
-                named.setdefault(obj.findtext("name", "").strip(), []).append(box)
-        for e in s.entities:
-            e.boxes = list(named.get(s.name(e), []))
-        names = {s.name(e) for e in s.entities}
-        unmatched[xml] += sum(len(boxes) for name, boxes in named.items() if name not in names)
-    data.unmatched_objects = sum(unmatched.values())
-    if data.unmatched_objects:
-        warnings.warn(f"{xml_dir}: {data.unmatched_objects} object(s) name no entity of their sample and are dropped, "
-                      f"e.g. in {next(str(x) for x, n in unmatched.items() if n)}")
-    if data.clipped_boxes:
-        warnings.warn(f"{xml_dir}: {data.clipped_boxes} box(es) reached outside their image and were clipped to it")
-    data.types = [t for t in TWITTER_TYPES if t in data.types] + [t for t in data.types if t not in TWITTER_TYPES]
-    data.type_text = TWITTER_TYPE_TEXT
-    data.format = "twitter"
-    if image_dirs is not None:
-        attach_images(data, [Path(d) for d in image_dirs])
-    return data
-
-
-def write_conll(samples: list[Sample], path: str | Path, scheme: str = "BIO", imgid: bool = True) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for s in samples:
-            if imgid:
-                f.write(f"IMGID:{s.id}\n")
-            for tok, tag in zip(s.tokens, spans_to_tags(len(s.tokens), s.entities, scheme)):
-                f.write(f"{tok}\t{tag}\n")
-            f.write("\n")
-
-
-def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -> None:
-    """Predictions in the Twitter-GMNER layout: IMGID + CoNLL, one VOC file per sample with a box.
-
-    Boxes join entities by surface string, as in the dataset, so `read_twitter` reads back
-    exactly what was written (boxes rounded to whole pixels, as the dataset's are).
-    """
-    Path(txt).parent.mkdir(parents=True, exist_ok=True)
-    write_conll(samples, txt)
-    xml_dir = Path(xml_dir)
-    xml_dir.mkdir(parents=True, exist_ok=True)
-    for s in samples:
-        objs = []
-        for e in s.entities:            # a name occurring twice carries the same boxes: its objects once
-            objs += [(s.name(e), b) for b in e.boxes if (s.name(e), b) not in objs]
-        if not objs:
-            continue
-        root = ET.Element("annotation")
-        ET.SubElement(root, "filename").text = f"{s.id}.jpg"
-        if s.image:                     # the dataset's own files state the image size; ours do when we know it
-            try:
-                with Image.open(s.image) as img:
-                    w, h = img.size
-                size = ET.SubElement(root, "size")
-                ET.SubElement(size, "width").text = str(w)
-                ET.SubElement(size, "height").text = str(h)
-            except OSError:             # an unreadable image only costs the <size> element
-                pass
-        for name, b in objs:
-            obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = name
-            bb = ET.SubElement(obj, "bndbox")
-            for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (b.x1, b.y1, b.x2, b.y2)):
-                ET.SubElement(bb, tag).text = str(round(v))
-        ET.ElementTree(root).write(xml_dir / f"{s.id}.xml", encoding="utf-8")
-
+# ---------------------------------------------------------------- any format
 
 def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
     """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
@@ -551,6 +247,10 @@ def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Da
     CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
     txt. A Twitter or IMGID-CoNLL file with neither has every image missing (counted).
     """
+    # imported here, not at the top: ccks.py and twitter.py build on this module's model, so importing them
+    # at module level would be circular (data -> ccks -> data)
+    from ccks import read_ccks
+    from twitter import read_conll, read_twitter
     path = Path(path)
     for d in images or []:
         if not Path(d).is_dir():

@@ -43,7 +43,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from data import Box, DataError, Dataset, Sample, read_ccks_predictions, read_dataset, squash
+from ccks import read_ccks_predictions
+from data import Box, DataError, Dataset, Sample, read_dataset, squash
 
 IOU_THRESHOLD = 0.5        # the GMNER benchmark's threshold; exactly 0.5 counts
 TASKS = ("gmner", "mner", "eeg")

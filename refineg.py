@@ -36,6 +36,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+import ccks
 import data
 import eval as scorer
 import grounding
@@ -43,6 +44,7 @@ import llm
 import selftrain
 import synth
 import tagger
+import twitter
 import uncertainty
 from cli import RunConfig, parse_configs
 from report import NO_LLM, all_runs, draw, summary_text
@@ -183,7 +185,7 @@ def pipeline(cfg: dict, state: dict) -> int:
         return clients[stage]
 
     def predictions(samples: list[data.Sample], name: str) -> None:
-        data.write_ccks(samples, out / f"{name}.tmp")
+        ccks.write_ccks(samples, out / f"{name}.tmp")
         (out / f"{name}.tmp").replace(out / name)
         state["written"].append(name)
 
@@ -246,7 +248,7 @@ def pipeline(cfg: dict, state: dict) -> int:
         predictions(pred, "predictions.json")
         if target.format == "twitter":     # also the benchmark's own layout: predictions.txt + xml/ beside it
             shutil.rmtree(out / "xml", ignore_errors=True)      # a stale box file would join a new prediction
-            data.write_twitter(pred, out / "predictions.txt.tmp", out / "xml")
+            twitter.write_twitter(pred, out / "predictions.txt.tmp", out / "xml")
             (out / "predictions.txt.tmp").replace(out / "predictions.txt")
             state["written"].append("predictions.txt")
         if "grounding" in clients:

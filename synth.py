@@ -144,7 +144,7 @@ def build_request(seed: Sample, data: Dataset, config: SynthConfig) -> dict:
 
 # ---------------------------------------------------------------- the domain's type knowledge
 
-TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:")     # "3. vessel: ...", as data.read_types reads it
+TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:")     # "3. vessel: ...", as ccks.read_types reads it
 
 
 def description_terms(type_text: str, types: list[str]) -> tuple[dict[str, str], set[str]]:
@@ -155,7 +155,7 @@ def description_terms(type_text: str, types: list[str]) -> tuple[dict[str, str],
     `e.g. USS Nimitz, F-35`; and bulleted, `- Tanks and armored vehicles (e.g.,
     Leopard 2, GTK Boxer)` (the head before the bracket). A head joined by
     "and", "or" or "/" counts whole and in parts; `[glosses]` are dropped, and
-    the "DO NOT" line is data.read_types's business.
+    the "DO NOT" line is ccks.read_types's business.
     """
     examples, heads = {}, set()
 

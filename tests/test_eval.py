@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data import Box, DataError, Entity, Sample, read_ccks, tokenize  # noqa: E402
+from ccks import read_ccks  # noqa: E402
+from data import Box, DataError, Entity, Sample, tokenize  # noqa: E402
 from eval import evaluate, max_matching, region_ok, span_f1  # noqa: E402
 
 DEMO = ROOT / "examples" / "demo"
@@ -287,7 +288,8 @@ def test_twitter_gold_as_ccks_predictions_scores_one(tmp_path, split):
     span mode scores 1.000 on every tweet the layout can express. The layout cannot express a name
     tagged at one occurrence but not at another ("@ CERN : ... CERN researchers"), nor one name with
     two types in one tweet: those tweets are counted (brute force) and left out of the 1.000."""
-    from data import find_name, read_ccks_predictions, read_dataset, write_ccks
+    from ccks import read_ccks_predictions, write_ccks
+    from data import find_name, read_dataset
     gold = read_dataset(TWITTER / f"{split}.txt")
     write_ccks(gold.samples, tmp_path / "pred.json")
     pred, unplaced = read_ccks_predictions(tmp_path / "pred.json", gold.samples, gold.types)

@@ -20,7 +20,7 @@ from PIL import Image
 
 import demos as sel
 import grounding as g
-from data import Box, Dataset, Entity, Sample, read_ccks
+from data import Box, Dataset, Entity, Sample, read_dataset
 from eval import evaluate
 from fake_server import FakeServer, reply
 from hostile import BAD_IMAGES, write_bad_image
@@ -244,7 +244,7 @@ def unboxed(samples):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
-    data = read_ccks(DEMO)
+    data = read_dataset(DEMO)
     cfg = g.GroundingConfig(k=2, box_format=fmt, max_side=300)   # 300 < every demo image: all are resized
     with FakeServer(gold_handler(data, fmt)) as srv:
         out, counts = g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
@@ -258,7 +258,7 @@ def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
 
 
 def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(bag_of_words):
-    data = read_ccks(DEMO)
+    data = read_dataset(DEMO)
     cfg = g.GroundingConfig(k=3, max_side=200)
     with FakeServer(gold_handler(data, "abs")) as srv:
         g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
@@ -293,7 +293,7 @@ def box_everything(body):
 def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     """Sample a: a vehicle and a location (which arrives with a stale box); only the vehicle is asked and
     boxed. Sample b: only a location -> no call. Sample c: a vehicle but no image -> no call."""
-    data = read_ccks(DEMO)
+    data = read_dataset(DEMO)
     img = data.samples[0].image
     a = Sample("a", "Leopard 2 tanks in Munster".split(), img,
                [Entity(0, 2, "vehicle"), Entity(4, 5, "location", [Box(1, 1, 5, 5)])])
@@ -315,7 +315,7 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
 
 def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
     """Twitter-style types (LOC, not location): a LOC entity is asked and boxed like any other."""
-    img = read_ccks(DEMO).samples[0].image
+    img = read_dataset(DEMO).samples[0].image
     s = Sample("t", "Obama visits Munster".split(), img, [Entity(0, 1, "PER"), Entity(2, 3, "LOC")])
     data = Dataset([s], ["PER", "LOC"], "1. PER: people\n2. LOC: places", [])
     with FakeServer(box_everything) as srv:
@@ -355,7 +355,7 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
 
     # Through the client: answers outside the schema are re-asked and end as failed calls; x2 < x1 fits the
     # schema and is dropped as degenerate; the other samples are grounded as usual.
-    data = read_ccks(DEMO)
+    data = read_dataset(DEMO)
     queries = [s for s in unboxed(data.samples) if any(e.type != "location" for e in s.entities)][:len(cases)]
     script = {q.text: content for q, (content, _) in zip(queries, cases.values())}
 
@@ -381,7 +381,7 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
 def test_unreadable_images_are_counted_and_get_no_box(kind, tmp_path, bag_of_words):
     """An empty, text, truncated or bomb image as a query and as a worked example: no traceback, the query
     makes no call and gets no box, a demo is shown without it; every other sample is grounded as usual."""
-    data = read_ccks(DEMO)
+    data = read_dataset(DEMO)
     broken = [s for s in data.samples if s.entities][:2]
     for s in broken:
         s.image = str(tmp_path / f"{s.id}.jpg")

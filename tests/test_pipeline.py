@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ccks
 import data
 import llm
 import refineg
@@ -27,7 +28,7 @@ FAST = ["--tagger-epochs", "3", "--no-tagger-progress"]
 
 def gold_boxes() -> dict[tuple[str, str], list[list[float]]]:
     """(text, name) -> gold boxes, from the demo's own files."""
-    gold = data.read_ccks(DEMO)
+    gold = ccks.read_ccks(DEMO)
     out = {}
     for s in gold.samples:
         for e in s.entities:
@@ -74,7 +75,7 @@ def trained(tmp_path_factory) -> Path:
 def test_demo_without_server(trained: Path, capsys):
     out = trained
     pred = json.loads((out / "predictions.json").read_text())
-    gold = data.read_ccks(DEMO)
+    gold = ccks.read_ccks(DEMO)
     _, test = refineg.split(gold.samples, 0.3, 0)
     assert sorted(pred) == sorted(s.id for s in test)            # every test id, [] for none
     assert all(r["bnd"] is None for recs in pred.values() for r in recs)   # no grounding without a server
@@ -112,7 +113,7 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         metrics = json.loads((tmp_path / "metrics.json").read_text())
         usage = json.loads((tmp_path / "usage.json").read_text())["llm"]
         assert metrics["skipped"] == {}
-        n_seeds = len(data.read_ccks(DEMO).samples) - len(json.loads((tmp_path / "predictions.json").read_text()))
+        n_seeds = len(ccks.read_ccks(DEMO).samples) - len(json.loads((tmp_path / "predictions.json").read_text()))
         assert usage["synthesis"]["calls"] == n_seeds
         assert usage["refinement"]["calls"] == metrics["stages"]["refinement"]["calls"] > 0
         assert usage["grounding"]["calls"] > 0
@@ -267,7 +268,7 @@ def without_reasks(body: dict) -> dict:
 
 def gold_tagger(model, samples: list[data.Sample], mc_passes: int = 0) -> list[data.Sample]:
     """A stand-in for tagger.predict: the demo's gold entities with marginals 0.7 on their tags."""
-    gold = {s.id: s for s in data.read_ccks(DEMO).samples}
+    gold = {s.id: s for s in ccks.read_ccks(DEMO).samples}
     scheme = "BIOES" if any(t.startswith("S-") for t in model.tags) else "BIO"
     out = []
     for s in samples:
@@ -305,7 +306,7 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
     if any(u["failures"] > 0.1 * u["calls"] for u in usage.values()):
         assert "== ReFineG summary: WARNING" in out
     # predictions.json is valid: every id, names in the text, boxes inside the image
-    gold = {s.id: s for s in data.read_ccks(DEMO).samples}
+    gold = {s.id: s for s in ccks.read_ccks(DEMO).samples}
     pred = json.loads((tmp_path / "predictions.json").read_text())
     test = list(gold.values())
     assert sorted(pred) == sorted(gold)
@@ -313,10 +314,10 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
         with Image.open(gold[sid].image) as im:
             w, h = im.size
         for r in recs:
-            assert data.find_name(gold[sid].tokens, r["name"]) and r["label"] in data.read_ccks(DEMO).types
+            assert data.find_name(gold[sid].tokens, r["name"]) and r["label"] in ccks.read_ccks(DEMO).types
             b = r["bnd"]
             assert b is None or 0 <= b["xmin"] < b["xmax"] <= w and 0 <= b["ymin"] < b["ymax"] <= h
-    _, unplaced = data.read_ccks_predictions(tmp_path / "predictions.json", test, data.read_ccks(DEMO).types)
+    _, unplaced = ccks.read_ccks_predictions(tmp_path / "predictions.json", test, ccks.read_ccks(DEMO).types)
     assert unplaced == []                                   # the scorer reads every record back onto its text
 def tiny_twitter(folder: Path, images: bool) -> Path:
     """Eight tweets in the Twitter-GMNER layout (txt + xml/), with gray images in images/ or none."""

@@ -36,6 +36,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 
+import ccks
 import data
 import grounding
 import refineg
@@ -451,7 +452,7 @@ def test_synthesis_on_demo_seeds(server):
     """Three seeds (three entities, one, none), two sentences each, names and texts bounded: one call per
     seed; every sentence the noise model wrote is kept or rejected for a counted reason; kept ones are
     valid training samples that survive synthetic.jsonl."""
-    demo = data.read_ccks(DEMO)
+    demo = ccks.read_ccks(DEMO)
     seeds = dataclasses.replace(demo, samples=[demo.samples[i] for i in (0, 3, 5)])
     assert [len(s.entities) for s in seeds.samples] == [3, 1, 0]
     # per answer at most 2 x (160-character text + one 100-character name): 512 tokens fit it with its whitespace
@@ -485,7 +486,7 @@ def test_refinement_on_demo_predictions(server):
     per sample with an uncertain entity (with its image); every delegated entity ends decided (keep,
     reject, change_type, change_span) or kept by fallback (missing or invalid decision), exactly as the
     recorded answers say; confident entities come out untouched. allow_add is off, so no marginals."""
-    demo = data.read_ccks(DEMO)
+    demo = ccks.read_ccks(DEMO)
     pred = []
     for i in (0, 3, 4, 5, 8):          # 001: 3 entities, 004: 1 (made sure), 005: 2, 006: none, 009: 3
         s = demo.samples[i]
@@ -533,7 +534,7 @@ def test_grounding_with_three_demos_on_demo(server):
     """k = 3 worked examples, so every request carries k + 1 = 4 images (about 1,900 prompt tokens on the
     demo). Each box in the recorded answers becomes a box in original pixels inside the image, or is
     counted degenerate; names the answer leaves out are counted missing; location is never asked."""
-    demo = data.read_ccks(DEMO)
+    demo = ccks.read_ccks(DEMO)
     qi = (0, 18, 24)                     # 001, 019 (5 entities, one location), 025 (Leopard 2 twice)
     queries = [dataclasses.replace(demo.samples[i], entities=[data.Entity(e.start, e.end, e.type, source="tagger")
                                                               for e in demo.samples[i].entities]) for i in qi]
@@ -603,7 +604,7 @@ def test_pipeline_on_demo_then_a_rerun_asks_only_the_failed_calls(server, tmp_pa
         assert refineg.main([*tiny, "--llm-url", proxy.url]) == 0
         again = json.loads((out / "usage.json").read_text())["llm"]
         assert proxy.errors == []
-    _, test = refineg.split(data.read_ccks(DEMO).samples, 0.2, 0)
+    _, test = refineg.split(ccks.read_ccks(DEMO).samples, 0.2, 0)
     assert sorted(pred) == sorted(s.id for s in test)
     assert metrics["skipped"] == {} and set(usage) == {"synthesis", "refinement", "grounding"}
     for stage, u in usage.items():

@@ -15,7 +15,8 @@ from PIL import Image
 import eval as scorer
 import grounding
 import uncertainty
-from data import Entity, Sample, read_ccks
+from ccks import read_ccks
+from data import Entity, Sample
 from llm import Client, ClientConfig
 from simulated_mllm import SimConfig, SimulatedMLLM
 

@@ -13,7 +13,8 @@ import torch
 import llm
 import uncertainty as unc
 from crf import CRF, allowed_moves, tag_names
-from data import Entity, Sample, read_ccks, spans_to_tags
+from ccks import read_ccks
+from data import Entity, Sample, spans_to_tags
 from fake_server import FakeServer, reply
 from tests.hostile import BAD_IMAGES, write_bad_image
 

@@ -1,0 +1,189 @@
+"""The CCKS layout (the CCKS-2025 GMNER shared task): reading gold data and writing predictions.
+
+A folder holds `text.json` {id: {"text"}}, optional `entity.json`
+{id: [{"name", "label", "bnd"}]} (absent = unlabelled data), `images/<id>.jpg`
+and `types.txt` (the type descriptions the prompts use). Names become token
+spans by data.py's rule (`label_names`), boxes follow its policy (`gold_box`).
+Predictions are written in the same `entity.json` layout, one record per box,
+and read back leniently: a record that cannot be placed is a model's mistake,
+returned for the scorer to count, not refused.
+
+    python data.py examples/demo     # reads a CCKS folder (through read_dataset) and prints its statistics
+
+Left out on purpose: character offsets (a record names its entity and every occurrence of
+the name is labelled, by data.py's rule).
+"""
+
+import json
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from data import Box, DataError, Dataset, Entity, Sample, find_image, gold_box, label_names, squash, tokenize
+
+ID_RE = re.compile(r"\w[\w.-]*")       # a sample id names its image file: no path separators, no leading dot
+
+
+def read_types(path: Path) -> tuple[list[str], str, list[str]]:
+    """The type names, the full text and the "do not extract" examples of a types.txt.
+
+    Type lines look like `3. vessel: Watercraft for ...`; the do-not line holds
+    `(e.g.: gun, air base, ...)`.
+    """
+    text = path.read_text(encoding="utf-8-sig").replace("\ufeff", "")   # a BOM anywhere would hide a type line
+    types = re.findall(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", text, flags=re.M)
+    if not types:
+        raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
+    generic = []
+    m = re.search(r"DO NOT.*?\(e\.g\.:?\s*([^)]*)\)", text, flags=re.S)
+    if m:
+        generic = [w.strip() for w in m.group(1).split(",") if w.strip()]
+    return types, text.strip(), generic
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object {{id: ...}}, got {type(obj).__name__}")
+    return obj
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """The size from the image header; None when it cannot be read (grounding reports that image)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:    # any unreadable file: no clipping to its size here; the stages count it
+        return None
+
+
+def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
+    """Read a CCKS-layout folder; `entity.json` may be absent (unlabelled data).
+
+    Images are `<folder>/images/<id>.jpg`, or looked up in `image_dirs` when given.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (expected text.json, images/, types.txt)")
+    for need in ("text.json", "types.txt"):
+        if not (folder / need).is_file():
+            raise DataError(f"{folder}: missing {need}")
+    types, type_text, generic = read_types(folder / "types.txt")
+    texts = _load_json(folder / "text.json")
+    labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
+    images = (folder / "images").resolve()
+    samples, missing_images, clipped = [], 0, Counter()
+    for sid, rec in texts.items():
+        where = f"{folder / 'text.json'}: record {sid!r}"
+        if not ID_RE.fullmatch(sid):
+            raise DataError(f"{where}: an id is a plain name (letters, digits, '_', '-', '.'; not starting with "
+                            f"'.'), since images/<id>.jpg is its image; got {sid!r}")
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
+        image = find_image(image_dirs or [images], str(sid))
+        if image is None:
+            warnings.warn(f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only")
+            missing_images += 1
+        tokens = tokenize(rec["text"])
+        entities = []
+        if labels is not None:
+            size = _image_size(Path(image)) if image and labels.get(sid) else None
+            entities, _ = _ccks_entities(labels.get(sid, []), tokens, types,
+                                         f"{folder / 'entity.json'}: record {sid!r}", size, clipped)
+        samples.append(Sample(str(sid), tokens, image, entities))
+    if labels is not None:
+        extra = set(labels) - set(texts)
+        if extra:
+            raise DataError(f"{folder / 'entity.json'}: ids with no text in text.json: {sorted(extra)[:5]}")
+    if clipped:
+        warnings.warn(f"{sum(clipped.values())} gold box(es) reached outside their image and were clipped to it, "
+                      f"e.g. in {min(clipped)}")
+    return Dataset(samples, types, type_text, generic, missing_images, clipped_boxes=sum(clipped.values()))
+
+
+def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str,
+                   size: tuple[int, int] | None = None, clipped: Counter | None = None,
+                   lenient: bool = False) -> tuple[list[Entity], list[tuple[str, str, str]]]:
+    """The entities of one record list, and (name, label, reason) of the records that cannot be placed.
+
+    Gold (lenient False) is strict: an unknown label or a name not in the text is an error.
+    Predictions (lenient True) return such records instead, for the scorer to count as false positives.
+    `clipped` counts, per `where`, the boxes clipped to the image `size`.
+    """
+    if not isinstance(records, list):
+        raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
+    boxes: dict[tuple[str, str], list[Box]] = {}       # (squashed name, label) -> boxes
+    names: dict[tuple[str, str], str] = {}             # (squashed name, label) -> the name as first written
+    unplaced: dict[tuple[str, str], str] = {}          # (name, label) -> why it cannot be placed
+    for j, r in enumerate(records):
+        at = f"{where}, entity {j}"
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "label" not in r:
+            raise DataError(f"{at}: expected {{\"name\", \"label\", \"bnd\"}}, got {r!r}")
+        if r["label"] not in types:
+            if not lenient:
+                raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
+            unplaced.setdefault((r["name"], str(r["label"])), "label")
+            continue
+        key = (squash(r["name"]), r["label"])
+        names.setdefault(key, r["name"])
+        boxes.setdefault(key, [])
+        if r.get("bnd") is not None:
+            box, was_clipped = gold_box(r["bnd"], at, size)
+            if was_clipped and clipped is not None:
+                clipped[where] += 1
+            if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
+                boxes[key].append(box)
+    entities, missing = label_names(tokens, [(names[k], k[1]) for k in boxes])
+    if missing and not lenient:
+        raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
+    for k in boxes:
+        if names[k] in missing:
+            unplaced.setdefault((names[k], k[1]), "name")
+    for e in entities:
+        e.boxes = list(boxes[(squash("".join(tokens[e.start:e.end])), e.type)])
+    return entities, [(n, t, why) for (n, t), why in unplaced.items()]
+
+
+def write_ccks(samples: list[Sample], path: str | Path) -> None:
+    """Predictions in the CCKS JSON layout: every id present, one record per box, `[]` for none."""
+    out = {}
+    for s in samples:
+        recs = []
+        for e in s.entities:
+            for b in e.boxes or [None]:
+                bnd = None if b is None else {"xmin": b.x1, "ymin": b.y1, "xmax": b.x2, "ymax": b.y2}
+                rec = {"name": s.name(e), "label": e.type, "bnd": bnd}
+                if rec not in recs:     # a name occurring twice is one CCKS entity: its records once
+                    recs.append(rec)
+        out[s.id] = recs
+    Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def read_ccks_predictions(path: str | Path, like: list[Sample],
+                          types: list[str] | None = None) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
+    """Read a CCKS-layout entity.json against the samples it labels (same ids and texts).
+
+    Returns the predicted samples and the records that cannot be placed, as (id, name,
+    label, reason): a name not in its text (reason "name") or a label outside `types`
+    (reason "label"; None accepts every label). Those are a model's mistakes, so they are
+    returned for scoring as false positives rather than refused; a malformed file still is.
+    """
+    labels = _load_json(Path(path))
+    extra = set(labels) - {s.id for s in like}
+    if extra:   # dropping them silently would hide a prediction made for the wrong data
+        raise DataError(f"{path}: {len(extra)} ids are not in the data it labels, e.g. {sorted(extra)[:5]}")
+    if types is None:
+        types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
+                        for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
+    out, unplaced = [], []
+    for s in like:
+        ents, bad = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}", lenient=True)
+        out.append(Sample(s.id, s.tokens, s.image, ents))
+        unplaced += [(s.id, *b) for b in bad]
+    return out, unplaced
