@@ -26,6 +26,6 @@ real-server: setup-dev
 	PY=$(PY) bash tests/realserver/build.sh
 
 test-real: real-server
-	$(PY) -m pytest -q -m realserver tests/test_realserver.py
+	$(PY) -m pytest -q -m realserver tests/test_realserver.py tests/test_realserver_stages.py
 
 .PHONY: real-server test-real
