@@ -173,16 +173,11 @@ def pipeline(cfg: dict, state: dict) -> int:
         llm.check_server(llm_cfg)
     metrics, seconds, notes = {}, {}, {}
     skipped: dict[str, str] = {}        # stage -> why it did not run
-    clients: dict[str, llm.Client] = {}
+    clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM, so usage.json counts each apart
     state["written"] = []
 
     def off(flag: str) -> str:
         return f"turned off by --{flag}" if use_llm else NO_LLM
-
-    def client(stage: str) -> llm.Client:
-        state["stage"] = stage
-        clients[stage] = llm.Client(llm_cfg)
-        return clients[stage]
 
     def predictions(samples: list[data.Sample], name: str) -> None:
         ccks.write_ccks(samples, out / f"{name}.tmp")
@@ -196,7 +191,9 @@ def pipeline(cfg: dict, state: dict) -> int:
         if run.tagger_dir:                                      # synthetic sentences only serve training
             skipped["synthesis"] = f"a trained tagger is reused (--tagger {run.tagger_dir})"
         elif use_llm and run.synthesize:
-            synthetic, summary = synthesize_or_reuse(cfg, seeds, client("synthesis"), out)
+            state["stage"] = "synthesis"
+            clients["synthesis"] = llm.Client(llm_cfg)
+            synthetic, summary = synthesize_or_reuse(cfg, seeds, clients["synthesis"], out)
             print(synth.format_summary(summary))
             notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
             all_failed("synthesis", clients["synthesis"], "")
@@ -218,13 +215,16 @@ def pipeline(cfg: dict, state: dict) -> int:
         uncertainty.score(pred, model.tags, unc)
         if gold_known:
             metrics["tagger"] = {"mner": mner(test, pred)}
-        tau, tau_how = uncertainty.choose_threshold(pred, None, unc)
+        tau, tau_how = uncertainty.choose_threshold(pred, None, unc)        # the one tau: refinement is given it
         notes["uncertainty"] = {"tau": tau, "how": tau_how, "entities": sum(len(s.entities) for s in pred),
                                 "delegated": sum(map(len, uncertainty.route(pred, tau)))}
         seconds["predict"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if use_llm and run.refine:
-            pred, notes["refinement"] = uncertainty.refine(pred, labelled, client("refinement"), unc, tags=model.tags)
+            state["stage"] = "refinement"
+            clients["refinement"] = llm.Client(llm_cfg)
+            pred, notes["refinement"] = uncertainty.refine(pred, labelled, clients["refinement"], unc, tau=tau,
+                                                           tags=model.tags)
             if gold_known:
                 metrics["refinement"] = {"mner": mner(test, pred)}
         else:
@@ -238,7 +238,9 @@ def pipeline(cfg: dict, state: dict) -> int:
         # 3. grounding stage: k similar labelled samples as worked examples, then boxes
         t0 = time.perf_counter()
         if use_llm and run.ground:
-            pred, notes["grounding"] = grounding.ground(pred, train, labelled, client("grounding"), cfg["grounding"])
+            state["stage"] = "grounding"
+            clients["grounding"] = llm.Client(llm_cfg)
+            pred, notes["grounding"] = grounding.ground(pred, train, labelled, clients["grounding"], cfg["grounding"])
         else:
             skipped["grounding"] = off("no-ground")
         seconds["grounding"] = time.perf_counter() - t0

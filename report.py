@@ -27,10 +27,14 @@ NO_LLM = "no MLLM configured"
 
 def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path,
                  warn_share: float = 0.1) -> str:
+    """The lines printed at the end of a run: a warning when many calls of a stage failed, scores per
+    stage, uncertainty routing, MLLM usage, times, skipped stages and the files written."""
+    head = "== ReFineG summary"
     failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
               if c["calls"] and c["failures"] > warn_share * c["calls"]]
-    lines = ["", "== ReFineG summary" + (f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
-                                          if failed else "")]
+    if failed:
+        head += f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
+    lines = ["", head]
     for stage, m in metrics.items():
         for name in ("mner", "eeg", "gmner"):
             if name in m:
@@ -48,12 +52,16 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
                      f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     for stage, why in skipped.items():
-        lines.append(f"skipped {stage}: {why}" + ("; every entity is ungroundable (no box)" if stage == "grounding" else ""))
+        if stage == "grounding":
+            why += "; every entity is ungroundable (no box)"
+        lines.append(f"skipped {stage}: {why}")
     if NO_LLM in skipped.values():
         lines.append("  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
                      "e.g. vLLM or llama-server; see README)")
-    twitter = ", predictions.txt + xml/ (Twitter-GMNER layout)" if (out / "predictions.txt").is_file() else ""
-    lines.append(f"written: {out}/predictions.json (final){twitter}, predictions.refined.json (before grounding), "
+    written = f"{out}/predictions.json (final)"
+    if (out / "predictions.txt").is_file():
+        written += ", predictions.txt + xml/ (Twitter-GMNER layout)"
+    lines.append(f"written: {written}, predictions.refined.json (before grounding), "
                  "metrics.json, usage.json, config.json")
     return "\n".join(lines)
 

@@ -210,9 +210,7 @@ def build_request(sample: Sample, uncertain: list[Entity], data: Dataset, config
         lines.append('If a specific named entity of these types is in neither list, put it in "added".')
     if image is None:
         lines.append("There is no image for this text: judge from the text alone.")
-    content = [text_part("\n".join(lines))]
-    if image is not None:
-        content.insert(0, image)
+    content = ([image] if image is not None else []) + [text_part("\n".join(lines))]
     n = len(uncertain)
     decision = {"type": "object", "additionalProperties": False, "required": ["id", "action", "span", "type"],
                 "properties": {"id": {"type": "integer", "minimum": 1, "maximum": max(n, 1)},
@@ -238,8 +236,9 @@ def merge(sample: Sample, uncertain: list[Entity], answer: object, types: list[s
     keeps the tagger's prediction, counted under `missing` or `invalid_<reason>`, and in
     `kept_by_fallback`. A changed entity gets source "mllm"; a kept one stays "tagger".
     """
-    c = Counter()
-    decided: dict[int, dict] = {}
+    # The schema (llm.Client enforces it) guarantees a dict of decisions with an int id in 1..n, an action in ACTIONS,
+    # a span string, a known type (additions too): those checks guard direct callers. Not: distinct ids, valid spans.
+    c, decided = Counter(), {}                                  # entity number (1..n) -> its first decision
     if isinstance(answer, LLMError):
         c["failed_call"] += 1
     elif not isinstance(answer, dict) or not isinstance(answer.get("decisions"), list):
@@ -253,26 +252,28 @@ def merge(sample: Sample, uncertain: list[Entity], answer: object, types: list[s
                 c["duplicate_decision"] += 1
             else:
                 decided[i] = d
-    final = {id(e): replace(e, boxes=list(e.boxes)) for e in sample.entities}
-    taken = np.zeros(len(sample.tokens), dtype=bool)        # tokens covered by a final entity
+    final: list[Entity | None] = [replace(e, boxes=list(e.boxes)) for e in sample.entities]   # None: rejected
+    taken = np.zeros(len(sample.tokens), dtype=bool)            # tokens covered by a final entity
     for e in sample.entities:
         taken[e.start:e.end] = True
-    # Rejections first (they free tokens), span changes last (checked against what is left).
-    rank = {"reject": 0, "change_span": 2}
-    todo = sorted(((e, decided.get(i)) for i, e in enumerate(uncertain, 1)),
-                  key=lambda x: rank.get(x[1].get("action") if x[1] else None, 1))
-    for e, d in todo:
+    # The decisions as (index in `final`, the one key; entity; decision or None) in the order they apply:
+    # rejections first (they free tokens), span changes last (checked against the tokens still free).
+    steps = [(next(k for k, x in enumerate(sample.entities) if x is e), e, decided.get(i))
+             for i, e in enumerate(uncertain, 1)]
+    act = [d.get("action") if d else None for _, _, d in steps]
+    todo = ([x for x, a in zip(steps, act) if a == "reject"]
+            + [x for x, a in zip(steps, act) if a not in ("reject", "change_span")]
+            + [x for x, a in zip(steps, act) if a == "change_span"])
+    for k, e, d in todo:
         taken[e.start:e.end] = False
         new, outcome = _decide(sample.tokens, e, d, types, taken)
         c[outcome] += 1
         c["kept_by_fallback"] += outcome == "missing" or outcome.startswith("invalid_")
-        if new is None:
-            del final[id(e)]
-        else:
-            final[id(e)] = new
+        final[k] = new
+        if new is not None:
             taken[new.start:new.end] = True
-    adds = answer.get("added") if allow_add and isinstance(answer, dict) else None
-    for a in adds if isinstance(adds, list) else []:
+    added = answer.get("added") if allow_add and isinstance(answer, dict) else None
+    for a in added if isinstance(added, list) else []:
         a = a if isinstance(a, dict) else {}
         span, why = _find_span(sample.tokens, a.get("span"), None, taken)
         if a.get("type") not in types:
@@ -281,9 +282,9 @@ def merge(sample: Sample, uncertain: list[Entity], answer: object, types: list[s
             c[f"invalid_added_{why}"] += 1
         else:
             taken[span[0]:span[1]] = True
-            final[("added", span)] = Entity(span[0], span[1], a["type"], source="mllm")
+            final.append(Entity(span[0], span[1], a["type"], source="mllm"))
             c["added"] += 1
-    return replace(sample, entities=sorted(final.values(), key=lambda e: e.start)), c
+    return replace(sample, entities=sorted((e for e in final if e is not None), key=lambda e: e.start)), c
 
 
 def _decide(tokens: list[str], e: Entity, d: dict | None, types: list[str],
@@ -312,13 +313,14 @@ def _decide(tokens: list[str], e: Entity, d: dict | None, types: list[str],
 
 
 def refine(samples: list[Sample], data: Dataset, client: Client, config: UncertaintyConfig = UncertaintyConfig(),
-           *, tags: list[str] | None = None) -> tuple[list[Sample], dict]:
-    """Delegate the uncertain entities of scored samples to the MLLM (one call per routed sample).
+           *, tau: float | None = None, tags: list[str] | None = None) -> tuple[list[Sample], dict]:
+    """Delegate the entities of scored samples above `tau` to the MLLM (one call per routed sample).
 
+    `tau`: refineg.py passes the one it chose; None chooses it here from `config` (no labels).
     `tags` (the tagger's tag names) is needed only to route whole samples by their
     missed-entity score, which is used only when `config.allow_add`.
     """
-    tau, how = choose_threshold(samples, None, config)
+    tau, how = (tau, "passed by the caller") if tau is not None else choose_threshold(samples, None, config)
     delegated = route(samples, tau)
     counts = Counter()
     image_errors: dict[str, str] = {}               # sample id -> why its image cannot be used
@@ -352,8 +354,7 @@ def refine(samples: list[Sample], data: Dataset, client: Client, config: Uncerta
         answer = reply if isinstance(reply, LLMError) else reply.content
         out[i], c = merge(samples[i], delegated[i], answer, data.types, config.allow_add)
         counts.update(c)
-    n_ent = sum(len(s.entities) for s in samples)
-    summary = {"tau": tau, "tau_how": how, "samples": len(samples), "entities": n_ent,
+    summary = {"tau": tau, "tau_how": how, "samples": len(samples), "entities": sum(len(s.entities) for s in samples),
                "delegated": sum(map(len, delegated)), "calls": len(requests),
                "calls_per_sample": len(requests) / max(len(samples), 1),
                "authors_calls": sum(1 for s in samples if s.entities), **dict(counts)}

@@ -116,6 +116,9 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         n_seeds = len(ccks.read_ccks(DEMO).samples) - len(json.loads((tmp_path / "predictions.json").read_text()))
         assert usage["synthesis"]["calls"] == n_seeds
         assert usage["refinement"]["calls"] == metrics["stages"]["refinement"]["calls"] > 0
+        stages = metrics["stages"]         # tau is chosen once, before refinement, and handed to it
+        assert (stages["refinement"]["tau"], stages["refinement"]["tau_how"]) == (stages["uncertainty"]["tau"],
+                                                                                  "passed by the caller")
         assert usage["grounding"]["calls"] > 0
         assert first == sum(u["requests"] for u in usage.values())
         # the oracle boxes every groundable entity the tagger found: EEG counts follow MNER's

@@ -207,6 +207,21 @@ def test_merge_adds_only_when_allowed_and_valid():
     assert spans(out) == spans(s) and c["added"] == 0
 
 
+def test_merge_rejects_before_span_changes_and_takes_the_first_of_duplicate_decisions():
+    """The answer lists the span change first; applied in that order, "Leopard 2" would overlap the entity
+    "2" (invalid_overlaps_other). Rejections go first, so the span change takes the freed token. The second
+    decision for entity 2 is counted and ignored."""
+    s = Sample("m", "Two Leopard 2 tanks near Munster .".split(),
+               entities=[Entity(1, 2, "vehicle", score=0.7, source="tagger"), Entity(2, 3, "other", score=0.7)])
+    answer = {"reasoning": "...", "decisions": [
+        {"id": 1, "action": "change_span", "span": "Leopard 2", "type": "vehicle"},
+        {"id": 2, "action": "reject", "span": "2", "type": "other"},
+        {"id": 2, "action": "keep", "span": "2", "type": "other"}]}
+    out, c = unc.merge(s, list(s.entities), answer, TYPES)
+    assert spans(out) == [(1, 3, "vehicle", "mllm")]
+    assert c["change_span"] == c["reject"] == c["duplicate_decision"] == 1 and c["keep"] == c["kept_by_fallback"] == 0
+
+
 # ---------------------------------------------------------------- end to end with a fake MLLM
 
 def demo_predictions(tags: list[str]) -> tuple[list[Sample], list[Sample], object]:
@@ -318,3 +333,34 @@ def test_respan_finds_names_whatever_the_tokenisation():
     assert _find_span(tokens, "V - E Day", Entity(1, 2, "OTHER"), free) == ((1, 3), "")
     assert _find_span(tokens, "Jay-Z", None, free) == ((4, 7), "")
     assert _find_span(tokens, "Jay-Zed", None, free) == (None, "span_not_in_text")
+
+
+def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add():
+    """Both samples hold one sure entity (score 0.01 < tau), so nothing is delegated. On "Leopard" the
+    tagger gives P(O) = 0.3 in sample "hi" (missed-entity score 0.7 > missed_tau 0.5) and 0.9 in "lo"
+    (0.1): with allow_add and the tags, "hi" alone is sent, and the addition the MLLM names is merged;
+    without allow_add (or without tags) no call is made."""
+    data = read_ccks(DEMO)
+    tags = tag_names(data.types, "BIOES")
+    toks = "Two Leopard 2 tanks near Munster .".split()
+    samples = []
+    for sid, p_o in (("hi", 0.3), ("lo", 0.9)):
+        marg = np.zeros((len(toks), len(tags)))
+        marg[:, tags.index("O")] = 1.0
+        marg[1, tags.index("O")], marg[1, tags.index("B-vehicle")] = p_o, 1.0 - p_o
+        marg[5, tags.index("O")], marg[5, tags.index("S-location")] = 0.0, 1.0
+        samples.append(Sample(sid, toks, None, [Entity(5, 6, "location", score=0.01, source="tagger")], marginals=marg))
+    assert [unc.missed_entity_score(s, tags) for s in samples] == pytest.approx([0.7, 0.1])
+    answer = {"reasoning": "a tank is named", "decisions": [], "added": [{"span": "Leopard 2", "type": "vehicle"}]}
+    on = unc.UncertaintyConfig(tau=0.5, allow_add=True, missed_tau=0.5)
+    for config, tags_given, calls in [(on, tags, 1), (unc.UncertaintyConfig(tau=0.5, missed_tau=0.5), tags, 0),
+                                      (on, None, 0)]:
+        with FakeServer(lambda body: reply(answer)) as srv:
+            client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
+            out, counts = unc.refine(samples, data, client, config, tags=tags_given)
+        assert counts["calls"] == len(srv.requests) == counts.get("missed_routed", 0) == calls
+        assert counts["delegated"] == 0
+        if calls:
+            assert "Text: Two Leopard 2 tanks near Munster ." in json.dumps(srv.requests[0]["messages"])
+            assert spans(out[0]) == [(1, 3, "vehicle", "mllm"), (5, 6, "location", "tagger")] and counts["added"] == 1
+        assert spans(out[-1]) == spans(samples[-1]) == [(5, 6, "location", "tagger")]
