@@ -37,13 +37,13 @@ def _pseudo_precision(kept: list, gold_by_id: dict) -> tuple[float, float]:
     return m["p"], m["r"]
 
 
-def _scores(model, dev: list, test: list, seconds: float) -> dict:
+def _scores(model, history: list[dict], dev: list, test: list, seconds: float) -> dict:
     """Kept epoch, its split-dev F1, full-dev P/R/F1 and training seconds of one trained tagger."""
     import tagger as tg
     from eval import evaluate
-    best = max((h for h in model.history if "dev_f1" in h), key=lambda h: h["dev_f1"])
+    best = max((h for h in history if "dev_f1" in h), key=lambda h: h["dev_f1"])
     m = evaluate(test, tg.predict(model, test))["mner"]
-    return {"split_dev_f1": best["dev_f1"], "best_epoch": best["epoch"], "epochs": len(model.history),
+    return {"split_dev_f1": best["dev_f1"], "best_epoch": best["epoch"], "epochs": len(history),
             "p": m["p"], "r": m["r"], "f1": m["f1"], "train_seconds": seconds}
 
 
@@ -65,8 +65,9 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     config = {"progress": False, **config, **overrides}
     cfg = tg.TaggerConfig(**{**config, "seed": seed})
     t0 = time.perf_counter()
-    model = tg.train_tagger(train, TWITTER_TYPES, cfg, dev)
-    rows = [{"setting": teacher or label, "seed": seed, **_scores(model, dev, test, time.perf_counter() - t0)}]
+    model, history = tg.train_tagger(train, TWITTER_TYPES, cfg, dev)
+    scores = _scores(model, history, dev, test, time.perf_counter() - t0)
+    rows = [{"setting": teacher or label, "seed": seed, **scores}]
     cache = bench_uncertainty._unc_cache_path("twitter", {"progress": False, "epochs": 10}, TWITTER_TYPES, train, dev)
     if seed == 0 and cfg == tg.TaggerConfig(progress=False) and not quick and not (cache / "weights.pt").is_file():
         tg.save(model, str(cache))        # the very tagger bench.py uncertainty and speed use: trained once
@@ -76,9 +77,10 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
         text = [Sample(s.id, s.tokens) for s in rest]                  # the tags stay behind
         kept, _ = selftrain.pseudo_label(model, text)
         p, r = _pseudo_precision(kept, {s.id: s for s in rest})
-        student = tg.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs), dev,
-                                  init=model)
-        rows.append({"setting": label, "seed": seed, **_scores(student, dev, test, time.perf_counter() - t0),
+        student, history = tg.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs),
+                                           dev, init=model)
+        scores = _scores(student, history, dev, test, time.perf_counter() - t0)
+        rows.append({"setting": label, "seed": seed, **scores,
                      "extra": f"{len(kept)} of {len(text)} tweets pseudo-labelled (entity P {p:.3f}, R {r:.3f})"})
     return rows
 

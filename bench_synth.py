@@ -143,7 +143,7 @@ def train_and_score(train: list, test: list, types: list[str], config: dict) -> 
         return done[key]["f1"], True
     # One torch thread: on 2 cores shared with other jobs, two threads spin at each op's barrier (this run's
     # gold-only training took over 15 minutes at 2 threads, against about 1 minute on an idle machine).
-    model = tg.train_tagger(train, types, tg.TaggerConfig(progress=False, threads=1, **config))
+    model, _ = tg.train_tagger(train, types, tg.TaggerConfig(progress=False, threads=1, **config))
     f1 = evaluate(test, tg.predict(model, test, batch_size=64))["mner"]["f1"]
     done = json.loads(path.read_text()) if path.is_file() else {}
     done[key] = {"sentences": len(train), "config": config, "f1": f1}

@@ -112,7 +112,7 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
     per_epoch = min(cfg.epoch_size or len(train), len(train))
     total = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_encoder)
-    sched = get_linear_schedule_with_warmup(opt, max(1, int(cfg.warmup * total)), total)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)    # the same as tagger.py's
     history, best_f1, best_state = [], -1.0, None
     for epoch in range(cfg.epochs):
         model.train()
@@ -152,8 +152,7 @@ def _tagger_child() -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if spec["model"] == "ours":
-        model = tg.train_tagger(train, types, cfg, dev)
-        history = model.history
+        model, history = tg.train_tagger(train, types, cfg, dev)
 
         def predict(samples):
             return tg.predict(model, samples, batch_size=64)

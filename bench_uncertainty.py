@@ -178,6 +178,6 @@ def _unc_tagger(setting: str, args) -> tuple:
         print(f"{setting}: cached tagger {path}", file=sys.stderr)
         return tagger.load(str(path)), dev, test
     print(f"{setting}: training the tagger on {len(train)} sentences ({config}); cached in {path}", file=sys.stderr)
-    model = tagger.train_tagger(train, types, tagger.TaggerConfig(**config), dev)
+    model, _ = tagger.train_tagger(train, types, tagger.TaggerConfig(**config), dev)
     tagger.save(model, str(path))
     return model, dev, test

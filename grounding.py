@@ -36,6 +36,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -68,6 +69,13 @@ class GroundingConfig:
     box_format: str = "abs"         # abs | norm1000 | norm1 (see FORMATS)
     never_ground: list[str] = field(default_factory=lambda: ["location"])   # types never boxed (authors' prompt)
     max_boxes: int = 10             # boxes per entity the answer schema allows
+
+
+class Shown(NamedTuple):
+    """An image as sent to the MLLM."""
+    part: dict                      # the chat content part (base64 image)
+    sent: tuple[int, int]           # width, height as sent (after the resize to max_side)
+    orig: tuple[int, int]           # width, height of the original file: boxes come back to these pixels
 
 
 # ---------------------------------------------------------------- box conversion
@@ -197,6 +205,20 @@ def parse_answer(content: object, asked: dict[str, str], orig, sent, fmt: str, c
     return found
 
 
+def build_request(sample: Sample, asked: dict[str, str], image: Shown, examples: list[tuple[Sample, Shown]],
+                  data: Dataset, never: list[str], config: GroundingConfig) -> dict:
+    """The chat() kwargs of one grounding call: the system prompt, a user turn and the gold answer per worked
+    example (a demo with its image as sent), the query's turn (its `asked` {name: type}) and the answer schema."""
+    fmt, never_l = config.box_format, {t.lower() for t in never}
+    messages = [{"role": "system", "content": system_prompt(data, never, fmt)}]
+    for d, shown in examples:
+        d_asked = _asked(d, never_l)
+        messages += [_turn(d, d_asked, shown.part, shown.sent, fmt), _answer(d, d_asked, shown.orig, shown.sent, fmt)]
+    messages.append(_turn(sample, asked, image.part, image.sent, fmt))
+    types = data.types + [t for t in dict.fromkeys(asked.values()) if t not in data.types]
+    return {"messages": messages, "schema": answer_schema(asked, types, image.sent, fmt, config.max_boxes)}
+
+
 def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Client,
            config: GroundingConfig) -> tuple[list[Sample], dict]:
     """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`."""
@@ -221,15 +243,14 @@ def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Cl
     t0 = time.perf_counter()
     chosen = select_demos([samples[i] for i, _ in todo], pool, config) if todo and pool else [[] for _ in todo]
     counts["selection_seconds"] = round(time.perf_counter() - t0, 2)      # embeddings included
-    system = {"role": "system", "content": system_prompt(data, never, fmt)}
-    shown: dict[str, tuple | None] = {}      # demo image -> (part, sent, orig), None = unreadable; encoded once
+    shown: dict[str, Shown | None] = {}      # demo image -> as sent, None = unreadable; encoded once
     sizes: dict[int, tuple] = {}             # todo index -> (orig, sent) of the query image
     bad_images: dict[str, str] = {}          # image path -> why it cannot be used
 
-    def encode(path: str) -> tuple | None:
+    def encode(path: str) -> Shown | None:
         try:
             orig, (part, sent) = image_size(path), image_part(path, config.max_side)
-            return part, sent, orig
+            return Shown(part, sent, orig)
         except ImageError as err:              # untrusted file: counted, the call goes on without it
             bad_images[path] = str(err)
             return None
@@ -239,20 +260,12 @@ def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Cl
         query = encode(samples[i].image)
         if query is None:
             return None                          # no image to ground in: no call, no box
-        messages = [system]
-        for j in picks:
-            d = pool[j]
+        for d in (pool[j] for j in picks):
             if d.image not in shown:             # two workers may both encode it: harmless
                 shown[d.image] = encode(d.image)
-            if shown[d.image] is not None:
-                part, dsent, dorig = shown[d.image]
-                d_asked = _asked(d, never_l)
-                messages += [_turn(d, d_asked, part, dsent, fmt), _answer(d, d_asked, dorig, dsent, fmt)]
-        part, sent, orig = query
-        sizes[k] = (orig, sent)
-        messages.append(_turn(samples[i], asked, part, sent, fmt))
-        types = data.types + [t for t in dict.fromkeys(asked.values()) if t not in data.types]
-        return {"messages": messages, "schema": answer_schema(asked, types, sent, fmt, config.max_boxes)}
+        examples = [(pool[j], shown[pool[j].image]) for j in picks if shown[pool[j].image] is not None]
+        sizes[k] = (query.orig, query.sent)
+        return build_request(samples[i], asked, query, examples, data, never, config)
 
     builders = [lambda k=k, i=i, a=asked, p=picks: request(k, i, a, p)
                 for k, ((i, asked), picks) in enumerate(zip(todo, chosen))]

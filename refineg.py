@@ -118,12 +118,13 @@ def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: P
         return tagger.load(str(out / "tagger")), "reused (same settings and data)"
     if unlabelled:
         model, rounds = selftrain.self_train(train, unlabelled, types, cfg["tagger"])
+        history = rounds[-1]["history"]
     else:
-        model, rounds = tagger.train_tagger(train, types, cfg["tagger"]), []
+        (model, history), rounds = tagger.train_tagger(train, types, cfg["tagger"]), []
     tmp = out / "tagger.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tagger.save(model, str(tmp))
-    write_json(tmp / "stage.json", {"key": k, "history": model.history, "self_training": rounds})
+    write_json(tmp / "stage.json", {"key": k, "history": history, "self_training": rounds})
     shutil.rmtree(out / "tagger", ignore_errors=True)
     tmp.rename(out / "tagger")
     kept = f", self-trained on {rounds[-1]['pseudo_sentences']} of {len(unlabelled)} unlabelled" if rounds else ""

@@ -16,7 +16,7 @@ a full training run per round; on 2 shared CPU cores that decided it).
 
 Inputs: labelled Samples, unlabelled Samples (their entities are ignored), the types, a
 TaggerConfig (its `self_train_*` fields) and optional dev Samples for epoch selection.
-Output: the last round's Tagger and one row per round (sentences kept, seconds).
+Output: the last round's Tagger and one row per round (sentences kept, seconds, the round's epoch history).
 
     python refineg.py --data lowres/10GMNER/train.txt --unlabelled train.txt ...
     python bench.py labels        # Twitter-GMNER: 10 % labelled, with and without the other 90 % as text
@@ -53,18 +53,19 @@ def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
     unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]   # labels ignored, never read
     plain = replace(config, int8=False)            # int8 layers cannot train on: only the last tagger is quantized
     t0 = time.perf_counter()
-    model = tagger.train_tagger(train, types, plain, dev)
-    rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0}]
+    model, history = tagger.train_tagger(train, types, plain, dev)
+    rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0, "history": history}]
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()
         kept, _ = pseudo_label(model, unlabelled)
         if config.progress:
             print(f"self-training round {r}: {len(kept)} of {len(unlabelled)} unlabelled sentences kept "
                   f"({sum(len(s.entities) for s in kept)} entities)")
-        model = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs), dev,
-                                    init=model)
+        model, history = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs), dev,
+                                             init=model)
         rounds.append({"round": r, "pseudo_sentences": len(kept),
-                       "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0})
+                       "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0,
+                       "history": history})
     if config.int8:
         model.config = replace(model.config, int8=True)   # saved with it, so that load rebuilds int8 layers
         tagger.quantize(model)

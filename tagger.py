@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from crf import CRF, allowed_moves, tag_names
 from data import Entity, Sample, tags_to_spans, spans_to_tags
@@ -93,7 +94,6 @@ class Tagger(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden, len(self.tags))
         self.crf = CRF(len(self.tags), *allowed_moves(self.tags, config.scheme))
-        self.history: list[dict] = []        # per epoch: loss, dev F1, seconds (filled by train_tagger)
 
     def emissions(self, batch: dict) -> torch.Tensor:
         """(B, T, K) emission scores of a batch from `collate`."""
@@ -142,8 +142,10 @@ def chunks(sample: Sample, size: int) -> list[Sample]:
 
 
 def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | None = None,
-                 dev: list[Sample] | None = None, init: Tagger | None = None) -> Tagger:
+                 dev: list[Sample] | None = None, init: Tagger | None = None) -> tuple[Tagger, list[dict]]:
     """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the last.
+
+    Returns the tagger and its history: one row per epoch (epoch, mean loss, seconds, sentences, dev_f1 with `dev`).
 
     `init`: start from this (float) tagger's weights instead of the pretrained encoder and a fresh head.
     """
@@ -182,11 +184,11 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
         {"params": list(tagger.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0}])
     per_epoch = min(config.epoch_size or len(train), len(train))
     total = config.epochs * math.ceil(per_epoch / config.batch_size)
-    warm = max(1, int(config.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm))))
+    # BERT's schedule, as the peer in bench_tagger.py: lr x step / warm-up steps (so the first step, step 0, has
+    # lr 0), then linear decay to 0 at the last step
+    sched = get_linear_schedule_with_warmup(opt, int(config.warmup * total), total)
 
-    best_f1, best_state = -1.0, None
+    history, best_f1, best_state = [], -1.0, None
     for epoch in range(config.epochs):
         tagger.train()
         t0, losses = time.perf_counter(), []
@@ -210,7 +212,7 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
             row["dev_f1"] = span_f1(dev, predict(tagger, dev))
             if row["dev_f1"] > best_f1:   # strict: on ties the earlier epoch stays
                 best_f1, best_state = row["dev_f1"], copy.deepcopy(tagger.state_dict())
-        tagger.history.append(row)
+        history.append(row)
         if config.progress:
             tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     if best_state is not None:
@@ -218,7 +220,7 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
     if config.int8:
         quantize(tagger)
     tagger.eval()
-    return tagger
+    return tagger, history
 
 
 # One int8 scale per output row, not one per matrix: on Twitter-GMNER per-tensor scales cost 0.9 F1 points,

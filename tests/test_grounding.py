@@ -284,6 +284,27 @@ def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(
         assert {it["entity"]: it["boxes"] for it in answer["entities"]} == want
 
 
+def test_build_request_holds_the_worked_examples_then_the_query_and_the_schema():
+    """Two demos (images of 200x100 sent at 100x50) and a query sent at 300x150, box format abs: the gold box
+    [20, 10, 60, 50] of demo a is written at half scale, [10, 5, 30, 25]; the location is neither asked nor boxed."""
+    part = lambda name: {"type": "image_url", "image_url": {"url": name}}
+    a = Sample("a", "Leopard 2 near Kiel".split(), "a.jpg",
+               [Entity(0, 2, "vehicle", [Box(20, 10, 60, 50)]), Entity(3, 4, "location", [Box(0, 0, 9, 9)])])
+    b = Sample("b", "A PUMA".split(), "b.jpg", [Entity(1, 2, "vehicle")])
+    q = Sample("q", "Boxer seen".split(), "q.jpg", [Entity(0, 1, "vehicle")])
+    data = Dataset([a, b, q], ["vehicle", "location"], "", [])
+    examples = [(a, g.Shown(part("A"), (100, 50), (200, 100))), (b, g.Shown(part("B"), (100, 50), (200, 100)))]
+    req = g.build_request(q, {"Boxer": "vehicle"}, g.Shown(part("Q"), (300, 150), (600, 300)), examples, data,
+                          ["location"], g.GroundingConfig(k=2))
+    assert [m["role"] for m in req["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert images_of(req) == ["A", "B", "Q"] and "Image size: 300x150" in req["messages"][-1]["content"][1]["text"]
+    assert json.loads(req["messages"][2]["content"]) == {"entities": [{"entity": "Leopard 2", "type": "vehicle",
+                                                                       "boxes": [[10, 5, 30, 25]]}]}
+    assert json.loads(req["messages"][4]["content"])["entities"] == [{"entity": "PUMA", "type": "vehicle", "boxes": []}]
+    items = req["schema"]["properties"]["entities"]["items"]["properties"]
+    assert items["entity"]["enum"] == ["Boxer"] and items["boxes"]["items"]["items"]["maximum"] == 300
+
+
 def box_everything(body):
     """A fake MLLM that puts one box [10, 10, 90, 90] on every entity it is asked about."""
     return reply({"entities": [{"entity": it["entity"], "type": it["type"], "boxes": [[10, 10, 90, 90]]}

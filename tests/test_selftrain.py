@@ -34,7 +34,7 @@ def teacher_and_text(encoder_dir):
     for s in text:
         s.entities = [Entity(0, len(s.tokens), "LOC")]          # wrong on purpose: labels of unlabelled text
     cfg = tg.TaggerConfig(encoder=encoder_dir, epochs=3, **FAST)
-    return tg.train_tagger(labelled, TYPES, cfg), labelled, text
+    return tg.train_tagger(labelled, TYPES, cfg)[0], labelled, text
 
 
 def test_kept_sentences_follow_the_filter_and_ignore_input_labels(teacher_and_text):
@@ -61,7 +61,7 @@ def test_rounds_continue_from_the_teacher(teacher_and_text):
     student, rounds = selftrain.self_train(labelled, text, TYPES, cfg, dev=labelled[:10])
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert [r["pseudo_sentences"] for r in rounds] == [0, len(text), len(text)]
-    assert len(student.history) == 1 and student.tags == model.tags and not student.training
+    assert [len(r["history"]) for r in rounds] == [2, 1, 1] and student.tags == model.tags and not student.training
     small = replace(cfg, self_train_rounds=1, int8=True)          # int8 applies to the last tagger only
     quantized, _ = selftrain.self_train(labelled[:10], text[:10], TYPES, small)
     assert quantized.config.int8 and isinstance(quantized.encoder.encoder.layer[0].output.dense,
