@@ -189,10 +189,9 @@ def test_server_500_for_a_client_mistake_ends_after_bounded_retries(server):
     which it reads as bad base64); the client retries 5xx, so it must give up after max_retries."""
     c = client(server.url, max_retries=2)
     bad = {"type": "image_url", "image_url": "data:image/jpeg;base64,AAAA"}
-    t0 = time.monotonic()
     with pytest.raises(LLMError, match="failed 3 times.*HTTP 500"):
         c.chat(user("Describe.", bad), max_tokens=4)
-    assert c.usage.requests == 3 and c.usage.retries == 2 and time.monotonic() - t0 < 5
+    assert c.usage.requests == 3 and c.usage.retries == 2        # bounded by counts, not by the clock
 
 
 def test_usage_matches_what_the_server_reports(server, images):
