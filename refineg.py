@@ -161,6 +161,8 @@ def pipeline(cfg: dict, state: dict) -> int:
     seeds = dataclasses.replace(labelled, samples=train)
     print(f"data: {len(train)} labelled training samples, {len(test)} to predict "
           f"({'with' if gold_known else 'without'} gold); types {labelled.types}")
+    scored = {"samples": len(test), "gold_entities": sum(len(s.entities) for s in test) if gold_known else None,
+              "test": run.test or None, "test_share": run.test_share}
     with_image = sum(1 for s in test if s.image)
     print(f"images: {with_image} of {len(test)} samples to predict have one"
           + (f" ({len(test) - with_image} missing: text-only, their entities ungroundable)" if with_image < len(test) else ""))
@@ -258,13 +260,13 @@ def pipeline(cfg: dict, state: dict) -> int:
             all_failed("grounding", clients["grounding"], "predictions.json holds the entities without boxes")
     finally:     # counts and times of whatever ran, also when a stage failed or was interrupted
         usage = {stage: c.usage.as_dict() for stage, c in clients.items()}
-        write_json(out / "metrics.json", {"metrics": metrics, "stages": notes, "skipped": skipped,
+        write_json(out / "metrics.json", {"metrics": metrics, "scored": scored, "stages": notes, "skipped": skipped,
                                           "written": state["written"]})
         write_json(out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": seconds})
     if run.viz:
         state["stage"] = "drawing"
         draw(pred, test if gold_known else None, out / "viz", run.viz)
-    print(summary_text(metrics, notes, usage, seconds, skipped, out, run.warn_failed_share))
+    print(summary_text(metrics, notes, usage, seconds, skipped, out, scored, run.warn_failed_share))
     return 0
 
 
