@@ -73,7 +73,6 @@ class ClientConfig:
     schema_retries: int = 2            # re-asks, with the error, when an answer does not parse or fit the schema
 
 
-
 class LLMError(RuntimeError):
     """A call that failed for good; the message says what happened, where, and what to try."""
 
