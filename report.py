@@ -59,7 +59,8 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
         lines.append(f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
                      f"({g['no_image']} samples without image; --images DIR adds image folders)")
     u = notes["uncertainty"]
-    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})")
+    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})"
+                 + ("; none sent, refinement was skipped" if "refinement" in skipped else ""))
     for stage, c in usage.items():
         lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
                      f"{c['completion_tokens']} completion tokens, {c['failures']} failures")

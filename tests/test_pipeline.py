@@ -96,6 +96,9 @@ def test_demo_without_server(trained: Path, capsys):
     assert (f"     tagger MNER   P {m['p']:.3f}  R {m['r']:.3f}  F1 {m['f1']:.3f}  (tp {m['tp']}, fp {m['fp']}, "
             f"fn {m['fn']})\n") in printed
     assert "\n  these are the tagger's scores alone: no MLLM refined its entities or drew a box" in printed
+    u = metrics["stages"]["uncertainty"]
+    assert f"\nuncertainty: {u['delegated']} of {u['entities']} predicted entities above tau (" in printed
+    assert "; none sent, refinement was skipped\n" in printed
 
 
 def test_summary_says_why_each_stage_was_skipped(trained: Path, tmp_path: Path, capsys):
@@ -388,4 +391,4 @@ def test_twitter_data_gets_twitter_predictions_that_eval_reads(tmp_path: Path, c
     assert "tagger: reused" in printed and "images: 3 of 4 samples to predict have one (1 missing" in printed
     assert "grounding: 2 entities stayed ungroundable for lack of an image (1 samples without image" in printed
     assert "\nscored on 4 held-out samples with 8 gold entities (a seeded 50% of --data" in printed  # 2 per tweet
-    assert "scores alone" not in printed                  # refinement and grounding ran
+    assert "scores alone" not in printed and "none sent" not in printed     # refinement and grounding ran
