@@ -38,10 +38,11 @@ def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped
     if failed:
         head += f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
     lines = ["", head]
-    n, gold = scored["samples"], scored["gold_entities"]
-    if scored["test"]:
-        lines.append(f"scored on {n} samples of --test {scored['test']} with {gold} gold entities" if gold is not None
-                     else f"not scored: the {n} samples of --test {scored['test']} have no gold (no entity.json)")
+    n, gold, test = scored["samples"], scored["gold_entities"], scored["test"]
+    if gold is None:                # only a --test folder can lack gold: a hold-out is part of the labelled data
+        lines.append(f"not scored: the {n} samples of --test {test} have no gold (no entity.json)")
+    elif test:
+        lines.append(f"scored on {n} samples of --test {test} with {gold} gold entities")
     else:
         lines.append(f"scored on {n} held-out samples with {gold} gold entities "
                      f"(a seeded {scored['test_share']:.0%} of --data; --test DIR scores another folder)")

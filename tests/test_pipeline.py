@@ -322,6 +322,8 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
     assert sum(u["requests"] for u in usage.values()) == len(srv.requests)
     if any(u["failures"] > 0.1 * u["calls"] for u in usage.values()):
         assert "== ReFineG summary: WARNING" in out
+    n_gold = sum(len(s.entities) for s in ccks.read_ccks(DEMO).samples)
+    assert f"\nscored on 32 samples of --test {DEMO} with {n_gold} gold entities\n" in out
     # predictions.json is valid: every id, names in the text, boxes inside the image
     gold = {s.id: s for s in ccks.read_ccks(DEMO).samples}
     pred = json.loads((tmp_path / "predictions.json").read_text())
