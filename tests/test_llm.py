@@ -280,7 +280,7 @@ def test_usage_counts():
         with pytest.raises(LLMError):
             c.chat(ask("fail"))
     u = c.usage.as_dict()
-    assert isinstance(u.pop("seconds"), float)          # wall time is bench.py's business; here only the counts
+    del u["seconds"]            # present (KeyError otherwise); its value is wall time, bench.py's business
     assert u == {"calls": 3, "cache_hits": 0, "requests": 5, "prompt_tokens": 31, "completion_tokens": 7,
                  "retries": 1, "reasks": 1, "failures": 1, "odd_usage": 0, "cached_prompt_tokens": 0,
                  "cached_completion_tokens": 0}
