@@ -102,6 +102,8 @@ def bench_uncertainty(args) -> None:
                   f"of entities, catches {wrong[default > tau].sum() / max(wrong.sum(), 1):.1%} of the wrong ones); "
                   f"the authors' code: {authors:.3f} (x4 images)")
             print(f"    {how}")
+        if setting == "twitter":
+            _unc_rounds(tg, dev, test, args)
         missed = [unc.missed_entity_score(p, tg.tags) for p in pred]
         has_missed = [any(all(min(g.end, e.end) <= max(g.start, e.start) for e in p.entities) for g in t.entities)
                       for p, t in zip(pred, test)]
@@ -111,6 +113,52 @@ def bench_uncertainty(args) -> None:
     print("\ncommand: python bench.py uncertainty" + (" --quick" if args.quick else "")
           + (f" --only {args.only}" if args.only else "")
           + (f" --mc-passes {args.mc_passes}" if args.mc_passes is not None else ""))
+
+
+def _unc_rounds(teacher, dev: list, test: list, args) -> None:
+    """Agreement between self-training rounds: the tagger self-trained from `teacher` (bench.py labels' "st"
+    setting, seed 0; trained once and cached), its default score, and the variants that use its teacher."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import bench
+    import bench_unc_variants
+    import selftrain
+    import tagger
+    import uncertainty as unc
+    from data import Sample
+    from twitter import TWITTER_TYPES, read_conll
+    low = bench.TWITTER / "lowres" / "10GMNER"
+    train = read_conll(low / "train.txt").samples
+    path = _unc_cache_path("twitter-st", {"progress": False, "epochs": 10, "self_train_epochs": 3}, TWITTER_TYPES,
+                           train, dev)
+    if (path / "weights.pt").is_file():
+        student = tagger.load(str(path))
+    elif args.quick:
+        return
+    else:
+        seen = {s.id for s in train}
+        text = [Sample(s.id, s.tokens) for s in read_conll(bench.TWITTER / "train.txt").samples if s.id not in seen]
+        print(f"twitter: self-training the cached tagger on {len(text)} tweets as text; cached in {path}",
+              file=sys.stderr)
+        kept, _ = selftrain.pseudo_label(teacher, text)
+        cfg = teacher.config
+        student, _ = tagger.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs),
+                                         dev, init=teacher)
+        tagger.save(student, str(path))
+    pred, before = tagger.predict(student, test), tagger.predict(teacher, test)
+    unc.score(pred, student.tags)
+    default = np.array([e.score for s in pred for e in s.entities])
+    wrong = np.array(unc.wrong_flags(pred, test))
+    methods = {"default (the self-trained tagger's marginals)": default,
+               **bench_unc_variants.second_opinion(pred, before, student.tags, default)}
+    print(f"  self-trained tagger (1 round, +3 epochs; F1 {unc.corrector_f1_curve(pred, test, [])[0]:.3f}), "
+          f"{len(wrong)} entities, {wrong.sum()} wrong; the second tagger is its teacher (the tagger above)")
+    for label, scores in methods.items():
+        top = np.argsort(-scores, kind="stable")[:round(0.2 * len(wrong))]
+        print(f"  {label:46s} AUROC {_unc_auroc(scores, wrong):.3f} | top 20 %: caught "
+              f"{wrong[top].sum() / max(wrong.sum(), 1):6.1%}")
 
 
 def _unc_kind(e, gold) -> str:

@@ -209,3 +209,35 @@ def test_int8_encoder_predicts_like_float_and_round_trips(trained, tmp_path):
     again = tg.load(str(tmp_path / "q"))
     assert all(np.array_equal(x.marginals, y.marginals) for x, y in zip(pred, tg.predict(again, test)))
     assert (tmp_path / "q" / "weights.pt").stat().st_size > 0
+
+
+def test_character_features_see_what_encoder_and_shapes_cannot(encoder_dir, tmp_path):
+    """Invented capitalised words, [UNK] to the tokenizer and all of shape Title: "...ski" is PER, "...burg" LOC.
+    The encoder and the word shapes see the same thing for both types; only the characters tell them apart, so
+    without character features the type is a coin toss on unseen stems, with them it is learnt."""
+    rng = random.Random(0)
+
+    def sentences(stems, n):
+        out = []
+        for i in range(n):
+            kind = rng.choice(["PER", "LOC"])
+            toks = rng.sample(FILLER, 3)
+            at = rng.randint(0, 3)
+            toks.insert(at, rng.choice(stems) + ("ski" if kind == "PER" else "burg"))
+            out.append(Sample(f"c{i}", toks, entities=[Entity(at, at + 1, kind)]))
+        return out
+    stems = ["Kal", "Mor", "Vend", "Tral", "Hosk", "Brim", "Dov", "Pell", "Grun", "Wex", "Lom", "Zar"]
+    train, test = sentences(stems[:8], 80), sentences(stems[8:], 40)
+    assert {p for s in train + test for p in encoding.encode(
+        tg.load_encoder(encoder_dir)[0], [[s.tokens[s.entities[0].start]]], 32)[0].windows[0][0][1:-1]} == {1}  # [UNK]
+    f1 = {}
+    for dim in (0, 16):
+        cfg = tg.TaggerConfig(encoder=encoder_dir, epochs=8, batch_size=8, lr_encoder=1e-3, lr_head=1e-2, lr_crf=5e-2,
+                              char_dim=dim, progress=False, seed=0)
+        model, _ = tg.train_tagger(train, ["PER", "LOC"], cfg)
+        f1[dim] = tg.span_f1(test, tg.predict(model, test))
+    assert f1[0] < 0.75 and f1[16] == 1.0, f1
+    tg.save(model, str(tmp_path / "c"))                   # char_dim is in config.json: load rebuilds the CNN
+    assert spans(tg.predict(tg.load(str(tmp_path / "c")), test)) == spans(tg.predict(model, test))
+    e = encoding.encode(model.tokenizer, [["Ab", "x" * 30, "ü"]], 32)[0]
+    assert e.chars == [[ord("A") + 1, ord("b") + 1], [ord("x") + 1] * encoding.MAX_CHARS, [0xC3 + 1, 0xBC + 1]]
