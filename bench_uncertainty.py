@@ -56,6 +56,11 @@ def bench_uncertainty(args) -> None:
         methods["max-softmax of the emission layer (no CRF)"] = _unc_softmax_scores(tg, pred)
         methods.update(bench_unc_variants.variants(tg, pred, _tagger_data(setting, args.quick)[0], dev,
                                                    methods["marginal (default)"]))
+        if setting == "twitter":       # independently trained taggers (seeds 1, 2): do they agree?
+            others = [tagger.predict(_unc_tagger(setting, args, seed=s)[0], test) for s in (1, 2)]
+            for k in (1, 2):
+                methods[f"mean score of {k + 1} taggers (+ seed{'s 1, 2' if k == 2 else ' 1'})"] = \
+                    bench_unc_variants.other_taggers(pred, others[:k], tg.tags, methods["marginal (default)"])
         f1 = unc.corrector_f1_curve(pred, test, [])[0]
         print(f"\n{name}: {len(test)} test samples, {len(wrong)} predicted entities, {wrong.sum()} wrong "
               f"({wrong.mean():.1%}); tagger MNER F1 {f1:.3f}; predict {t1 - t0:.1f} s, "
@@ -104,6 +109,7 @@ def bench_uncertainty(args) -> None:
             print(f"    {how}")
         if setting == "twitter":
             _unc_rounds(tg, dev, test, args)
+            _unc_ensemble(test, args)
         missed = [unc.missed_entity_score(p, tg.tags) for p in pred]
         has_missed = [any(all(min(g.end, e.end) <= max(g.start, e.start) for e in p.entities) for g in t.entities)
                       for p, t in zip(pred, test)]
@@ -152,13 +158,30 @@ def _unc_rounds(teacher, dev: list, test: list, args) -> None:
     default = np.array([e.score for s in pred for e in s.entities])
     wrong = np.array(unc.wrong_flags(pred, test))
     methods = {"default (the self-trained tagger's marginals)": default,
-               **bench_unc_variants.second_opinion(pred, before, student.tags, default)}
+               "mean of its and its teacher's scores": bench_unc_variants.other_taggers(pred, [before], student.tags,
+                                                                                         default)}
     print(f"  self-trained tagger (1 round, +3 epochs; F1 {unc.corrector_f1_curve(pred, test, [])[0]:.3f}), "
           f"{len(wrong)} entities, {wrong.sum()} wrong; the second tagger is its teacher (the tagger above)")
     for label, scores in methods.items():
         top = np.argsort(-scores, kind="stable")[:round(0.2 * len(wrong))]
         print(f"  {label:46s} AUROC {_unc_auroc(scores, wrong):.3f} | top 20 %: caught "
               f"{wrong[top].sum() / max(wrong.sum(), 1):6.1%}")
+
+
+def _unc_ensemble(test: list, args) -> None:
+    """The default score of tagger.predict_ensemble (three cached default taggers, seeds 0-2) on its own entities."""
+    import numpy as np
+
+    import tagger
+    import uncertainty as unc
+    members = [_unc_tagger("twitter", args, seed=s)[0] for s in range(3)]
+    pred = tagger.predict_ensemble(members, test)
+    unc.score(pred, members[0].tags)
+    scores, wrong = np.array([e.score for s in pred for e in s.entities]), np.array(unc.wrong_flags(pred, test))
+    top = np.argsort(-scores, kind="stable")[:round(0.2 * len(wrong))]
+    print(f"  3 default taggers voting (seeds 0-2; F1 {unc.corrector_f1_curve(pred, test, [])[0]:.3f}), {len(wrong)} "
+          f"entities, {wrong.sum()} wrong: default score of the mean marginals AUROC {_unc_auroc(scores, wrong):.3f} | "
+          f"top 20 %: caught {wrong[top].sum() / max(wrong.sum(), 1):6.1%}")
 
 
 def _unc_kind(e, gold) -> str:
@@ -213,12 +236,14 @@ def _unc_cache_path(setting: str, config: dict, types: list[str], train: list, d
     return UNC_CACHE / f"{setting}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def _unc_tagger(setting: str, args) -> tuple:
+def _unc_tagger(setting: str, args, seed: int = 0) -> tuple:
     """(tagger, dev, test) of one of bench_tagger's "ours" settings (same data, same TaggerConfig),
     trained once and cached under /tmp, keyed by the settings and the training data."""
     import tagger
     train, dev, test, types, _ = _tagger_data(setting, args.quick)
     config = {"progress": False, "epochs": args.epochs or 10}      # TaggerConfig's epoch_size (2,000) as in the pipeline
+    if seed:
+        config["seed"] = seed
     if args.quick:
         config.update(epochs=1, epoch_size=0)
     path = _unc_cache_path(setting, config, types, train, dev)

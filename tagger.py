@@ -293,6 +293,31 @@ def predict(tagger: Tagger, samples: list[Sample], batch_size: int = 64, mc_pass
     return out
 
 
+def predict_ensemble(taggers: list[Tagger], samples: list[Sample], batch_size: int = 64) -> list[Sample]:
+    """`predict` by several taggers of the same tags (e.g. trained with different seeds) voting together.
+
+    The marginals are the mean of the members' marginals; the entities are the legal tag path with the
+    highest sum of log mean marginals (a Viterbi pass through the scheme's forbidden moves only; the
+    members' own transition scores are already inside their marginals). Members that disagree about an
+    entity give it middling marginals, so the entity's uncertainty rises: the ensemble's doubt counts.
+    """
+    if not taggers or any(t.tags != taggers[0].tags for t in taggers):
+        raise ValueError("expected one or more taggers with the same tags")
+    tags, scheme = taggers[0].tags, taggers[0].config.scheme
+    legal = CRF(len(tags), *allowed_moves(tags, scheme))   # learnt scores all 0: it only forbids illegal moves
+    runs = [predict(t, samples, batch_size) for t in taggers]
+    out = []
+    for i, s in enumerate(samples):
+        m = np.mean([r[i].marginals for r in runs], axis=0)                     # (T, K)
+        path = []
+        if s.tokens:
+            em = torch.log(torch.from_numpy(m).double().clamp_min(1e-12))[None]  # (1, T, K)
+            path = legal.viterbi(em, torch.ones(em.shape[:2], dtype=torch.bool))[0]
+        ents = [Entity(a, e, t, boxes=[], source="tagger") for a, e, t in tags_to_spans([tags[x] for x in path])]
+        out.append(Sample(s.id, list(s.tokens), s.image, ents, marginals=m.astype(np.float32)))
+    return out
+
+
 def save(tagger: Tagger, directory: str) -> None:
     """config.json (settings, types, tags, the encoder's architecture), weights.pt and the tokenizer files."""
     d = Path(directory)

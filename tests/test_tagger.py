@@ -241,3 +241,30 @@ def test_character_features_see_what_encoder_and_shapes_cannot(encoder_dir, tmp_
     assert spans(tg.predict(tg.load(str(tmp_path / "c")), test)) == spans(tg.predict(model, test))
     e = encoding.encode(model.tokenizer, [["Ab", "x" * 30, "ü"]], 32)[0]
     assert e.chars == [[ord("A") + 1, ord("b") + 1], [ord("x") + 1] * encoding.MAX_CHARS, [0xC3 + 1, 0xBC + 1]]
+
+
+def test_ensemble_votes_by_mean_marginals_on_legal_paths(trained):
+    """predict_ensemble against brute force: its entities are the legal tag path (per the scheme) of highest summed
+    log mean marginal, over every path of 9 tags on these 2-4-word texts; one member alone keeps its marginals."""
+    import itertools
+    tagger, _ = trained
+    other = copy.deepcopy(tagger)
+    with torch.no_grad():
+        other.head.bias += torch.linspace(-1, 1, len(other.tags))   # a second member that disagrees somewhat
+    texts = [Sample(f"b{i}", t) for i, t in enumerate([["Mr", "Smith"], ["in", "Rome", "today"],
+                                                        ["Mr", "Wilson", "in", "Berlin"], ["the", "Brown", "cat"]])]
+    start_ok, trans_ok, end_ok = crf.allowed_moves(tagger.tags, tagger.config.scheme)
+    got = tg.predict_ensemble([tagger, other], texts)
+    one, two = tg.predict(tagger, texts), tg.predict(other, texts)
+    for s, g, a, b in zip(texts, got, one, two):
+        mean = (a.marginals + b.marginals) / 2
+        assert np.allclose(g.marginals, mean, atol=1e-6)
+        legal = [p for p in itertools.product(range(len(tagger.tags)), repeat=len(s.tokens))
+                 if start_ok[p[0]] and end_ok[p[-1]] and all(trans_ok[x, y] for x, y in zip(p, p[1:]))]
+        best = max(legal, key=lambda p: sum(np.log(mean[t, k]) for t, k in enumerate(p)))
+        assert [(e.start, e.end, e.type) for e in g.entities] == \
+            [tuple(x) for x in tg.tags_to_spans([tagger.tags[k] for k in best])]
+    alone = tg.predict_ensemble([tagger], texts)
+    assert all(np.array_equal(x.marginals, y.marginals) for x, y in zip(alone, one))
+    with pytest.raises(ValueError, match="same tags"):
+        tg.predict_ensemble([], texts)
