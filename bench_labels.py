@@ -23,17 +23,9 @@ SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row 
     "default": (DEFAULT, {}, None),
     "epochs20": ("10 % labelled, 20 epochs", {"epochs": 20}, None),
     "lr1e-4": ("10 % labelled, encoder lr 1e-4", {"lr_encoder": 1e-4}, None),
-    "chars": ("10 % labelled, character CNN (50 filters)", {"char_dim": 50}, None),
     "lr1e-4-e20": ("10 % labelled, encoder lr 1e-4, 20 epochs", {"lr_encoder": 1e-4, "epochs": 20}, None),
     "st2-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training (2 rounds)",
                    {"lr_encoder": 1e-4, "self_train_rounds": 2}, "10 % labelled, encoder lr 1e-4"),
-    "chars-lr1e-4": ("10 % labelled, character CNN, encoder lr 1e-4", {"char_dim": 50, "lr_encoder": 1e-4}, None),
-    "st2-chars-lr1e-4": ("10 % labelled + unlabelled text, character CNN, encoder lr 1e-4, self-training (2 rounds)",
-                         {"char_dim": 50, "lr_encoder": 1e-4, "self_train_rounds": 2},
-                         "10 % labelled, character CNN, encoder lr 1e-4"),
-    "st-fresh-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training, a fresh student",
-                        {"lr_encoder": 1e-4, "self_train_fresh": True}, "10 % labelled, encoder lr 1e-4"),
-    "ens3": ("10 % labelled, 3 default taggers voting (tagger.predict_ensemble)", {}, None),
     "st": ("10 % labelled + unlabelled text, self-training (1 round, +3 epochs)", {}, DEFAULT),
     "st-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training", {"lr_encoder": 1e-4},
                   "10 % labelled, encoder lr 1e-4"),
@@ -58,23 +50,6 @@ def _scores(model, history: list[dict], dev: list, test: list, seconds: float) -
             "p": m["p"], "r": m["r"], "f1": m["f1"], "train_seconds": seconds}
 
 
-def _ensemble(seed: int, dev: list, test: list, quick: bool) -> dict:
-    """tagger.predict_ensemble of three default taggers, seeds 3s, 3s+1, 3s+2 (bench.py uncertainty's cached
-    taggers: trained here when missing). Training time is three default runs; it is not re-measured here."""
-    import argparse
-
-    import bench_uncertainty
-    import tagger as tg
-    from eval import evaluate, span_f1
-    args = argparse.Namespace(quick=quick, epochs=None)
-    members = [bench_uncertainty._unc_tagger("twitter", args, seed=3 * seed + j)[0] for j in range(3)]
-    m = evaluate(test, tg.predict_ensemble(members, test))["mner"]
-    alone = [span_f1(test, tg.predict(t, test)) for t in members]
-    return {"setting": SETTINGS["ens3"][0], "seed": seed, "split_dev_f1": span_f1(dev, tg.predict_ensemble(members, dev)),
-            "best_epoch": "-", "epochs": 10, "p": m["p"], "r": m["r"], "f1": m["f1"], "train_seconds": float("nan"),
-            "extra": f"tagger seeds {3 * seed}-{3 * seed + 2} alone: F1 " + " / ".join(f"{f:.3f}" for f in alone)}
-
-
 def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[dict]:
     """Train one setting with one seed. A self-training setting gives two rows: its teacher (labelled only,
     the same schedule and seed) and the self-trained tagger."""
@@ -89,8 +64,6 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     test = read_conll(bench.TWITTER / "dev.txt").samples
     if quick:
         train, test = train[:100], test[:200]
-    if name == "ens3":
-        return [_ensemble(seed, dev, test, quick)]
     label, config, teacher = SETTINGS[name]
     config = {"progress": False, **config, **overrides}
     cfg = tg.TaggerConfig(**{**config, "seed": seed})
@@ -110,11 +83,8 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
             kept, _ = selftrain.pseudo_label(model, text)
             p, r = _pseudo_precision(kept, {s.id: s for s in rest})
             extra.append(f"{len(kept)} of {len(text)} tweets pseudo-labelled (entity P {p:.3f}, R {r:.3f})")
-            if cfg.self_train_fresh:
-                model, history = tg.train_tagger(train + kept, TWITTER_TYPES, cfg, dev)
-            else:
-                model, history = tg.train_tagger(train + kept, TWITTER_TYPES,
-                                                 replace(cfg, epochs=cfg.self_train_epochs), dev, init=model)
+            model, history = tg.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs),
+                                             dev, init=model)
             if cfg.self_train_rounds > 1:
                 extra[-1] += f", then F1 {_scores(model, history, dev, test, 0)['f1']:.3f}"
         scores = _scores(model, history, dev, test, time.perf_counter() - t0)

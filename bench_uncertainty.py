@@ -109,7 +109,6 @@ def bench_uncertainty(args) -> None:
             print(f"    {how}")
         if setting == "twitter":
             _unc_rounds(tg, dev, test, args)
-            _unc_ensemble(test, args)
         missed = [unc.missed_entity_score(p, tg.tags) for p in pred]
         has_missed = [any(all(min(g.end, e.end) <= max(g.start, e.start) for e in p.entities) for g in t.entities)
                       for p, t in zip(pred, test)]
@@ -166,22 +165,6 @@ def _unc_rounds(teacher, dev: list, test: list, args) -> None:
         top = np.argsort(-scores, kind="stable")[:round(0.2 * len(wrong))]
         print(f"  {label:46s} AUROC {_unc_auroc(scores, wrong):.3f} | top 20 %: caught "
               f"{wrong[top].sum() / max(wrong.sum(), 1):6.1%}")
-
-
-def _unc_ensemble(test: list, args) -> None:
-    """The default score of tagger.predict_ensemble (three cached default taggers, seeds 0-2) on its own entities."""
-    import numpy as np
-
-    import tagger
-    import uncertainty as unc
-    members = [_unc_tagger("twitter", args, seed=s)[0] for s in range(3)]
-    pred = tagger.predict_ensemble(members, test)
-    unc.score(pred, members[0].tags)
-    scores, wrong = np.array([e.score for s in pred for e in s.entities]), np.array(unc.wrong_flags(pred, test))
-    top = np.argsort(-scores, kind="stable")[:round(0.2 * len(wrong))]
-    print(f"  3 default taggers voting (seeds 0-2; F1 {unc.corrector_f1_curve(pred, test, [])[0]:.3f}), {len(wrong)} "
-          f"entities, {wrong.sum()} wrong: default score of the mean marginals AUROC {_unc_auroc(scores, wrong):.3f} | "
-          f"top 20 %: caught {wrong[top].sum() / max(wrong.sum(), 1):6.1%}")
 
 
 def _unc_kind(e, gold) -> str:

