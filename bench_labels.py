@@ -26,6 +26,8 @@ SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row 
     "lr1e-4-e20": ("10 % labelled, encoder lr 1e-4, 20 epochs", {"lr_encoder": 1e-4, "epochs": 20}, None),
     "st2-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training (2 rounds)",
                    {"lr_encoder": 1e-4, "self_train_rounds": 2}, "10 % labelled, encoder lr 1e-4"),
+    "st3-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training (3 rounds)",
+                   {"lr_encoder": 1e-4, "self_train_rounds": 3}, "10 % labelled, encoder lr 1e-4"),
     "st": ("10 % labelled + unlabelled text, self-training (1 round, +3 epochs)", {}, DEFAULT),
     "st-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training", {"lr_encoder": 1e-4},
                   "10 % labelled, encoder lr 1e-4"),
