@@ -29,6 +29,7 @@ TWITTER = SHARED / "twitter-gmner"
 
 
 def have(path: Path) -> bool:
+    """Whether the shared data at `path` exists; when it does not, say so (the section then skips)."""
     if not path.exists():
         print(f"skipped: {path} is absent (benchmarks read the team's shared data from there)")
         return False

@@ -44,7 +44,6 @@ def elide(part: dict) -> dict:
     return {**part, "image_url": {"url": f"<{len(url)} chars, sha256 {digest}>"}}
 
 
-
 def append(path: str, key: str, answer: dict, body: dict) -> None:
     """One appended, flushed line {"key", "content", "usage", "request"} (a kill loses at most that line).
     Not thread-safe on its own: the client calls it under its lock."""

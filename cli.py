@@ -61,6 +61,9 @@ def field_help(cls: type) -> dict[str, str]:
     return helps
 
 
+ALIASES = {"--llm-base-url": ["--llm-url"], "--tagger-dir": ["--tagger"]}   # shorter spellings, accepted too
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="refineg.py", description="ReFineG end to end: synthesis -> tagger -> uncertainty + refinement -> demo selection + "
                                  "grounding -> scores.",
@@ -83,9 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
                 group.add_argument(flag, *ALIASES.get(flag, []), dest=f"{stage}.{f.name}", type=converter(str(f.type)),
                                    metavar=f.name.upper(), default=default, help=text)
     return ap
-
-
-ALIASES = {"--llm-base-url": ["--llm-url"], "--tagger-dir": ["--tagger"]}
 
 
 def converter(annotation: str):

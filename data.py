@@ -231,7 +231,7 @@ def find_image(dirs: list[Path], sid: str) -> str | None:
     return None
 
 
-def attach_images(data: "Dataset", dirs: list[Path]) -> None:
+def attach_images(data: Dataset, dirs: list[Path]) -> None:
     """Set every sample's image from `dirs`; count the samples that have none."""
     for s in data.samples:
         s.image = find_image(dirs, s.id)

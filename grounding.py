@@ -66,7 +66,7 @@ class GroundingConfig:
     image_encoder: str = ""         # local CLIP folder; "" = weak pixel descriptor
     batch_size: int = 64            # encoder batch size
     max_side: int = 1000            # longest side of images sent to the MLLM, pixels
-    box_format: str = "abs"         # abs | norm1000 | norm1 (see FORMATS)
+    box_format: str = "abs"         # how the MLLM writes boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1
     never_ground: list[str] = field(default_factory=lambda: ["location"])   # types never boxed (authors' prompt)
     max_boxes: int = 10             # boxes per entity the answer schema allows
 
@@ -138,12 +138,14 @@ def system_prompt(data: Dataset, never: list[str], fmt: str) -> str:
 
 
 def _turn(sample: Sample, asked: dict[str, str], part: dict, sent: tuple[int, int], fmt: str) -> dict:
+    """The user turn of a demo or the query: its image, its size as sent (for abs), its text, the entities asked."""
     size = f"Image size: {sent[0]}x{sent[1]} pixels.\n" if fmt == "abs" else ""
     listed = json.dumps([{"entity": n, "type": t} for n, t in asked.items()], ensure_ascii=False)
     return {"role": "user", "content": [part, text_part(f"{size}Text: {sample.text}\nEntities: {listed}")]}
 
 
 def _answer(demo: Sample, asked: dict[str, str], orig, sent, fmt: str) -> dict:
+    """The assistant turn of a worked example: the demo's gold boxes of the asked names, as the model writes them."""
     boxes = {n: [] for n in asked}
     for e in demo.entities:
         for box in e.boxes if demo.name(e) in asked else []:

@@ -66,5 +66,3 @@ def image_part(path: str, max_side: int = 1000) -> tuple[dict, tuple[int, int]]:
     im.save(buf, format="JPEG", quality=90)
     url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     return {"type": "image_url", "image_url": {"url": url}}, im.size
-
-

@@ -53,7 +53,7 @@ NO_SERVER = ("no LLM server configured: set ClientConfig.base_url (refineg.py --
 
 @dataclass
 class ClientConfig:
-    base_url: str = ""                 # e.g. http://127.0.0.1:8000/v1 ; "" = no LLM configured
+    base_url: str = ""                 # an OpenAI-compatible /v1 URL, e.g. http://127.0.0.1:8000/v1; "" = no LLM
     model: str = ""                    # the served model name; "" = not sent (llama-server serves one model)
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key; unset is fine for local servers
     connect_timeout: float = 10.0      # seconds to open a connection
@@ -67,10 +67,10 @@ class ClientConfig:
     temperature: float = 0.0           # always sent: server defaults differ (vLLM takes the model's, often 0.7)
     max_tokens: int = 2048             # a longer answer is an error (truncated JSON), never a result
     workers: int = 4                   # parallel requests in map_chat; match the server's slots (llama-server -np)
-    cache_path: str | None = None      # JSONL of finished answers; None = no cache
+    cache_path: str | None = None      # JSONL of finished answers; None = no cache, except in refineg.py, where
+                                       # None = llm_cache.jsonl in the run directory (--out)
     structured: str = "json_schema"    # json_schema (vLLM >= 0.12, llama-server) | json_object (schema in the prompt)
     schema_retries: int = 2            # re-asks, with the error, when an answer does not parse or fit the schema
-
 
 
 class LLMError(RuntimeError):

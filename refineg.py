@@ -6,8 +6,8 @@ The one straight pipeline of the paper (Tang et al., CCKS 2025, arXiv 2509.10975
      data (tagger.py);
   2. refinement stage: the tagger predicts entities with CRF-marginal
      uncertainty; only the uncertain ones go to the MLLM (uncertainty.py);
-  3. grounding stage: the k most similar labelled samples are shown to the MLLM
-     as worked examples before it boxes the entities (grounding.py).
+  3. grounding stage: the k most similar labelled samples (demos.py) are shown
+     to the MLLM as worked examples before it boxes the entities (grounding.py).
 Predictions are written in the CCKS layout (and in the Twitter-GMNER layout when
 that is the data predicted) and scored (eval.py) when gold exists.
 
@@ -20,9 +20,9 @@ settings) and cached MLLM answers are not paid again. Only this file knows the
 order of the stages; every flag maps onto one field of a stage's settings. The
 summary printed at the end and the --viz pictures are drawn by report.py; the flags
 are built and checked by cli.py.
-Left out on purpose: multi-GPU training, a web UI, adding entities the tagger
-missed (off by default in the paper's spirit: that is where an LLM's notion of
-"entity" leaks in).
+Left out on purpose: multi-GPU training, a web UI. Off by default, in the
+paper's spirit: letting the MLLM add entities the tagger missed (--unc-allow-add),
+since that is where an LLM's notion of "entity" leaks in.
 """
 
 import dataclasses
@@ -132,6 +132,8 @@ def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: P
 
 
 def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out: Path) -> tuple[list[data.Sample], dict]:
+    """Synthesise from the seeds, or reuse synthetic.jsonl when it was written with the same settings, model and
+    seeds and no call failed (a failed seed is asked again; the answered ones come from the cache)."""
     k = key(cfg["synth"], cfg["llm"].model, [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities])
                                             for s in seeds.samples])
     stamp = out / "synthetic.summary.json"
@@ -147,6 +149,7 @@ def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out:
 
 
 def mner(gold: list[data.Sample], pred: list[data.Sample]) -> dict:
+    """MNER (span + type) scores: the one task a stage before grounding can be scored on."""
     return scorer.evaluate(gold, pred)["mner"]
 
 
@@ -161,6 +164,8 @@ def pipeline(cfg: dict, state: dict) -> int:
     seeds = dataclasses.replace(labelled, samples=train)
     print(f"data: {len(train)} labelled training samples, {len(test)} to predict "
           f"({'with' if gold_known else 'without'} gold); types {labelled.types}")
+    scored = {"samples": len(test), "gold_entities": sum(len(s.entities) for s in test) if gold_known else None,
+              "test": run.test or None, "test_share": run.test_share}
     with_image = sum(1 for s in test if s.image)
     print(f"images: {with_image} of {len(test)} samples to predict have one"
           + (f" ({len(test) - with_image} missing: text-only, their entities ungroundable)" if with_image < len(test) else ""))
@@ -258,13 +263,13 @@ def pipeline(cfg: dict, state: dict) -> int:
             all_failed("grounding", clients["grounding"], "predictions.json holds the entities without boxes")
     finally:     # counts and times of whatever ran, also when a stage failed or was interrupted
         usage = {stage: c.usage.as_dict() for stage, c in clients.items()}
-        write_json(out / "metrics.json", {"metrics": metrics, "stages": notes, "skipped": skipped,
+        write_json(out / "metrics.json", {"metrics": metrics, "scored": scored, "stages": notes, "skipped": skipped,
                                           "written": state["written"]})
         write_json(out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": seconds})
     if run.viz:
         state["stage"] = "drawing"
         draw(pred, test if gold_known else None, out / "viz", run.viz)
-    print(summary_text(metrics, notes, usage, seconds, skipped, out, run.warn_failed_share))
+    print(summary_text(metrics, notes, usage, seconds, skipped, out, scored, run.warn_failed_share))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 refineg.py runs the stages and hands their scores, counts, token usage and timings here. Input:
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
-text (scores per stage, how many entities went to the MLLM, calls and tokens per stage, what was
-skipped and why, which files were written) and JPEGs with predicted (red) and gold (green) boxes.
+text (how many samples and gold entities were scored, scores per stage, how many entities went to
+the MLLM, calls and tokens per stage, what was skipped and why, which files were written) and JPEGs
+with predicted (red) and gold (green) boxes.
 
     python refineg.py --data examples/demo --out runs/demo --viz 5     # prints the summary, draws runs/demo/viz/
 
@@ -26,27 +27,41 @@ NO_LLM = "no MLLM configured"
 
 
 def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path,
-                 warn_share: float = 0.1) -> str:
-    """The lines printed at the end of a run: a warning when many calls of a stage failed, scores per
-    stage, uncertainty routing, MLLM usage, times, skipped stages and the files written."""
+                 scored: dict, warn_share: float = 0.1) -> str:
+    """The lines printed at the end of a run: a warning when many calls of a stage failed, what was scored,
+    scores per stage, uncertainty routing, MLLM usage, times, skipped stages and the files written.
+    `scored`: samples (predicted), gold_entities (None without gold), test (the --test folder or None),
+    test_share (of the hold-out when there is no --test)."""
     head = "== ReFineG summary"
     failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
               if c["calls"] and c["failures"] > warn_share * c["calls"]]
     if failed:
         head += f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
     lines = ["", head]
+    n, gold, test = scored["samples"], scored["gold_entities"], scored["test"]
+    if gold is None:                # only a --test folder can lack gold: a hold-out is part of the labelled data
+        lines.append(f"not scored: the {n} samples of --test {test} have no gold (no entity.json)")
+    elif test:
+        lines.append(f"scored on {n} samples of --test {test} with {gold} gold entities")
+    else:
+        lines.append(f"scored on {n} held-out samples with {gold} gold entities "
+                     f"(a seeded {scored['test_share']:.0%} of --data; --test DIR scores another folder)")
     for stage, m in metrics.items():
         for name in ("mner", "eeg", "gmner"):
             if name in m:
                 r = m[name]
                 lines.append(f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
                              f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
+    if metrics and "refinement" in skipped and "grounding" in skipped:
+        lines.append("  these are the tagger's scores alone: no MLLM refined its entities or drew a box, so EEG and "
+                     "GMNER credit only the entities gold leaves without a box")
     g = notes.get("grounding", {})
     if g.get("no_image"):
         lines.append(f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
                      f"({g['no_image']} samples without image; --images DIR adds image folders)")
     u = notes["uncertainty"]
-    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})")
+    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})"
+                 + ("; none sent, refinement was skipped" if "refinement" in skipped else ""))
     for stage, c in usage.items():
         lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
                      f"{c['completion_tokens']} completion tokens, {c['failures']} failures")

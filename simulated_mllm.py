@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
-from data import Box, Sample, find_name, squash
+from data import Box, Entity, Sample, find_name, squash
 
 
 @dataclass
@@ -164,7 +164,7 @@ class SimulatedMLLM:
         return [round(v, 4) for v in xyxy] if self.config.box_format == "norm1" else [round(v) for v in xyxy]
 
 
-def _overlapping(sample: Sample, name: str):
+def _overlapping(sample: Sample, name: str) -> Entity | None:
     """The gold entity overlapping the first occurrence of `name` most, or None."""
     spans = find_name(sample.tokens, name)
     if not spans:
@@ -175,8 +175,9 @@ def _overlapping(sample: Sample, name: str):
 
 
 def _shifted(box: Box, size: tuple[int, int], gold: list[Box]) -> Box:
-    """The box moved by 70 % of its width (IoU 0.18 with itself) where it fits, else its top-left quarter
-    (IoU 0.25); either way below 0.5 with every gold box of the entity, or the quarter is used."""
+    """A wrong box near a gold one: moved sideways by 70 % of its width (IoU 0.3 / 1.7 = 0.18 with it) when
+    that stays inside the image and below IoU 0.5 with every gold box of the entity; else its top-left
+    quarter (IoU 0.25 with it)."""
     w = box.x2 - box.x1
     for dx in (0.7 * w, -0.7 * w):
         moved = Box(box.x1 + dx, box.y1, box.x2 + dx, box.y2)

@@ -139,5 +139,3 @@ def validate(value: object, schema: dict, path: str = "$") -> list[str]:
             elif isinstance(extra, dict):
                 errors += validate(v, extra, f"{path}.{k}")
     return errors
-
-

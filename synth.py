@@ -35,9 +35,9 @@ Input: a labelled `Dataset` (the seeds) and an llm.Client. Output: synthetic
 `Sample`s (ids `syn-<seed id>-<j>`, j = position in the LLM's answer, no image)
 and a summary dict; `write_synthetic` / `read_synthetic` store them as
 synthetic.jsonl. Reruns cost nothing: the requests are deterministic and the
-client caches answers. Run through the pipeline:
+client caches answers. Run through the pipeline (any LLM server; a text-only one is enough):
 
-    python refineg.py --data examples/demo --out runs/demo
+    python refineg.py --data examples/demo --llm-url http://127.0.0.1:8000/v1 --no-refine --no-ground
 
 Left out on purpose: images (synthetic sentences are text-only: they train the
 text tagger), asking the LLM to tag free text (see above), and filtering by any
@@ -373,6 +373,7 @@ def write_rejected(examples: list[dict], path: str | Path) -> None:
 
 
 def read_synthetic(path: str | Path) -> list[Sample]:
+    """The samples write_synthetic wrote; a malformed line is a DataError naming the file and line."""
     samples = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -68,14 +68,14 @@ class TaggerConfig:
                                    # their pretrained place (fine-tuning moves only the words in the few training data)
     max_grad_norm: float = 1.0     # gradient clipping (global L2 norm)
     seed: int = 0                  # batches, dropout and head initialisation
-    device: str = "cpu"            # torch device
+    device: str = "cpu"            # torch device to train and predict on (cpu, cuda, cuda:1, ...)
     threads: int = 0               # torch.set_num_threads; 0 = leave torch's default
     int8: bool = False             # trained encoder's linear layers in int8 (CPU): 3x faster prediction, -0.5 F1
     progress: bool = True          # tqdm bars while training
     self_train_rounds: int = 1     # with unlabelled text (selftrain.py): pseudo-label + retrain rounds
     self_train_epochs: int = 3     # epochs of each round, continuing from the previous round's tagger
     self_train_tau: float = 0.1    # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
-    self_train_missed: float = 0.1  # ... and its missed-entity score (max 1 - P(O) outside entities) is <= this
+    self_train_missed: float = 0.1  # a kept sentence's missed-entity score (max 1 - P(O) outside entities) is <= this
 
 
 # ---------------------------------------------------------------- the model

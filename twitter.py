@@ -115,6 +115,7 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Pa
 
 
 def write_conll(samples: list[Sample], path: str | Path, scheme: str = "BIO", imgid: bool = True) -> None:
+    """Two-column CoNLL (token TAB tag in `scheme`), with an `IMGID:<id>` line before each sample when `imgid`."""
     with open(path, "w", encoding="utf-8") as f:
         for s in samples:
             if imgid:

@@ -5,6 +5,7 @@ slipped through the check would start training (and the test would notice the mi
 """
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -60,16 +61,49 @@ def test_defaults_and_a_fixed_tau_are_valid():
     assert cli.settings_problems(cli.parse_configs(["--unc-target-rate", "none", "--unc-tau", "0.3"])) == []
 
 
+DANGLING = {"the", "a", "an", "of", "to", "and", "or", "with", "in", "per", "than", "by", "for", "on", "at", "from",
+            "into", "as", "is", "are", "be", "when", "if", "that", "which", "its", "their", "not", "but", "so", "e.g."}
+
+
+def incomplete(text: str) -> str:
+    """Why a flag's help, read alone in --help, is not a complete phrase ("" when it is)."""
+    if len(re.findall(r"\w+", text)) < 3:
+        return "fewer than 3 words"
+    if text.startswith("..."):
+        return "continues another flag's sentence"
+    if text[-1] in ",;:(" or text.split()[-1].lower() in DANGLING:
+        return "ends mid-phrase"
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return "a ')' before its '('"
+    return "an unclosed '('" if depth else ""
+
+
+def test_the_completeness_check_catches_cut_help():
+    """The cuts the old one-line comment reader made, and the other ways a help can stop short."""
+    assert incomplete("sentences drawn afresh each epoch when there are more; 0 = all. Bounds the") == "ends mid-phrase"
+    assert incomplete("a stage with more than this share of") == "ends mid-phrase"
+    assert incomplete("the rest get new names (paper: 20 of 30") == "an unclosed '('"
+    assert incomplete("sampling temperature, like vLLM's,") == "ends mid-phrase"
+    assert incomplete("torch device") == "fewer than 3 words"
+    assert incomplete("... and its score is <= this") == "continues another flag's sentence"
+    assert incomplete("share of entities to delegate (a call budget; no labels needed)") == ""
+
+
 def test_every_flag_has_its_whole_comment_as_help():
-    """--help comes from the comment after each settings field, continuation lines included: every field has
-    one, and none ends mid-phrase (the old one-line reader cut "... Bounds the" and "... this share of the")."""
-    dangling = {"the", "a", "an", "of", "to", "and", "or", "with", "in", "per", "than", "by", "for", "on", "at"}
+    """--help comes from the comment after each settings field, continuation lines included (so a long comment
+    is never cut): every field has one, and each is a complete phrase when read alone next to its flag."""
+    bad = []
     for stage, cls, prefix in cli.STAGES:
         helps = cli.field_help(cls)
         for f in dataclasses.fields(cls):
             text = helps.get(f.name, "")
-            assert text, f"--{prefix}{f.name.replace('_', '-')} has no help"
-            assert text.split()[-1].lower() not in dangling, f"--{prefix}{f.name}: help cut: {text[-40:]!r}"
+            why = incomplete(text) if text else "no help"
+            if why:
+                bad.append(f"--{prefix}{f.name.replace('_', '-')}: {why}: {text!r}")
+    assert not bad, "\n".join(bad)
     assert cli.field_help(tagger.TaggerConfig)["epoch_size"].endswith("(10 x 2,000 = 20,000 sentence passes)")
     assert cli.field_help(uncertainty.UncertaintyConfig)["target_gain"].endswith("brings on labelled dev data")
     assert "--tagger-epoch-size" in (out := cli.build_parser().format_help()) and "sentence passes)" in out

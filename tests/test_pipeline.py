@@ -85,9 +85,20 @@ def test_demo_without_server(trained: Path, capsys):
     assert m["tp"] + m["fn"] == sum(len(s.entities) for s in test)
     assert m["f1"] == pytest.approx(2 * m["tp"] / (2 * m["tp"] + m["fp"] + m["fn"]) if m["tp"] else 0.0)
     assert (out / "tagger" / "weights.pt").is_file() and (out / "config.json").is_file()
-    # a rerun reuses the tagger (same settings, same data)
+    # a rerun reuses the tagger (same settings, same data); its summary says what the numbers were computed on
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 0
-    assert "tagger: reused" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tagger: reused" in printed
+    assert len(test) == 10 and sum(len(s.entities) for s in test) == 21      # round(0.3 * 32) samples of the demo
+    assert ("\nscored on 10 held-out samples with 21 gold entities (a seeded 30% of --data; --test DIR scores another "
+            "folder)\n") in printed and metrics["scored"] == {"samples": 10, "gold_entities": 21, "test": None,
+                                                             "test_share": 0.3}
+    assert (f"     tagger MNER   P {m['p']:.3f}  R {m['r']:.3f}  F1 {m['f1']:.3f}  (tp {m['tp']}, fp {m['fp']}, "
+            f"fn {m['fn']})\n") in printed
+    assert "\n  these are the tagger's scores alone: no MLLM refined its entities or drew a box" in printed
+    u = metrics["stages"]["uncertainty"]
+    assert f"\nuncertainty: {u['delegated']} of {u['entities']} predicted entities above tau (" in printed
+    assert "; none sent, refinement was skipped\n" in printed
 
 
 def test_summary_says_why_each_stage_was_skipped(trained: Path, tmp_path: Path, capsys):
@@ -231,7 +242,7 @@ def test_usage_counts_this_process_and_all_runs(trained, tmp_path):
             k: first["llm"][stage][k] for k in ("prompt_tokens", "completion_tokens")}
 
 
-def test_unlabelled_test_folder_is_predicted_and_drawn(trained: Path, tmp_path: Path):
+def test_unlabelled_test_folder_is_predicted_and_drawn(trained: Path, tmp_path: Path, capsys):
     """The real prediction path: --test names another folder without entity.json. Every sample of it is
     predicted, nothing is scored (there is no gold), and --viz draws N pictures the size of the originals."""
     test = tmp_path / "test"
@@ -242,6 +253,9 @@ def test_unlabelled_test_folder_is_predicted_and_drawn(trained: Path, tmp_path: 
     out = tmp_path / "run"
     assert refineg.main(["--data", str(DEMO), "--test", str(test), "--out", str(out), "--tagger",
                          str(trained / "tagger"), "--viz", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"\nnot scored: the 32 samples of --test {test} have no gold (no entity.json)\n" in printed
+    assert "scores alone" not in printed                  # nothing was scored, so no line about whose scores
     ids = sorted(json.loads((DEMO / "text.json").read_text(encoding="utf-8-sig")))
     assert sorted(json.loads((out / "predictions.json").read_text())) == ids
     assert json.loads((out / "metrics.json").read_text())["metrics"] == {}
@@ -308,6 +322,8 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
     assert sum(u["requests"] for u in usage.values()) == len(srv.requests)
     if any(u["failures"] > 0.1 * u["calls"] for u in usage.values()):
         assert "== ReFineG summary: WARNING" in out
+    n_gold = sum(len(s.entities) for s in ccks.read_ccks(DEMO).samples)
+    assert f"\nscored on 32 samples of --test {DEMO} with {n_gold} gold entities\n" in out
     # predictions.json is valid: every id, names in the text, boxes inside the image
     gold = {s.id: s for s in ccks.read_ccks(DEMO).samples}
     pred = json.loads((tmp_path / "predictions.json").read_text())
@@ -376,3 +392,5 @@ def test_twitter_data_gets_twitter_predictions_that_eval_reads(tmp_path: Path, c
     printed = capsys.readouterr().out
     assert "tagger: reused" in printed and "images: 3 of 4 samples to predict have one (1 missing" in printed
     assert "grounding: 2 entities stayed ungroundable for lack of an image (1 samples without image" in printed
+    assert "\nscored on 4 held-out samples with 8 gold entities (a seeded 50% of --data" in printed  # 2 per tweet
+    assert "scores alone" not in printed and "none sent" not in printed     # refinement and grounding ran
