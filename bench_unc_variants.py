@@ -113,6 +113,19 @@ def type_prior(model, pred: list, dev: list, default: np.ndarray) -> np.ndarray:
     return (default + np.array([rate.get(e.type, 1.0) for s in pred for e in s.entities])) / 2
 
 
+def other_taggers(pred: list, others: list[list], tags: list[str], default: np.ndarray) -> np.ndarray:
+    """The mean of this tagger's entity scores (`default`) and those other taggers give the same entities from their
+    own marginals (`others`: each one tagger's predictions of the same texts, e.g. another seed or the teacher of
+    a self-trained tagger). Label-free; costs one more training and prediction per tagger."""
+    scores = [default]
+    for other in others:
+        copies = [replace(p, entities=[replace(e) for e in p.entities], marginals=o.marginals)
+                  for p, o in zip(pred, other)]
+        unc.score(copies, tags)
+        scores.append(np.array([e.score for s in copies for e in s.entities]))
+    return np.mean(scores, axis=0)
+
+
 def variants(model, pred: list, train: list, dev: list | None, default: np.ndarray) -> dict[str, np.ndarray]:
     ems = emissions(model, pred)
     out = {"exact entity probability (constrained forward)": exact_entity(model, pred, ems),

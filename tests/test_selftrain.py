@@ -76,7 +76,7 @@ def test_pipeline_unlabelled_flag(encoder_dir, tmp_path: Path, capsys):
             "--tagger-epochs", "1", "--tagger-self-train-epochs", "1", "--no-tagger-progress"]
     assert refineg.main(argv) == 0
     stage = json.loads((tmp_path / "tagger" / "stage.json").read_text())
-    assert [r["round"] for r in stage["self_training"]] == [0, 1]
+    assert [r["round"] for r in stage["self_training"]] == [0, 1, 2]      # two rounds by default
     assert "unlabelled" in capsys.readouterr().out
     assert refineg.main(argv) == 0                                # same settings and texts: reused
     assert "tagger: reused" in capsys.readouterr().out
