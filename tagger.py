@@ -72,7 +72,7 @@ class TaggerConfig:
     threads: int = 0               # torch.set_num_threads; 0 = leave torch's default
     int8: bool = False             # trained encoder's linear layers in int8 (CPU): 3x faster prediction, -0.5 F1
     progress: bool = True          # tqdm bars while training
-    self_train_rounds: int = 2     # pseudo-label + retrain rounds on --unlabelled text (a 2nd round: +0.6 F1 on average)
+    self_train_rounds: int = 2     # pseudo-label + retrain rounds on --unlabelled text (a 2nd: +0.6 F1 on average)
     self_train_epochs: int = 3     # epochs of each round, continuing from the previous round's tagger
     self_train_tau: float = 0.1    # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
     self_train_missed: float = 0.1  # a kept sentence's missed-entity score (max 1 - P(O) outside entities) is <= this
