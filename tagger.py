@@ -30,7 +30,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +300,11 @@ def load(directory: str, device: str | None = None) -> Tagger:
     if not (d / "config.json").is_file() or not (d / "weights.pt").is_file():
         raise FileNotFoundError(f"{d}: expected config.json and weights.pt written by tagger.save")
     meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    # a setting this tagger.py does not know may change the model: refuse it (a missing one takes its default)
+    unknown = sorted(set(meta["tagger"]) - {f.name for f in fields(TaggerConfig)})
+    if unknown:
+        raise ValueError(f"{d}/config.json: unknown tagger settings {unknown}; expected a tagger saved by this "
+                         "version of tagger.py")
     config = TaggerConfig(**meta["tagger"])
     if device is not None:
         config.device = device

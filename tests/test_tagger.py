@@ -107,6 +107,22 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
         assert np.array_equal(x.marginals, y.marginals)
 
 
+def test_load_refuses_a_setting_it_does_not_know(trained, tmp_path):
+    """A tagger saved by another version of tagger.py: an unknown setting is named (it used to be a TypeError from
+    the dataclass); a setting missing from config.json takes its default."""
+    import json
+    tagger, test = trained
+    tg.save(tagger, str(tmp_path / "t"))
+    meta = json.loads((tmp_path / "t" / "config.json").read_text())
+    del meta["tagger"]["int8"]
+    (tmp_path / "t" / "config.json").write_text(json.dumps(meta))
+    assert spans(tg.predict(tg.load(str(tmp_path / "t")), test)) == spans(tg.predict(tagger, test))
+    meta["tagger"]["char_dim"] = 50
+    (tmp_path / "t" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"config.json: unknown tagger settings \['char_dim'\]"):
+        tg.load(str(tmp_path / "t"))
+
+
 def test_long_sentences_are_windowed_and_every_token_tagged(trained):
     tagger, _ = trained
     toks = ["the", "old", "cat", "visited", "Mr", "Wilson", "and", "a", "dog", "saw", "the", "friend", "in",
