@@ -15,7 +15,6 @@ Training seconds are wall time on the shared machine, pseudo-labelling included.
 
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -90,11 +89,9 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
         text = [Sample(s.id, s.tokens) for s in rest]                  # the tags stay behind
         extra = []
         for _ in range(cfg.self_train_rounds):                         # selftrain.self_train, with the diagnostics
-            kept, _ = selftrain.pseudo_label(model, text)
+            model, history, kept = selftrain.one_round(model, train, text, TWITTER_TYPES, dev)
             p, r = _pseudo_precision(kept, {s.id: s for s in rest})
             extra.append(f"{len(kept)} of {len(text)} tweets pseudo-labelled (entity P {p:.3f}, R {r:.3f})")
-            model, history = tg.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs),
-                                             dev, init=model)
             if cfg.self_train_rounds > 1:
                 extra[-1] += f", then F1 {_scores(model, history, dev, test, 0)['f1']:.3f}"
         scores = _scores(model, history, dev, test, time.perf_counter() - t0)

@@ -126,8 +126,6 @@ def bench_uncertainty(args) -> None:
 def _unc_rounds(teacher, dev: list, test: list, args) -> None:
     """Agreement between self-training rounds: the tagger self-trained from `teacher` (bench.py labels' "st"
     setting, seed 0; trained once and cached), its default score, and the variants that use its teacher."""
-    from dataclasses import replace
-
     import numpy as np
 
     import bench
@@ -150,10 +148,7 @@ def _unc_rounds(teacher, dev: list, test: list, args) -> None:
         text = [Sample(s.id, s.tokens) for s in read_conll(bench.TWITTER / "train.txt").samples if s.id not in seen]
         print(f"twitter: self-training the cached tagger on {len(text)} tweets as text; cached in {path}",
               file=sys.stderr)
-        kept, _ = selftrain.pseudo_label(teacher, text)
-        cfg = teacher.config
-        student, _ = tagger.train_tagger(train + kept, TWITTER_TYPES, replace(cfg, epochs=cfg.self_train_epochs),
-                                         dev, init=teacher)
+        student, _, _ = selftrain.one_round(teacher, train, text, TWITTER_TYPES, dev)
         tagger.save(student, str(path))
     pred, before = tagger.predict(student, test), tagger.predict(teacher, test)
     unc.score(pred, student.tags)

@@ -43,6 +43,16 @@ def pseudo_label(model: tagger.Tagger, unlabelled: list[Sample]) -> tuple[list[S
     return [replace(s, marginals=None) for s in kept], pred
 
 
+def one_round(model: tagger.Tagger, train: list[Sample], unlabelled: list[Sample], types: list[str],
+              dev: list[Sample] | None = None) -> tuple[tagger.Tagger, list[dict], list[Sample]]:
+    """One round: `model` pseudo-labels `unlabelled`, then trains on `train` + the kept sentences for its
+    `self_train_epochs` more epochs, from its own weights. Returns (the new tagger, its history, the kept)."""
+    kept, _ = pseudo_label(model, unlabelled)
+    more = replace(model.config, epochs=model.config.self_train_epochs)
+    student, history = tagger.train_tagger(train + kept, types, more, dev, init=model)
+    return student, history, kept
+
+
 def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
                config: tagger.TaggerConfig | None = None,
                dev: list[Sample] | None = None) -> tuple[tagger.Tagger, list[dict]]:
@@ -57,12 +67,10 @@ def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
     rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0, "history": history}]
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()
-        kept, _ = pseudo_label(model, unlabelled)
+        model, history, kept = one_round(model, train, unlabelled, types, dev)
         if config.progress:
-            print(f"self-training round {r}: {len(kept)} of {len(unlabelled)} unlabelled sentences kept "
+            print(f"self-training round {r}: trained on {len(kept)} of {len(unlabelled)} unlabelled sentences "
                   f"({sum(len(s.entities) for s in kept)} entities)")
-        model, history = tagger.train_tagger(train + kept, types, replace(plain, epochs=config.self_train_epochs), dev,
-                                             init=model)
         rounds.append({"round": r, "pseudo_sentences": len(kept),
                        "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0,
                        "history": history})
