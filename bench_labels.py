@@ -43,6 +43,8 @@ SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row 
     "st2-partial": ("10 % labelled + unlabelled text, 2 rounds, partial labels (every tweet)",
                     {"self_train_partial": True}, DEFAULT),
     "st2-ens3": ("10 % labelled + unlabelled text, 2 rounds, round 1 pseudo-labelled by 3 taggers voting", {}, DEFAULT),
+    "mr": ("10 % labelled + 2 copies with mentions replaced by same-type ones", {}, None),
+    "st2-gold5": ("10 % labelled + unlabelled text, 2 rounds, the labelled tweets 5 times in each round", {}, DEFAULT),
     "full": ("100 % labelled (all 7,000 tweets, 10 x 2,000): the ceiling", {}, None),
 }
 FINETUNE = {"st2-ft": 2}   # settings that end with this many epochs on the labelled tweets alone
@@ -64,6 +66,31 @@ def _scores(model, history: list[dict], dev: list, test: list, seconds: float) -
     m = evaluate(test, tg.predict(model, test))["mner"]
     return {"split_dev_f1": best["dev_f1"], "best_epoch": best["epoch"], "epochs": len(history),
             "p": m["p"], "r": m["r"], "f1": m["f1"], "train_seconds": seconds}
+
+
+def _replace_mentions(train: list, copies: int, seed: int) -> list:
+    """`copies` copies of the entity-bearing samples in which each mention is, with probability 1/2, replaced by a
+    random mention of the same type from `train` (mention replacement, Dai and Adel 2020)."""
+    from data import Entity, Sample
+    rng = np.random.default_rng(seed)
+    pool: dict[str, list] = {}
+    for s in train:
+        for e in s.entities:
+            pool.setdefault(e.type, []).append(s.tokens[e.start:e.end])
+    out = []
+    for c in range(copies):
+        for s in (s for s in train if s.entities):
+            tokens, ents, last = [], [], 0
+            for e in sorted(s.entities, key=lambda e: e.start):
+                name = s.tokens[e.start:e.end]
+                if rng.random() < 0.5:
+                    name = pool[e.type][rng.integers(len(pool[e.type]))]
+                tokens += s.tokens[last:e.start]
+                ents.append(Entity(len(tokens), len(tokens) + len(name), e.type))
+                tokens += name
+                last = e.end
+            out.append(Sample(f"{s.id}#mr{c}", tokens + s.tokens[last:], s.image, ents))
+    return out
 
 
 def _voting_round(model, seed: int, train: list, text: list, dev: list, quick: bool) -> tuple:
@@ -114,6 +141,8 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     test = read_conll(bench.TWITTER / "dev.txt").samples
     if quick:
         train, test = train[:100], test[:200]
+    if name == "mr":
+        train = train + _replace_mentions(train, 2, seed)
     label, config, teacher = SETTINGS[name]
     config = {"progress": False, **config, **overrides}
     cfg = tg.TaggerConfig(**{**config, "seed": seed})
@@ -133,7 +162,8 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
             if name == "st2-ens3" and r == 0:
                 model, history, kept = _voting_round(model, seed, train, text, dev, quick)
             else:
-                model, history, kept = selftrain.one_round(model, train, text, TWITTER_TYPES, dev)
+                model, history, kept = selftrain.one_round(model, train * (5 if name == "st2-gold5" else 1), text,
+                                                           TWITTER_TYPES, dev)
             p, r = _pseudo_precision(kept, {s.id: s for s in rest})
             extra.append(f"{len(kept)} of {len(text)} tweets pseudo-labelled (entity P {p:.3f}, R {r:.3f})")
             if cfg.self_train_rounds > 1:
