@@ -44,6 +44,8 @@ SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row 
                     {"self_train_partial": True}, DEFAULT),
     "st2-ens3": ("10 % labelled + unlabelled text, 2 rounds, round 1 pseudo-labelled by 3 taggers voting", {}, DEFAULT),
     "mr": ("10 % labelled + 2 copies with mentions replaced by same-type ones", {}, None),
+    "st2-mr": ("10 % labelled + mention-replaced copies + unlabelled text, 2 rounds", {},
+               "10 % labelled + 2 copies with mentions replaced by same-type ones"),
     "st2-gold5": ("10 % labelled + unlabelled text, 2 rounds, the labelled tweets 5 times in each round", {}, DEFAULT),
     "full": ("100 % labelled (all 7,000 tweets, 10 x 2,000): the ceiling", {}, None),
 }
@@ -141,7 +143,7 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     test = read_conll(bench.TWITTER / "dev.txt").samples
     if quick:
         train, test = train[:100], test[:200]
-    if name == "mr":
+    if name in ("mr", "st2-mr"):
         train = train + _replace_mentions(train, 2, seed)
     label, config, teacher = SETTINGS[name]
     config = {"progress": False, **config, **overrides}
