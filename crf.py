@@ -111,16 +111,6 @@ class CRF(nn.Module):
         log_z = torch.logsumexp(self._alphas(em, mask)[:, -1] + end, dim=1)
         return score - log_z
 
-    def log_prob_allowed(self, em: torch.Tensor, allowed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log P(every tag of the path is allowed) per row, (B,): the likelihood of a partial label, in which a
-        token may allow several tags (one allowed tag per token: log_likelihood of that path). allowed (B, T, K)
-        bool, with at least one legal path per row."""
-        self._validate(em, mask)
-        _, _, end = self.scores()
-        log_z = torch.logsumexp(self._alphas(em, mask)[:, -1] + end, dim=1)
-        log_allowed = torch.logsumexp(self._alphas(em.masked_fill(~allowed, NEG), mask)[:, -1] + end, dim=1)
-        return log_allowed - log_z
-
     def marginals(self, em: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """P(tag_t = k | x) by forward-backward, (B, T, K); rows of padding are 0."""
         self._validate(em, mask)

@@ -35,18 +35,12 @@ from data import Sample
 
 def pseudo_label(model: tagger.Tagger, unlabelled: list[Sample]) -> tuple[list[Sample], list[Sample]]:
     """(kept, all) predictions of `unlabelled`: kept = the sentences the tagger is sure of, as training data."""
+    cfg = model.config
     pred = tagger.predict(model, unlabelled)
-    return sure(pred, model.tags, model.config), pred
-
-
-def sure(pred: list[Sample], tags: list[str], cfg: tagger.TaggerConfig) -> list[Sample]:
-    """The predicted sentences to train on: those the tagger is sure of (with self_train_partial, all of them)."""
-    uncertainty.score(pred, tags)
-    if cfg.self_train_partial:
-        return [s for s in pred if s.tokens]
+    uncertainty.score(pred, model.tags)
     kept = [s for s in pred if s.tokens and all(e.score <= cfg.self_train_tau for e in s.entities)
-            and uncertainty.missed_entity_score(s, tags) <= cfg.self_train_missed]
-    return [replace(s, marginals=None) for s in kept]
+            and uncertainty.missed_entity_score(s, model.tags) <= cfg.self_train_missed]
+    return [replace(s, marginals=None) for s in kept], pred
 
 
 def one_round(model: tagger.Tagger, train: list[Sample], unlabelled: list[Sample], types: list[str],

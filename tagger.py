@@ -75,8 +75,6 @@ class TaggerConfig:
     self_train_rounds: int = 2     # pseudo-label + retrain rounds on --unlabelled text (a 2nd: +0.6 F1 on average)
     self_train_epochs: int = 3     # epochs of each round, continuing from the previous round's tagger
     self_train_tau: float = 0.1    # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
-    self_train_partial: bool = False  # keep every pseudo-labelled sentence; where the teacher doubts a token, any tag
-                                   # it gives >= self_train_tau stays possible (a partial label), not just its Viterbi
     self_train_missed: float = 0.1  # a kept sentence's missed-entity score (max 1 - P(O) outside entities) is <= this
 
 
@@ -138,8 +136,7 @@ def chunks(sample: Sample, size: int) -> list[Sample]:
             b += 1
         ents = [replace(e, start=e.start - a, end=e.end - a) for e in sample.entities if a <= e.start < b]
         out.append(Sample(sample.id if a == 0 and b == len(sample.tokens) else f"{sample.id}#{a}",
-                          sample.tokens[a:b], sample.image, ents,
-                          marginals=None if sample.marginals is None else sample.marginals[a:b]))
+                          sample.tokens[a:b], sample.image, ents))
         a = b
     return out
 
@@ -177,13 +174,6 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
     enc = encode(tokenizer, [s.tokens for s in train], config.max_length)
     index = {t: k for k, t in enumerate(tagger.tags)}
     gold = [[index[t] for t in spans_to_tags(len(s.tokens), s.entities, config.scheme)] for s in train]
-    # a pseudo-labelled sentence (selftrain.py, self_train_partial) carries its teacher's marginals: besides its
-    # Viterbi tag, every tag the teacher gave at least self_train_tau stays allowed, and training raises the
-    # probability of all the paths through allowed tags (a gold sentence allows its one path)
-    allowed = [None if s.marginals is None else np.asarray(s.marginals) >= config.self_train_tau for s in train]
-    for a, g in zip(allowed, gold):
-        if a is not None:
-            a[np.arange(len(g)), g] = True
 
     def trainable(module):
         return [p for p in module.parameters() if p.requires_grad]
@@ -208,15 +198,7 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
         for b in bar:
             rows = [pick[i] for i in b]
             batch = collate([enc[i] for i in rows], tagger.pad_id, config.device, [gold[i] for i in rows])
-            em = tagger.emissions(batch)
-            if any(allowed[i] is not None for i in rows):
-                ok = torch.nn.functional.one_hot(batch["tags"], len(tagger.tags)).bool()
-                for j, i in enumerate(rows):
-                    if allowed[i] is not None:
-                        ok[j, :len(allowed[i])] = torch.from_numpy(allowed[i])
-                loss = -tagger.crf.log_prob_allowed(em, ok, batch["mask"]).mean()
-            else:
-                loss = -tagger.crf.log_likelihood(em, batch["tags"], batch["mask"]).mean()
+            loss = -tagger.crf.log_likelihood(tagger.emissions(batch), batch["tags"], batch["mask"]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(tagger.parameters(), config.max_grad_norm)
