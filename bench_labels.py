@@ -40,6 +40,8 @@ SETTINGS = {   # name: (label, TaggerConfig overrides, label of its teacher row 
     "st-lr1e-4": ("10 % labelled + unlabelled text, encoder lr 1e-4, self-training (1 round)",
                   {"lr_encoder": 1e-4, "self_train_rounds": 1}, "10 % labelled, encoder lr 1e-4"),
     "st2-last": ("10 % labelled + unlabelled text, 2 rounds, each round's last epoch (no dev selection)", {}, DEFAULT),
+    "st2-nodev": ("10 % labelled + unlabelled text, 2 rounds, no dev selection at all (as refineg.py)", {},
+                  "10 % labelled, defaults, last epoch (no dev selection)"),
     "full": ("100 % labelled (all 7,000 tweets): the ceiling", {}, None),   # what the other 90 % of labels buy
 }
 
@@ -82,7 +84,7 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
     config = {"progress": False, **config, **overrides}
     cfg = tg.TaggerConfig(**{**config, "seed": seed})
     t0 = time.perf_counter()
-    model, history = tg.train_tagger(train, TWITTER_TYPES, cfg, dev)
+    model, history = tg.train_tagger(train, TWITTER_TYPES, cfg, None if name == "st2-nodev" else dev)
     scores = _scores(model, history, dev, test, time.perf_counter() - t0)
     rows = [{"setting": teacher or label, "seed": seed, **scores}]
     cache = bench_uncertainty._unc_cache_path("twitter", {"progress": False, "epochs": 10}, TWITTER_TYPES, train, dev)
@@ -96,7 +98,7 @@ def run_one(name: str, seed: int, overrides: dict, quick: bool = False) -> list[
         extra = []
         for _ in range(cfg.self_train_rounds):                         # selftrain.self_train, with the diagnostics
             model, history, kept = selftrain.one_round(model, train, text, TWITTER_TYPES,
-                                                       None if name == "st2-last" else dev)
+                                                       None if name in ("st2-last", "st2-nodev") else dev)
             p, r = _pseudo_precision(kept, {s.id: s for s in rest})
             extra.append(f"{len(kept)} of {len(text)} tweets pseudo-labelled (entity P {p:.3f}, R {r:.3f})")
             if cfg.self_train_rounds > 1:
