@@ -263,8 +263,8 @@ def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Da
     # xml/ beside the txt, or up to two folders above it: the benchmark's own layouts keep one xml/ for
     # txt/{train,dev,test}.txt (NUSTM/GMNER) and for the low-resource splits lowres/10GMNER/train.txt
     xml_dirs = [d / "xml" for d in (path.parent, path.parent.parent, path.parent.parent.parent) if (d / "xml").is_dir()]
-    with path.open(encoding="utf-8-sig") as f:
-        has_imgid = f.readline().startswith("IMGID:")
+    with path.open(encoding="utf-8-sig") as f:          # the first line with text names the format
+        has_imgid = next((line for line in f if line.strip()), "").startswith("IMGID:")
     if has_imgid and xml_dirs:
         return read_twitter(path, xml_dirs[0], dirs)
     data = read_conll(path)

@@ -59,6 +59,8 @@ def test_twitter_reader_joins_boxes_by_surface_string(tmp_path):
     assert [(s2.name(e), e.boxes) for e in s2.entities] == [("NASA", [])]      # no xml file at all
     assert data.types == ["PER", "LOC", "ORG"] and "PER" in data.type_text
     assert [s.entities for s in read_dataset(tmp_path / "train.txt").samples] == [s1.entities, s2.entities]
+    (tmp_path / "lead.txt").write_text("\n\n" + (tmp_path / "train.txt").read_text())   # blank lines first
+    assert [s.entities for s in read_dataset(tmp_path / "lead.txt").samples] == [s1.entities, s2.entities]
 
 
 def test_twitter_objects_naming_no_entity_are_counted_and_warned(tmp_path):
