@@ -14,7 +14,9 @@ Left out on purpose: k-best decoding, higher-order CRFs, a CUDA kernel (T is at 
 import torch
 from torch import nn
 
-NEG = -10000.0   # score of a forbidden move: exp(NEG) underflows to 0, and unlike -inf it never makes NaN gradients
+NEG = (
+    -10000.0
+)  # score of a forbidden move: exp(NEG) underflows to 0, and unlike -inf it never makes NaN gradients
 
 
 def tag_names(types: list[str], scheme: str) -> list[str]:
@@ -27,35 +29,45 @@ def tag_names(types: list[str], scheme: str) -> list[str]:
 def allowed_moves(tags: list[str], scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Boolean (K,) start, (K, K) transition [from, to] and (K,) end masks of the legal tag sequences."""
     split = [("O", "") if t == "O" else (t[0], t[2:]) for t in tags]
-    start = torch.tensor([p not in "IE" for p, _ in split])          # an entity cannot begin inside
-    end = torch.tensor([scheme == "BIO" or p not in "BI" for p, _ in split])   # BIOES: no open entity at the end
+    start = torch.tensor([p not in "IE" for p, _ in split])  # an entity cannot begin inside
+    end = torch.tensor(
+        [scheme == "BIO" or p not in "BI" for p, _ in split]
+    )  # BIOES: no open entity at the end
     trans = torch.ones(len(tags), len(tags), dtype=torch.bool)
     for i, (pi, yi) in enumerate(split):
         for j, (pj, yj) in enumerate(split):
-            if scheme == "BIO":                  # I-X only continues B-X or I-X
+            if scheme == "BIO":  # I-X only continues B-X or I-X
                 trans[i, j] = pj != "I" or (pi in "BI" and yi == yj)
-            else:                                # an open B-X/I-X must go on with I-X/E-X; nothing else may
+            else:  # an open B-X/I-X must go on with I-X/E-X; nothing else may
                 trans[i, j] = (pi in "BI" and pj in "IE" and yi == yj) or (pi not in "BI" and pj not in "IE")
     return start, trans, end
 
 
 class CRF(nn.Module):
-    """Linear-chain CRF, batch-first. Masks are (B, T) bool, True on tokens, a prefix of each row (padding at the end).
+    """Linear-chain CRF, batch-first. Masks are (B, T) bool, True on tokens, a prefix of each row (padding
+    at the end).
 
     Scores follow pytorch-crf: start[k] + sum_t emission[t, tag_t] + sum_t trans[tag_t-1, tag_t] + end[tag_T].
     Forbidden moves carry NEG on top of the learnt scores, so no probability goes to illegal paths.
     """
 
-    def __init__(self, num_tags: int, start_ok: torch.Tensor | None = None, trans_ok: torch.Tensor | None = None,
-                 end_ok: torch.Tensor | None = None):
+    def __init__(
+        self,
+        num_tags: int,
+        start_ok: torch.Tensor | None = None,
+        trans_ok: torch.Tensor | None = None,
+        end_ok: torch.Tensor | None = None,
+    ):
         super().__init__()
         k = self.num_tags = num_tags
         self.start = nn.Parameter(torch.zeros(k))
         self.trans = nn.Parameter(torch.zeros(k, k))
         self.end = nn.Parameter(torch.zeros(k))
-        ok = [torch.ones(k, dtype=torch.bool) if start_ok is None else start_ok,
-              torch.ones(k, k, dtype=torch.bool) if trans_ok is None else trans_ok,
-              torch.ones(k, dtype=torch.bool) if end_ok is None else end_ok]
+        ok = [
+            torch.ones(k, dtype=torch.bool) if start_ok is None else start_ok,
+            torch.ones(k, k, dtype=torch.bool) if trans_ok is None else trans_ok,
+            torch.ones(k, dtype=torch.bool) if end_ok is None else end_ok,
+        ]
         for name, m in zip(("start_pen", "trans_pen", "end_pen"), ok):
             self.register_buffer(name, torch.where(m, 0.0, NEG), persistent=False)
 
@@ -67,23 +79,35 @@ class CRF(nn.Module):
         if not em.is_floating_point():
             raise ValueError(f"emissions: expected a float tensor, got {em.dtype}")
         if mask.shape != em.shape[:2]:
-            raise ValueError(f"mask: expected shape {tuple(em.shape[:2])} (the emissions' B, T), got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask: expected shape {tuple(em.shape[:2])} (the emissions' B, T), got {tuple(mask.shape)}"
+            )
         if mask.dtype != torch.bool:
             raise ValueError(f"mask: expected a bool tensor, got {mask.dtype}")
         if mask.shape[1] and not mask[:, 0].all():
-            raise ValueError("mask: expected every row to start with a token (mask[:, 0] all True), "
-                             f"got empty row(s) {(~mask[:, 0]).nonzero().flatten().tolist()[:5]}")
+            raise ValueError(
+                "mask: expected every row to start with a token (mask[:, 0] all True), "
+                f"got empty row(s) {(~mask[:, 0]).nonzero().flatten().tolist()[:5]}"
+            )
         if (mask[:, 1:] & ~mask[:, :-1]).any():
-            raise ValueError("mask: expected the padding at the end of each row (True then False), got a True "
-                             f"after a False in row(s) {(mask[:, 1:] & ~mask[:, :-1]).any(1).nonzero().flatten().tolist()[:5]}")
+            raise ValueError(
+                "mask: expected the padding at the end of each row (True then False), got a True "
+                f"after a False in row(s) "
+                f"{(mask[:, 1:] & ~mask[:, :-1]).any(1).nonzero().flatten().tolist()[:5]}"
+            )
         if tags is not None:
             if tags.shape != em.shape[:2]:
-                raise ValueError(f"tags: expected shape {tuple(em.shape[:2])} (the emissions' B, T), got {tuple(tags.shape)}")
+                raise ValueError(
+                    f"tags: expected shape {tuple(em.shape[:2])} (the emissions' B, T), got "
+                    f"{tuple(tags.shape)}"
+                )
             if tags.dtype != torch.long:
                 raise ValueError(f"tags: expected a long tensor, got {tags.dtype}")
             if ((tags < 0) | (tags >= self.num_tags)).any():
-                raise ValueError(f"tags: expected tag indices in [0, {self.num_tags}), got "
-                                 f"{int(tags.min())}..{int(tags.max())}")
+                raise ValueError(
+                    f"tags: expected tag indices in [0, {self.num_tags}), got "
+                    f"{int(tags.min())}..{int(tags.max())}"
+                )
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.start + self.start_pen, self.trans + self.trans_pen, self.end + self.end_pen
@@ -91,22 +115,22 @@ class CRF(nn.Module):
     def _alphas(self, em: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Forward log-scores alpha[b, t, k] of all prefixes ending in tag k at t; frozen after a row ends."""
         start, trans, _ = self.scores()
-        alpha = start + em[:, 0]                                      # (B, K)
+        alpha = start + em[:, 0]  # (B, K)
         out = [alpha]
         for t in range(1, em.shape[1]):
-            step = alpha[:, :, None] + trans + em[:, t, None, :]      # (B, K_from, K_to)
+            step = alpha[:, :, None] + trans + em[:, t, None, :]  # (B, K_from, K_to)
             alpha = torch.where(mask[:, t, None], torch.logsumexp(step, dim=1), alpha)
             out.append(alpha)
-        return torch.stack(out, dim=1)                                # (B, T, K)
+        return torch.stack(out, dim=1)  # (B, T, K)
 
     def log_likelihood(self, em: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log P(tags | x) per row, (B,). em (B, T, K) float, tags (B, T) long, mask (B, T) bool."""
         self._validate(em, mask, tags)
         start, trans, end = self.scores()
         m = mask.to(em.dtype)
-        gold = em.gather(2, tags[:, :, None]).squeeze(2) * m                              # (B, T)
-        moves = trans[tags[:, :-1], tags[:, 1:]] * m[:, 1:]                               # (B, T-1)
-        last = tags.gather(1, (mask.sum(1) - 1)[:, None]).squeeze(1)                     # (B,)
+        gold = em.gather(2, tags[:, :, None]).squeeze(2) * m  # (B, T)
+        moves = trans[tags[:, :-1], tags[:, 1:]] * m[:, 1:]  # (B, T-1)
+        last = tags.gather(1, (mask.sum(1) - 1)[:, None]).squeeze(1)  # (B,)
         score = start[tags[:, 0]] + gold.sum(1) + moves.sum(1) + end[last]
         log_z = torch.logsumexp(self._alphas(em, mask)[:, -1] + end, dim=1)
         return score - log_z
@@ -116,14 +140,16 @@ class CRF(nn.Module):
         self._validate(em, mask)
         _, trans, end = self.scores()
         alphas = self._alphas(em, mask)
-        log_z = torch.logsumexp(alphas[:, -1] + end, dim=1)           # (B,)
-        beta = end.expand(em.shape[0], -1)                            # (B, K): log-scores of all suffixes after t
+        log_z = torch.logsumexp(alphas[:, -1] + end, dim=1)  # (B,)
+        beta = end.expand(em.shape[0], -1)  # (B, K): log-scores of all suffixes after t
         betas = [beta]
         for t in range(em.shape[1] - 2, -1, -1):
-            step = trans + (em[:, t + 1] + beta)[:, None, :]           # (B, K_from, K_to)
-            beta = torch.where(mask[:, t + 1, None], torch.logsumexp(step, dim=2), end)   # next is padding: t is last
+            step = trans + (em[:, t + 1] + beta)[:, None, :]  # (B, K_from, K_to)
+            beta = torch.where(
+                mask[:, t + 1, None], torch.logsumexp(step, dim=2), end
+            )  # next is padding: t is last
             betas.append(beta)
-        betas = torch.stack(betas[::-1], dim=1)                       # (B, T, K)
+        betas = torch.stack(betas[::-1], dim=1)  # (B, T, K)
         return torch.exp(alphas + betas - log_z[:, None, None]) * mask[:, :, None]
 
     def viterbi(self, em: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
@@ -131,17 +157,17 @@ class CRF(nn.Module):
         self._validate(em, mask)
         start, trans, end = self.scores()
         k = em.shape[2]
-        score = start + em[:, 0]                                      # (B, K)
+        score = start + em[:, 0]  # (B, K)
         history = []
         for t in range(1, em.shape[1]):
-            best, arg = (score[:, :, None] + trans).max(dim=1)        # (B, K_to): best predecessor of each tag
+            best, arg = (score[:, :, None] + trans).max(dim=1)  # (B, K_to): best predecessor of each tag
             on = mask[:, t, None]
             score = torch.where(on, best + em[:, t], score)
-            history.append(torch.where(on, arg, torch.arange(k, device=em.device)))   # padding: keep the tag
-        tag = (score + end).argmax(dim=1)                             # (B,)
+            history.append(torch.where(on, arg, torch.arange(k, device=em.device)))  # padding: keep the tag
+        tag = (score + end).argmax(dim=1)  # (B,)
         path = [tag]
         for arg in reversed(history):
             tag = arg.gather(1, tag[:, None]).squeeze(1)
             path.append(tag)
-        path = torch.stack(path[::-1], dim=1).tolist()                # (B, T)
+        path = torch.stack(path[::-1], dim=1).tolist()  # (B, T)
         return [p[:n] for p, n in zip(path, mask.sum(1).tolist())]

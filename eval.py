@@ -16,7 +16,7 @@ prediction on a sample with no gold entity is a false positive too.
 Identity of an entity ("span" above):
 - `match="span"` (default): the token span [start, end); gold and predicted
   samples must carry the same tokens.
-- `match="name"`: the surface string without whitespace (data.squash, so
+- `match="name"`: the surface string without whitespace (data.without_spaces, so
   "F-35" and "F - 35" are one name) for data whose entities have no position, like CCKS's entity.json. Set
   semantics: an entity whose (name, type) occurs several times in a sample
   counts once, with the union of its boxes, in gold and prediction alike (so
@@ -43,14 +43,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from ccks import read_ccks_predictions
-from data import Box, DataError, Dataset, Sample, read_dataset, squash
+from data import Box, DataError, Dataset, Sample, without_spaces
+from formats import read_dataset
+from formats.ccks import read_ccks_predictions
 
-IOU_THRESHOLD = 0.5        # the GMNER benchmark's threshold; exactly 0.5 counts
+IOU_THRESHOLD = 0.5  # the GMNER benchmark's threshold; exactly 0.5 counts
 TASKS = ("gmner", "mner", "eeg")
-USES = {"mner": (True, False), "eeg": (False, True), "gmner": (True, True)}   # task -> (type, region)
+USES = {"mner": (True, False), "eeg": (False, True), "gmner": (True, True)}  # task -> (type, region)
 
-Item = tuple[object, str, list[Box]]   # (identity: span tuple or name string, type, boxes)
+Item = tuple[object, str, list[Box]]  # (identity: span tuple or name string, type, boxes)
 
 
 def region_ok(gold_boxes: list[Box], pred_boxes: list[Box], threshold: float = IOU_THRESHOLD) -> bool:
@@ -66,7 +67,7 @@ def items(sample: Sample, match: str) -> list[Item]:
         return [((e.start, e.end), e.type, e.boxes) for e in sample.entities]
     merged: dict[tuple[str, str], list[Box]] = {}
     for e in sample.entities:
-        boxes = merged.setdefault((squash(sample.name(e)), e.type), [])
+        boxes = merged.setdefault((without_spaces(sample.name(e)), e.type), [])
         boxes.extend(b for b in e.boxes if b not in boxes)
     return [(name, typ, boxes) for (name, typ), boxes in merged.items()]
 
@@ -122,8 +123,10 @@ def align(gold: list[Sample], pred: list[Sample], match: str) -> list[tuple[Samp
     for g in gold:
         p = by_id.get(g.id)
         if match == "span" and p is not None and p.entities and p.tokens != g.tokens:
-            raise DataError(f"sample {g.id!r}: predicted tokens differ from gold tokens; spans are token "
-                            f"offsets, so they need the same tokens (or use match='name')")
+            raise DataError(
+                f"sample {g.id!r}: predicted tokens differ from gold tokens; spans are token "
+                f"offsets, so they need the same tokens (or use match='name')"
+            )
         pairs.append((g, p))
     return pairs
 
@@ -147,12 +150,20 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplac
         for i, (key, _, _) in enumerate(gi):
             by_key[key].append(i)
         # the pairs that share an identity, with their type and region verdicts, computed once
-        pairs = [[(i, gi[i][1] == typ, region_ok(gi[i][2], boxes)) for i in by_key.get(key, ())]
-                 for key, typ, boxes in pi]
+        pairs = [
+            [(i, gi[i][1] == typ, region_ok(gi[i][2], boxes)) for i in by_key.get(key, ())]
+            for key, typ, boxes in pi
+        ]
         for task in TASKS:
             need_type, need_region = USES[task]
-            cands = [[i for i, same_type, same_region in row
-                      if (same_type or not need_type) and (same_region or not need_region)] for row in pairs]
+            cands = [
+                [
+                    i
+                    for i, same_type, same_region in row
+                    if (same_type or not need_type) and (same_region or not need_region)
+                ]
+                for row in pairs
+            ]
             owner = max_matching(cands, len(gi))
             matched = set(owner)
             for i, j in enumerate(owner):
@@ -167,13 +178,9 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplac
         for task in TASKS:
             total[task]["fp"] += 1
             per_type[task][label]["fp"] += 1
-    return {t: {**prf(total[t]), "per_type": {k: prf(per_type[t][k]) for k in sorted(per_type[t])}}
-            for t in TASKS}
-
-
-def span_f1(gold: list[Sample], pred: list[Sample]) -> float:
-    """MNER micro F1 (span + type): the tagger's model-selection score on dev data."""
-    return evaluate(gold, pred)["mner"]["f1"]
+    return {
+        t: {**prf(total[t]), "per_type": {k: prf(per_type[t][k]) for k in sorted(per_type[t])}} for t in TASKS
+    }
 
 
 def table(result: dict) -> str:
@@ -182,8 +189,9 @@ def table(result: dict) -> str:
     for task in TASKS:
         rows = [(task.upper(), result[task])] + [(f"  {k}", v) for k, v in result[task]["per_type"].items()]
         for name, m in rows:
-            lines.append(f"{name:<16}{m['p']:>7.3f}{m['r']:>7.3f}{m['f1']:>7.3f}"
-                         f"{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}")
+            lines.append(
+                f"{name:<16}{m['p']:>7.3f}{m['r']:>7.3f}{m['f1']:>7.3f}{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}"
+            )
     return "\n".join(lines)
 
 
@@ -204,21 +212,33 @@ def read_prediction(path: str, gold: Dataset) -> tuple[list[Sample], list[tuple[
     if unplaced:
         n_name = sum(1 for u in unplaced if u[3] == "name")
         examples = "; ".join(f"{sid}: {name!r} ({label})" for sid, name, label, _ in unplaced[:3])
-        print(f"warning: {p}: {len(unplaced)} predicted records scored as false positives: {n_name} with a name "
-              f"not in the text, {len(unplaced) - n_name} with a label outside the gold types {gold.types} "
-              f"(e.g. {examples})", file=sys.stderr)
+        print(
+            f"warning: {p}: {len(unplaced)} predicted records scored as false positives: {n_name} with a "
+            "name "
+            f"not in the text, {len(unplaced) - n_name} with a label outside the gold types {gold.types} "
+            f"(e.g. {examples})",
+            file=sys.stderr,
+        )
     return pred, unplaced
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Score GMNER / MNER / EEG predictions against gold data.")
-    ap.add_argument("--gold", required=True, help="gold data: CCKS folder, Twitter-GMNER txt (xml/ beside it) or CoNLL")
-    ap.add_argument("--pred", required=True, help="predictions: CCKS folder or entity.json, or a Twitter/CoNLL file")
-    ap.add_argument("--match", choices=["span", "name"], default="span",
-                    help="entity identity: token span (default) or surface string (set semantics per sample)")
+    ap.add_argument(
+        "--gold", required=True, help="gold data: CCKS folder, Twitter-GMNER txt (xml/ beside it) or CoNLL"
+    )
+    ap.add_argument(
+        "--pred", required=True, help="predictions: CCKS folder or entity.json, or a Twitter/CoNLL file"
+    )
+    ap.add_argument(
+        "--match",
+        choices=["span", "name"],
+        default="span",
+        help="entity identity: token span (default) or surface string (set semantics per sample)",
+    )
     ap.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     args = ap.parse_args()
-    try:   # the I/O boundary: bad files end the run with their message, not a traceback
+    try:  # the I/O boundary: bad files end the run with their message, not a traceback
         gold_data = read_dataset(args.gold)
         gold = gold_data.samples
         pred, unplaced = read_prediction(args.pred, gold_data)
@@ -228,6 +248,11 @@ if __name__ == "__main__":
     print(f"gold {args.gold}  pred {args.pred}  match {args.match}  samples {len(gold)}")
     print(table(result))
     if args.json:
-        meta = {"gold": args.gold, "pred": args.pred, "match": args.match, "samples": len(gold),
-                "unplaced_predictions": len(unplaced)}
+        meta = {
+            "gold": args.gold,
+            "pred": args.pred,
+            "match": args.match,
+            "samples": len(gold),
+            "unplaced_predictions": len(unplaced),
+        }
         Path(args.json).write_text(json.dumps({**meta, **result}, indent=1) + "\n", encoding="utf-8")

@@ -11,7 +11,7 @@ Output: new samples whose entities carry boxes in ORIGINAL image pixels, and a
 dict of counts (calls, skipped samples, malformed and dropped answers).
 
     python -m pytest -q tests/test_grounding.py   # the stage against a scripted fake MLLM
-    python bench.py selection                     # demo selection quality and speed on Twitter-GMNER
+    python -m bench selection                     # demo selection quality and speed on Twitter-GMNER
 
 Choices:
 - Demo selection (text, image and entity similarity, weighted): demos.py.
@@ -38,52 +38,61 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
-
-from data import Box, Dataset, Entity, Sample, squash
-from demos import select_demos
+from data import Box, Dataset, Entity, Sample, failed_rules, is_number, require_valid, without_spaces
+from demos import DemoConfig, select_demos
 from images import ImageError, image_part, image_size
 from llm import Client, LLMError, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (sides rounded to multiples of 28), a few pixels off the size sent; servers do not report that size.
 FORMATS = {
-    "abs": "absolute pixels [x1, y1, x2, y2] of the image as you see it (its width x height is given with it)",
-    "norm1000": "coordinates [x1, y1, x2, y2] normalised to 0-1000 on each axis (0,0 = top left, 1000,1000 = bottom right)",
-    "norm1": "coordinates [x1, y1, x2, y2] normalised to 0-1 on each axis (0,0 = top left, 1,1 = bottom right)",
+    "abs": "absolute pixels [x1, y1, x2, y2] of the image as you see it "
+    "(its width x height is given with it)",
+    "norm1000": "coordinates [x1, y1, x2, y2] normalised to 0-1000 on each axis "
+    "(0,0 = top left, 1000,1000 = bottom right)",
+    "norm1": "coordinates [x1, y1, x2, y2] normalised to 0-1 on each axis "
+    "(0,0 = top left, 1,1 = bottom right)",
 }
 
 
 @dataclass
 class GroundingConfig:
-    k: int = 3                      # worked examples per query (the authors: top-3)
-    w_text: float = 0.4             # weight of text similarity (the authors' code)
-    w_image: float = 0.2            # weight of image similarity (the authors' code)
-    w_entity: float = 0.6           # weight of entity similarity (the authors' code)
-    entity_sim: str = "mean"        # mean over entity pairs | sum (the authors' variant, favours many entities)
-    type_bonus: float = 0.8         # added to a pair's name cosine when the types agree (the authors' code)
-    encoder: str = ""               # text encoder name/path; "" = offline all-MiniLM-L6-v2
-    image_encoder: str = ""         # local CLIP folder; "" = weak pixel descriptor
-    batch_size: int = 64            # encoder batch size
-    max_side: int = 1000            # longest side of images sent to the MLLM, pixels
-    box_format: str = "abs"         # how the MLLM writes boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1
-    never_ground: list[str] = field(default_factory=lambda: ["location"])   # types never boxed (authors' prompt)
-    max_boxes: int = 10             # boxes per entity the answer schema allows
+    max_side: int = 1000  # longest side of images sent to the MLLM, pixels
+    box_format: str = (
+        "abs"  # how the MLLM writes boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1
+    )
+    never_ground: list[str] = field(
+        default_factory=lambda: ["location"]
+    )  # types never boxed (authors' prompt)
+    max_boxes: int = 10  # boxes per entity the answer schema allows
+
+
+def check_config(c: GroundingConfig) -> list[tuple[str, str]]:
+    """The settings that cannot work, as (field, what was expected)."""
+    return failed_rules(
+        [
+            ("max_side", c.max_side >= 1, "pixels >= 1"),
+            ("box_format", c.box_format in FORMATS, " or ".join(FORMATS)),
+            ("max_boxes", c.max_boxes >= 1, "at least 1"),
+        ]
+    )
 
 
 class Shown(NamedTuple):
     """An image as sent to the MLLM."""
-    part: dict                      # the chat content part (base64 image)
-    sent: tuple[int, int]           # width, height as sent (after the resize to max_side)
-    orig: tuple[int, int]           # width, height of the original file: boxes come back to these pixels
+
+    part: dict  # the chat content part (base64 image)
+    sent: tuple[int, int]  # width, height as sent (after the resize to max_side)
+    orig: tuple[int, int]  # width, height of the original file: boxes come back to these pixels
 
 
 # ---------------------------------------------------------------- box conversion
 
+
 def _scale(orig: tuple[int, int], sent: tuple[int, int], fmt: str) -> tuple[float, float]:
     """Model units per original pixel, on x and y."""
     if fmt not in FORMATS:
-        raise ValueError(f"box_format: expected one of {list(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"box_format: expected {' or '.join(FORMATS)}, got {fmt!r}")
     unit = {"abs": sent, "norm1000": (1000, 1000), "norm1": (1, 1)}[fmt]
     return unit[0] / orig[0], unit[1] / orig[1]
 
@@ -98,9 +107,13 @@ def from_model(xyxy: list[float], orig: tuple[int, int], sent: tuple[int, int], 
     """The inverse of to_model, clipped to the original image (the result may be degenerate: check it)."""
     sx, sy = _scale(orig, sent, fmt)
     x1, y1, x2, y2 = (float(v) for v in xyxy)
-    cx = lambda v: min(max(v / sx, 0.0), float(orig[0]))
-    cy = lambda v: min(max(v / sy, 0.0), float(orig[1]))
-    return Box(cx(x1), cy(y1), cx(x2), cy(y2))
+    w, h = float(orig[0]), float(orig[1])
+    return Box(
+        min(max(x1 / sx, 0.0), w),
+        min(max(y1 / sy, 0.0), h),
+        min(max(x2 / sx, 0.0), w),
+        min(max(y2 / sy, 0.0), h),
+    )
 
 
 def _written(box: Box, orig, sent, fmt: str) -> list[float]:
@@ -111,6 +124,7 @@ def _written(box: Box, orig, sent, fmt: str) -> list[float]:
 
 # ---------------------------------------------------------------- the grounding call
 
+
 def _asked(sample: Sample, never: set[str]) -> dict[str, str]:
     """{name: type} of the entities to ground, in text order (first type wins for a repeated name)."""
     out = {}
@@ -120,86 +134,109 @@ def _asked(sample: Sample, never: set[str]) -> dict[str, str]:
     return out
 
 
-def system_prompt(data: Dataset, never: list[str], fmt: str) -> str:
-    never_rule = (f"- Entities of type {', '.join(never)} are never grounded and are not asked.\n" if never else "")
-    return ("You are an expert at visual grounding of named entities: you find the regions of an image that "
-            "show the entities named in its text.\n\n"
-            f"Entity types:\n{data.type_text or ', '.join(data.types)}\n\n"
-            "Rules:\n"
-            "- For each listed entity, give the boxes of the image regions that show precisely that entity.\n"
-            "- Box only what is precisely visible: if the entity is not shown, or you cannot tell which region "
-            "it is, give an empty list of boxes.\n"
-            "- One entity may have several boxes (several people or objects of that name).\n"
-            f"{never_rule}"
-            f"- Boxes are {FORMATS[fmt]}.\n"
-            "- Answer with JSON only: {\"entities\": [{\"entity\": name, \"type\": type, \"boxes\": "
-            "[[x1, y1, x2, y2], ...]}]}, one item per listed entity.\n"
-            "Solved examples (image, text, entities, then the correct answer) may come first.")
+def system_prompt(dataset: Dataset, never: list[str], fmt: str) -> str:
+    never_rule = (
+        f"- Entities of type {', '.join(never)} are never grounded and are not asked.\n" if never else ""
+    )
+    return (
+        "You are an expert at visual grounding of named entities: you find the regions of an image that "
+        "show the entities named in its text.\n\n"
+        f"Entity types:\n{dataset.type_text or ', '.join(dataset.types)}\n\n"
+        "Rules:\n"
+        "- For each listed entity, give the boxes of the image regions that show precisely that entity.\n"
+        "- Box only what is precisely visible: if the entity is not shown, or you cannot tell which region "
+        "it is, give an empty list of boxes.\n"
+        "- One entity may have several boxes (several people or objects of that name).\n"
+        f"{never_rule}"
+        f"- Boxes are {FORMATS[fmt]}.\n"
+        '- Answer with JSON only: {"entities": [{"entity": name, "type": type, "boxes": '
+        "[[x1, y1, x2, y2], ...]}]}, one item per listed entity.\n"
+        "Solved examples (image, text, entities, then the correct answer) may come first."
+    )
 
 
 def _turn(sample: Sample, asked: dict[str, str], part: dict, sent: tuple[int, int], fmt: str) -> dict:
-    """The user turn of a demo or the query: its image, its size as sent (for abs), its text, the entities asked."""
+    """The user turn of a demo or the query: its image, its size as sent (for abs), its text, the entities
+    asked."""
     size = f"Image size: {sent[0]}x{sent[1]} pixels.\n" if fmt == "abs" else ""
     listed = json.dumps([{"entity": n, "type": t} for n, t in asked.items()], ensure_ascii=False)
     return {"role": "user", "content": [part, text_part(f"{size}Text: {sample.text}\nEntities: {listed}")]}
 
 
 def _answer(demo: Sample, asked: dict[str, str], orig, sent, fmt: str) -> dict:
-    """The assistant turn of a worked example: the demo's gold boxes of the asked names, as the model writes them."""
+    """The assistant turn of a worked example: the demo's gold boxes of the asked names, as the model writes
+    them."""
     boxes = {n: [] for n in asked}
     for e in demo.entities:
         for box in e.boxes if demo.name(e) in asked else []:
             xyxy = _written(box, orig, sent, fmt)
-            if xyxy not in boxes[demo.name(e)]:          # every occurrence of a name carries the same boxes
+            if xyxy not in boxes[demo.name(e)]:  # every occurrence of a name carries the same boxes
                 boxes[demo.name(e)].append(xyxy)
     items = [{"entity": n, "type": t, "boxes": boxes[n]} for n, t in asked.items()]
     return {"role": "assistant", "content": json.dumps({"entities": items}, ensure_ascii=False)}
 
 
-def answer_schema(asked: dict[str, str], types: list[str], sent: tuple[int, int], fmt: str, max_boxes: int) -> dict:
+def answer_schema(
+    asked: dict[str, str], types: list[str], sent: tuple[int, int], fmt: str, max_boxes: int
+) -> dict:
     top = {"abs": max(sent), "norm1000": 1000, "norm1": 1}[fmt]
     # Whole units except for 0-1: llama.cpp's grammar enforces minimum/maximum on integers only, so a
     # "number" lets a model write -3333333333 and pay a re-ask with every image sent again.
     coord = {"type": "number" if fmt == "norm1" else "integer", "minimum": 0, "maximum": top}
-    item = {"type": "object", "additionalProperties": False, "required": ["entity", "type", "boxes"],
-            "properties": {"entity": {"type": "string", "enum": list(asked)},
-                           "type": {"type": "string", "enum": types},
-                           "boxes": {"type": "array", "maxItems": max_boxes,
-                                     "items": {"type": "array", "minItems": 4, "maxItems": 4, "items": coord}}}}
-    return {"type": "object", "additionalProperties": False, "required": ["entities"],
-            "properties": {"entities": {"type": "array", "maxItems": len(asked), "items": item}}}
+    item = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["entity", "type", "boxes"],
+        "properties": {
+            "entity": {"type": "string", "enum": list(asked)},
+            "type": {"type": "string", "enum": types},
+            "boxes": {
+                "type": "array",
+                "maxItems": max_boxes,
+                "items": {"type": "array", "minItems": 4, "maxItems": 4, "items": coord},
+            },
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["entities"],
+        "properties": {"entities": {"type": "array", "maxItems": len(asked), "items": item}},
+    }
 
 
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
-def parse_answer(content: object, asked: dict[str, str], orig, sent, fmt: str, counts: Counter) -> dict[str, list[Box]]:
+def parse_answer(
+    content: object, asked: dict[str, str], orig, sent, fmt: str, counts: Counter
+) -> dict[str, list[Box]]:
     """{asked name: boxes in original pixels} from an answer; anything malformed is counted, never raised."""
-    items = content.get("entities") if isinstance(content, dict) else content   # a bare list is accepted too
+    items = content.get("entities") if isinstance(content, dict) else content  # a bare list is accepted too
     if not isinstance(items, list):
         counts["bad_answers"] += 1
         return {}
     found: dict[str, list[Box]] = {}
-    by_key = {squash(n): n for n in asked}          # the one name rule: whitespace does not count
+    by_key = {without_spaces(n): n for n in asked}  # the one name rule: whitespace does not count
     for it in items:
-        if not isinstance(it, dict) or not isinstance(it.get("entity"), str) or not isinstance(it.get("boxes"), list):
+        if (
+            not isinstance(it, dict)
+            or not isinstance(it.get("entity"), str)
+            or not isinstance(it.get("boxes"), list)
+        ):
             counts["bad_items"] += 1
             continue
-        name = by_key.get(squash(it["entity"]))
+        name = by_key.get(without_spaces(it["entity"]))
         if name is None:
             counts["invented"] += 1
             continue
         raw = it["boxes"]
-        if len(raw) == 4 and all(_number(v) for v in raw):
-            raw = [raw]                                  # one flat box instead of a list of boxes
-        boxes = found.setdefault(name, [])               # an entity answered with [] is ungroundable, not missing
+        if len(raw) == 4 and all(is_number(v) for v in raw):
+            raw = [raw]  # one flat box instead of a list of boxes
+        boxes = found.setdefault(name, [])  # an entity answered with [] is ungroundable, not missing
         for xyxy in raw:
-            if not (isinstance(xyxy, list) and len(xyxy) == 4 and all(_number(v) for v in xyxy)):
+            if not (isinstance(xyxy, list) and len(xyxy) == 4 and all(is_number(v) for v in xyxy)):
                 counts["malformed_boxes"] += 1
                 continue
             box = from_model(xyxy, orig, sent, fmt)
-            if box.x2 - box.x1 < 1 or box.y2 - box.y1 < 1:   # x2 < x1, zero area, or entirely off the image
+            if box.x2 - box.x1 < 1 or box.y2 - box.y1 < 1:  # x2 < x1, zero area, or entirely off the image
                 counts["degenerate_boxes"] += 1
                 continue
             boxes.append(box)
@@ -207,89 +244,149 @@ def parse_answer(content: object, asked: dict[str, str], orig, sent, fmt: str, c
     return found
 
 
-def build_request(sample: Sample, asked: dict[str, str], image: Shown, examples: list[tuple[Sample, Shown]],
-                  data: Dataset, never: list[str], config: GroundingConfig) -> dict:
+def build_request(
+    sample: Sample,
+    asked: dict[str, str],
+    image: Shown,
+    examples: list[tuple[Sample, Shown]],
+    dataset: Dataset,
+    never: list[str],
+    config: GroundingConfig,
+) -> dict:
     """The chat() kwargs of one grounding call: the system prompt, a user turn and the gold answer per worked
-    example (a demo with its image as sent), the query's turn (its `asked` {name: type}) and the answer schema."""
-    fmt, never_l = config.box_format, {t.lower() for t in never}
-    messages = [{"role": "system", "content": system_prompt(data, never, fmt)}]
+    example (a demo with its image as sent), the query's turn (its `asked` {name: type}) and the answer
+    schema."""
+    fmt = config.box_format
+    never_l = {t.lower() for t in never}
+    messages = [{"role": "system", "content": system_prompt(dataset, never, fmt)}]
     for d, shown in examples:
         d_asked = _asked(d, never_l)
-        messages += [_turn(d, d_asked, shown.part, shown.sent, fmt), _answer(d, d_asked, shown.orig, shown.sent, fmt)]
+        messages.append(_turn(d, d_asked, shown.part, shown.sent, fmt))
+        messages.append(_answer(d, d_asked, shown.orig, shown.sent, fmt))
     messages.append(_turn(sample, asked, image.part, image.sent, fmt))
-    types = data.types + [t for t in dict.fromkeys(asked.values()) if t not in data.types]
+    types = dataset.types + [t for t in dict.fromkeys(asked.values()) if t not in dataset.types]
     return {"messages": messages, "schema": answer_schema(asked, types, image.sent, fmt, config.max_boxes)}
 
 
-def ground(samples: list[Sample], demos: list[Sample], data: Dataset, client: Client,
-           config: GroundingConfig) -> tuple[list[Sample], dict]:
+# ---------------------------------------------------------------- the stage
+
+
+def ground(
+    samples: list[Sample],
+    demos: list[Sample],
+    dataset: Dataset,
+    client: Client,
+    config: GroundingConfig | None = None,
+    selection: DemoConfig | None = None,
+) -> tuple[list[Sample], dict]:
     """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`."""
-    fmt = config.box_format
-    if fmt not in FORMATS:
-        raise ValueError(f"box_format: expected one of {list(FORMATS)}, got {fmt!r}")
-    never = [t for t in data.types if t.lower() in {n.lower() for n in config.never_ground}]
+    config = config or GroundingConfig()
+    require_valid(config, check_config(config))
+    never = [t for t in dataset.types if t.lower() in {n.lower() for n in config.never_ground}]
     never_l = {t.lower() for t in never}
     counts = Counter(samples=len(samples))
     pool = [d for d in demos if d.image]
     counts["demos_without_image"] = len(demos) - len(pool)
-    todo = []                                                      # (sample index, asked)
+    todo = to_ask(samples, never_l, counts)  # (sample index, {name: type})
+    t0 = time.perf_counter()
+    chosen = (
+        select_demos([samples[i] for i, _ in todo], pool, selection or DemoConfig()) if todo and pool else []
+    )
+    counts["selection_seconds"] = round(time.perf_counter() - t0, 2)  # embeddings included
+    calls = Calls(dataset, never, config)
+    jobs = [
+        calls.builder(k, samples[i], asked, [pool[j] for j in picks])
+        for k, ((i, asked), picks) in enumerate(zip(todo, chosen or [[]] * len(todo)))
+    ]
+    replies = client.map_chat(jobs, desc="grounding") if jobs else []
+    found = calls.read(todo, replies, counts)
+    counts["calls"] = len(todo) - counts["image_errors"]
+    counts["demo_image_errors"] = sum(v is None for v in calls.demos.values())
+    for _, why in sorted(calls.errors.items()):
+        print(f"grounding: {why}; no box from it")
+    out = [with_boxes(s, found.get(i, {}), never_l) for i, s in enumerate(samples)]
+    counts["entities_grounded"] = sum(1 for s in out for e in s.entities if e.boxes)
+    counts["boxes"] = sum(len(e.boxes) for s in out for e in s.entities)
+    return out, dict(counts)
+
+
+def to_ask(samples: list[Sample], never: set[str], counts: Counter) -> list[tuple[int, dict[str, str]]]:
+    """(index, {name: type}) of the samples that need a call; the others are counted by why they need none."""
+    todo = []
     for i, s in enumerate(samples):
-        asked = _asked(s, never_l)
+        asked = _asked(s, never)
         if not asked:
             counts["no_entity"] += 1
         elif not s.image:
             counts["no_image"] += 1
-            counts["no_image_entities"] += sum(1 for e in s.entities if e.type.lower() not in never_l)
+            counts["no_image_entities"] += sum(1 for e in s.entities if e.type.lower() not in never)
         else:
             todo.append((i, asked))
-    t0 = time.perf_counter()
-    chosen = select_demos([samples[i] for i, _ in todo], pool, config) if todo and pool else [[] for _ in todo]
-    counts["selection_seconds"] = round(time.perf_counter() - t0, 2)      # embeddings included
-    shown: dict[str, Shown | None] = {}      # demo image -> as sent, None = unreadable; encoded once
-    sizes: dict[int, tuple] = {}             # todo index -> (orig, sent) of the query image
-    bad_images: dict[str, str] = {}          # image path -> why it cannot be used
+    return todo
 
-    def encode(path: str) -> Shown | None:
+
+class Calls:
+    """The grounding calls of one run: their requests, built in map_chat's workers so only the requests in
+    flight hold their base64 images, and the reading of their answers. Images are untrusted files: one
+    that cannot be read is remembered with why; a demo image is encoded once, a query image once per call."""
+
+    def __init__(self, dataset: Dataset, never: list[str], config: GroundingConfig):
+        self.dataset, self.never, self.config = dataset, never, config
+        self.demos: dict[str, Shown | None] = {}  # demo image path -> as sent, None = unreadable
+        self.queries: dict[int, Shown] = {}  # call number -> its query image as sent (for the answer's boxes)
+        self.errors: dict[str, str] = {}  # image path -> why it cannot be used
+
+    def show(self, path: str) -> Shown | None:
         try:
-            orig, (part, sent) = image_size(path), image_part(path, config.max_side)
+            orig = image_size(path)
+            part, sent = image_part(path, self.config.max_side)
             return Shown(part, sent, orig)
-        except ImageError as err:              # untrusted file: counted, the call goes on without it
-            bad_images[path] = str(err)
+        except ImageError as err:
+            self.errors[path] = str(err)
             return None
 
-    def request(k: int, i: int, asked: dict[str, str], picks: list[int]) -> dict | None:
-        """Built in map_chat's workers, so only the requests in flight hold their base64 images."""
-        query = encode(samples[i].image)
-        if query is None:
-            return None                          # no image to ground in: no call, no box
-        for d in (pool[j] for j in picks):
-            if d.image not in shown:             # two workers may both encode it: harmless
-                shown[d.image] = encode(d.image)
-        examples = [(pool[j], shown[pool[j].image]) for j in picks if shown[pool[j].image] is not None]
-        sizes[k] = (query.orig, query.sent)
-        return build_request(samples[i], asked, query, examples, data, never, config)
+    def builder(self, k: int, sample: Sample, asked: dict[str, str], picks: list[Sample]):
+        """Call k's request as a function; it gives None (no call, no box) when the query image is
+        unreadable."""
 
-    builders = [lambda k=k, i=i, a=asked, p=picks: request(k, i, a, p)
-                for k, ((i, asked), picks) in enumerate(zip(todo, chosen))]
-    replies = client.map_chat(builders, desc="grounding") if builders else []
-    found: dict[int, dict[str, list[Box]]] = {}
-    for k, ((i, asked), reply) in enumerate(zip(todo, replies)):
-        if reply is None:
-            counts["image_errors"] += 1
-        elif isinstance(reply, LLMError):
-            counts["failed_calls"] += 1
-        else:
-            found[i] = parse_answer(reply.content, asked, *sizes[k], fmt, counts)
-    counts["calls"] = len(todo) - counts["image_errors"]
-    counts["demo_image_errors"] = sum(v is None for v in shown.values())
-    for path, why in sorted(bad_images.items()):
-        print(f"grounding: {why}; no box from it")
-    out = []
-    for i, s in enumerate(samples):
-        boxes = found.get(i, {})
-        ents = [Entity(e.start, e.end, e.type, [] if e.type.lower() in never_l else list(boxes.get(s.name(e), [])),
-                       e.score, e.source) for e in s.entities]
-        counts["entities_grounded"] += sum(1 for e in ents if e.boxes)
-        out.append(Sample(s.id, list(s.tokens), s.image, ents, s.marginals))
-    counts["boxes"] = sum(len(e.boxes) for s in out for e in s.entities)
-    return out, dict(counts)
+        def build() -> dict | None:
+            query = self.show(sample.image)
+            if query is None:
+                return None
+            for d in picks:
+                if d.image not in self.demos:  # two workers may both encode it: harmless
+                    self.demos[d.image] = self.show(d.image)
+            examples = [(d, self.demos[d.image]) for d in picks if self.demos[d.image] is not None]
+            self.queries[k] = query
+            return build_request(sample, asked, query, examples, self.dataset, self.never, self.config)
+
+        return build
+
+    def read(self, todo: list[tuple[int, dict[str, str]]], replies: list, counts: Counter) -> dict:
+        """{sample index: {asked name: boxes in original pixels}} of the answered calls; failures counted."""
+        found = {}
+        for k, ((i, asked), reply) in enumerate(zip(todo, replies)):
+            if reply is None:
+                counts["image_errors"] += 1
+            elif isinstance(reply, LLMError):
+                counts["failed_calls"] += 1
+            else:
+                q = self.queries[k]
+                found[i] = parse_answer(reply.content, asked, q.orig, q.sent, self.config.box_format, counts)
+        return found
+
+
+def with_boxes(sample: Sample, boxes: dict[str, list[Box]], never: set[str]) -> Sample:
+    """A copy of the sample whose entities carry the boxes found for their name (every occurrence alike)."""
+    ents = [
+        Entity(
+            e.start,
+            e.end,
+            e.type,
+            [] if e.type.lower() in never else list(boxes.get(sample.name(e), [])),
+            e.uncertainty,
+            e.source,
+        )
+        for e in sample.entities
+    ]
+    return Sample(sample.id, list(sample.tokens), sample.image, ents, sample.marginals)

@@ -30,14 +30,16 @@ def open_image(path: str) -> Image.Image:
                 raise ImageError(f"{im.width}x{im.height} pixels, more than {Image.MAX_IMAGE_PIXELS}")
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")         # transparent pixels become white, not whatever colour they hide
+                rgba = im.convert("RGBA")  # transparent pixels become white, not whatever colour they hide
                 out = Image.new("RGB", rgba.size, (255, 255, 255))
                 out.paste(rgba, mask=rgba.getchannel("A"))
                 return out
             return im.convert("RGB")
     except ImageError as e:
         raise ImageError(f"cannot use image {path}: {e}") from None
-    except Exception as e:    # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... by format
+    except (
+        Exception
+    ) as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... by format
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 

@@ -1,317 +1,354 @@
-"""ReFineG end to end: synthesis -> tagger -> uncertainty + refinement -> demo selection + grounding -> scores.
+"""ReFineG end to end: synthesis, tagger, uncertainty and refinement, demo selection and grounding, scores.
 
 The one straight pipeline of the paper (Tang et al., CCKS 2025, arXiv 2509.10975):
-  1. training stage: an LLM writes labelled sentences from the labelled seeds
-     (synth.py), a small encoder + CRF tagger is trained on seeds + synthetic
-     data (tagger.py);
-  2. refinement stage: the tagger predicts entities with CRF-marginal
-     uncertainty; only the uncertain ones go to the MLLM (uncertainty.py);
-  3. grounding stage: the k most similar labelled samples (demos.py) are shown
-     to the MLLM as worked examples before it boxes the entities (grounding.py).
-Predictions are written in the CCKS layout (and in the Twitter-GMNER layout when
-that is the data predicted) and scored (eval.py) when gold exists.
+  1. training: an LLM writes labelled sentences from the labelled seeds (synth.py), and a small
+     encoder + CRF tagger is trained on seeds + synthetic sentences (tagger.py, selftrain.py);
+  2. refinement: the tagger predicts entities with CRF-marginal uncertainty (uncertainty.py);
+     only the uncertain ones go to the MLLM (refinement.py);
+  3. grounding: the k most similar labelled samples (demos.py) are shown to the MLLM as worked
+     examples before it boxes the entities (grounding.py).
+Predictions are written in the CCKS layout (and in the Twitter-GMNER layout when that is the data
+predicted) and scored (eval.py) when gold exists.
 
     python refineg.py --data examples/demo                       # supervised path, no server
     python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
         --ground-box-format abs
 
-Rerunning the same command resumes: finished stages are reused (keyed by their
-settings) and cached MLLM answers are not paid again. Only this file knows the
-order of the stages; every flag maps onto one field of a stage's settings. The
-summary printed at the end and the --viz pictures are drawn by report.py; the flags
-are built and checked by cli.py.
-Left out on purpose: multi-GPU training, a web UI. Off by default, in the
-paper's spirit: letting the MLLM add entities the tagger missed (--unc-allow-add),
-since that is where an LLM's notion of "entity" leaks in.
+Only this file knows the order of the stages. A rerun of the same command resumes: finished stages
+are reused (keyed by their settings and inputs) and cached MLLM answers are not paid again. The
+bookkeeping of a run (timers, clients, skips, the files written) is rundir.py's; the flags are
+cli.py's; the summary and the --viz pictures are report.py's.
+
+Left out on purpose: multi-GPU training, a web UI.
 """
 
 import dataclasses
-import hashlib
-import json
 import random
-import shutil
 import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
 
-import ccks
-import data
-import eval as scorer
+import formats
 import grounding
 import llm
+import refinement
 import selftrain
 import synth
 import tagger
-import twitter
 import uncertainty
 from cli import RunConfig, parse_configs
-from report import NO_LLM, all_runs, draw, summary_text
+from data import DataError, Dataset, Sample, SettingsError
+from eval import evaluate
+from formats import twitter
+from report import draw, summary_text
+from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
 
 
-def key(*parts) -> str:
-    """A short fingerprint of settings and inputs: a finished stage is reused only when it matches."""
-    blob = json.dumps(parts, sort_keys=True, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def write_json(path: Path, obj) -> None:
-    """Write-then-rename, so Ctrl-C never leaves a half-written file behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(path)
-
-
-def split(samples: list[data.Sample], share: float, seed: int) -> tuple[list, list]:
-    """A seeded hold-out of `share` of the labelled samples as the test split."""
-    if not 0.0 < share < 1.0:
-        raise data.DataError(f"--test-share: expected a share in (0, 1), got {share}")
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    n_test = max(1, round(share * len(samples)))
-    test = sorted(order[:n_test])
-    train = sorted(order[n_test:])
-    return [samples[i] for i in train], [samples[i] for i in test]
-
-
-def has_labels(path: str) -> bool:
-    """A CCKS folder is labelled when it has entity.json; CoNLL and Twitter files always carry tags."""
-    p = Path(path)
-    return not p.is_dir() or (p / "entity.json").is_file()
-
-
-def read_inputs(run: RunConfig) -> tuple[data.Dataset, list[data.Sample], data.Dataset, bool]:
-    """The labelled dataset, its training part, the data to predict, and whether it has gold."""
-    if not run.data:
-        raise data.DataError("--data is required: a CCKS folder, a Twitter-GMNER txt or a CoNLL file")
-    labelled = data.read_dataset(run.data, run.images)
-    if not labelled.samples:
-        raise data.DataError(f"{run.data}: no sample found (an empty dataset)")
-    if not run.test:
-        train, test = split(labelled.samples, run.test_share, run.seed)
-        return labelled, train, dataclasses.replace(labelled, samples=test), True
-    target = data.read_dataset(run.test, run.images)
-    if not target.samples:
-        raise data.DataError(f"{run.test}: no sample found (an empty dataset)")
-    unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
-    if unknown:
-        raise data.DataError(f"{run.test}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}")
-    if Path(run.test).is_dir() and target.types != labelled.types:    # a CCKS folder brings its own types.txt
-        warnings.warn(f"{run.test}/types.txt lists {target.types}, the labelled data {labelled.types}: the labelled "
-                      "data's types and descriptions are used")
-    return labelled, labelled.samples, target, has_labels(run.test)
-
-
-def train_or_reuse(cfg: dict, train: list[data.Sample], types: list[str], out: Path,
-                   unlabelled: list[data.Sample]) -> tuple[tagger.Tagger, str]:
-    """Train the tagger (self-trained when there is unlabelled text), or reuse out/tagger when it was trained
-    with the same settings on the same data."""
-    run = cfg["run"]
-    if run.tagger_dir:
-        return tagger.load(run.tagger_dir), f"loaded from {run.tagger_dir}"
-    settings = dataclasses.replace(cfg["tagger"], progress=True)    # showing bars does not change the model
-    k = key(settings, types, [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train],
-            [s.tokens for s in unlabelled])
-    stamp = out / "tagger" / "stage.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == k:
-        return tagger.load(str(out / "tagger")), "reused (same settings and data)"
-    if unlabelled:
-        model, rounds = selftrain.self_train(train, unlabelled, types, cfg["tagger"])
-        history = rounds[-1]["history"]
-    else:
-        (model, history), rounds = tagger.train_tagger(train, types, cfg["tagger"]), []
-    tmp = out / "tagger.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tagger.save(model, str(tmp))
-    write_json(tmp / "stage.json", {"key": k, "history": history, "self_training": rounds})
-    shutil.rmtree(out / "tagger", ignore_errors=True)
-    tmp.rename(out / "tagger")
-    kept = f", self-trained on {rounds[-1]['pseudo_sentences']} of {len(unlabelled)} unlabelled" if rounds else ""
-    return model, f"trained on {len(train)} sentences{kept}"
-
-
-def synthesize_or_reuse(cfg: dict, seeds: data.Dataset, client: llm.Client, out: Path) -> tuple[list[data.Sample], dict]:
-    """Synthesise from the seeds, or reuse synthetic.jsonl when it was written with the same settings, model and
-    seeds and no call failed (a failed seed is asked again; the answered ones come from the cache)."""
-    k = key(cfg["synth"], cfg["llm"].model, [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities])
-                                            for s in seeds.samples])
-    stamp = out / "synthetic.summary.json"
-    done = json.loads(stamp.read_text()) if stamp.is_file() and (out / "synthetic.jsonl").is_file() else {}
-    if done.get("key") == k and not done.get("failed_calls"):    # failed calls are asked again (the rest is cached)
-        return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
-    samples, summary = synth.synthesize(seeds, client, cfg["synth"])
-    synth.write_rejected(summary.pop("rejected_examples"), out / "synthetic.rejected.jsonl")
-    synth.write_synthetic(samples, out / "synthetic.jsonl.tmp")
-    (out / "synthetic.jsonl.tmp").replace(out / "synthetic.jsonl")
-    write_json(stamp, {**summary, "key": k})
-    return samples, summary
-
-
-def mner(gold: list[data.Sample], pred: list[data.Sample]) -> dict:
-    """MNER (span + type) scores: the one task a stage before grounding can be scored on."""
-    return scorer.evaluate(gold, pred)["mner"]
-
-
-def pipeline(cfg: dict, state: dict) -> int:
-    """The stages in order; `state["stage"]` names the running one (for main's error line)."""
-    run, out = cfg["run"], Path(cfg["run"].out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
-    state["stage"] = "reading the data"
-    labelled, train, target, gold_known = read_inputs(run)
+def pipeline(cfg: dict, run: Run) -> int:
+    """The stages in order; `run` records what each one cost, counted, skipped and wrote."""
+    settings: RunConfig = cfg["run"]
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
+    run.current = "reading the data"
+    labelled, train, target, gold_known = read_inputs(settings)
     test = target.samples
-    seeds = dataclasses.replace(labelled, samples=train)
-    print(f"data: {len(train)} labelled training samples, {len(test)} to predict "
-          f"({'with' if gold_known else 'without'} gold); types {labelled.types}")
-    scored = {"samples": len(test), "gold_entities": sum(len(s.entities) for s in test) if gold_known else None,
-              "test": run.test or None, "test_share": run.test_share}
-    with_image = sum(1 for s in test if s.image)
-    print(f"images: {with_image} of {len(test)} samples to predict have one"
-          + (f" ({len(test) - with_image} missing: text-only, their entities ungroundable)" if with_image < len(test) else ""))
-    use_llm = bool(cfg["llm"].base_url)
-    if use_llm and (run.refine or run.ground) and not with_image:   # before any call is paid for
-        raise data.DataError(f"none of the {len(test)} samples to predict has an image, so refinement and grounding "
-                             "cannot see anything: pass --images DIR [DIR ...] (folders of <id>.jpg, .png or .jpeg; "
-                             "default: images/ beside the data), or turn the stages off with --no-refine --no-ground")
-    llm_cfg = dataclasses.replace(cfg["llm"], cache_path=cfg["llm"].cache_path or str(out / "llm_cache.jsonl"))
-    if use_llm:
-        llm.check_server(llm_cfg)
-    metrics, seconds, notes = {}, {}, {}
-    skipped: dict[str, str] = {}        # stage -> why it did not run
-    clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM, so usage.json counts each apart
-    state["written"] = []
-
-    def off(flag: str) -> str:
-        return f"turned off by --{flag}" if use_llm else NO_LLM
-
-    def predictions(samples: list[data.Sample], name: str) -> None:
-        ccks.write_ccks(samples, out / f"{name}.tmp")
-        (out / f"{name}.tmp").replace(out / name)
-        state["written"].append(name)
-
+    gold = test if gold_known else None
+    describe_inputs(run, settings, train, test, labelled.types, gold_known)
+    if run.uses_llm:
+        llm.check_server(run.client_config)
     try:
-        # 1. training stage: synthesis, then the tagger on seeds + synthetic sentences
-        t0 = time.perf_counter()
-        synthetic = []
-        if run.tagger_dir:                                      # synthetic sentences only serve training
-            skipped["synthesis"] = f"a trained tagger is reused (--tagger {run.tagger_dir})"
-        elif use_llm and run.synthesize:
-            state["stage"] = "synthesis"
-            clients["synthesis"] = llm.Client(llm_cfg)
-            synthetic, summary = synthesize_or_reuse(cfg, seeds, clients["synthesis"], out)
-            print(synth.format_summary(summary))
-            notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
-            all_failed("synthesis", clients["synthesis"], "")
-        else:
-            skipped["synthesis"] = off("no-synthesize")
-        seconds["synthesis"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        state["stage"] = "tagger"
-        unlabelled = data.read_dataset(run.unlabelled).samples if run.unlabelled and not run.tagger_dir else []
-        model, how = train_or_reuse(cfg, train + synthetic, labelled.types, out, unlabelled)
-        print(f"tagger: {how}")
-        seconds["tagger"] = time.perf_counter() - t0
-
-        # 2. refinement stage: uncertainty for every predicted entity, the uncertain ones to the MLLM
-        t0 = time.perf_counter()
-        state["stage"] = "prediction"
-        unc = cfg["uncertainty"]
-        pred = tagger.predict(model, test, mc_passes=unc.mc_passes if unc.method == "mc_dropout" else 0)
-        uncertainty.score(pred, model.tags, unc)
-        if gold_known:
-            metrics["tagger"] = {"mner": mner(test, pred)}
-        tau, tau_how = uncertainty.choose_threshold(pred, None, unc)        # the one tau: refinement is given it
-        notes["uncertainty"] = {"tau": tau, "how": tau_how, "entities": sum(len(s.entities) for s in pred),
-                                "delegated": sum(map(len, uncertainty.route(pred, tau)))}
-        seconds["predict"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if use_llm and run.refine:
-            state["stage"] = "refinement"
-            clients["refinement"] = llm.Client(llm_cfg)
-            pred, notes["refinement"] = uncertainty.refine(pred, labelled, clients["refinement"], unc, tau=tau,
-                                                           tags=model.tags)
-            if gold_known:
-                metrics["refinement"] = {"mner": mner(test, pred)}
-        else:
-            skipped["refinement"] = off("no-refine")
-        seconds["refinement"] = time.perf_counter() - t0
-        # What finished is on disk before grounding starts: a crash or Ctrl-C there keeps these predictions.
-        predictions(pred, "predictions.refined.json")
-        if "refinement" in clients:
-            all_failed("refinement", clients["refinement"], "predictions.refined.json holds the tagger's predictions")
-
-        # 3. grounding stage: k similar labelled samples as worked examples, then boxes
-        t0 = time.perf_counter()
-        if use_llm and run.ground:
-            state["stage"] = "grounding"
-            clients["grounding"] = llm.Client(llm_cfg)
-            pred, notes["grounding"] = grounding.ground(pred, train, labelled, clients["grounding"], cfg["grounding"])
-        else:
-            skipped["grounding"] = off("no-ground")
-        seconds["grounding"] = time.perf_counter() - t0
-        state["stage"] = "scoring"
-        if gold_known:
-            metrics["final"] = scorer.evaluate(test, pred)
-        predictions(pred, "predictions.json")
-        if target.format == "twitter":     # also the benchmark's own layout: predictions.txt + xml/ beside it
-            shutil.rmtree(out / "xml", ignore_errors=True)      # a stale box file would join a new prediction
-            twitter.write_twitter(pred, out / "predictions.txt.tmp", out / "xml")
-            (out / "predictions.txt.tmp").replace(out / "predictions.txt")
-            state["written"].append("predictions.txt")
-        if "grounding" in clients:
-            all_failed("grounding", clients["grounding"], "predictions.json holds the entities without boxes")
-    finally:     # counts and times of whatever ran, also when a stage failed or was interrupted
-        usage = {stage: c.usage.as_dict() for stage, c in clients.items()}
-        write_json(out / "metrics.json", {"metrics": metrics, "scored": scored, "stages": notes, "skipped": skipped,
-                                          "written": state["written"]})
-        write_json(out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": seconds})
-    if run.viz:
-        state["stage"] = "drawing"
-        draw(pred, test if gold_known else None, out / "viz", run.viz)
-    print(summary_text(metrics, notes, usage, seconds, skipped, out, scored, run.warn_failed_share))
+        synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
+        model = tagger_stage(run, cfg, train + synthetic, labelled.types)
+        pred, tau = prediction_stage(run, cfg["uncertainty"], model, test, gold)
+        pred = refinement_stage(run, cfg, pred, labelled, tau, model.tags, gold)
+        run.write_predictions(pred, "predictions.refined.json")  # kept if grounding fails or is interrupted
+        run.check_calls("refinement", "predictions.refined.json holds the tagger's predictions")
+        pred = grounding_stage(run, cfg, pred, train, labelled)
+        scoring_stage(run, pred, gold, target.format)
+        run.check_calls("grounding", "predictions.json holds the entities without boxes")
+    finally:  # what ran, also when a stage failed or was interrupted
+        run.save()
+    if settings.viz:
+        with run.stage("drawing"):
+            draw(pred, gold, run.out / "viz", settings.viz)
+    print(summary_text(run, settings.warn_failed_share))
     return 0
 
 
-def all_failed(stage: str, client: llm.Client, kept: str) -> None:
-    """Raise LLMError when every call of a stage failed (a refused key, a dead model): the run must not end
-    with exit 0 and a summary that looks normal."""
-    u = client.usage
-    if u.calls and u.failures == u.calls:
-        raise llm.LLMError(f"every one of the {u.calls} {stage} calls failed" + (f" ({kept})" if kept else "")
-                           + f"; the last error: {client.last_error}")
+# ---------------------------------------------------------------- the inputs
+
+
+def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bool]:
+    """The labelled dataset, its training part, the data to predict, and whether that has gold."""
+    labelled = read_nonempty(settings.data, settings.images)
+    if not settings.test:
+        train, test = split(labelled.samples, settings.test_share, settings.seed)
+        return labelled, train, dataclasses.replace(labelled, samples=test), True
+    target = read_nonempty(settings.test, settings.images)
+    unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
+    if unknown:
+        raise DataError(
+            f"{settings.test}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}"
+        )
+    if Path(settings.test).is_dir() and target.types != labelled.types:  # a CCKS folder has its own types.txt
+        warnings.warn(
+            f"{settings.test}/types.txt lists {target.types}, the labelled data {labelled.types}: "
+            "the labelled data's types and descriptions are used",
+            stacklevel=2,
+        )
+    return labelled, labelled.samples, target, formats.has_labels(settings.test)
+
+
+def read_nonempty(path: str, images: list[str]) -> Dataset:
+    dataset = formats.read_dataset(path, images)
+    if not dataset.samples:
+        raise DataError(f"{path}: no sample found (an empty dataset)")
+    return dataset
+
+
+def split(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded hold-out of `share` of the labelled samples as the test split."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(share * len(samples)))
+    return [samples[i] for i in sorted(order[n_test:])], [samples[i] for i in sorted(order[:n_test])]
+
+
+def describe_inputs(
+    run: Run, settings: RunConfig, train: list[Sample], test: list[Sample], types: list[str], gold_known: bool
+) -> None:
+    """Print what was read, record what will be scored, and refuse MLLM stages that could see no image."""
+    print(
+        f"data: {len(train)} labelled training samples, {len(test)} to predict "
+        f"({'with' if gold_known else 'without'} gold); types {types}"
+    )
+    with_image = sum(1 for s in test if s.image)
+    missing = len(test) - with_image
+    print(
+        f"images: {with_image} of {len(test)} samples to predict have one"
+        + (f" ({missing} missing: text-only, their entities ungroundable)" if missing else "")
+    )
+    gold_entities = sum(len(s.entities) for s in test) if gold_known else None
+    run.scope = {
+        "samples": len(test),
+        "gold_entities": gold_entities,
+        "test": settings.test or None,
+        "test_share": settings.test_share,
+    }
+    if run.uses_llm and (settings.refine or settings.ground) and not with_image:  # before any call is paid
+        raise DataError(
+            f"none of the {len(test)} samples to predict has an image, so refinement and grounding "
+            "cannot see anything: pass --images DIR [DIR ...] (folders of <id>.jpg, .png or .jpeg; "
+            "default: images/ beside the data), or turn the stages off with --no-refine --no-ground"
+        )
+
+
+# ---------------------------------------------------------------- 1. training: synthesis and the tagger
+
+
+def synthesis_stage(run: Run, cfg: dict, seeds: Dataset) -> list[Sample]:
+    """Labelled sentences written by the LLM from the seeds (none when the stage is off)."""
+    with run.stage("synthesis"):
+        if cfg["run"].tagger_dir:  # synthetic sentences only serve training
+            run.skip("synthesis", f"a trained tagger is reused (--tagger {cfg['run'].tagger_dir})")
+            return []
+        if not run.wants("synthesis", cfg["run"].synthesize):
+            return []
+        samples, summary = synthesize_or_reuse(cfg, seeds, run.client("synthesis"), run.out)
+        print(synth.format_summary(summary))
+        run.notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
+    run.check_calls("synthesis")
+    return samples
+
+
+def synthesize_or_reuse(
+    cfg: dict, seeds: Dataset, client: llm.Client, out: Path
+) -> tuple[list[Sample], dict]:
+    """Synthesise, or reuse synthetic.jsonl written with the same settings, model and seeds when no call
+    failed (a failed seed is asked again; the answered ones come from the cache)."""
+    key = fingerprint(
+        cfg["synth"],
+        cfg["llm"].model,
+        [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in seeds.samples],
+    )
+    done = read_stamp(out / "synthetic.summary.json", key)
+    if done and not done.get("failed_calls") and (out / "synthetic.jsonl").is_file():
+        return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
+    samples, summary = synth.synthesize(seeds, client, cfg["synth"])
+    with atomic(out / "synthetic.rejected.jsonl") as tmp:
+        synth.write_rejected(summary.pop("rejected_examples"), tmp)
+    with atomic(out / "synthetic.jsonl") as tmp:
+        synth.write_synthetic(samples, tmp)
+    write_json(out / "synthetic.summary.json", {**summary, "key": key})
+    return samples, summary
+
+
+def tagger_stage(run: Run, cfg: dict, train: list[Sample], types: list[str]) -> tagger.Tagger:
+    """The tagger of --tagger, or one trained (self-trained with --unlabelled) or reused from the run."""
+    settings: RunConfig = cfg["run"]
+    with run.stage("tagger"):
+        if settings.tagger_dir:
+            model, how = tagger.load(settings.tagger_dir), f"loaded from {settings.tagger_dir}"
+        else:
+            unlabelled = formats.read_dataset(settings.unlabelled).samples if settings.unlabelled else []
+            model, how = train_or_reuse(cfg["tagger"], train, types, unlabelled, run.out)
+        print(f"tagger: {how}")
+    return model
+
+
+def train_or_reuse(
+    config: tagger.TaggerConfig, train: list[Sample], types: list[str], unlabelled: list[Sample], out: Path
+) -> tuple[tagger.Tagger, str]:
+    """Train the tagger, or reuse out/tagger when it was trained with the same settings on the same data."""
+    key = fingerprint(
+        dataclasses.replace(config, progress=True),  # showing bars does not change the model
+        types,
+        [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train],
+        [s.tokens for s in unlabelled],
+    )
+    if read_stamp(out / "tagger" / "stage.json", key):
+        return tagger.load(str(out / "tagger")), "reused (same settings and data)"
+    if unlabelled:
+        model, rounds = selftrain.self_train(train, unlabelled, types, config)
+        history = rounds[-1]["history"]
+    else:
+        model, history = tagger.train_tagger(train, types, config)
+        rounds = []
+    with atomic(out / "tagger") as tmp:
+        tagger.save(model, str(tmp))
+        write_json(tmp / "stage.json", {"key": key, "history": history, "self_training": rounds})
+    how = f"trained on {len(train)} sentences"
+    if rounds:
+        how += f", self-trained on {rounds[-1]['pseudo_sentences']} of {len(unlabelled)} unlabelled"
+    return model, how
+
+
+# ---------------------------------------------------------------- 2. prediction with uncertainty, refinement
+
+
+def prediction_stage(
+    run: Run,
+    config: uncertainty.UncertaintyConfig,
+    model: tagger.Tagger,
+    test: list[Sample],
+    gold: list[Sample] | None,
+) -> tuple[list[Sample], float]:
+    """The tagger's entities, each with its uncertainty, and the one tau that decides which are delegated."""
+    with run.stage("prediction"):
+        passes = config.mc_passes if config.method == "mc_dropout" else 0
+        pred = tagger.predict(model, test, mc_passes=passes)
+        uncertainty.estimate(pred, model.tags, config)
+        score_mner(run, "tagger", gold, pred)
+        tau, how = uncertainty.choose_threshold(pred, config)
+        values = uncertainty.uncertainties(pred)
+        run.notes["uncertainty"] = {
+            "tau": tau,
+            "how": how,
+            "entities": len(values),
+            "delegated": sum(x > tau for x in values),
+        }
+    return pred, tau
+
+
+def refinement_stage(
+    run: Run,
+    cfg: dict,
+    pred: list[Sample],
+    labelled: Dataset,
+    tau: float,
+    tags: list[str],
+    gold: list[Sample] | None,
+) -> list[Sample]:
+    """The entities above tau checked by the MLLM (the tagger's predictions when the stage is off)."""
+    with run.stage("refinement"):
+        if run.wants("refinement", cfg["run"].refine):
+            client = run.client("refinement")
+            pred, run.notes["refinement"] = refinement.refine(
+                pred, labelled, client, tau, cfg["refinement"], tags
+            )
+            score_mner(run, "refinement", gold, pred)
+    return pred
+
+
+def score_mner(run: Run, stage: str, gold: list[Sample] | None, pred: list[Sample]) -> None:
+    """MNER (span + type): the one task a stage before grounding can be scored on."""
+    if gold is not None:
+        run.metrics[stage] = {"mner": evaluate(gold, pred)["mner"]}
+
+
+# ---------------------------------------------------------------- 3. grounding, then the scores
+
+
+def grounding_stage(
+    run: Run, cfg: dict, pred: list[Sample], train: list[Sample], labelled: Dataset
+) -> list[Sample]:
+    """Boxes drawn by the MLLM after worked examples chosen from the labelled training samples."""
+    with run.stage("grounding"):
+        if run.wants("grounding", cfg["run"].ground):
+            client = run.client("grounding")
+            pred, run.notes["grounding"] = grounding.ground(
+                pred, train, labelled, client, cfg["grounding"], cfg["demos"]
+            )
+    return pred
+
+
+def scoring_stage(run: Run, pred: list[Sample], gold: list[Sample] | None, layout: str) -> None:
+    """All three tasks scored, and the predictions written (also in the Twitter-GMNER layout when read so)."""
+    with run.stage("scoring"):
+        if gold is not None:
+            run.metrics["final"] = evaluate(gold, pred)
+        run.write_predictions(pred, "predictions.json")
+        if layout == "twitter":
+            with atomic(run.out / "predictions.txt") as tmp:
+                remove(run.out / "xml")  # a stale box file would join a new prediction
+                twitter.write_twitter(pred, tmp, run.out / "xml")
+            run.written.append("predictions.txt")
+
+
+# ---------------------------------------------------------------- the command line
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_configs(sys.argv[1:] if argv is None else argv)
-    state = {"stage": "start", "written": []}
-    kept = lambda: (f" Kept in {cfg['run'].out}: {', '.join(state['written'])}." if state["written"] else "")
+    run = Run(Path(cfg["run"].out), cfg["llm"])
     try:
-        return pipeline(cfg, state)
-    except (data.DataError, llm.LLMError, FileNotFoundError) as err:
-        print(f"error: {err}{kept()}", file=sys.stderr)
+        return pipeline(cfg, run)
+    except (DataError, SettingsError, llm.LLMError, FileNotFoundError) as err:
+        print(f"error: {err}{kept(run)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished stages and every answered MLLM call are kept; rerun the same command to "
-              f"resume.{kept()}", file=sys.stderr)
+        print(
+            "\ninterrupted: finished stages and every answered MLLM call are kept; rerun the same command "
+            f"to resume.{kept(run)}",
+            file=sys.stderr,
+        )
         return 130
-    except Exception as err:        # a bug: one line naming the stage and sample; the traceback goes to a file
-        log = Path(cfg["run"].out) / "error.log"
+    except Exception as err:  # a bug: one line naming the stage and sample; the traceback goes to a file
+        log = run.out / "error.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc(), encoding="utf-8")
-        sample = _sample_of(err.__traceback__)
-        print(f"error: the {state['stage']} stage failed{f' on sample {sample!r}' if sample else ''}: "
-              f"{type(err).__name__}: {err}.{kept()} Traceback in {log}; please report it.", file=sys.stderr)
+        sample = sample_of(err.__traceback__)
+        where = f" on sample {sample!r}" if sample else ""
+        print(
+            f"error: the {run.current} stage failed{where}: {type(err).__name__}: {err}.{kept(run)} "
+            f"Traceback in {log}; please report it.",
+            file=sys.stderr,
+        )
         return 1
 
 
-def _sample_of(tb) -> str | None:
+def kept(run: Run) -> str:
+    return f" Kept in {run.out}: {', '.join(run.written)}." if run.written else ""
+
+
+def sample_of(tb) -> str | None:
     """The id of the innermost data.Sample a failing frame was working on (a local variable), if any."""
     found = None
     while tb is not None:
-        for v in tb.tb_frame.f_locals.values():
-            if isinstance(v, data.Sample):
-                found = v.id
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, Sample):
+                found = value.id
         tb = tb.tb_next
     return found
 

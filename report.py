@@ -6,7 +6,7 @@ text (how many samples and gold entities were scored, scores per stage, how many
 the MLLM, calls and tokens per stage, what was skipped and why, which files were written) and JPEGs
 with predicted (red) and gold (green) boxes.
 
-    python refineg.py --data examples/demo --out runs/demo --viz 5     # prints the summary, draws runs/demo/viz/
+    python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
 
 Left out on purpose: HTML reports, plots of scores (metrics.json holds every number).
 """
@@ -15,75 +15,113 @@ from pathlib import Path
 
 import data
 import images
+from rundir import NO_LLM, Run
+
+TASKS = ("mner", "eeg", "gmner")
 
 
-def all_runs(usage: dict) -> dict:
-    """Tokens per stage counting cached answers at what the earlier run that asked them paid."""
-    return {stage: {k: u[k] + u[f"cached_{k}"] for k in ("prompt_tokens", "completion_tokens")}
-            for stage, u in usage.items()}
-
-
-NO_LLM = "no MLLM configured"
-
-
-def summary_text(metrics: dict, notes: dict, usage: dict, seconds: dict, skipped: dict[str, str], out: Path,
-                 scored: dict, warn_share: float = 0.1) -> str:
+def summary_text(run: Run, warn_share: float = 0.1) -> str:
     """The lines printed at the end of a run: a warning when many calls of a stage failed, what was scored,
-    scores per stage, uncertainty routing, MLLM usage, times, skipped stages and the files written.
-    `scored`: samples (predicted), gold_entities (None without gold), test (the --test folder or None),
-    test_share (of the hold-out when there is no --test)."""
-    head = "== ReFineG summary"
-    failed = [f"{c['failures']} of {c['calls']} {stage} calls failed" for stage, c in usage.items()
-              if c["calls"] and c["failures"] > warn_share * c["calls"]]
-    if failed:
-        head += f": WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
-    lines = ["", head]
-    n, gold, test = scored["samples"], scored["gold_entities"], scored["test"]
-    if gold is None:                # only a --test folder can lack gold: a hold-out is part of the labelled data
-        lines.append(f"not scored: the {n} samples of --test {test} have no gold (no entity.json)")
-    elif test:
-        lines.append(f"scored on {n} samples of --test {test} with {gold} gold entities")
-    else:
-        lines.append(f"scored on {n} held-out samples with {gold} gold entities "
-                     f"(a seeded {scored['test_share']:.0%} of --data; --test DIR scores another folder)")
-    for stage, m in metrics.items():
-        for name in ("mner", "eeg", "gmner"):
-            if name in m:
-                r = m[name]
-                lines.append(f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
-                             f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
-    if metrics and "refinement" in skipped and "grounding" in skipped:
-        lines.append("  these are the tagger's scores alone: no MLLM refined its entities or drew a box, so EEG and "
-                     "GMNER credit only the entities gold leaves without a box")
-    g = notes.get("grounding", {})
-    if g.get("no_image"):
-        lines.append(f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
-                     f"({g['no_image']} samples without image; --images DIR adds image folders)")
-    u = notes["uncertainty"]
-    lines.append(f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']})"
-                 + ("; none sent, refinement was skipped" if "refinement" in skipped else ""))
+    scores per stage, uncertainty routing, MLLM usage, times, skipped stages and the files written."""
+    usage = run.usage()
+    lines = ["", headline(usage, warn_share), scope_line(run.scope)]
+    lines += score_lines(run)
+    lines += note_lines(run)
     for stage, c in usage.items():
-        lines.append(f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} prompt + "
-                     f"{c['completion_tokens']} completion tokens, {c['failures']} failures")
-    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+        lines.append(
+            f"{stage:>11}: {c['calls']} MLLM calls, {c['cache_hits']} cache hits, {c['prompt_tokens']} "
+            f"prompt + {c['completion_tokens']} completion tokens, {c['failures']} failures"
+        )
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
+    lines += skipped_lines(run.skipped)
+    lines.append(written_line(run.out))
+    return "\n".join(lines)
+
+
+def headline(usage: dict, warn_share: float) -> str:
+    """The summary's first line, with a warning when a stage lost more than `warn_share` of its calls."""
+    failed = [
+        f"{c['failures']} of {c['calls']} {stage} calls failed"
+        for stage, c in usage.items()
+        if c["calls"] and c["failures"] > warn_share * c["calls"]
+    ]
+    if not failed:
+        return "== ReFineG summary"
+    return f"== ReFineG summary: WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
+
+
+def scope_line(scope: dict) -> str:
+    n, gold, test = scope["samples"], scope["gold_entities"], scope["test"]
+    if gold is None:  # only a --test folder can lack gold: a hold-out is part of the labelled data
+        return f"not scored: the {n} samples of --test {test} have no gold (no entity.json)"
+    if test:
+        return f"scored on {n} samples of --test {test} with {gold} gold entities"
+    return (
+        f"scored on {n} held-out samples with {gold} gold entities "
+        f"(a seeded {scope['test_share']:.0%} of --data; --test DIR scores another folder)"
+    )
+
+
+def score_lines(run: Run) -> list[str]:
+    lines = []
+    for stage, m in run.metrics.items():
+        for name in (t for t in TASKS if t in m):
+            r = m[name]
+            lines.append(
+                f"{stage:>11} {name.upper():<6} P {r['p']:.3f}  R {r['r']:.3f}  F1 {r['f1']:.3f}  "
+                f"(tp {r['tp']}, fp {r['fp']}, fn {r['fn']})"
+            )
+    if run.metrics and "refinement" in run.skipped and "grounding" in run.skipped:
+        lines.append(
+            "  these are the tagger's scores alone: no MLLM refined its entities or drew a box, so EEG "
+            "and GMNER credit only the entities gold leaves without a box"
+        )
+    return lines
+
+
+def note_lines(run: Run) -> list[str]:
+    lines = []
+    g = run.notes.get("grounding", {})
+    if g.get("no_image"):
+        lines.append(
+            f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
+            f"({g['no_image']} samples without image; --images DIR adds image folders)"
+        )
+    u = run.notes["uncertainty"]
+    sent = "; none sent, refinement was skipped" if "refinement" in run.skipped else ""
+    lines.append(
+        f"uncertainty: {u['delegated']} of {u['entities']} predicted entities above tau ({u['how']}){sent}"
+    )
+    return lines
+
+
+def skipped_lines(skipped: dict[str, str]) -> list[str]:
+    lines = []
     for stage, why in skipped.items():
-        if stage == "grounding":
-            why += "; every entity is ungroundable (no box)"
-        lines.append(f"skipped {stage}: {why}")
+        more = "; every entity is ungroundable (no box)" if stage == "grounding" else ""
+        lines.append(f"skipped {stage}: {why}{more}")
     if NO_LLM in skipped.values():
-        lines.append("  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
-                     "e.g. vLLM or llama-server; see README)")
+        lines.append(
+            "  (to run them, pass --llm-url URL --llm-model NAME of an OpenAI-compatible server, "
+            "e.g. vLLM or llama-server; see README)"
+        )
+    return lines
+
+
+def written_line(out: Path) -> str:
     written = f"{out}/predictions.json (final)"
     if (out / "predictions.txt").is_file():
         written += ", predictions.txt + xml/ (Twitter-GMNER layout)"
-    lines.append(f"written: {written}, predictions.refined.json (before grounding), "
-                 "metrics.json, usage.json, config.json")
-    return "\n".join(lines)
+    return (
+        f"written: {written}, predictions.refined.json (before grounding), "
+        "metrics.json, usage.json, config.json"
+    )
 
 
 def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
     """Boxes, names and types of the first n predictions with an image (red), gold in green."""
     from PIL import ImageDraw
+
     folder.mkdir(parents=True, exist_ok=True)
     gold_by_id = {s.id: s for s in gold or []}
     done = 0
@@ -92,7 +130,7 @@ def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, 
             continue
         try:
             img = images.open_image(s.image)
-        except images.ImageError as err:      # untrusted file: no picture for it, said once
+        except images.ImageError as err:  # untrusted file: no picture for it, said once
             print(f"viz: {err}; not drawn")
             continue
         pen = ImageDraw.Draw(img)

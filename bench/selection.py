@@ -1,6 +1,6 @@
 """Demo selection (demos.py) on Twitter-GMNER: quality and time of the similarity variants.
 
-    python bench.py selection
+    python -m bench selection
 
 Real data is read from ../shared/data/ (never shipped); skipped with a message when absent.
 """
@@ -29,9 +29,9 @@ def bench_selection(args) -> None:
 
     import numpy as np
 
-    from twitter import read_twitter
-    from demos import features, rank_demos
-    from grounding import GroundingConfig
+    from demos import DemoConfig, features, rank_demos
+    from formats.twitter import read_twitter
+
     if not have(TWITTER):
         return
     queries = [s for s in read_twitter(TWITTER / "dev.txt", TWITTER / "xml").samples if s.entities]
@@ -39,13 +39,15 @@ def bench_selection(args) -> None:
     if args.quick:
         queries, demos = queries[:300], demos[:1000]
     types = sorted({e.type for s in queries + demos for e in s.entities})
-    ours = GroundingConfig(w_image=0.0)
+    ours = DemoConfig(w_image=0.0)
     t0 = time.perf_counter()
     fq, fd = features(queries, types, ours), features(demos, types, ours)
     t_embed = time.perf_counter() - t0
-    variants = {"ours: text .4 + entity .6 (pair mean)": ours,
-                "authors: text .4 + entity .6 (pair sum)": replace(ours, entity_sim="sum"),
-                "text only": replace(ours, w_entity=0.0)}
+    variants = {
+        "ours: text .4 + entity .6 (pair mean)": ours,
+        "authors: text .4 + entity .6 (pair sum)": replace(ours, entity_sim="sum"),
+        "text only": replace(ours, w_entity=0.0),
+    }
     rows = []
     for name, cfg in variants.items():
         t0 = time.perf_counter()
@@ -57,10 +59,15 @@ def bench_selection(args) -> None:
     picks = [list(rng.choice(len(demos), ours.k, replace=False)) for _ in queries]
     dt = time.perf_counter() - t0
     rows.append(("random", *_sel_quality(queries, demos, picks), dt))
-    print(f"demo selection, k={ours.k}: {len(queries)} Twitter-GMNER dev queries with entities x "
-          f"{len(demos)} train demos")
+    print(
+        f"demo selection, k={ours.k}: {len(queries)} Twitter-GMNER dev queries with entities x "
+        f"{len(demos)} train demos"
+    )
     print(f"embedding (texts + entity names, {ours.encoder or 'all-MiniLM-L6-v2'}, CPU): {t_embed:.1f} s")
-    print(f"{'selection':42s} {'types covered':>13s} {'groundable demos':>16s} {'entities/demo':>13s} {'time s':>7s}")
+    print(
+        f"{'selection':42s} {'types covered':>13s} {'groundable demos':>16s} {'entities/demo':>13s} "
+        f"{'time s':>7s}"
+    )
     for name, cover, ground, n_ent, dt in rows:
         print(f"{name:42s} {cover:13.3f} {ground:16.3f} {n_ent:13.2f} {dt:7.2f}")
-    print("command: python bench.py selection" + (" --quick" if args.quick else ""))
+    print("command: python -m bench selection" + (" --quick" if args.quick else ""))

@@ -1,7 +1,7 @@
-"""Variants of the entity uncertainty, measured by `python bench.py uncertainty` beside the default.
+"""Variants of the entity uncertainty, measured by `python -m bench uncertainty` beside the default.
 
 Each function returns one score per predicted entity (flat, sample order; higher = more
-doubtful), so bench.py ranks them all the same way (AUROC, share of wrong entities in the top x %).
+doubtful), so `python -m bench ranks` them all the same way (AUROC, share of wrong entities in the top x %).
 
 Label-free (usable at prediction time with nothing but the tagger and its training data):
 - exact entity probability: 1 - P(the whole predicted entity | text), by a forward pass of the
@@ -25,6 +25,7 @@ import crf
 import encoding
 import tagger
 import uncertainty as unc
+from bench.oracle import wrong_flags
 from data import spans_to_tags
 
 
@@ -36,9 +37,11 @@ def emissions(model, samples: list) -> list[torch.Tensor]:
     with torch.inference_mode():
         for b in encoding.length_batches([enc[i].size for i in todo], 64):
             rows = [todo[i] for i in b]
-            em = model.emissions(encoding.collate([enc[i] for i in rows], model.pad_id, model.config.device)).double()
+            em = model.emissions(
+                encoding.collate([enc[i] for i in rows], model.pad_id, model.config.device)
+            ).double()
             for j, i in enumerate(rows):
-                out[i] = em[j, :len(samples[i].tokens)]
+                out[i] = em[j, : len(samples[i].tokens)]
     return out
 
 
@@ -56,7 +59,7 @@ def exact_entity(model, pred: list, ems: list[torch.Tensor]) -> np.ndarray:
         for s, em in zip(pred, ems):
             if not s.entities:
                 continue
-            rows = em[None].repeat(len(s.entities) + 1, 1, 1)           # (E + 1, T, K): row 0 unconstrained
+            rows = em[None].repeat(len(s.entities) + 1, 1, 1)  # (E + 1, T, K): row 0 unconstrained
             for r, e in enumerate(s.entities, 1):
                 n = e.end - e.start
                 for i, tag in enumerate(spans_to_tags(n, [replace(e, start=0, end=n)], model.config.scheme)):
@@ -69,9 +72,15 @@ def exact_entity(model, pred: list, ems: list[torch.Tensor]) -> np.ndarray:
 
 
 def unseen(pred: list, train: list, default: np.ndarray) -> np.ndarray:
-    seen = {(tuple(t.lower() for t in s.tokens[e.start:e.end]), e.type) for s in train for e in s.entities}
-    flag = np.array([(tuple(t.lower() for t in s.tokens[e.start:e.end]), e.type) not in seen
-                     for s in pred for e in s.entities], dtype=float)
+    seen = {(tuple(t.lower() for t in s.tokens[e.start : e.end]), e.type) for s in train for e in s.entities}
+    flag = np.array(
+        [
+            (tuple(t.lower() for t in s.tokens[e.start : e.end]), e.type) not in seen
+            for s in pred
+            for e in s.entities
+        ],
+        dtype=float,
+    )
     return (default + flag) / 2
 
 
@@ -86,14 +95,22 @@ def _scaled(crf, t: float):
 def temperature(model, pred: list, ems: list, dev: list, dev_ems: list) -> tuple[np.ndarray, float]:
     """Default scores from marginals at the dev-fitted temperature, and that temperature."""
     index = {t: k for k, t in enumerate(model.tags)}
-    gold = [(em, torch.tensor([index[t] for t in spans_to_tags(len(s.tokens), s.entities, model.config.scheme)]))
-            for s, em in zip(dev, dev_ems) if s.tokens]
+    gold = [
+        (em, torch.tensor([index[t] for t in spans_to_tags(len(s.tokens), s.entities, model.config.scheme)]))
+        for s, em in zip(dev, dev_ems)
+        if s.tokens
+    ]
 
     def dev_ll(t: float) -> float:
         crf = _scaled(model.crf, t)
         with torch.inference_mode():
-            return sum(float(crf.log_likelihood(em[None] / t, tags[None], torch.ones(1, len(tags), dtype=torch.bool)))
-                       for em, tags in gold)
+            return sum(
+                float(
+                    crf.log_likelihood(em[None] / t, tags[None], torch.ones(1, len(tags), dtype=torch.bool))
+                )
+                for em, tags in gold
+            )
+
     best = max(np.arange(0.5, 4.01, 0.25), key=dev_ll)
     crf = _scaled(model.crf, best)
     copies = []
@@ -101,35 +118,39 @@ def temperature(model, pred: list, ems: list, dev: list, dev_ems: list) -> tuple
         for s, em in zip(pred, ems):
             m = crf.marginals(em[None] / best, torch.ones(1, len(em), dtype=torch.bool))[0] if len(em) else em
             copies.append(replace(s, entities=[replace(e) for e in s.entities], marginals=m.float().numpy()))
-    unc.score(copies, model.tags)
-    return np.array([e.score for s in copies for e in s.entities]), float(best)
+    unc.estimate(copies, model.tags)
+    return np.array([e.uncertainty for s in copies for e in s.entities]), float(best)
 
 
 def type_prior(model, pred: list, dev: list, default: np.ndarray) -> np.ndarray:
     dev_pred = tagger.predict(model, dev)
-    wrong = unc.wrong_flags(dev_pred, dev)
+    wrong = wrong_flags(dev_pred, dev)
     types = [e.type for s in dev_pred for e in s.entities]
     rate = {t: np.mean([w for w, u in zip(wrong, types) if u == t]) for t in set(types)}
     return (default + np.array([rate.get(e.type, 1.0) for s in pred for e in s.entities])) / 2
 
 
 def other_taggers(pred: list, others: list[list], tags: list[str], default: np.ndarray) -> np.ndarray:
-    """The mean of this tagger's entity scores (`default`) and those other taggers give the same entities from their
-    own marginals (`others`: each one tagger's predictions of the same texts, e.g. another seed or the teacher of
-    a self-trained tagger). Label-free; costs one more training and prediction per tagger."""
+    """The mean of this tagger's entity scores (`default`) and those other taggers give the same entities
+    from their own marginals (`others`: each one tagger's predictions of the same texts, e.g. another seed
+    or the teacher of a self-trained tagger). Label-free; one more training and prediction per tagger."""
     scores = [default]
     for other in others:
-        copies = [replace(p, entities=[replace(e) for e in p.entities], marginals=o.marginals)
-                  for p, o in zip(pred, other)]
-        unc.score(copies, tags)
-        scores.append(np.array([e.score for s in copies for e in s.entities]))
+        copies = [
+            replace(p, entities=[replace(e) for e in p.entities], marginals=o.marginals)
+            for p, o in zip(pred, other)
+        ]
+        unc.estimate(copies, tags)
+        scores.append(np.array([e.uncertainty for s in copies for e in s.entities]))
     return np.mean(scores, axis=0)
 
 
 def variants(model, pred: list, train: list, dev: list | None, default: np.ndarray) -> dict[str, np.ndarray]:
     ems = emissions(model, pred)
-    out = {"exact entity probability (constrained forward)": exact_entity(model, pred, ems),
-           "default + unseen in training, averaged": unseen(pred, train, default)}
+    out = {
+        "exact entity probability (constrained forward)": exact_entity(model, pred, ems),
+        "default + unseen in training, averaged": unseen(pred, train, default),
+    }
     if dev:
         scores, t = temperature(model, pred, ems, dev, emissions(model, dev))
         out[f"temperature-scaled marginals (dev T = {t:.2f})"] = scores

@@ -1,6 +1,6 @@
 """Peak memory of the two stages whose memory used to grow with the input (issue 13).
 
-    python bench.py memory            # or: python bench_memory.py
+    python -m bench memory            # or: python -m bench.memory [tagger] [grounding]
 
 1. Tagger training (tagger.py): peak RSS of one epoch on the demo's 32 sentences, alone and with one
    5,000- or 10,000-word text added, the long text cut into `train_chunk`-word pieces (now, 64) or
@@ -14,7 +14,7 @@
 
 Each case runs in a fresh child process (`ru_maxrss` is a lifetime peak), so the numbers include
 Python, torch and the encoder (~0.5 GB): compare rows, not absolute values. Uses the fake server of
-`fake_server.py` (as `bench.py client` does). Numbers are from this machine, this run.
+`fake_server.py` (as `python -m bench client` does). Numbers are from this machine, this run.
 """
 
 import json
@@ -27,20 +27,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _tagger_case(spec: dict) -> dict:
     import random
 
-    import ccks
     import data
     import tagger
+    from formats import ccks
+
     samples = ccks.read_ccks(DEMO).samples
     if spec["long"]:
         rng = random.Random(0)
@@ -55,13 +56,15 @@ def _tagger_case(spec: dict) -> dict:
 def _grounding_case(spec: dict) -> dict:
     import dataclasses
 
-    import ccks
-    import grounding
-    import llm
-    sys.path.insert(0, str(ROOT))
-    from fake_server import FakeServer, reply
     import numpy as np
     from PIL import Image
+
+    import grounding
+    import llm
+    from demos import DemoConfig
+    from formats import ccks
+    from servers.fake_mllm import FakeServer, reply
+
     demo = ccks.read_ccks(DEMO)
     folder, rng = Path(tempfile.mkdtemp()), np.random.default_rng(0)
     y, x = np.mgrid[0:750, 0:1000]
@@ -70,19 +73,29 @@ def _grounding_case(spec: dict) -> dict:
     for k in range(spec["n"]):
         s = demo.samples[k % len(demo.samples)]
         path = folder / f"{k}.jpg"
-        Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)).save(path, quality=90)
-        queries.append(dataclasses.replace(s, id=f"{s.id}_{k}", image=str(path),
-                                           entities=[dataclasses.replace(e, boxes=[]) for e in s.entities]))
+        Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)).save(
+            path, quality=90
+        )
+        queries.append(
+            dataclasses.replace(
+                s,
+                id=f"{s.id}_{k}",
+                image=str(path),
+                entities=[dataclasses.replace(e, boxes=[]) for e in s.entities],
+            )
+        )
     kb = sum(os.path.getsize(q.image) for q in queries) / len(queries) / 1024
     client = llm.Client(llm.ClientConfig(base_url="", workers=4))
-    if spec["eager"]:        # the old behaviour: every request, with its base64 images, built before the first call
+    if spec["eager"]:  # the old behaviour: every request, with its base64 images, built before the first call
         real = client.map_chat
-        client.map_chat = lambda reqs, desc="", workers=None: real([r() if callable(r) else r for r in reqs], desc)
+        client.map_chat = lambda reqs, desc="", workers=None: real(
+            [r() if callable(r) else r for r in reqs], desc
+        )
     with FakeServer(lambda body: reply({"entities": []})) as srv:
-        srv.requests = _Tally()             # keeping every body (and its base64 images) would swamp the numbers
+        srv.requests = _Tally()  # keeping every body (and its base64 images) would swamp the numbers
         client.config.base_url = srv.url
         t0 = time.perf_counter()
-        _, counts = grounding.ground(queries, demo.samples, demo, client, grounding.GroundingConfig(w_image=0.0))
+        _, counts = grounding.ground(queries, demo.samples, demo, client, selection=DemoConfig(w_image=0.0))
     assert counts["calls"] == srv.requests.n and not counts.get("failed_calls"), counts
     shutil.rmtree(folder)
     return {"peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0, "calls": counts["calls"], "kb": kb}
@@ -90,6 +103,7 @@ def _grounding_case(spec: dict) -> dict:
 
 class _Tally(list):
     """A stand-in for FakeServer.requests that counts the bodies instead of keeping them."""
+
     n = 0
 
     def append(self, body: dict) -> None:
@@ -97,35 +111,51 @@ class _Tally(list):
 
 
 def _spawn(kind: str, spec: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--child", kind, json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"child {kind} {spec} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_memory(args=None, parts: tuple[str, ...] = ("tagger", "grounding")) -> None:
-    print("command: python bench.py memory")
+    print("command: python -m bench memory")
     if "tagger" in parts:
         print("\n1. tagger training, one epoch on the demo's 32 sentences (MiniLM, 1 thread)")
         print(f"{'extra text':<18}{'train_chunk':>12}{'peak RSS MB':>13}{'seconds':>9}")
-        for long, chunk in ((0, 64), (5000, 64), (10000, 64), (5000, 10 ** 9)):
+        for long, chunk in ((0, 64), (5000, 64), (10000, 64), (5000, 10**9)):
             r = _spawn("tagger", {"long": long, "chunk": chunk})
-            print(f"{f'{long} words' if long else 'none':<18}{chunk if chunk < 10 ** 9 else 'uncut':>12}"
-                  f"{r['peak_mb']:>13.0f}{r['seconds']:>9.1f}", flush=True)
+            print(
+                f"{f'{long} words' if long else 'none':<18}{chunk if chunk < 10**9 else 'uncut':>12}"
+                f"{r['peak_mb']:>13.0f}{r['seconds']:>9.1f}",
+                flush=True,
+            )
     if "grounding" in parts:
-        print("\n2. grounding stage, 0-latency fake server, 4 workers, k = 3 (demo texts, one image per sample)")
-        print(f"{'samples':>8}{'requests built':>18}{'calls':>7}{'image KB':>10}{'peak RSS MB':>13}{'seconds':>9}")
+        print(
+            "\n2. grounding stage, 0-latency fake server, 4 workers, k = 3 (demo texts, one image per sample)"
+        )
+        print(
+            f"{'samples':>8}{'requests built':>18}{'calls':>7}{'image KB':>10}"
+            f"{'peak RSS MB':>13}{'seconds':>9}"
+        )
         for eager in (False, True):
             for n in (450, 1500):
                 r = _spawn("grounding", {"n": n, "eager": eager})
-                print(f"{n:>8}{'all before' if eager else 'lazily':>18}{r['calls']:>7}{r['kb']:>10.0f}"
-                      f"{r['peak_mb']:>13.0f}{r['seconds']:>9.1f}", flush=True)
+                print(
+                    f"{n:>8}{'all before' if eager else 'lazily':>18}{r['calls']:>7}{r['kb']:>10.0f}"
+                    f"{r['peak_mb']:>13.0f}{r['seconds']:>9.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         case = {"tagger": _tagger_case, "grounding": _grounding_case}[sys.argv[2]]
         print(json.dumps(case(json.loads(sys.argv[3]))))
-    else:       # python bench_memory.py [tagger] [grounding]
+    else:  # python -m bench.memory [tagger] [grounding]
         bench_memory(parts=tuple(sys.argv[1:]) or ("tagger", "grounding"))

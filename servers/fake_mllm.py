@@ -30,15 +30,29 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def reply(content: str | dict | list, finish_reason: str = "stop", prompt_tokens: int = 10,
-          completion_tokens: int = 5, model: str = "fake-model") -> dict:
+def reply(
+    content: str | dict | list,
+    finish_reason: str = "stop",
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+    model: str = "fake-model",
+) -> dict:
     """A /chat/completions answer; `content` is JSON-encoded unless it is a string."""
     text = content if isinstance(content, str) else json.dumps(content)
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", **extra) -> tuple[int, dict, dict]:
@@ -66,19 +80,25 @@ def _with(good: dict, **message) -> dict:
     return {**good, "choices": [choice]}
 
 
-HANG_SECONDS = 1.0      # a hang lasts this long: set the client's read_timeout below it
+HANG_SECONDS = 1.0  # a hang lasts this long: set the client's read_timeout below it
 DEEP = "[" * 100_000 + "]" * 100_000
 # fault name -> the answer that replaces a good one (a 200 JSON body built with `reply`)
 FAULTS = {
-    "5xx": lambda good: (503, {"error": {"code": 503, "message": "server overloaded", "type": "unavailable"}}, {}),
+    "5xx": lambda good: (
+        503,
+        {"error": {"code": 503, "message": "server overloaded", "type": "unavailable"}},
+        {},
+    ),
     "429": lambda good: (429, {"error": {"code": 429, "message": "slow down"}}, {"Retry-After": "0"}),
     "hang": lambda good: time.sleep(HANG_SECONDS) or good,
     "cut": lambda good: Cut(good),
     "html": lambda good: (200, "<html><body><h1>502 Bad Gateway</h1></body></html>", {}),
     "invalid_json": lambda good: _with(good, content='{"entities": [{"entity": '),
     "off_schema": lambda good: _with(good, content='{"answer": "I cannot see the image"}'),
-    "length": lambda good: {**_with(good, content=good["choices"][0]["message"]["content"][:20]),
-                            "choices": [{**good["choices"][0], "finish_reason": "length"}]},
+    "length": lambda good: {
+        **_with(good, content=good["choices"][0]["message"]["content"][:20]),
+        "choices": [{**good["choices"][0], "finish_reason": "length"}],
+    },
     "deep_content": lambda good: _with(good, content=DEEP),
     "deep_body": lambda good: (200, DEEP, {}),
     "odd_usage": lambda good: {**good, "usage": {"prompt_tokens": "n/a", "completion_tokens": [5]}},
@@ -99,42 +119,47 @@ def chaos(good, rate: float = 0.5, seed: int = 0, faults: list[str] | None = Non
             used[fault or "none"] += 1
         answer = good(body)
         return FAULTS[fault](answer) if fault else answer
+
     handler.used = used
     return handler
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True           # a hung handler must not keep the test process (or server_close) waiting
-    request_queue_size = 128        # the default of 5 refuses connections under 16 parallel clients
+    daemon_threads = True  # a hung handler must not keep the test process (or server_close) waiting
+    request_queue_size = 128  # the default of 5 refuses connections under 16 parallel clients
     allow_reuse_address = True
 
     def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):   # the client gave up: fine
+        if not isinstance(
+            sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)
+        ):  # the client gave up: fine
             super().handle_error(request, client_address)
 
 
 class FakeServer:
     def __init__(self, handler=None, latency: float = 0.0, model: str = "fake-model"):
         self.handler = handler or (lambda body: reply("ok"))
-        self.latency = latency      # seconds added before every chat answer (benchmarks)
+        self.latency = latency  # seconds added before every chat answer (benchmarks)
         self.model = model
-        self.requests: list[dict] = []   # POST bodies, in arrival order
-        self.headers: list[dict] = []    # their HTTP headers, same order
-        self.errors: list[str] = []      # exceptions raised by the handler
+        self.requests: list[dict] = []  # POST bodies, in arrival order
+        self.headers: list[dict] = []  # their HTTP headers, same order
+        self.errors: list[str] = []  # exceptions raised by the handler
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"   # keep-alive, as real servers do
-            wbufsize = -1                   # headers and body in one send; two sends cost 40 ms (Nagle + delayed ACK)
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+            wbufsize = -1  # headers and body in one send; two sends cost 40 ms (Nagle + delayed ACK)
 
-            def log_message(self, *args):   # quiet
+            def log_message(self, *args):  # quiet
                 pass
 
             def send(self, status: int, payload, headers: dict | None = None) -> None:
                 data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "text/plain" if isinstance(payload, str) else "application/json")
+                self.send_header(
+                    "Content-Type", "text/plain" if isinstance(payload, str) else "application/json"
+                )
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, str(v))
@@ -162,7 +187,7 @@ class FakeServer:
                     time.sleep(fake.latency)
                 try:
                     out = fake.handler(body)
-                except Exception as e:   # a test's handler failing is reported, not hidden in a thread
+                except Exception as e:  # a test's handler failing is reported, not hidden in a thread
                     fake.errors.append(repr(e))
                     out = (500, {"error": {"message": f"fake server handler raised {e!r}", "code": 500}}, {})
                 if isinstance(out, Cut):
@@ -170,7 +195,7 @@ class FakeServer:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(out.data)))
                     self.end_headers()
-                    self.wfile.write(out.data[:out.keep])
+                    self.wfile.write(out.data[: out.keep])
                     self.wfile.flush()
                     self.close_connection = True
                 elif isinstance(out, tuple):
@@ -181,8 +206,9 @@ class FakeServer:
         self._server = _Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> "FakeServer":
         self._thread.start()

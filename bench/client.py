@@ -1,6 +1,6 @@
 """llm.py's own cost, measured on the local fake server: concurrency efficiency and per-call overhead.
 
-    python bench.py client [--quick]
+    python -m bench client [--quick]
 
 Every number is measured on this machine in this run; nothing else is on the wire.
 """
@@ -23,12 +23,12 @@ def bench_client(args) -> None:
     import requests
 
     from llm import Client, ClientConfig
-    from fake_server import FakeServer, reply
+    from servers.fake_mllm import FakeServer, reply
 
     def ask(i: int) -> dict:
         return {"messages": [{"role": "user", "content": f"question {i}: is it a vessel?"}]}
 
-    print("command: python bench.py client" + (" --quick" if args.quick else ""))
+    print("command: python -m bench client" + (" --quick" if args.quick else ""))
     n, latency = 64, 0.2
     print(f"\n{n} requests, fake server latency {latency * 1000:.0f} ms")
     print(f"{'workers':>8} {'wall s':>8} {'ideal s':>8} {'efficiency':>10}")
@@ -52,14 +52,20 @@ def bench_client(args) -> None:
         body = {**ask(0), "stream": False, "max_tokens": 2048, "temperature": 0.0, "model": "fake-model"}
 
         def per_call(fn) -> float:
-            fn(-1)                                              # warm-up: open the keep-alive connection
+            fn(-1)  # warm-up: open the keep-alive connection
             t0 = time.perf_counter()
             for i in range(calls):
                 fn(i)
             return (time.perf_counter() - t0) / calls * 1000
 
-        rows = [("bare requests.Session.post (floor)", per_call(lambda i: json.loads(
-            session.post(url, json={**body, **ask(i)}, timeout=10).content)))]
+        rows = [
+            (
+                "bare requests.Session.post (floor)",
+                per_call(
+                    lambda i: json.loads(session.post(url, json={**body, **ask(i)}, timeout=10).content)
+                ),
+            )
+        ]
         plain = Client(ClientConfig(base_url=srv.url, model="fake-model"))
         rows.append(("Client.chat, no cache", per_call(lambda i: plain.chat(**ask(i)))))
         cached = Client(ClientConfig(base_url=srv.url, model="fake-model", cache_path=f"{tmp}/cache.jsonl"))

@@ -5,7 +5,7 @@ decisions, boxes). Servers with `json_schema` output get the schema in the reque
 the prompt (`with_schema_note`). Either way the answer is untrusted: `extract_json` finds the JSON
 value in the answer text, `validate` lists how it breaks the schema, and llm.py re-asks with that list.
 
-    python -c "import structured; print(structured.validate([1, 'a'], {'type': 'array', 'items': {'type': 'integer'}}))"
+    python -c "from client.structured import validate; print(validate([1, 'a'], {'items': {'type': 'number'}}))"
 
 Left out on purpose: the rest of JSON Schema ($ref, patterns, formats, oneOf/allOf); an unsupported
 keyword raises ValueError instead of being ignored.
@@ -22,7 +22,9 @@ def content_text(content: object) -> str | None:
     content-part form, joined); anything else is None (the caller reports it)."""
     if content is None or isinstance(content, str):
         return content or ""
-    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and isinstance(p.get("text"), str) for p in content
+    ):
         return "".join(p["text"] for p in content)
     return None
 
@@ -34,12 +36,15 @@ def with_schema_note(messages: list[dict], note: str) -> list[dict]:
     if i is None:
         return messages + [{"role": "user", "content": note}]
     c = messages[i]["content"]
-    messages[i] = {**messages[i], "content": c + "\n\n" + note if isinstance(c, str) else [*c, {"type": "text", "text": note}]}
+    messages[i] = {
+        **messages[i],
+        "content": c + "\n\n" + note if isinstance(c, str) else [*c, {"type": "text", "text": note}],
+    }
     return messages
 
 
 FENCE_RE = re.compile(r"```[A-Za-z]*\s*\n?(.*?)```", re.S)
-THINK_RE = re.compile(r"<think>.*?</think>", re.S)   # reasoning models served without a reasoning parser
+THINK_RE = re.compile(r"<think>.*?</think>", re.S)  # reasoning models served without a reasoning parser
 OPEN_RE = re.compile(r"[\[{]")
 
 
@@ -54,7 +59,9 @@ def extract_json(text: str) -> object:
             return json.loads(candidate)
         except (json.JSONDecodeError, RecursionError):
             pass
-    decoder, best, m = json.JSONDecoder(), None, OPEN_RE.search(text)
+    decoder = json.JSONDecoder()
+    best = None  # (value, length) of the longest JSON value found in the prose
+    m = OPEN_RE.search(text)
     while m:
         try:
             value, end = decoder.raw_decode(text, m.start())
@@ -71,14 +78,34 @@ def extract_json(text: str) -> object:
     return best[0]
 
 
-SCHEMA_KEYS = {"type", "properties", "required", "items", "enum", "minItems", "maxItems", "minLength",
-               "maxLength", "minimum", "maximum", "additionalProperties", "anyOf", "description", "title"}
+SCHEMA_KEYS = {
+    "type",
+    "properties",
+    "required",
+    "items",
+    "enum",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "additionalProperties",
+    "anyOf",
+    "description",
+    "title",
+}
 PY_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
 def _is_type(value: object, t: str) -> bool:
-    if t == "integer":   # JSON Schema counts 3.0 as an integer; bool is never a number
-        return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if t == "integer":  # JSON Schema counts 3.0 as an integer; bool is never a number
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            or isinstance(value, float)
+            and value.is_integer()
+        )
     if t == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t not in PY_TYPES:
@@ -99,7 +126,9 @@ def validate(value: object, schema: dict, path: str = "$") -> list[str]:
     An unsupported keyword raises ValueError: silently ignoring it would let bad answers through."""
     unknown = set(schema) - SCHEMA_KEYS
     if unknown:
-        raise ValueError(f"schema keyword(s) {sorted(unknown)} at {path} are not supported by structured.validate")
+        raise ValueError(
+            f"schema keyword(s) {sorted(unknown)} at {path} are not supported by structured.validate"
+        )
     if "anyOf" in schema:
         tries = [validate(value, s, path) for s in schema["anyOf"]]
         if all(tries):
@@ -110,6 +139,15 @@ def validate(value: object, schema: dict, path: str = "$") -> list[str]:
             return [f"{path}: expected {' or '.join(types)}, got {preview(value, 60)}"]
     if "enum" in schema and value not in schema["enum"]:
         return [f"{path}: {preview(value, 60)} is not one of {json.dumps(schema['enum'])}"]
+    if isinstance(value, list):
+        return _array_errors(value, schema, path)
+    if isinstance(value, dict):
+        return _object_errors(value, schema, path)
+    return _bound_errors(value, schema, path)
+
+
+def _bound_errors(value: object, schema: dict, path: str) -> list[str]:
+    """minLength / maxLength of a string, minimum / maximum of a number."""
     errors = []
     if isinstance(value, str):
         if len(value) > schema.get("maxLength", len(value)):
@@ -121,21 +159,29 @@ def validate(value: object, schema: dict, path: str = "$") -> list[str]:
             errors.append(f"{path}: {value} is below the minimum {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
             errors.append(f"{path}: {value} is above the maximum {schema['maximum']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errors.append(f"{path}: {len(value)} items, at least {schema['minItems']} expected")
-        if len(value) > schema.get("maxItems", len(value)):
-            errors.append(f"{path}: {len(value)} items, at most {schema['maxItems']} allowed")
-        for i, v in enumerate(value if "items" in schema else []):
-            errors += validate(v, schema["items"], f"{path}[{i}]")
-    if isinstance(value, dict):
-        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
-        errors += [f"{path}: missing required key {k!r}" for k in schema.get("required", []) if k not in value]
-        for k, v in value.items():
-            if k in props:
-                errors += validate(v, props[k], f"{path}.{k}")
-            elif extra is False:
-                errors.append(f"{path}: unexpected key {k!r}")
-            elif isinstance(extra, dict):
-                errors += validate(v, extra, f"{path}.{k}")
+    return errors
+
+
+def _array_errors(value: list, schema: dict, path: str) -> list[str]:
+    errors = []
+    if len(value) < schema.get("minItems", 0):
+        errors.append(f"{path}: {len(value)} items, at least {schema['minItems']} expected")
+    if len(value) > schema.get("maxItems", len(value)):
+        errors.append(f"{path}: {len(value)} items, at most {schema['maxItems']} allowed")
+    for i, v in enumerate(value if "items" in schema else []):
+        errors += validate(v, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def _object_errors(value: dict, schema: dict, path: str) -> list[str]:
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    errors = [f"{path}: missing required key {k!r}" for k in schema.get("required", []) if k not in value]
+    for k, v in value.items():
+        if k in props:
+            errors += validate(v, props[k], f"{path}.{k}")
+        elif extra is False:
+            errors.append(f"{path}: unexpected key {k!r}")
+        elif isinstance(extra, dict):
+            errors += validate(v, extra, f"{path}.{k}")
     return errors

@@ -37,32 +37,36 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
-from data import Box, Entity, Sample, find_name, squash
+from data import Box, Entity, Sample, find_name, without_spaces
 
 
 @dataclass
 class SimConfig:
-    refine_accuracy: float = 1.0    # a: probability that a refinement decision is right
-    ground_accuracy: float = 1.0    # a: probability that an entity's grounding answer is right
-    box_format: str = "abs"         # the model's box convention (grounding.FORMATS): abs | norm1000 | norm1
-    seed: int = 0                   # every draw is seeded by (seed, stage, text, name)
+    refine_accuracy: float = 1.0  # a: probability that a refinement decision is right
+    ground_accuracy: float = 1.0  # a: probability that an entity's grounding answer is right
+    box_format: str = "abs"  # the model's box convention (grounding.FORMATS): abs | norm1000 | norm1
+    seed: int = 0  # every draw is seeded by (seed, stage, text, name)
 
 
 class SimulatedMLLM:
-    def __init__(self, gold: list[Sample], sizes: dict[str, tuple[int, int]], config: SimConfig = SimConfig()):
+    def __init__(
+        self, gold: list[Sample], sizes: dict[str, tuple[int, int]], config: SimConfig | None = None
+    ):
         """`gold`: samples with gold entities and boxes; `sizes`: original (width, height) per sample id."""
-        self.config = config
+        self.config = config or SimConfig()
         self.by_text: dict[str, Sample] = {}
         for s in gold:
             self.by_text.setdefault(s.text, s)
         self.sizes = sizes
-        self.counts = Counter()     # what was answered, and how (right / wrong per stage)
+        self.counts = Counter()  # what was answered, and how (right / wrong per stage)
         self._lock = threading.Lock()
         self._server = _serve(self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
     def __enter__(self) -> "SimulatedMLLM":
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -75,23 +79,37 @@ class SimulatedMLLM:
         """The /chat/completions answer to one request body."""
         props = body["response_format"]["json_schema"]["schema"]["properties"]
         last = body["messages"][-1]["content"]
-        text = " ".join(p.get("text", "") for p in last if p.get("type") == "text") if isinstance(last, list) else last
+        text = (
+            " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+            if isinstance(last, list)
+            else last
+        )
         query = re.search(r"^Text: (.*)$", text, flags=re.M).group(1)
         sample = self.by_text.get(query)
         if "decisions" in props:
             types = props["decisions"]["items"]["properties"]["type"]["enum"]
             content = self._refine(sample, query, text, types)
         elif "entities" in props:
-            max_boxes = props["entities"]["items"]["properties"]["boxes"].get("maxItems", 10 ** 6)
+            max_boxes = props["entities"]["items"]["properties"]["boxes"].get("maxItems", 10**6)
             content = self._ground(sample, query, text, max_boxes)
         else:
             raise ValueError(f"not a refinement or grounding request: schema properties {sorted(props)}")
         self._count("unknown_text" if sample is None else "requests")
         out = json.dumps(content)
-        return {"id": "sim", "object": "chat.completion", "created": int(time.time()), "model": "simulated-mllm",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens(body["messages"]), "completion_tokens": len(out) // 4 + 1,
-                          "total_tokens": prompt_tokens(body["messages"]) + len(out) // 4 + 1}}
+        return {
+            "id": "sim",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "simulated-mllm",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": out}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens(body["messages"]),
+                "completion_tokens": len(out) // 4 + 1,
+                "total_tokens": prompt_tokens(body["messages"]) + len(out) // 4 + 1,
+            },
+        }
 
     def _rng(self, stage: str, text: str, name: str) -> random.Random:
         return random.Random(f"{self.config.seed}|{stage}|{text}|{name}")
@@ -105,7 +123,7 @@ class SimulatedMLLM:
         decisions = []
         for i, name, typ in checks:
             gold = [] if sample is None else sample.entities
-            right_types = {e.type for e in gold if squash(sample.name(e)) == squash(name)}
+            right_types = {e.type for e in gold if without_spaces(sample.name(e)) == without_spaces(name)}
             rng = self._rng("refine", query, f"{i}|{name}")
             if rng.random() < self.config.refine_accuracy:
                 self._count("refine_right")
@@ -115,12 +133,20 @@ class SimulatedMLLM:
                     d = ("change_type", name, sorted(right_types)[0])
                 else:
                     over = _overlapping(sample, name) if sample is not None else None
-                    d = ("change_span", sample.name(over), over.type) if over is not None else ("reject", name, typ)
+                    d = (
+                        ("change_span", sample.name(over), over.type)
+                        if over is not None
+                        else ("reject", name, typ)
+                    )
             else:
                 self._count("refine_wrong")
                 if typ in right_types:
                     others = [t for t in types if t != typ]
-                    d = ("change_type", name, rng.choice(others)) if others and rng.random() < 0.5 else ("reject", name, typ)
+                    d = (
+                        ("change_type", name, rng.choice(others))
+                        if others and rng.random() < 0.5
+                        else ("reject", name, typ)
+                    )
                 else:
                     d = ("keep", name, typ)
             decisions.append({"id": int(i), "action": d[0], "span": d[1], "type": d[2]})
@@ -134,8 +160,16 @@ class SimulatedMLLM:
         items = []
         for a in asked:
             name = a["entity"]
-            gold = [] if sample is None else [b for e in sample.entities if squash(sample.name(e)) == squash(name)
-                                              for b in e.boxes]
+            gold = (
+                []
+                if sample is None
+                else [
+                    b
+                    for e in sample.entities
+                    if without_spaces(sample.name(e)) == without_spaces(name)
+                    for b in e.boxes
+                ]
+            )
             gold = [b for k, b in enumerate(gold) if b not in gold[:k]]
             rng = self._rng("ground", query, name)
             if orig is None:
@@ -151,8 +185,13 @@ class SimulatedMLLM:
                     w, h = orig[0] * rng.uniform(0.2, 0.5), orig[1] * rng.uniform(0.2, 0.5)
                     x, y = rng.uniform(0, orig[0] - w), rng.uniform(0, orig[1] - h)
                     boxes = [Box(x, y, x + w, y + h)]
-            items.append({"entity": name, "type": a["type"],    # the schema's maxItems binds a model too
-                          "boxes": [self._written(b, orig, sent) for b in boxes[:max_boxes]]})
+            items.append(
+                {
+                    "entity": name,
+                    "type": a["type"],  # the schema's maxItems binds a model too
+                    "boxes": [self._written(b, orig, sent) for b in boxes[:max_boxes]],
+                }
+            )
         return {"entities": items}
 
     def _written(self, b: Box, orig: tuple[int, int], sent: tuple[int, int]) -> list:
@@ -160,7 +199,9 @@ class SimulatedMLLM:
         sx, sy = unit[0] / orig[0], unit[1] / orig[1]
         # clipped to the image: a few gold boxes reach past the size their xml states, and a model answers
         # inside the image it sees (the answer schema bounds every coordinate by the image size)
-        xyxy = [min(max(v, 0.0), top) for v, top in zip([b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy], unit * 2)]
+        xyxy = [
+            min(max(v, 0.0), top) for v, top in zip([b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy], unit * 2)
+        ]
         return [round(v, 4) for v in xyxy] if self.config.box_format == "norm1" else [round(v) for v in xyxy]
 
 
@@ -170,7 +211,11 @@ def _overlapping(sample: Sample, name: str) -> Entity | None:
     if not spans:
         return None
     s, e = spans[0]
-    over = [(min(e, g.end) - max(s, g.start), -g.start, g) for g in sample.entities if min(e, g.end) > max(s, g.start)]
+    over = [
+        (min(e, g.end) - max(s, g.start), -g.start, g)
+        for g in sample.entities
+        if min(e, g.end) > max(s, g.start)
+    ]
     return max(over, key=lambda x: x[:2])[2] if over else None
 
 
@@ -196,7 +241,7 @@ def prompt_tokens(messages: list[dict]) -> int:
                 n += len(p["text"]) // 4 + 1
             elif p.get("type") == "image_url":
                 raw = base64.b64decode(p["image_url"]["url"].split(",", 1)[1])
-                with Image.open(io.BytesIO(raw)) as im:      # reads the header only
+                with Image.open(io.BytesIO(raw)) as im:  # reads the header only
                     w, h = im.size
                 n += math.ceil(w / 28) * math.ceil(h / 28)
     return n
@@ -228,7 +273,7 @@ def _serve(sim: SimulatedMLLM) -> ThreadingHTTPServer:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
             try:
                 self.send(200, sim.answer(body))
-            except Exception as err:    # a request the simulator cannot read: a 400, as a real server would
+            except Exception as err:  # a request the simulator cannot read: a 400, as a real server would
                 self.send(400, {"error": {"message": f"simulated MLLM: {err!r}", "code": 400}})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

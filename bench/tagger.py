@@ -1,6 +1,6 @@
 """The tagger (tagger.py) side by side with the practitioner's peer, AutoModelForTokenClassification.
 
-    python bench.py tagger [--quick] [--epochs N]
+    python -m bench tagger [--quick] [--epochs N]
 
 CCKS and Twitter-GMNER 10 %, each setting in its own process (so its peak memory is its own): span
 P/R/F1, training and prediction speed, peak memory, and the ratios ours/peer. Real data is read from
@@ -23,8 +23,9 @@ def _tagger_data(name: str, quick: bool) -> tuple[list, list | None, list, list[
     Twitter: train on lowres/10GMNER/train.txt (or the full train.txt), select the epoch on
     lowres/10GMNER/dev.txt, test on the full dev.txt (1,500 tweets, a superset of that dev).
     """
-    from ccks import read_types
-    from twitter import TWITTER_TYPES, read_conll
+    from formats.ccks import read_types
+    from formats.twitter import TWITTER_TYPES, read_conll
+
     if name.startswith("ccks"):
         gold = read_conll(CCKS / "gold.conll").samples
         test, seeds = gold[:100], gold[100:]
@@ -33,13 +34,14 @@ def _tagger_data(name: str, quick: bool) -> tuple[list, list | None, list, list[
             return seeds, None, test, types, "gold 100-399"
 
         def names(samples):
-            return {tuple(t.lower() for t in s.tokens[e.start:e.end]) for s in samples for e in s.entities}
+            return {tuple(t.lower() for t in s.tokens[e.start : e.end]) for s in samples for e in s.entities}
+
         leak = names(test) - names(seeds)
         synth = read_conll(CCKS / "synthetic.conll").samples
         keep = []
         for s in synth:
             low = [t.lower() for t in s.tokens]
-            if not any(low[i:i + len(n)] == list(n) for n in leak for i in range(len(low) - len(n) + 1)):
+            if not any(low[i : i + len(n)] == list(n) for n in leak for i in range(len(low) - len(n) + 1)):
                 keep.append(s)
         if quick:
             keep = keep[:300]
@@ -65,17 +67,24 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
 
     import tagger as tg
     from data import Entity, Sample, spans_to_tags, tags_to_spans
-    from eval import span_f1
+    from encoding import load_encoder
+    from tagger import span_f1
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    tok, _ = tg.load_encoder(cfg.encoder)
+    tok, _ = load_encoder(cfg.encoder)
     labels = tg.tag_names(types, "BIO")
     model = AutoModelForTokenClassification.from_pretrained(
-        tok.name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={t: i for i, t in enumerate(labels)})
+        tok.name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={t: i for i, t in enumerate(labels)},
+    )
 
     def features(samples):
-        enc = tok([s.tokens for s in samples], is_split_into_words=True, truncation=True, max_length=cfg.max_length)
+        enc = tok(
+            [s.tokens for s in samples], is_split_into_words=True, truncation=True, max_length=cfg.max_length
+        )
         out = []
         for i, s in enumerate(samples):
             wids = enc.word_ids(i)
@@ -91,7 +100,11 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
         width = max(len(r[0]) for r in rows)
         ids = torch.tensor([r[0] + [tok.pad_token_id] * (width - len(r[0])) for r in rows])
         lab = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
-        return ids, (ids != tok.pad_token_id).long() if tok.pad_token_id is not None else torch.ones_like(ids), lab
+        return (
+            ids,
+            (ids != tok.pad_token_id).long() if tok.pad_token_id is not None else torch.ones_like(ids),
+            lab,
+        )
 
     def predict(samples):
         model.eval()
@@ -101,7 +114,7 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
                 ids, attn, _ = pad([feats[i] for i in b])
                 best = model(input_ids=ids, attention_mask=attn).logits.argmax(-1).tolist()
                 for r, i in enumerate(b):
-                    tags = ["O"] * len(samples[i].tokens)      # words cut off by truncation stay O
+                    tags = ["O"] * len(samples[i].tokens)  # words cut off by truncation stay O
                     for j, w in zip(feats[i][2], feats[i][3]):
                         tags[w] = labels[best[r][j]]
                     ents = [Entity(a, e, t, source="tagger") for a, e, t in tags_to_spans(tags)]
@@ -112,12 +125,16 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
     per_epoch = min(cfg.epoch_size or len(train), len(train))
     total = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_encoder)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)    # the same as tagger.py's
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)  # the same as tagger.py's
     history, best_f1, best_state = [], -1.0, None
     for epoch in range(cfg.epochs):
         model.train()
         t0 = time.perf_counter()
-        pick = rng.permutation(len(train))[:per_epoch].tolist() if per_epoch < len(train) else list(range(len(train)))
+        pick = (
+            rng.permutation(len(train))[:per_epoch].tolist()
+            if per_epoch < len(train)
+            else list(range(len(train)))
+        )
         for b in tg.length_batches([len(feats[i][0]) for i in pick], cfg.batch_size, rng):
             ids, attn, lab = pad([feats[pick[i]] for i in b])
             loss = model(input_ids=ids, attention_mask=attn, labels=lab).loss
@@ -138,7 +155,8 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
 
 
 def _tagger_child() -> None:
-    """One setting in a fresh process (so its peak memory is its own): spec JSON on stdin, result JSON on stdout."""
+    """One setting in a fresh process (so its peak memory is its own): spec JSON on stdin, result JSON on
+    stdout."""
     import json
     import time
 
@@ -146,6 +164,7 @@ def _tagger_child() -> None:
 
     import tagger as tg
     from eval import evaluate
+
     spec = json.loads(sys.stdin.read())
     train, dev, test, types, note = _tagger_data(spec["data"], spec["quick"])
     cfg = tg.TaggerConfig(**spec["config"])
@@ -159,24 +178,42 @@ def _tagger_child() -> None:
     else:
         history, predict = _tagger_peer(train, dev, types, cfg)
     m = evaluate(test, predict(test))["mner"]
-    reps = test * (1 if spec["quick"] else math.ceil(1000 / len(test)))   # at least 1,000 sentences for a stable speed
+    reps = test * (
+        1 if spec["quick"] else math.ceil(1000 / len(test))
+    )  # at least 1,000 sentences for a stable speed
     t0 = time.perf_counter()
     predict(reps)
     infer = len(reps) / (time.perf_counter() - t0)
     status = Path("/proc/self/status").read_text()
     peak = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
     best = max(history, key=lambda h: h.get("dev_f1", 0.0))["epoch"] if dev else len(history)
-    print(json.dumps({"p": m["p"], "r": m["r"], "f1": m["f1"], "note": note, "train_n": len(train),
-                      "epoch_size": history[0]["sentences"], "epochs": len(history), "best_epoch": best,
-                      "train_sps": sum(h["sentences"] for h in history) / sum(h["seconds"] for h in history),
-                      "infer_sps": infer, "peak_mb": peak}))
+    print(
+        json.dumps(
+            {
+                "p": m["p"],
+                "r": m["r"],
+                "f1": m["f1"],
+                "note": note,
+                "train_n": len(train),
+                "epoch_size": history[0]["sentences"],
+                "epochs": len(history),
+                "best_epoch": best,
+                "train_sps": sum(h["sentences"] for h in history) / sum(h["seconds"] for h in history),
+                "infer_sps": infer,
+                "peak_mb": peak,
+            }
+        )
+    )
 
 
 def _tagger_spawn(spec: dict) -> dict:
     import json
     import subprocess
-    cmd = [sys.executable, "-c", "import bench_tagger; bench_tagger._tagger_child()"]
-    done = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, cwd=Path(__file__).parent)
+
+    cmd = [sys.executable, "-c", "from bench import tagger; tagger._tagger_child()"]
+    done = subprocess.run(
+        cmd, input=json.dumps(spec), capture_output=True, text=True, cwd=Path(__file__).parent.parent
+    )
     if done.returncode != 0:
         raise RuntimeError(f"tagger bench setting {spec['label']!r} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -194,22 +231,37 @@ def bench_tagger(args) -> None:
     import time
 
     import torch
+
     settings = []
     default = {"epochs": args.epochs} if args.epochs else {}
     gold = {"epochs": args.epochs or 20}
     if have(CCKS):
-        settings += [("CCKS", "ours, gold+synthetic", "ours", "ccks", default),
-                     ("CCKS", "ours, gold+synth, no shape", "ours", "ccks", {**default, "shape_features": False}),
-                     ("CCKS", "peer, gold+synthetic", "peer", "ccks", default),
-                     ("CCKS", "ours, gold only", "ours", "ccks_gold", gold),
-                     ("CCKS", "peer, gold only", "peer", "ccks_gold", gold)]
+        settings += [
+            ("CCKS", "ours, gold+synthetic", "ours", "ccks", default),
+            ("CCKS", "ours, gold+synth, no shape", "ours", "ccks", {**default, "shape_features": False}),
+            ("CCKS", "peer, gold+synthetic", "peer", "ccks", default),
+            ("CCKS", "ours, gold only", "ours", "ccks_gold", gold),
+            ("CCKS", "peer, gold only", "peer", "ccks_gold", gold),
+        ]
     if have(TWITTER):
-        settings += [("Twitter", "ours, 10%", "ours", "twitter", default),
-                     ("Twitter", "ours, 10%, no shape features", "ours", "twitter",
-                      {**default, "shape_features": False}),
-                     ("Twitter", "peer, 10%", "peer", "twitter", default),
-                     ("Twitter", "peer, full train (7,000)", "peer", "twitter_full",
-                      {"epochs": args.epochs or 3, "epoch_size": 0})]
+        settings += [
+            ("Twitter", "ours, 10%", "ours", "twitter", default),
+            (
+                "Twitter",
+                "ours, 10%, no shape features",
+                "ours",
+                "twitter",
+                {**default, "shape_features": False},
+            ),
+            ("Twitter", "peer, 10%", "peer", "twitter", default),
+            (
+                "Twitter",
+                "peer, full train (7,000)",
+                "peer",
+                "twitter_full",
+                {"epochs": args.epochs or 3, "epoch_size": 0},
+            ),
+        ]
     if not settings:
         return
     if args.quick:
@@ -218,29 +270,50 @@ def bench_tagger(args) -> None:
     for dataset, label, model, data, config in settings:
         t0 = time.perf_counter()
         print(f"running {dataset}: {label} ...", file=sys.stderr, flush=True)
-        spec = {"label": label, "model": model, "data": data, "quick": args.quick,
-                "config": {"progress": False, **config}}
+        spec = {
+            "label": label,
+            "model": model,
+            "data": data,
+            "quick": args.quick,
+            "config": {"progress": False, **config},
+        }
         rows[(dataset, label)] = r = _tagger_spawn(spec)
         print(f"  done in {time.perf_counter() - t0:.0f} s: F1 {r['f1']:.4f}", file=sys.stderr, flush=True)
 
-    print(f"\nTagger: span P/R/F1 on the held-out test set; speed on this machine ({torch.get_num_threads()} torch "
-          f"threads; the CPU is shared, so speeds are noisy); peak = VmHWM of the setting's own process.")
-    print(f"{'data':<8}{'setting':<31}{'train data':<38}{'epochs':>8}{'P':>7}{'R':>7}{'F1':>7}"
-          f"{'train/s':>9}{'infer/s':>9}{'peak MB':>9}")
+    print(
+        f"\nTagger: span P/R/F1 on the held-out test set; speed on this machine ({torch.get_num_threads()} "
+        "torch "
+        f"threads; the CPU is shared, so speeds are noisy); peak = VmHWM of the setting's own process."
+    )
+    print(
+        f"{'data':<8}{'setting':<31}{'train data':<38}{'epochs':>8}{'P':>7}{'R':>7}{'F1':>7}"
+        f"{'train/s':>9}{'infer/s':>9}{'peak MB':>9}"
+    )
     for (dataset, label), r in rows.items():
         ep = f"{r['best_epoch']}/{r['epochs']}"
-        print(f"{dataset:<8}{label:<31}{r['note']:<38}{ep:>8}{r['p']:>7.3f}{r['r']:>7.3f}{r['f1']:>7.3f}"
-              f"{r['train_sps']:>9.1f}{r['infer_sps']:>9.1f}{r['peak_mb']:>9.0f}")
-    print("epochs = kept/run (kept = best dev epoch; CCKS has no dev: last); train/s and infer/s in sentences/s")
+        print(
+            f"{dataset:<8}{label:<31}{r['note']:<38}{ep:>8}{r['p']:>7.3f}{r['r']:>7.3f}{r['f1']:>7.3f}"
+            f"{r['train_sps']:>9.1f}{r['infer_sps']:>9.1f}{r['peak_mb']:>9.0f}"
+        )
+    print(
+        "epochs = kept/run (kept = best dev epoch; CCKS has no dev: last); train/s and infer/s in sentences/s"
+    )
     print("\nratios ours/peer (same data):")
-    for dataset, ours, peer in [("CCKS", "ours, gold+synthetic", "peer, gold+synthetic"),
-                                ("CCKS", "ours, gold only", "peer, gold only"),
-                                ("Twitter", "ours, 10%", "peer, 10%"),
-                                ("Twitter", "ours, 10%", "peer, full train (7,000)")]:
+    for dataset, ours, peer in [
+        ("CCKS", "ours, gold+synthetic", "peer, gold+synthetic"),
+        ("CCKS", "ours, gold only", "peer, gold only"),
+        ("Twitter", "ours, 10%", "peer, 10%"),
+        ("Twitter", "ours, 10%", "peer, full train (7,000)"),
+    ]:
         a, b = rows.get((dataset, ours)), rows.get((dataset, peer))
         if a and b and b["f1"] > 0:
-            print(f"  {dataset:<8}{ours} / {peer}: F1 {a['f1'] / b['f1']:.3f}, "
-                  f"train speed {a['train_sps'] / b['train_sps']:.2f}, "
-                  f"inference speed {a['infer_sps'] / b['infer_sps']:.2f}")
-    print("command: python bench.py tagger" + (" --quick" if args.quick else "")
-          + (f" --epochs {args.epochs}" if args.epochs else ""))
+            print(
+                f"  {dataset:<8}{ours} / {peer}: F1 {a['f1'] / b['f1']:.3f}, "
+                f"train speed {a['train_sps'] / b['train_sps']:.2f}, "
+                f"inference speed {a['infer_sps'] / b['infer_sps']:.2f}"
+            )
+    print(
+        "command: python -m bench tagger"
+        + (" --quick" if args.quick else "")
+        + (f" --epochs {args.epochs}" if args.epochs else "")
+    )

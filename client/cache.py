@@ -5,7 +5,7 @@ finishes, keyed by the SHA-256 of the whole request body, and the next run reads
 file is meant to be read by a person: image data URLs are replaced by their length and digest.
 Input/output: the cache path; `load` gives key -> answer JSON, `append` writes one line.
 
-    python -c "import cache; print(len(cache.load('runs/demo/llm_cache.jsonl')))"
+    python -c "from client import cache; print(len(cache.load('runs/demo/llm_cache.jsonl')))"
 
 Left out on purpose: eviction and compaction (a run's answers are few; delete the file to start afresh).
 """
@@ -19,7 +19,8 @@ import warnings
 def load(path: str) -> dict[str, str]:
     """key -> the JSON of {"content", "usage"}. A line that does not parse (a run killed mid-write) is
     skipped and reported. Answers are kept as JSON text so no caller can mutate a cached answer."""
-    cache, bad = {}, []
+    cache = {}
+    bad = []  # line numbers that do not parse
     if not os.path.exists(path):
         return cache
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -31,7 +32,9 @@ def load(path: str) -> dict[str, str]:
                 if line.strip():
                     bad.append(n)
     if bad:
-        warnings.warn(f"{path}: ignored {len(bad)} unreadable line(s) {bad[:5]} (a run killed mid-write?)")
+        warnings.warn(
+            f"{path}: ignored {len(bad)} unreadable line(s) {bad[:5]} (a run killed mid-write?)", stacklevel=2
+        )
     return cache
 
 
@@ -47,15 +50,17 @@ def elide(part: dict) -> dict:
 def append(path: str, key: str, answer: dict, body: dict) -> None:
     """One appended, flushed line {"key", "content", "usage", "request"} (a kill loses at most that line).
     Not thread-safe on its own: the client calls it under its lock."""
-    messages = [{**m, "content": [elide(p) for p in m["content"]]} if isinstance(m.get("content"), list)
-                else m for m in body["messages"]]
+    messages = [
+        {**m, "content": [elide(p) for p in m["content"]]} if isinstance(m.get("content"), list) else m
+        for m in body["messages"]
+    ]
     line = json.dumps({"key": key, **answer, "request": {**body, "messages": messages}}, ensure_ascii=False)
     line += "\n"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a+b") as f:
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":     # a torn last line: start ours on a fresh line
+            if f.read(1) != b"\n":  # a torn last line: start ours on a fresh line
                 line = "\n" + line
         f.write(line.encode("utf-8"))
         f.flush()

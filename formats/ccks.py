@@ -8,7 +8,7 @@ Predictions are written in the same `entity.json` layout, one record per box,
 and read back leniently: a record that cannot be placed is a model's mistake,
 returned for the scorer to count, not refused.
 
-    python data.py examples/demo     # reads a CCKS folder (through read_dataset) and prints its statistics
+    python -m formats examples/demo     # reads a CCKS folder (through read_dataset) and prints its statistics
 
 Left out on purpose: character offsets (a record names its entity and every occurrence of
 the name is labelled, by data.py's rule).
@@ -22,9 +22,21 @@ from pathlib import Path
 
 from PIL import Image
 
-from data import Box, DataError, Dataset, Entity, Sample, find_image, gold_box, label_names, squash, tokenize
+from data import (
+    Box,
+    DataError,
+    Dataset,
+    Entity,
+    Sample,
+    find_image,
+    gold_box,
+    label_names,
+    tokenize,
+    without_spaces,
+)
 
-ID_RE = re.compile(r"\w[\w.-]*")       # a sample id names its image file: no path separators, no leading dot
+ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
+TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", flags=re.M)  # "3. vessel: ..." names a type
 
 
 def read_types(path: Path) -> tuple[list[str], str, list[str]]:
@@ -33,8 +45,8 @@ def read_types(path: Path) -> tuple[list[str], str, list[str]]:
     Type lines look like `3. vessel: Watercraft for ...`; the do-not line holds
     `(e.g.: gun, air base, ...)`.
     """
-    text = path.read_text(encoding="utf-8-sig").replace("\ufeff", "")   # a BOM anywhere would hide a type line
-    types = re.findall(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", text, flags=re.M)
+    text = path.read_text(encoding="utf-8-sig").replace("\ufeff", "")  # a BOM anywhere would hide a type line
+    types = TYPE_LINE.findall(text)
     if not types:
         raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
     generic = []
@@ -59,7 +71,7 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             return im.size
-    except Exception:    # any unreadable file: no clipping to its size here; the stages count it
+    except Exception:  # any unreadable file: no clipping to its size here; the stages count it
         return None
 
 
@@ -78,38 +90,60 @@ def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) ->
     texts = _load_json(folder / "text.json")
     labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
     images = (folder / "images").resolve()
-    samples, missing_images, clipped = [], 0, Counter()
+    samples = []
+    missing_images = 0
+    clipped = Counter()
     for sid, rec in texts.items():
         where = f"{folder / 'text.json'}: record {sid!r}"
-        if not ID_RE.fullmatch(sid):
-            raise DataError(f"{where}: an id is a plain name (letters, digits, '_', '-', '.'; not starting with "
-                            f"'.'), since images/<id>.jpg is its image; got {sid!r}")
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-            raise DataError(f"{where}: expected {{\"text\": str}}, got {rec!r}")
+        check_text_record(where, sid, rec)
         image = find_image(image_dirs or [images], str(sid))
         if image is None:
-            warnings.warn(f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only")
+            warnings.warn(
+                f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only",
+                stacklevel=2,
+            )
             missing_images += 1
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
             size = _image_size(Path(image)) if image and labels.get(sid) else None
-            entities, _ = _ccks_entities(labels.get(sid, []), tokens, types,
-                                         f"{folder / 'entity.json'}: record {sid!r}", size, clipped)
+            entities, _ = _ccks_entities(
+                labels.get(sid, []), tokens, types, f"{folder / 'entity.json'}: record {sid!r}", size, clipped
+            )
         samples.append(Sample(str(sid), tokens, image, entities))
     if labels is not None:
         extra = set(labels) - set(texts)
         if extra:
             raise DataError(f"{folder / 'entity.json'}: ids with no text in text.json: {sorted(extra)[:5]}")
     if clipped:
-        warnings.warn(f"{sum(clipped.values())} gold box(es) reached outside their image and were clipped to it, "
-                      f"e.g. in {min(clipped)}")
+        warnings.warn(
+            f"{sum(clipped.values())} gold box(es) reached outside their image and were clipped to it, "
+            f"e.g. in {min(clipped)}",
+            stacklevel=2,
+        )
     return Dataset(samples, types, type_text, generic, missing_images, clipped_boxes=sum(clipped.values()))
 
 
-def _ccks_entities(records: list, tokens: list[str], types: list[str], where: str,
-                   size: tuple[int, int] | None = None, clipped: Counter | None = None,
-                   lenient: bool = False) -> tuple[list[Entity], list[tuple[str, str, str]]]:
+def check_text_record(where: str, sid: str, rec: object) -> None:
+    """A text.json record: a plain-name id (images/<id>.jpg is its image) and {"text": str}."""
+    if not ID_RE.fullmatch(sid):
+        raise DataError(
+            f"{where}: an id is a plain name (letters, digits, '_', '-', '.'; not starting with "
+            f"'.'), since images/<id>.jpg is its image; got {sid!r}"
+        )
+    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+        raise DataError(f'{where}: expected {{"text": str}}, got {rec!r}')
+
+
+def _ccks_entities(
+    records: list,
+    tokens: list[str],
+    types: list[str],
+    where: str,
+    size: tuple[int, int] | None = None,
+    clipped: Counter | None = None,
+    lenient: bool = False,
+) -> tuple[list[Entity], list[tuple[str, str, str]]]:
     """The entities of one record list, and (name, label, reason) of the records that cannot be placed.
 
     Gold (lenient False) is strict: an unknown label or a name not in the text is an error.
@@ -118,35 +152,37 @@ def _ccks_entities(records: list, tokens: list[str], types: list[str], where: st
     """
     if not isinstance(records, list):
         raise DataError(f"{where}: expected a list of entities, got {type(records).__name__}")
-    boxes: dict[tuple[str, str], list[Box]] = {}       # (squashed name, label) -> boxes
-    names: dict[tuple[str, str], str] = {}             # (squashed name, label) -> the name as first written
-    unplaced: dict[tuple[str, str], str] = {}          # (name, label) -> why it cannot be placed
+    boxes: dict[tuple[str, str], list[Box]] = {}  # (squashed name, label) -> boxes
+    names: dict[tuple[str, str], str] = {}  # (squashed name, label) -> the name as first written
+    unplaced: dict[tuple[str, str], str] = {}  # (name, label) -> why it cannot be placed
     for j, r in enumerate(records):
         at = f"{where}, entity {j}"
         if not isinstance(r, dict) or not isinstance(r.get("name"), str) or "label" not in r:
-            raise DataError(f"{at}: expected {{\"name\", \"label\", \"bnd\"}}, got {r!r}")
+            raise DataError(f'{at}: expected {{"name", "label", "bnd"}}, got {r!r}')
         if r["label"] not in types:
             if not lenient:
                 raise DataError(f"{at}: label {r['label']!r} is not in types.txt {types}")
             unplaced.setdefault((r["name"], str(r["label"])), "label")
             continue
-        key = (squash(r["name"]), r["label"])
+        key = (without_spaces(r["name"]), r["label"])
         names.setdefault(key, r["name"])
         boxes.setdefault(key, [])
         if r.get("bnd") is not None:
             box, was_clipped = gold_box(r["bnd"], at, size)
             if was_clipped and clipped is not None:
                 clipped[where] += 1
-            if box not in boxes[key]:   # the same box twice (e.g. once per occurrence of the name) is one box
+            if box not in boxes[key]:  # the same box twice (e.g. once per occurrence of the name) is one box
                 boxes[key].append(box)
     entities, missing = label_names(tokens, [(names[k], k[1]) for k in boxes])
     if missing and not lenient:
-        raise DataError(f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})")
+        raise DataError(
+            f"{where}: name {missing[0]!r} is not in the text at token boundaries ({' '.join(tokens)!r})"
+        )
     for k in boxes:
         if names[k] in missing:
             unplaced.setdefault((names[k], k[1]), "name")
     for e in entities:
-        e.boxes = list(boxes[(squash("".join(tokens[e.start:e.end])), e.type)])
+        e.boxes = list(boxes[(without_spaces("".join(tokens[e.start : e.end])), e.type)])
     return entities, [(n, t, why) for (n, t), why in unplaced.items()]
 
 
@@ -159,14 +195,15 @@ def write_ccks(samples: list[Sample], path: str | Path) -> None:
             for b in e.boxes or [None]:
                 bnd = None if b is None else {"xmin": b.x1, "ymin": b.y1, "xmax": b.x2, "ymax": b.y2}
                 rec = {"name": s.name(e), "label": e.type, "bnd": bnd}
-                if rec not in recs:     # a name occurring twice is one CCKS entity: its records once
+                if rec not in recs:  # a name occurring twice is one CCKS entity: its records once
                     recs.append(rec)
         out[s.id] = recs
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
-def read_ccks_predictions(path: str | Path, like: list[Sample],
-                          types: list[str] | None = None) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
+def read_ccks_predictions(
+    path: str | Path, like: list[Sample], types: list[str] | None = None
+) -> tuple[list[Sample], list[tuple[str, str, str, str]]]:
     """Read a CCKS-layout entity.json against the samples it labels (same ids and texts).
 
     Returns the predicted samples and the records that cannot be placed, as (id, name,
@@ -176,14 +213,24 @@ def read_ccks_predictions(path: str | Path, like: list[Sample],
     """
     labels = _load_json(Path(path))
     extra = set(labels) - {s.id for s in like}
-    if extra:   # dropping them silently would hide a prediction made for the wrong data
+    if extra:  # dropping them silently would hide a prediction made for the wrong data
         raise DataError(f"{path}: {len(extra)} ids are not in the data it labels, e.g. {sorted(extra)[:5]}")
     if types is None:
-        types = sorted({r["label"] for recs in labels.values() if isinstance(recs, list)
-                        for r in recs if isinstance(r, dict) and isinstance(r.get("label"), str)})
-    out, unplaced = [], []
+        types = sorted(
+            {
+                r["label"]
+                for recs in labels.values()
+                if isinstance(recs, list)
+                for r in recs
+                if isinstance(r, dict) and isinstance(r.get("label"), str)
+            }
+        )
+    out = []
+    unplaced = []
     for s in like:
-        ents, bad = _ccks_entities(labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}", lenient=True)
+        ents, bad = _ccks_entities(
+            labels.get(s.id, []), s.tokens, types, f"{path}: record {s.id!r}", lenient=True
+        )
         out.append(Sample(s.id, s.tokens, s.image, ents))
         unplaced += [(s.id, *b) for b in bad]
     return out, unplaced

@@ -7,7 +7,7 @@ the file's own (hyphens stay inside tokens: "Jay-Z"); tags become spans by
 data.py's `tags_to_spans`, boxes follow its policy (`gold_box`). Predictions are
 written in the same layout, so `read_twitter` reads back what `write_twitter` wrote.
 
-    python data.py ../shared/data/twitter-gmner/dev.txt   # reads it (through read_dataset) and prints its statistics
+    python -m formats ../shared/data/twitter-gmner/dev.txt   # reads it and prints its statistics
 
 Left out on purpose: other CoNLL columns (POS, chunks): only the first and the last are read.
 """
@@ -20,7 +20,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from data import Box, DataError, Dataset, Entity, Sample, attach_images, gold_box, spans_to_tags, tags_to_spans
+from data import (
+    Box,
+    DataError,
+    Dataset,
+    Entity,
+    Sample,
+    attach_images,
+    gold_box,
+    spans_to_tags,
+    tags_to_spans,
+)
 
 TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
 TWITTER_TYPE_TEXT = (
@@ -36,7 +46,10 @@ def read_conll(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    samples, tokens, tags, sid = [], [], [], None
+    samples = []
+    tokens = []
+    tags = []
+    sid = None
 
     def flush():
         if tokens:
@@ -49,7 +62,7 @@ def read_conll(path: str | Path) -> Dataset:
             line = line.rstrip("\n").rstrip("\r")
             if line.startswith("IMGID:"):
                 flush()
-                sid = line[len("IMGID:"):].strip()
+                sid = line[len("IMGID:") :].strip()
                 continue
             if not line.strip():
                 flush()
@@ -77,36 +90,30 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Pa
     """
     data = read_conll(txt)
     xml_dir = Path(xml_dir)
-    unmatched = Counter()                                   # xml file -> objects naming no entity
+    unmatched = Counter()  # xml file -> objects naming no entity
     for s in data.samples:
         xml = xml_dir / f"{s.id}.xml"
-        named: dict[str, list[Box]] = {}
-        if xml.is_file():
-            try:
-                root = ET.parse(xml).getroot()
-            except ET.ParseError as err:
-                raise DataError(f"{xml}: malformed XML: {err}") from None
-            try:            # the VOC <size>, when present, bounds the boxes
-                size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
-            except (TypeError, ValueError):
-                size = None
-            for k, obj in enumerate(root.iter("object")):
-                bb = obj.find("bndbox")
-                bnd = {t: bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")} if bb is not None else None
-                box, clipped = gold_box(bnd, f"{xml}: object {k}", size if size and min(size) > 0 else None, text=True)
-                data.clipped_boxes += clipped
-                named.setdefault(obj.findtext("name", "").strip(), []).append(box)
+        named, clipped = read_voc(xml) if xml.is_file() else ({}, 0)
+        data.clipped_boxes += clipped
         for e in s.entities:
             e.boxes = list(named.get(s.name(e), []))
         names = {s.name(e) for e in s.entities}
         unmatched[xml] += sum(len(boxes) for name, boxes in named.items() if name not in names)
     data.unmatched_objects = sum(unmatched.values())
     if data.unmatched_objects:
-        warnings.warn(f"{xml_dir}: {data.unmatched_objects} object(s) name no entity of their sample and are dropped, "
-                      f"e.g. in {next(str(x) for x, n in unmatched.items() if n)}")
+        warnings.warn(
+            f"{xml_dir}: {data.unmatched_objects} object(s) name no entity of their sample and are dropped, "
+            f"e.g. in {next(str(x) for x, n in unmatched.items() if n)}",
+            stacklevel=2,
+        )
     if data.clipped_boxes:
-        warnings.warn(f"{xml_dir}: {data.clipped_boxes} box(es) reached outside their image and were clipped to it")
-    data.types = [t for t in TWITTER_TYPES if t in data.types] + [t for t in data.types if t not in TWITTER_TYPES]
+        warnings.warn(
+            f"{xml_dir}: {data.clipped_boxes} box(es) reached outside their image and were clipped to it",
+            stacklevel=2,
+        )
+    data.types = [t for t in TWITTER_TYPES if t in data.types] + [
+        t for t in data.types if t not in TWITTER_TYPES
+    ]
     data.type_text = TWITTER_TYPE_TEXT
     data.format = "twitter"
     if image_dirs is not None:
@@ -114,8 +121,32 @@ def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Pa
     return data
 
 
+def read_voc(xml: Path) -> tuple[dict[str, list[Box]], int]:
+    """The boxes of one Pascal-VOC file by object name, and how many were clipped to the image."""
+    try:
+        root = ET.parse(xml).getroot()
+    except ET.ParseError as err:
+        raise DataError(f"{xml}: malformed XML: {err}") from None
+    try:  # the VOC <size>, when present, bounds the boxes
+        size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
+    except (TypeError, ValueError):
+        size = None
+    named: dict[str, list[Box]] = {}
+    clipped = 0
+    for k, obj in enumerate(root.iter("object")):
+        bb = obj.find("bndbox")
+        bnd = {t: bb.findtext(t) for t in ("xmin", "ymin", "xmax", "ymax")} if bb is not None else None
+        box, was_clipped = gold_box(
+            bnd, f"{xml}: object {k}", size if size and min(size) > 0 else None, text=True
+        )
+        clipped += was_clipped
+        named.setdefault(obj.findtext("name", "").strip(), []).append(box)
+    return named, clipped
+
+
 def write_conll(samples: list[Sample], path: str | Path, scheme: str = "BIO", imgid: bool = True) -> None:
-    """Two-column CoNLL (token TAB tag in `scheme`), with an `IMGID:<id>` line before each sample when `imgid`."""
+    """Two-column CoNLL (token TAB tag in `scheme`), with an `IMGID:<id>` line before each sample when
+    `imgid`."""
     with open(path, "w", encoding="utf-8") as f:
         for s in samples:
             if imgid:
@@ -137,20 +168,20 @@ def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -
     xml_dir.mkdir(parents=True, exist_ok=True)
     for s in samples:
         objs = []
-        for e in s.entities:            # a name occurring twice carries the same boxes: its objects once
+        for e in s.entities:  # a name occurring twice carries the same boxes: its objects once
             objs += [(s.name(e), b) for b in e.boxes if (s.name(e), b) not in objs]
         if not objs:
             continue
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = f"{s.id}.jpg"
-        if s.image:                     # the dataset's own files state the image size; ours do when we know it
+        if s.image:  # the dataset's own files state the image size; ours do when we know it
             try:
                 with Image.open(s.image) as img:
                     w, h = img.size
                 size = ET.SubElement(root, "size")
                 ET.SubElement(size, "width").text = str(w)
                 ET.SubElement(size, "height").text = str(h)
-            except OSError:             # an unreadable image only costs the <size> element
+            except OSError:  # an unreadable image only costs the <size> element
                 pass
         for name, b in objs:
             obj = ET.SubElement(root, "object")

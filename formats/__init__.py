@@ -1,0 +1,72 @@
+"""The dataset layouts ReFineG reads and writes, and `read_dataset`, which picks the right reader for a path.
+
+- `ccks.py`: the CCKS-2025 folder (text.json, entity.json, images/, types.txt).
+- `twitter.py`: Twitter-GMNER (IMGID + CoNLL, Pascal-VOC xml/) and plain two-column CoNLL.
+Every reader returns a `data.Dataset`; names become spans and gold boxes are checked by the rules
+in data.py, so the formats differ only in how they store the same thing.
+
+    python -m formats examples/demo     # reads a dataset and prints its statistics
+
+Left out on purpose: other layouts (convert them to one of these: docs/data-formats.md).
+"""
+
+from collections import Counter
+from pathlib import Path
+
+from data import DataError, Dataset, attach_images
+from formats.ccks import read_ccks
+from formats.twitter import read_conll, read_twitter
+
+
+def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
+    """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
+
+    Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
+    CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
+    txt. A Twitter or IMGID-CoNLL file with neither has every image missing (counted).
+    """
+    path = Path(path)
+    for d in images or []:
+        if not Path(d).is_dir():
+            raise DataError(f"--images: {d} is not a folder (expected a folder of <id>.jpg images)")
+    if path.is_dir():
+        return read_ccks(path, images or None)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    dirs = [Path(d) for d in images or []] or [path.parent / "images"]
+    has_imgid = first_line(path).startswith("IMGID:")
+    # xml/ beside the txt or up to two folders above it: the benchmark keeps one xml/ for txt/{train,dev}.txt
+    # (NUSTM/GMNER) and for the low-resource splits lowres/10GMNER/train.txt
+    xml_dirs = [d / "xml" for d in path.parents[:3] if (d / "xml").is_dir()]
+    if has_imgid and xml_dirs:
+        return read_twitter(path, xml_dirs[0], dirs)
+    dataset = read_conll(path)
+    if has_imgid:  # ids are image ids only when the file names them
+        attach_images(dataset, dirs)
+    return dataset
+
+
+def first_line(path: Path) -> str:
+    """The first line with text: it names the format (a file may start with blank lines)."""
+    with path.open(encoding="utf-8-sig") as f:
+        return next((line for line in f if line.strip()), "")
+
+
+def has_labels(path: str | Path) -> bool:
+    """A CCKS folder is labelled when it has entity.json; CoNLL and Twitter files always carry tags."""
+    p = Path(path)
+    return not p.is_dir() or (p / "entity.json").is_file()
+
+
+def stats(dataset: Dataset) -> dict:
+    """Counts a person checks first: samples, entities, boxes, images, entities per type."""
+    ents = [e for s in dataset.samples for e in s.entities]
+    return {
+        "samples": len(dataset.samples),
+        "entities": len(ents),
+        "groundable": sum(1 for e in ents if e.boxes),
+        "boxes": sum(len(e.boxes) for e in ents),
+        "with_image": sum(1 for s in dataset.samples if s.image),
+        "missing_images": dataset.missing_images,
+        "per_type": dict(Counter(e.type for e in ents)),
+    }

@@ -1,0 +1,161 @@
+"""The run directory of refineg.py: what each stage costs and leaves behind, and how a rerun resumes.
+
+refineg.py only says which stage runs; a `Run` keeps the rest: which stage is running (for the error
+line), its wall time, its own MLLM client (so usage.json counts each stage apart), what it counted,
+what was skipped and why, what was scored and which files were written. Every file is written by
+`atomic` (to a temporary name, then renamed), so Ctrl-C never leaves half a file, and a finished stage
+leaves a fingerprint of its settings and inputs (`fingerprint`) that lets a rerun reuse it.
+
+    python refineg.py --data examples/demo --out runs/demo    # twice: the second run reuses the tagger
+
+Left out on purpose: locking (two runs into one directory is a user error), and any cleanup of
+old run directories.
+"""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import llm
+from formats import ccks
+
+NO_LLM = "no MLLM configured"
+FLAGS = {"synthesis": "--no-synthesize", "refinement": "--no-refine", "grounding": "--no-ground"}
+
+
+def fingerprint(*parts: object) -> str:
+    """A short digest of settings and inputs: a finished stage is reused only when it matches."""
+
+    def plain(o: object) -> object:
+        return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o)
+
+    blob = json.dumps(parts, sort_keys=True, default=plain)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write (a file or a folder); it replaces `path` only when the
+    block finishes, so an interrupted write leaves the old file or none, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    remove(tmp)
+    yield tmp
+    if tmp.is_dir():
+        remove(path)
+    tmp.replace(path)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def write_json(path: Path, obj: object) -> None:
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+
+
+def read_stamp(path: Path, key: str) -> dict | None:
+    """The JSON a finished stage left at `path`, when its fingerprint is `key`; else None."""
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return done if isinstance(done, dict) and done.get("key") == key else None
+
+
+class Run:
+    """The bookkeeping of one run, kept out of the pipeline: refineg.py asks, this records."""
+
+    def __init__(self, out: Path, client_config: llm.ClientConfig):
+        self.out = out
+        cache = client_config.cache_path or str(out / "llm_cache.jsonl")
+        self.client_config = dataclasses.replace(client_config, cache_path=cache)
+        self.current = "start"  # the running stage, named in the error line
+        self.seconds: dict[str, float] = {}
+        self.notes: dict[str, dict] = {}  # stage -> what it counted
+        self.skipped: dict[str, str] = {}  # stage -> why it did not run
+        self.clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM
+        self.metrics: dict[str, dict] = {}  # stage -> scores
+        self.scope: dict = {}  # what was scored: samples, gold entities, --test, the hold-out share
+        self.written: list[str] = []  # predictions written so far (kept when a later stage fails)
+
+    @property
+    def uses_llm(self) -> bool:
+        return bool(self.client_config.base_url)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Name the running stage and add its wall time to `seconds`."""
+        self.current = name
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def wants(self, name: str, turned_on: bool) -> bool:
+        """Whether an MLLM stage runs: an MLLM is configured and its flag is on; else the skip is recorded."""
+        if self.uses_llm and turned_on:
+            return True
+        self.skip(name, f"turned off by {FLAGS[name]}" if self.uses_llm else NO_LLM)
+        return False
+
+    def skip(self, name: str, why: str) -> None:
+        self.skipped[name] = why
+
+    def client(self, name: str) -> llm.Client:
+        """A new MLLM client for stage `name`; all of a run's clients share one answer cache file."""
+        self.clients[name] = llm.Client(self.client_config)
+        return self.clients[name]
+
+    def check_calls(self, name: str, kept: str = "") -> None:
+        """Raise LLMError when every call of a stage failed (a refused key, a dead model): the run must not
+        end with exit 0 and a summary that looks normal. `kept` says what the files then hold."""
+        client = self.clients.get(name)
+        u = client.usage if client else None
+        if u and u.calls and u.failures == u.calls:
+            held = f" ({kept})" if kept else ""
+            raise llm.LLMError(
+                f"every one of the {u.calls} {name} calls failed{held}; the last error: {client.last_error}"
+            )
+
+    def write_predictions(self, samples: list, name: str) -> None:
+        with atomic(self.out / name) as tmp:
+            ccks.write_ccks(samples, tmp)
+        self.written.append(name)
+
+    def usage(self) -> dict:
+        return {stage: c.usage.as_dict() for stage, c in self.clients.items()}
+
+    def save(self) -> None:
+        """metrics.json and usage.json: what was scored and counted, what the MLLM cost, the times."""
+        write_json(
+            self.out / "metrics.json",
+            {
+                "metrics": self.metrics,
+                "scored": self.scope,
+                "stages": self.notes,
+                "skipped": self.skipped,
+                "written": self.written,
+            },
+        )
+        usage = self.usage()
+        write_json(
+            self.out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": self.seconds}
+        )
+
+
+def all_runs(usage: dict) -> dict:
+    """Tokens per stage counting cached answers at what the earlier run that asked them paid."""
+    keys = ("prompt_tokens", "completion_tokens")
+    return {stage: {k: u[k] + u[f"cached_{k}"] for k in keys} for stage, u in usage.items()}
