@@ -8,16 +8,15 @@ setup:
 setup-dev: setup
 	$(PY) -m pip install -q -r requirements-dev.txt
 
-# The demo has 22 training sentences: 30 epochs give the tagger enough optimisation steps.
 demo: setup
-	$(PY) refineg.py --data examples/demo --out runs/demo --tagger-epochs 30
+	$(PY) refineg.py --data examples/demo --out runs/demo
 
 lint: setup-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
 test: setup-dev lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 .PHONY: setup setup-dev demo lint test
 

@@ -28,6 +28,7 @@ Left out on purpose: nested entities, character offsets (everything is tokens).
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def require_valid(config: object, problems: list[tuple[str, str]]) -> None:
         raise SettingsError(
             "; ".join(f"{name}.{f}: expected {what}, got {getattr(config, f)!r}" for f, what in problems)
         )
+
+
+def one_line_warnings() -> None:
+    """Show warnings as `warning: message` lines, without Python's echo of the source line."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 def is_number(v: object) -> bool:
@@ -126,10 +132,8 @@ class Dataset:
     generic: list[str] = field(default_factory=list)  # "do not extract" words from types.txt
     missing_images: int = 0  # samples read as text-only because their image is missing
     clipped_boxes: int = 0  # gold boxes reaching outside their image, clipped to it (warned)
-    unmatched_objects: int = (
-        0  # Twitter xml objects whose name is no entity of their sample (warned, dropped)
-    )
-    format: str = ""  # "twitter" when read from Twitter-GMNER txt + xml (predictions are also written so)
+    unmatched_objects: int = 0  # Twitter xml objects naming no entity of their sample (warned, dropped)
+    format: str = ""  # "twitter" (txt + xml) or "conll": predictions are also written in that layout
 
 
 def tokenize(text: str) -> list[str]:

@@ -43,7 +43,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from data import Box, DataError, Dataset, Sample, without_spaces
+from data import Box, DataError, Dataset, Sample, one_line_warnings, without_spaces
 from formats import read_dataset
 from formats.ccks import read_ccks_predictions
 
@@ -222,8 +222,21 @@ def read_prediction(path: str, gold: Dataset) -> tuple[list[Sample], list[tuple[
     return pred, unplaced
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Score GMNER / MNER / EEG predictions against gold data.")
+def unpredicted(pred_path: str, gold: list[Sample], pred: list[Sample]) -> list[Sample]:
+    """The gold samples whose id the prediction file does not hold (they are scored as misses)."""
+    p = Path(pred_path)
+    p = p / "entity.json" if p.is_dir() else p
+    if p.suffix == ".json":
+        held = set(json.loads(p.read_text(encoding="utf-8-sig")))
+    else:
+        held = {s.id for s in pred}
+    return [g for g in gold if g.id not in held]
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="eval.py", description="Score GMNER / MNER / EEG predictions against gold data."
+    )
     ap.add_argument(
         "--gold", required=True, help="gold data: CCKS folder, Twitter-GMNER txt (xml/ beside it) or CoNLL"
     )
@@ -237,14 +250,29 @@ if __name__ == "__main__":
         help="entity identity: token span (default) or surface string (set semantics per sample)",
     )
     ap.add_argument("--json", default=None, help="also write the metrics to this JSON file")
-    args = ap.parse_args()
-    try:  # the I/O boundary: bad files end the run with their message, not a traceback
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    one_line_warnings()
+    try:  # the I/O boundary: bad files end the run with one line naming them, exit code 2
         gold_data = read_dataset(args.gold)
         gold = gold_data.samples
         pred, unplaced = read_prediction(args.pred, gold_data)
+        missing = unpredicted(args.pred, gold, pred)
         result = evaluate(gold, pred, args.match, unplaced)
     except DataError as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if missing:
+        entities = sum(len(g.entities) for g in missing)
+        print(
+            f"warning: {len(missing)} of {len(gold)} gold samples have no prediction in {args.pred}, "
+            f"so their {entities} gold entities are scored as misses (e.g. {[g.id for g in missing[:3]]}); "
+            "a held-out run's own gold is in its gold/ folder",
+            file=sys.stderr,
+        )
     print(f"gold {args.gold}  pred {args.pred}  match {args.match}  samples {len(gold)}")
     print(table(result))
     if args.json:
@@ -254,5 +282,11 @@ if __name__ == "__main__":
             "match": args.match,
             "samples": len(gold),
             "unplaced_predictions": len(unplaced),
+            "unpredicted_samples": len(missing),
         }
         Path(args.json).write_text(json.dumps({**meta, **result}, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

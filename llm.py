@@ -65,9 +65,7 @@ NO_SERVER = (
 class ClientConfig:
     base_url: str = ""  # an OpenAI-compatible /v1 URL, e.g. http://127.0.0.1:8000/v1; "" = no LLM
     model: str = ""  # the served model name; "" = not sent (llama-server serves one model)
-    api_key_env: str = (
-        "OPENAI_API_KEY"  # environment variable holding the key; unset is fine for local servers
-    )
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key; unset is fine locally
     connect_timeout: float = 10.0  # seconds to open a connection
     read_timeout: float = 120.0  # seconds of silence before a try fails (raise it for slow local models)
     max_retries: int = 4  # extra tries after a timeout, connection error, 408/409/429 or 5xx
@@ -79,12 +77,8 @@ class ClientConfig:
     temperature: float = 0.0  # always sent: server defaults differ (vLLM takes the model's, often 0.7)
     max_tokens: int = 2048  # a longer answer is an error (truncated JSON), never a result
     workers: int = 4  # parallel requests in map_chat; match the server's slots (llama-server -np)
-    cache_path: str | None = (
-        None  # JSONL of finished answers; None = none (refineg.py: llm_cache.jsonl in --out)
-    )
-    structured: str = (
-        "json_schema"  # json_schema (vLLM >= 0.12, llama-server) | json_object (schema in prompt)
-    )
+    cache_path: str | None = None  # JSONL of finished answers; None = none (refineg.py: OUT/llm_cache.jsonl)
+    structured: str = "json_schema"  # json_schema (vLLM >= 0.12, llama-server) | json_object (in prompt)
     schema_retries: int = 2  # re-asks, with the error, when an answer does not parse or fit the schema
 
 

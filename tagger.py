@@ -51,6 +51,7 @@ class TaggerConfig:
     lr_crf: float = 1e-2  # lr of the transition scores (few parameters that need to move far)
     weight_decay: float = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
     epochs: int = 10  # passes over the training data (or over epoch_size sentences)
+    min_steps: int = 60  # optimisation steps at least: small data gets more epochs than `epochs`
     epoch_size: int = 2000  # sentences drawn afresh each epoch when there are more (bounds time); 0 = all
     batch_size: int = 16  # sentences per step
     train_chunk: int = 64  # words: longer training texts are cut between entities (bounds a batch's memory)
@@ -63,9 +64,7 @@ class TaggerConfig:
     seed: int = 0  # batches, dropout and head initialisation
     device: str = "cpu"  # torch device to train and predict on (cpu, cuda, cuda:1, ...)
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
-    int8: bool = (
-        False  # the trained encoder's linear layers in int8 (CPU): faster prediction, a little less F1
-    )
+    int8: bool = False  # the encoder's linear layers in int8 (CPU): faster prediction, a little less F1
     progress: bool = True  # a progress bar while training
     self_train_rounds: int = 2  # pseudo-label + retrain rounds on --unlabelled text (selftrain.py)
     self_train_epochs: int = 3  # epochs of each round, continuing from the previous round's tagger
@@ -80,6 +79,7 @@ def check_config(c: TaggerConfig) -> list[tuple[str, str]]:
             ("scheme", c.scheme in ("BIO", "BIOES"), "BIO or BIOES"),
             ("max_length", c.max_length >= 8, "at least 8 sub-tokens"),
             ("epochs", c.epochs >= 1, "at least 1"),
+            ("min_steps", c.min_steps >= 0, "0 or more"),
             ("epoch_size", c.epoch_size >= 0, "0 (all) or more"),
             ("batch_size", c.batch_size >= 1, "at least 1"),
             ("train_chunk", c.train_chunk >= 1, "a positive number of words"),
@@ -252,7 +252,8 @@ def train_tagger(
 
 
 def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[dict]:
-    """The training loop: `config.epochs` epochs of length-bucketed batches; with `dev`, the weights of the
+    """The training loop: `config.epochs` epochs (more when that is under `config.min_steps` steps) of
+    length-bucketed batches; with `dev`, the weights of the
     epoch with the best dev span F1 are restored at the end (strict: on ties the earlier epoch stays)."""
     config = model.config
     rng = np.random.default_rng(config.seed)
@@ -261,10 +262,13 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
     gold = [[index[t] for t in spans_to_tags(len(s.tokens), s.entities, config.scheme)] for s in train]
     per_epoch = min(config.epoch_size or len(train), len(train))
     steps = math.ceil(per_epoch / config.batch_size)
-    opt, sched = optimizer(model, config, config.epochs * steps)
-    bar = tqdm(total=config.epochs * steps, desc="tagger", disable=not config.progress, leave=False)
-    history, best_f1, best_state = [], -1.0, None
-    for epoch in range(1, config.epochs + 1):
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps))
+    opt, sched = optimizer(model, config, epochs * steps)
+    bar = tqdm(total=epochs * steps, desc="tagger", disable=not config.progress, leave=False)
+    history = []
+    best_f1 = -1.0
+    best_state = None
+    for epoch in range(1, epochs + 1):
         pick = (
             rng.permutation(len(train))[:per_epoch].tolist()
             if per_epoch < len(train)
@@ -279,7 +283,7 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
         history.append(row)
         bar.set_postfix(
             {
-                "epoch": f"{epoch}/{config.epochs}",
+                "epoch": f"{epoch}/{epochs}",
                 **{k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "dev_f1")},
             }
         )

@@ -5,7 +5,7 @@ decisions, boxes). Servers with `json_schema` output get the schema in the reque
 the prompt (`with_schema_note`). Either way the answer is untrusted: `extract_json` finds the JSON
 value in the answer text, `validate` lists how it breaks the schema, and llm.py re-asks with that list.
 
-    python -c "from client.structured import validate; print(validate([1, 'a'], {'items': {'type': 'number'}}))"
+    python -c "from client.structured import validate; print(validate([1, 'a'], {'items': {'type': 'null'}}))"
 
 Left out on purpose: the rest of JSON Schema ($ref, patterns, formats, oneOf/allOf); an unsupported
 keyword raises ValueError instead of being ignored.

@@ -11,6 +11,7 @@ Left out on purpose: other layouts (convert them to one of these: docs/data-form
 """
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from data import DataError, Dataset, attach_images
@@ -19,13 +20,34 @@ from formats.twitter import read_conll, read_twitter
 
 
 def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
+    """Any supported input (see read_any); a file that is not UTF-8 or nests too deep is a DataError."""
+    try:
+        return read_any(Path(path), images)
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(Path(path))) from None
+    except RecursionError:
+        raise DataError(f"{path}: a JSON value nested too deep to be a dataset") from None
+
+
+def not_utf8(path: Path) -> str:
+    """Which file of a dataset is not UTF-8, and where."""
+    files = [path / n for n in ("text.json", "entity.json", "types.txt")] if path.is_dir() else [path]
+    for f in (f for f in files if f.is_file()):
+        raw = f.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return f"{f}: expected UTF-8 text, got byte {raw[err.start]:#04x} at offset {err.start}"
+    return f"{path}: expected UTF-8 text"
+
+
+def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
     """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
 
     Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
     CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
     txt. A Twitter or IMGID-CoNLL file with neither has every image missing (counted).
     """
-    path = Path(path)
     for d in images or []:
         if not Path(d).is_dir():
             raise DataError(f"--images: {d} is not a folder (expected a folder of <id>.jpg images)")
@@ -44,6 +66,23 @@ def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Da
     if has_imgid:  # ids are image ids only when the file names them
         attach_images(dataset, dirs)
     return dataset
+
+
+def join(datasets: list[Dataset], paths: list[str]) -> Dataset:
+    """Several labelled datasets as one (e.g. --data LABELLED --data OUT/suggested): the first one's types
+    and descriptions; every other's types must be among them and no sample id may repeat."""
+    first = datasets[0]
+    seen: dict[str, str] = {}
+    for dataset, path in zip(datasets, paths):
+        unknown = sorted(set(dataset.types) - set(first.types))
+        if unknown:
+            raise DataError(f"{path}: types {unknown} are not among the types of {paths[0]}: {first.types}")
+        for s in dataset.samples:
+            if s.id in seen:
+                raise DataError(f"{path}: sample id {s.id!r} is also in {seen[s.id]} (ids must be unique)")
+            seen[s.id] = path
+    samples = [s for d in datasets for s in d.samples]
+    return replace(first, samples=samples, missing_images=sum(d.missing_images for d in datasets))
 
 
 def first_line(path: Path) -> str:

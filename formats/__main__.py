@@ -3,7 +3,13 @@
 import json
 import sys
 
+from data import DataError, one_line_warnings
 from formats import read_dataset, stats
 
+one_line_warnings()
 for arg in sys.argv[1:] or ["examples/demo"]:
-    print(arg, json.dumps(stats(read_dataset(arg)), indent=1))
+    try:
+        print(arg, json.dumps(stats(read_dataset(arg)), indent=1))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

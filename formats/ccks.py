@@ -91,18 +91,14 @@ def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) ->
     labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
     images = (folder / "images").resolve()
     samples = []
-    missing_images = 0
+    missing: list[str] = []  # ids whose image is not found
     clipped = Counter()
     for sid, rec in texts.items():
         where = f"{folder / 'text.json'}: record {sid!r}"
         check_text_record(where, sid, rec)
         image = find_image(image_dirs or [images], str(sid))
         if image is None:
-            warnings.warn(
-                f"{where}: image {sid}.jpg not found in {image_dirs or [images]}; reading it as text-only",
-                stacklevel=2,
-            )
-            missing_images += 1
+            missing.append(str(sid))
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
@@ -115,13 +111,20 @@ def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) ->
         extra = set(labels) - set(texts)
         if extra:
             raise DataError(f"{folder / 'entity.json'}: ids with no text in text.json: {sorted(extra)[:5]}")
+    if missing and (image_dirs or images.is_dir()):  # no images/ at all: a text-only dataset, said by refineg
+        where = ", ".join(str(d) for d in image_dirs or [images])
+        warnings.warn(
+            f"{folder}: {len(missing)} of {len(texts)} images not found in {where} "
+            f"(e.g. {missing[:3]}); those samples are read as text-only",
+            stacklevel=2,
+        )
     if clipped:
         warnings.warn(
             f"{sum(clipped.values())} gold box(es) reached outside their image and were clipped to it, "
             f"e.g. in {min(clipped)}",
             stacklevel=2,
         )
-    return Dataset(samples, types, type_text, generic, missing_images, clipped_boxes=sum(clipped.values()))
+    return Dataset(samples, types, type_text, generic, len(missing), clipped_boxes=sum(clipped.values()))
 
 
 def check_text_record(where: str, sid: str, rec: object) -> None:
@@ -199,6 +202,22 @@ def write_ccks(samples: list[Sample], path: str | Path) -> None:
                     recs.append(rec)
         out[s.id] = recs
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def write_ccks_folder(samples: list[Sample], dataset: Dataset, folder: Path) -> None:
+    """A CCKS folder (text.json, entity.json, types.txt) that read_ccks reads back as `samples`."""
+    folder.mkdir(parents=True)
+    texts = {s.id: {"text": s.text} for s in samples}
+    (folder / "text.json").write_text(json.dumps(texts, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_ccks(samples, folder / "entity.json")
+    (folder / "types.txt").write_text(types_text(dataset) + "\n", encoding="utf-8")
+
+
+def types_text(dataset: Dataset) -> str:
+    """A dataset's types.txt: its descriptions when it has them, numbered type names otherwise."""
+    if dataset.type_text.strip():
+        return dataset.type_text.strip()
+    return "\n".join(f"{k}. {t}: {t}" for k, t in enumerate(dataset.types, 1))
 
 
 def read_ccks_predictions(

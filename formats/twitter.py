@@ -78,7 +78,7 @@ def read_conll(path: str | Path) -> Dataset:
             tags.append(tag)
     flush()
     types = sorted({e.type for s in samples for e in s.entities})
-    return Dataset(samples, types)
+    return Dataset(samples, types, format="conll")
 
 
 def read_twitter(txt: str | Path, xml_dir: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
