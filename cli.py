@@ -18,11 +18,14 @@ import dataclasses
 import inspect
 import re
 import sys
+from dataclasses import field
+from pathlib import Path
 
 import demos
 import grounding
 import llm
 import refinement
+import suggest
 import synth
 import tagger
 import uncertainty
@@ -31,13 +34,12 @@ from data import failed_rules
 
 @dataclasses.dataclass
 class RunConfig:
-    data: str = ""  # labelled data: a CCKS folder, a Twitter-GMNER txt (xml/ beside it) or a CoNLL file
+    data: list[str] = field(default_factory=list)  # labelled data: CCKS, Twitter-GMNER or CoNLL; several join
     test: str = ""  # data to predict (labelled or not); "" = hold out --test-share of --data
     out: str = "runs/refineg"  # run directory (config.json, predictions.json, metrics.json, ...)
-    unlabelled: str = ""  # in-domain text to self-train the tagger on (any --data format; labels ignored)
-    images: list[str] = dataclasses.field(
-        default_factory=list
-    )  # image folders; none = images/ beside the data
+    unlabelled: str = ""  # in-domain text to self-train on and the pool of --suggest (labels ignored)
+    suggest: int = 0  # choose this many --unlabelled samples to label next (OUT/suggested/); 0 = off
+    images: list[str] = field(default_factory=list)  # image folders; none = images/ beside the data
     test_share: float = 0.3  # share of --data held out as the test split when --test is not given
     tagger_dir: str = ""  # reuse a trained tagger from this directory instead of training one
     synthesize: bool = True  # run the synthesis stage when an LLM is configured and a tagger is trained
@@ -51,12 +53,27 @@ class RunConfig:
 def check_run(c: RunConfig) -> list[tuple[str, str]]:
     return failed_rules(
         [
-            ("data", c.data != "", "a CCKS folder, a Twitter-GMNER txt or a CoNLL file (--data is required)"),
+            ("data", bool(c.data), "a CCKS folder, a Twitter-GMNER txt or a CoNLL file (--data is required)"),
+            ("suggest", c.suggest >= 0, "a number of samples >= 0"),
+            ("unlabelled", c.unlabelled or not c.suggest, "the pool to suggest from (--suggest needs it)"),
+            ("out", not Path(c.out).is_file(), "a folder for the run (it names an existing file)"),
+            (
+                "out",
+                not holds_input(c),
+                "a folder of its own (it holds the input data; runs would write into it)",
+            ),
             ("test_share", 0 < c.test_share < 1, "a share in (0, 1)"),
             ("viz", c.viz >= 0, "a number of pictures >= 0"),
             ("warn_failed_share", 0 <= c.warn_failed_share <= 1, "a share in [0, 1]"),
         ]
     )
+
+
+def holds_input(c: RunConfig) -> bool:
+    """Whether --out is one of the input data folders, or lies inside one."""
+    out = Path(c.out).resolve()
+    inputs = [Path(p).resolve() for p in [*c.data, c.test, c.unlabelled] if p]
+    return any(out == p or p in out.parents for p in inputs if p.is_dir())
 
 
 # (name in the settings dict, settings class, flag prefix, its check, the help group's title)
@@ -81,6 +98,7 @@ STAGES = [
     ),
     ("demos", demos.DemoConfig, "ground-", demos.check_config, "demo selection (demos.py)"),
     ("grounding", grounding.GroundingConfig, "ground-", grounding.check_config, "grounding (grounding.py)"),
+    ("suggest", suggest.SuggestConfig, "suggest-", suggest.check_config, "what to label next (suggest.py)"),
 ]
 # The flags most runs need, shown first in --help: (settings name, field)
 COMMON = [
@@ -88,6 +106,7 @@ COMMON = [
     ("run", "test"),
     ("run", "out"),
     ("run", "unlabelled"),
+    ("run", "suggest"),
     ("run", "images"),
     ("llm", "base_url"),
     ("llm", "model"),
@@ -148,7 +167,8 @@ def add_flag(group, stage: str, f: dataclasses.Field, name: str, text: str) -> N
         group.add_argument(
             name,
             dest=dest,
-            nargs="*",
+            nargs="+",
+            action="extend",
             metavar="DIR" if f.name == "images" else f.name.upper(),
             default=default,
             help=text,

@@ -26,7 +26,6 @@ import dataclasses
 import random
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 import formats
@@ -34,13 +33,14 @@ import grounding
 import llm
 import refinement
 import selftrain
+import suggest
 import synth
 import tagger
 import uncertainty
 from cli import RunConfig, parse_configs
-from data import DataError, Dataset, Sample, SettingsError
+from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
-from formats import twitter
+from formats import ccks, twitter
 from report import draw, summary_text
 from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
 
@@ -55,17 +55,19 @@ def pipeline(cfg: dict, run: Run) -> int:
     test = target.samples
     gold = test if gold_known else None
     describe_inputs(run, settings, train, test, labelled.types, gold_known)
+    pool = read_pool(settings, labelled)
     if run.uses_llm:
         llm.check_server(run.client_config)
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
-        model = tagger_stage(run, cfg, train + synthetic, labelled.types)
+        model = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
+        suggestion_stage(run, cfg, model, pool, labelled)
         pred, tau = prediction_stage(run, cfg["uncertainty"], model, test, gold)
         pred = refinement_stage(run, cfg, pred, labelled, tau, model.tags, gold)
         run.write_predictions(pred, "predictions.refined.json")  # kept if grounding fails or is interrupted
         run.check_calls("refinement", "predictions.refined.json holds the tagger's predictions")
         pred = grounding_stage(run, cfg, pred, train, labelled)
-        scoring_stage(run, pred, gold, target.format)
+        scoring_stage(run, pred, gold, target, held_out=not settings.test)
         run.check_calls("grounding", "predictions.json holds the entities without boxes")
     finally:  # what ran, also when a stage failed or was interrupted
         run.save()
@@ -81,29 +83,47 @@ def pipeline(cfg: dict, run: Run) -> int:
 
 def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bool]:
     """The labelled dataset, its training part, the data to predict, and whether that has gold."""
-    labelled = read_nonempty(settings.data, settings.images)
+    labelled = formats.join(
+        [read_nonempty(p, settings.images, "--data") for p in settings.data], settings.data
+    )
     if not settings.test:
         train, test = split(labelled.samples, settings.test_share, settings.seed)
         return labelled, train, dataclasses.replace(labelled, samples=test), True
-    target = read_nonempty(settings.test, settings.images)
-    unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
-    if unknown:
-        raise DataError(
-            f"{settings.test}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}"
-        )
-    if Path(settings.test).is_dir() and target.types != labelled.types:  # a CCKS folder has its own types.txt
-        warnings.warn(
-            f"{settings.test}/types.txt lists {target.types}, the labelled data {labelled.types}: "
-            "the labelled data's types and descriptions are used",
-            stacklevel=2,
-        )
+    target = read_nonempty(settings.test, settings.images, "--test")
+    check_types(settings.test, target, labelled)
     return labelled, labelled.samples, target, formats.has_labels(settings.test)
 
 
-def read_nonempty(path: str, images: list[str]) -> Dataset:
+def check_types(path: str, target: Dataset, labelled: Dataset) -> None:
+    """--test must use the labelled types: an error when it shares none, a warning when some differ."""
+    if Path(path).is_dir() and not set(target.types) & set(labelled.types):
+        raise DataError(
+            f"--test {path}: its types {target.types} share none with the labelled data's "
+            f"{labelled.types}: the predictions would have the wrong types"
+        )
+    unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
+    if unknown:
+        raise DataError(
+            f"--test {path}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}"
+        )
+    if Path(path).is_dir() and target.types != labelled.types:  # a CCKS folder brings its own types.txt
+        print(
+            f"warning: --test {path}: types.txt lists {target.types}, the labelled data {labelled.types}: "
+            "the labelled data's types and descriptions are used"
+        )
+
+
+def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
+    """A dataset that exists and has samples (a labelled one: entity types too)."""
+    if not Path(path).exists():
+        raise DataError(f"{flag} {path}: no such file or folder")
     dataset = formats.read_dataset(path, images)
     if not dataset.samples:
-        raise DataError(f"{path}: no sample found (an empty dataset)")
+        raise DataError(f"{flag} {path}: no sample found (an empty dataset)")
+    if flag == "--data" and not dataset.types:
+        raise DataError(
+            f"--data {path}: no token has an entity tag (B-X / I-X), so there is nothing to learn"
+        )
     return dataset
 
 
@@ -184,15 +204,16 @@ def synthesize_or_reuse(
     return samples, summary
 
 
-def tagger_stage(run: Run, cfg: dict, train: list[Sample], types: list[str]) -> tagger.Tagger:
-    """The tagger of --tagger, or one trained (self-trained with --unlabelled) or reused from the run."""
+def tagger_stage(
+    run: Run, cfg: dict, train: list[Sample], types: list[str], pool: list[Sample]
+) -> tagger.Tagger:
+    """The tagger of --tagger, or one trained (self-trained on the --unlabelled pool) or reused."""
     settings: RunConfig = cfg["run"]
     with run.stage("tagger"):
         if settings.tagger_dir:
             model, how = tagger.load(settings.tagger_dir), f"loaded from {settings.tagger_dir}"
         else:
-            unlabelled = formats.read_dataset(settings.unlabelled).samples if settings.unlabelled else []
-            model, how = train_or_reuse(cfg["tagger"], train, types, unlabelled, run.out)
+            model, how = train_or_reuse(cfg["tagger"], train, types, pool, run.out)
         print(f"tagger: {how}")
     return model
 
@@ -222,6 +243,42 @@ def train_or_reuse(
     if rounds:
         how += f", self-trained on {rounds[-1]['pseudo_sentences']} of {len(unlabelled)} unlabelled"
     return model, how
+
+
+def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
+    """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest."""
+    if not settings.unlabelled:
+        return []
+    pool = formats.read_dataset(settings.unlabelled).samples
+    if settings.suggest:
+        suggest.check_pool(pool, labelled.samples, settings.suggest)
+    return pool
+
+
+def suggestion_stage(
+    run: Run, cfg: dict, model: tagger.Tagger, pool: list[Sample], labelled: Dataset
+) -> None:
+    """With --suggest N: the N pool samples to label next, pre-annotated, in OUT/suggested/."""
+    n = cfg["run"].suggest
+    if not n:
+        return
+    with run.stage("suggestion"):
+        chosen = suggest.suggest(model, pool, n, cfg["suggest"])
+        with atomic(run.out / "suggested") as tmp:
+            suggest.write_suggestions(chosen, labelled, tmp)
+        with atomic(run.out / "suggested.jsonl") as tmp:
+            suggest.write_ranks(chosen, tmp)
+        run.written += ["suggested/", "suggested.jsonl"]
+        run.notes["suggestion"] = {
+            "pool": len(pool),
+            "chosen": n,
+            "strategy": cfg["suggest"].strategy,
+            "entities_prefilled": sum(len(c.sample.entities) for c in chosen),
+        }
+        print(
+            f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'} "
+            f"(ranked in suggested.jsonl; entity.json holds the tagger's entities to correct)"
+        )
 
 
 # ---------------------------------------------------------------- 2. prediction with uncertainty, refinement
@@ -293,17 +350,35 @@ def grounding_stage(
     return pred
 
 
-def scoring_stage(run: Run, pred: list[Sample], gold: list[Sample] | None, layout: str) -> None:
-    """All three tasks scored, and the predictions written (also in the Twitter-GMNER layout when read so)."""
+def scoring_stage(
+    run: Run, pred: list[Sample], gold: list[Sample] | None, target: Dataset, held_out: bool
+) -> None:
+    """All three tasks scored; the predictions written, also span-exact in the input's own layout when it is
+    Twitter-GMNER or CoNLL (a CCKS name labels every occurrence of it), and a held-out split's gold."""
     with run.stage("scoring"):
         if gold is not None:
             run.metrics["final"] = evaluate(gold, pred)
         run.write_predictions(pred, "predictions.json")
-        if layout == "twitter":
+        if held_out:  # what eval.py needs to score the run again: python eval.py --gold OUT/gold ...
+            with atomic(run.out / "gold") as tmp:
+                ccks.write_ccks_folder(gold, target, tmp)
+        if target.format == "twitter":
             with atomic(run.out / "predictions.txt") as tmp:
                 remove(run.out / "xml")  # a stale box file would join a new prediction
                 twitter.write_twitter(pred, tmp, run.out / "xml")
             run.written.append("predictions.txt")
+        elif target.format == "conll":
+            write_conll_pair(run, pred, gold if held_out else None)
+
+
+def write_conll_pair(run: Run, pred: list[Sample], gold: list[Sample] | None) -> None:
+    """predictions.conll (and gold.conll for a held-out split), scored exactly as the summary scored them."""
+    with atomic(run.out / "predictions.conll") as tmp:
+        twitter.write_conll(pred, tmp)
+    run.written.append("predictions.conll")
+    if gold is not None:
+        with atomic(run.out / "gold.conll") as tmp:
+            twitter.write_conll(gold, tmp)
 
 
 # ---------------------------------------------------------------- the command line
@@ -311,6 +386,7 @@ def scoring_stage(run: Run, pred: list[Sample], gold: list[Sample] | None, layou
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_configs(sys.argv[1:] if argv is None else argv)
+    one_line_warnings()
     run = Run(Path(cfg["run"].out), cfg["llm"])
     try:
         return pipeline(cfg, run)

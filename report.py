@@ -112,6 +112,8 @@ def written_line(out: Path) -> str:
     written = f"{out}/predictions.json (final)"
     if (out / "predictions.txt").is_file():
         written += ", predictions.txt + xml/ (Twitter-GMNER layout)"
+    if (out / "suggested").is_dir():
+        written += ", suggested/ + suggested.jsonl (to label next)"
     return (
         f"written: {written}, predictions.refined.json (before grounding), "
         "metrics.json, usage.json, config.json"

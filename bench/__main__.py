@@ -19,6 +19,7 @@ SECTIONS = {
     "memory": "peak memory of training on a long text and of grounding",
     "gmner": "the whole method on Twitter-GMNER with a simulated MLLM of known accuracy",
     "synth": "synth.py with a real 0.5B LLM (llama-server), then the tagger",
+    "active": "which tweets to label next (suggest.py) against random labelling (Twitter-GMNER)",
 }
 
 
@@ -45,10 +46,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--only",
         default="",
-        help="labels: settings; uncertainty: ccks and/or twitter; gmner: row groups "
+        help="labels: settings; active: rows; uncertainty: ccks and/or twitter; gmner: row groups "
         "(refine, ground, whole); comma-separated (default: all)",
     )
-    ap.add_argument("--seeds", default="0,1,2", help="labels: comma-separated seeds")
+    ap.add_argument("--seeds", default="0,1,2", help="labels, active: comma-separated seeds")
+    ap.add_argument("--max-labelled", type=int, default=2800, help="active: the last round's labelled tweets")
     ap.add_argument(
         "--mc-passes", type=int, default=None, help="uncertainty: MC dropout passes (0 skips those rows)"
     )

@@ -1,0 +1,193 @@
+"""Which tweets to label next (suggest.py) against random labelling, on Twitter-GMNER.
+
+    python -m bench active                                  # every row, seeds 0 1 2
+    python -m bench active --only random,entity --seeds 0   # some rows
+    python -m bench active --only mnlp --max-labelled 1400  # the first round only
+
+Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool is the other 6,300
+tweets of train.txt with their labels hidden. Each round adds 700 tweets, chosen by the row's
+strategy, whose labels are then revealed from train.txt; up to --max-labelled (2,800). After each
+round the tagger is trained as refineg.py trains it (default settings, no dev selection, the last
+epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies. The
+"+ self-training" row trains on the chosen labels plus the rest of the pool as unlabelled text.
+Each finished round is appended to /tmp/refineg_bench_active/rounds.jsonl, and a rerun skips
+what is there (delete the folder to measure again). Real data is read from ../shared/data/.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import TWITTER, have
+
+CACHE = Path("/tmp/refineg_bench_active")
+ROUND = 700
+ROWS = {  # row -> (strategy, diversity, self-training)
+    "random": ("random", 0.0, False),
+    "entity": ("entity", 0.0, False),
+    "entity+diversity": ("entity", 0.5, False),
+    "mnlp": ("mnlp", 0.0, False),
+    "missed": ("missed", 0.0, False),
+    "entity+diversity+self-training": ("entity", 0.5, True),
+}
+
+
+def bench_active(args) -> None:
+    rows = args.only.split(",") if args.only else list(ROWS)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"command: python -m bench active --only {','.join(rows)} --seeds {args.seeds}")
+    if not have(TWITTER):
+        return
+    from formats.twitter import read_conll
+
+    start = read_conll(TWITTER / "lowres" / "10GMNER" / "train.txt")
+    full = read_conll(TWITTER / "train.txt")
+    dev = read_conll(TWITTER / "dev.txt").samples
+    CACHE.mkdir(exist_ok=True)
+    done = finished()
+    for seed in seeds:
+        for row in rows:
+            curve(row, seed, start, full, dev, done, max_labelled=args.max_labelled)
+    report(finished(), rows, seeds)
+
+
+def finished() -> dict[tuple[str, int, int], dict]:
+    path = CACHE / "rounds.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {(r["row"], r["seed"], r["labelled"]): r for r in rows}
+
+
+def record(result: dict) -> None:
+    with open(CACHE / "rounds.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)
+
+
+def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) -> None:
+    """One row's rounds for one seed: train, score, choose the next 700, reveal their labels."""
+    import suggest
+
+    strategy, diversity, self_training = ROWS[row]
+    by_id = {s.id: s for s in full.samples}
+    labelled = list(start.samples)
+    chosen_ids: list[str] = []
+    size = len(labelled)
+    while size <= max_labelled:
+        key = (row, seed, size)
+        pool = [s for s in full.samples if s.id not in {x.id for x in labelled}]
+        if key in done:
+            chosen_ids = done[key]["next_ids"]
+        else:
+            t0 = time.perf_counter()
+            model = train(
+                labelled, pool if self_training else [], full.types, seed, size == len(start.samples)
+            )
+            train_s = time.perf_counter() - t0
+            f1 = score(model, dev)
+            chosen_ids, select_s = [], 0.0
+            if size + ROUND <= max_labelled:
+                t0 = time.perf_counter()
+                config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)
+                picks = suggest.suggest(model, pool, ROUND, config)
+                select_s = time.perf_counter() - t0
+                chosen_ids = [p.sample.id for p in picks]
+            entities = sum(len(s.entities) for s in labelled)
+            record(
+                {
+                    "row": row,
+                    "seed": seed,
+                    "labelled": size,
+                    "entities": entities,
+                    "f1": f1,
+                    "train_seconds": round(train_s),
+                    "select_seconds": round(select_s, 1),
+                    "next_ids": chosen_ids,
+                }
+            )
+            del model
+        if not chosen_ids:
+            return
+        labelled = labelled + [by_id[i] for i in chosen_ids]  # the labels are revealed once chosen
+        size = len(labelled)
+
+
+def train(labelled: list, pool: list, types: list[str], seed: int, shareable: bool):
+    """refineg.py's training: default settings, the last epoch, self-trained on `pool` when given."""
+    import selftrain
+    import tagger
+
+    config = tagger.TaggerConfig(progress=False, seed=seed)
+    cached = CACHE / f"start-seed{seed}"
+    if shareable and not pool and (cached / "config.json").is_file():  # every row starts from the same 700
+        return tagger.load(str(cached))
+    if pool:
+        model, _ = selftrain.self_train(labelled, pool, types, config)
+    else:
+        model, _ = tagger.train_tagger(labelled, types, config)
+    if shareable and not pool:
+        tagger.save(model, str(cached))
+    return model
+
+
+def score(model, dev: list) -> float:
+    import tagger
+    from eval import evaluate
+
+    return round(evaluate(dev, tagger.predict(model, dev))["mner"]["f1"], 4)
+
+
+def report(done: dict, rows: list[str], seeds: list[int]) -> None:
+    """The learning curves (mean over the seeds measured), and the labels saved against random."""
+    sizes = sorted({k[2] for k in done})
+    print(
+        "\n| row | seeds | "
+        + " | ".join(f"{n} labelled: F1 (entities)" for n in sizes)
+        + " | select s / round |"
+    )
+    print("| --- | --- | " + " | ".join("---" for _ in sizes) + " | --- |")
+    for row in rows:
+        cells, measured = [], set()
+        for n in sizes:
+            got = [done[(row, s, n)] for s in seeds if (row, s, n) in done]
+            measured |= {r["seed"] for r in got}
+            cells.append(
+                f"{np.mean([r['f1'] for r in got]):.3f} ({np.mean([r['entities'] for r in got]):.0f})"
+                + (f" sd {np.std([r['f1'] for r in got]):.3f}" if len(got) > 1 else "")
+                if got
+                else "-"
+            )
+        select = [done[k]["select_seconds"] for k in done if k[0] == row and done[k]["next_ids"]]
+        mean_select = f"{np.mean(select):.0f}" if select else "-"
+        print(f"| {row} | {len(measured)} | " + " | ".join(cells) + f" | {mean_select} |")
+    labels_saved(done, rows, seeds)
+
+
+def random_curve(done: dict, seeds: list[int]) -> tuple[list[int], list[float]]:
+    sizes = sorted({k[2] for k in done if k[0] == "random"})
+    means = [
+        np.mean([done[("random", s, n)]["f1"] for s in seeds if ("random", s, n) in done]) for n in sizes
+    ]
+    return sizes, means
+
+
+def labels_saved(done: dict, rows: list[str], seeds: list[int]) -> None:
+    """How many random labels reach the F1 of 1,400 chosen ones (linear interpolation on the random curve)."""
+    sizes, means = random_curve(done, seeds)
+    if len(sizes) < 2:
+        return
+    print("\nrandom curve (mean over seeds): " + ", ".join(f"{n}: {f:.3f}" for n, f in zip(sizes, means)))
+    for row in rows:
+        got = [done[(row, s, 1400)]["f1"] for s in seeds if (row, s, 1400) in done]
+        if row == "random" or not got:
+            continue
+        f1 = float(np.mean(got))
+        if f1 >= means[-1]:
+            print(
+                f"{row}: 1,400 chosen reach F1 {f1:.3f}, at least what {sizes[-1]} random reach "
+                f"({means[-1]:.3f})"
+            )
+            continue
+        equal = float(np.interp(f1, np.maximum.accumulate(means), sizes))
+        print(f"{row}: 1,400 chosen reach F1 {f1:.3f} = {equal:.0f} random labels (x{equal / 1400:.2f})")

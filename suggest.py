@@ -1,0 +1,202 @@
+"""Which samples to label next: the tagger's doubt, spread over different sentences.
+
+Not in the ReFineG paper: it answers the question a team with a few hundred labels asks next.
+The tagger's CRF marginals already route entities to the MLLM (uncertainty.py) and filter
+self-training's pseudo labels (selftrain.py); here they rank an unlabelled pool a third time.
+
+Each pool sample gets a doubt score (`SuggestConfig.strategy`):
+- entity: its most uncertain predicted entity, or its missed-entity score when that is higher
+  (a sentence with no prediction can still hide an entity);
+- mnlp: 1 - the mean per-token probability of the tagger's own tag sequence (a sequence score);
+- missed: the missed-entity score alone; random: a seeded shuffle (the baseline).
+The pool is scored in chunks, keeping only the best `pool_factor * n` candidates, so memory is
+bounded by the number asked for, not by the pool. Then `n` are picked greedily: each step takes
+the candidate whose score minus `diversity` x (its highest cosine similarity to a sample already
+picked, on the encoder's sentence embeddings) is highest, so ten tweets about the same uncertain
+name do not all come first.
+
+    python refineg.py --data LABELLED --unlabelled POOL --suggest 700 --out OUT
+    # annotate OUT/suggested/entity.json (pre-filled with the tagger's entities), then:
+    python refineg.py --data LABELLED --data OUT/suggested ...
+
+Left out on purpose: clustering (the greedy penalty needs no number of clusters), expected
+model change and committee disagreement (each costs more trainings than a round of labelling).
+"""
+
+import heapq
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import tagger
+import uncertainty
+from data import DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags
+from encoding import embed_texts
+from formats.ccks import write_ccks_folder
+
+STRATEGIES = ("entity", "mnlp", "missed", "random")
+
+
+@dataclass
+class SuggestConfig:
+    strategy: str = "entity"  # entity | mnlp | missed | random: the doubt that ranks the pool
+    diversity: float = 0.5  # weight of the similarity penalty (0 = pure doubt ranking)
+    pool_factor: int = 4  # candidates kept while scoring: pool_factor x the number asked for
+    chunk: int = 512  # pool samples predicted at a time (bounds the memory of marginals)
+    encoder: str = ""  # sentence encoder of the similarity; "" = all-MiniLM-L6-v2
+    seed: int = 0  # the random strategy's shuffle, and ties
+
+
+def check_config(c: SuggestConfig) -> list[tuple[str, str]]:
+    """The settings that cannot work, as (field, what was expected)."""
+    return failed_rules(
+        [
+            ("strategy", c.strategy in STRATEGIES, " or ".join(STRATEGIES)),
+            ("diversity", c.diversity >= 0, "a weight >= 0"),
+            ("pool_factor", c.pool_factor >= 1, "at least 1"),
+            ("chunk", c.chunk >= 1, "at least 1 sample"),
+        ]
+    )
+
+
+@dataclass
+class Suggestion:
+    sample: Sample  # the tagger's prediction: the annotator's starting point
+    score: float  # the doubt that ranked it
+    why: str  # the entity or tokens behind the score
+
+
+def check_pool(pool: list[Sample], labelled: list[Sample], n: int) -> None:
+    """Clear errors for a request that cannot be met: an empty pool, too few samples, shared ids."""
+    if not pool:
+        raise DataError("--unlabelled: the pool to suggest from is empty")
+    if n > len(pool):
+        raise DataError(f"--suggest {n}: the pool (--unlabelled) has only {len(pool)} samples")
+    shared = {s.id for s in pool} & {s.id for s in labelled}
+    if shared:
+        raise DataError(
+            f"--unlabelled: {len(shared)} pool ids are already in the labelled data, "
+            f"e.g. {sorted(shared)[:3]}"
+            " (a suggestion must be a sample nobody labelled)"
+        )
+
+
+def suggest(
+    model: tagger.Tagger,
+    pool: list[Sample],
+    n: int,
+    config: SuggestConfig | None = None,
+    progress: bool = True,
+) -> list[Suggestion]:
+    """The `n` pool samples to label next, best first."""
+    config = config or SuggestConfig()
+    require_valid(config, check_config(config))
+    if config.strategy == "random":
+        order = random.Random(config.seed).sample(range(len(pool)), n)
+        return [Suggestion(unlabelled(pool[i]), 0.0, "random") for i in order]
+    candidates = score_pool(model, pool, config.pool_factor * n, config)
+    return diverse(candidates, n, config)
+
+
+def unlabelled(sample: Sample) -> Sample:
+    return Sample(sample.id, list(sample.tokens), sample.image)
+
+
+def score_pool(
+    model: tagger.Tagger, pool: list[Sample], keep: int, config: SuggestConfig
+) -> list[Suggestion]:
+    """The `keep` most doubtful pool samples, scored chunk by chunk (marginals are dropped after each)."""
+    heap: list[tuple[float, int, Suggestion]] = []  # a min-heap of the best `keep` so far
+    for start in range(0, len(pool), config.chunk):
+        chunk = [unlabelled(s) for s in pool[start : start + config.chunk]]
+        pred = tagger.predict(model, chunk)
+        uncertainty.estimate(pred, model.tags)
+        for k, p in enumerate(pred):
+            score, why = doubt(p, model.tags, config.strategy)
+            p.marginals = None
+            item = (score, -(start + k), Suggestion(p, score, why))  # ties: the earlier sample wins
+            if len(heap) < keep:
+                heapq.heappush(heap, item)
+            elif item[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, item)
+    return [s for *_, s in sorted(heap, key=lambda x: x[:2], reverse=True)]
+
+
+def doubt(pred: Sample, tags: list[str], strategy: str) -> tuple[float, str]:
+    """A sample's doubt score under `strategy`, and the entity or token behind it."""
+    missed, token = missed_entity(pred, tags)
+    if strategy == "missed":
+        return missed, f"missed-entity score {missed:.3f} at {token!r}"
+    if strategy == "mnlp":
+        return mnlp(pred, tags), "low confidence in the whole tag sequence"
+    worst = max(pred.entities, key=lambda e: e.uncertainty, default=None)
+    if worst is None or missed > worst.uncertainty:
+        return missed, f"missed-entity score {missed:.3f} at {token!r}"
+    return worst.uncertainty, f"{pred.name(worst)!r} ({worst.type}) has uncertainty {worst.uncertainty:.3f}"
+
+
+def missed_entity(pred: Sample, tags: list[str]) -> tuple[float, str]:
+    """The missed-entity score and the token it comes from ("" when there is none)."""
+    if pred.marginals is None or not pred.tokens:
+        return 0.0, ""
+    inside = np.zeros(len(pred.tokens), dtype=bool)
+    for e in pred.entities:
+        inside[e.start : e.end] = True
+    not_o = 1.0 - pred.marginals[:, tags.index("O")]
+    not_o[inside] = 0.0
+    t = int(not_o.argmax())
+    return float(not_o[t]), pred.tokens[t] if not_o[t] > 0 else ""
+
+
+def mnlp(pred: Sample, tags: list[str]) -> float:
+    """1 - exp(mean log P(tag_t = its predicted tag)): a length-normalised sequence doubt."""
+    if pred.marginals is None or not pred.tokens:
+        return 0.0
+    scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in tags) else "BIO"
+    path = [tags.index(t) for t in spans_to_tags(len(pred.tokens), pred.entities, scheme)]
+    p = pred.marginals[np.arange(len(path)), path].clip(1e-12, 1.0)
+    return float(1.0 - np.exp(np.log(p).mean()))
+
+
+def diverse(candidates: list[Suggestion], n: int, config: SuggestConfig) -> list[Suggestion]:
+    """Greedy: each step the candidate of highest score - diversity x max similarity to those taken."""
+    if config.diversity == 0 or len(candidates) <= n:
+        return candidates[:n]
+    emb = embed_texts([c.sample.text for c in candidates], config.encoder)  # (C, D) unit vectors
+    scores = np.array([c.score for c in candidates])
+    nearest = np.zeros(len(candidates))  # highest similarity to a taken sample
+    taken = np.zeros(len(candidates), dtype=bool)
+    chosen = []
+    for _ in range(n):
+        gain = np.where(taken, -np.inf, scores - config.diversity * nearest)
+        j = int(gain.argmax())  # ties: the earlier (more doubtful) candidate
+        taken[j] = True
+        chosen.append(candidates[j])
+        nearest = np.maximum(nearest, emb @ emb[j])
+    return chosen
+
+
+# ---------------------------------------------------------------- the annotator's folder
+
+
+def write_suggestions(chosen: list[Suggestion], labelled: Dataset, folder: Path) -> None:
+    """`folder` in the CCKS layout, its entity.json pre-filled with the tagger's entities (to correct)."""
+    samples = [c.sample for c in chosen]
+    write_ccks_folder(samples, labelled, folder)
+    with_image = [s for s in samples if s.image]
+    if with_image:
+        (folder / "images").mkdir()
+        for s in with_image:
+            shutil.copyfile(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
+
+
+def write_ranks(chosen: list[Suggestion], path: Path) -> None:
+    """One JSON line per suggestion: rank, id, score and why."""
+    with open(path, "w", encoding="utf-8") as f:
+        for rank, c in enumerate(chosen, 1):
+            row = {"rank": rank, "id": c.sample.id, "score": round(c.score, 4), "why": c.why}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,167 @@
+"""suggest.py: the doubt scores against hand-worked marginals, streaming, diversity, and the round trip."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import refineg
+import suggest
+from data import Entity, Sample
+from formats import read_dataset
+
+TAGS = ["O", "B-PER", "I-PER"]
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+
+
+def sample(sid: str, marginals: list[list[float]], entities: list[Entity]) -> Sample:
+    tokens = [f"w{k}" for k in range(len(marginals))]
+    return Sample(sid, tokens, None, entities, marginals=np.array(marginals))
+
+
+def test_entity_doubt_is_the_worst_entity_or_the_missed_score_when_higher():
+    s = sample("a", [[0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.6, 0.4, 0.0]], [Entity(0, 2, "PER")])
+    s.entities[0].uncertainty = 0.3
+    score, why = suggest.doubt(s, TAGS, "entity")
+    assert score == pytest.approx(0.4) and "'w2'" in why  # token 2 is outside the entity: 1 - P(O) = 0.4
+    s.entities[0].uncertainty = 0.5
+    score, why = suggest.doubt(s, TAGS, "entity")
+    assert score == 0.5 and "'w0 w1' (PER)" in why
+
+
+def test_mnlp_is_one_minus_the_geometric_mean_of_the_path_probabilities():
+    s = sample("a", [[0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.6, 0.4, 0.0]], [Entity(0, 2, "PER")])
+    expected = 1 - (0.8 * 0.7 * 0.6) ** (1 / 3)  # path B-PER I-PER O
+    assert suggest.mnlp(s, TAGS) == pytest.approx(expected)
+
+
+def fake_predict(doubts: dict[str, float], calls: list[int]):
+    """tagger.predict's stand-in: one token per sample whose P(O) = 1 - its doubt (a missed-entity score)."""
+
+    def predict(model, samples, **_):
+        calls.append(len(samples))
+        return [sample(s.id, [[1 - doubts[s.id], doubts[s.id], 0.0]], []) for s in samples]
+
+    return predict
+
+
+class Model:
+    tags = TAGS
+
+
+def test_pool_scoring_streams_in_chunks_and_keeps_only_the_best(monkeypatch):
+    doubts = {f"s{k:02d}": (k * 37 % 23) / 23 for k in range(23)}
+    calls: list[int] = []
+    monkeypatch.setattr(suggest.tagger, "predict", fake_predict(doubts, calls))
+    pool = [Sample(sid, ["x"]) for sid in doubts]
+    config = suggest.SuggestConfig(strategy="missed", chunk=5)
+    kept = suggest.score_pool(Model(), pool, 4, config)
+    assert calls == [5, 5, 5, 5, 3]
+    best = sorted(doubts, key=lambda i: -doubts[i])[:4]
+    assert [k.sample.id for k in kept] == best
+    assert all(
+        k.sample.marginals is None for k in kept
+    )  # nothing of the size of the pool's marginals is kept
+
+
+def test_diversity_skips_a_near_duplicate_of_a_chosen_sample(monkeypatch):
+    cands = [
+        suggest.Suggestion(Sample(i, [i]), score, "") for i, score in (("a", 0.9), ("a2", 0.85), ("b", 0.7))
+    ]
+    emb = np.array([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0]])  # a2 is almost a; b is different
+    monkeypatch.setattr(suggest, "embed_texts", lambda texts, encoder="": emb)
+    plain = suggest.diverse(cands, 2, suggest.SuggestConfig(diversity=0.0))
+    spread = suggest.diverse(cands, 2, suggest.SuggestConfig(diversity=0.5))
+    assert [c.sample.id for c in plain] == ["a", "a2"]
+    assert [c.sample.id for c in spread] == ["a", "b"]  # 0.85 - 0.5 * 0.995 < 0.7 - 0
+
+
+def test_random_strategy_is_seeded_and_never_repeats():
+    pool = [Sample(f"p{k}", ["x"]) for k in range(50)]
+    one = suggest.suggest(None, pool, 10, suggest.SuggestConfig(strategy="random", seed=3))
+    two = suggest.suggest(None, pool, 10, suggest.SuggestConfig(strategy="random", seed=3))
+    assert [s.sample.id for s in one] == [s.sample.id for s in two]
+    assert len({s.sample.id for s in one}) == 10
+
+
+def split_demo(tmp_path: Path) -> tuple[Path, Path]:
+    """The demo as 20 labelled samples and an unlabelled pool of the other 12 (no entity.json)."""
+    texts = json.loads((DEMO / "text.json").read_text())
+    labels = json.loads((DEMO / "entity.json").read_text())
+    ids = sorted(texts)
+    folders = []
+    for name, part in (("labelled", ids[:20]), ("pool", ids[20:])):
+        folder = tmp_path / name
+        (folder / "images").mkdir(parents=True)
+        (folder / "text.json").write_text(json.dumps({i: texts[i] for i in part}))
+        if name == "labelled":
+            (folder / "entity.json").write_text(json.dumps({i: labels.get(i, []) for i in part}))
+        shutil.copy(DEMO / "types.txt", folder / "types.txt")
+        for i in part:
+            for image in (DEMO / "images").glob(f"{i}.*"):
+                shutil.copy(image, folder / "images" / image.name)
+        folders.append(folder)
+    return folders[0], folders[1]
+
+
+def test_suggest_then_label_then_retrain_round_trip(tmp_path):
+    labelled, pool = split_demo(tmp_path)
+    out = tmp_path / "run"
+    args = ["--data", str(labelled), "--unlabelled", str(pool), "--suggest", "4", "--out", str(out)]
+    assert refineg.main(args + ["--tagger-epochs", "3", "--tagger-self-train-rounds", "0"]) == 0
+    ranks = [json.loads(line) for line in (out / "suggested.jsonl").read_text().splitlines()]
+    assert [r["rank"] for r in ranks] == [1, 2, 3, 4] and all(r["why"] for r in ranks)
+    suggested = read_dataset(out / "suggested")
+    pool_ids = {s.id for s in read_dataset(pool).samples}
+    assert [s.id for s in suggested.samples] == [r["id"] for r in ranks]
+    assert {s.id for s in suggested.samples} <= pool_ids
+    assert all(s.image for s in suggested.samples)  # the pool's images travel with the suggestions
+    assert suggested.types == read_dataset(labelled).types
+    joined = refineg.formats.join([read_dataset(labelled), suggested], ["labelled", "suggested"])
+    assert len(joined.samples) == 24
+    again = ["--data", str(labelled), "--data", str(out / "suggested"), "--out", str(tmp_path / "run2")]
+    assert refineg.main(again + ["--tagger-epochs", "1"]) == 0
+    scope = json.loads((tmp_path / "run2" / "metrics.json").read_text())["scored"]
+    assert scope["samples"] == round(0.3 * 24)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--suggest", "40"], "--suggest 40: the pool (--unlabelled) has only 12 samples"),
+        (["--unlabelled", "LABELLED"], "pool ids are already in the labelled data"),
+        (["--unlabelled", "EMPTY"], "--unlabelled: the pool to suggest from is empty"),
+    ],
+)
+def test_a_pool_that_cannot_serve_the_request_is_one_error_line(tmp_path, capsys, change, message):
+    labelled, pool = split_demo(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "text.json").write_text("{}")
+    shutil.copy(DEMO / "types.txt", empty / "types.txt")
+    swap = {"LABELLED": str(labelled), "EMPTY": str(empty)}
+    args = [
+        "--data",
+        str(labelled),
+        "--unlabelled",
+        str(pool),
+        "--suggest",
+        "4",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    args += [swap.get(a, a) for a in change]
+    assert refineg.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1
+
+
+def test_bad_suggest_settings_are_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as stop:
+        refineg.main(["--data", str(DEMO), "--suggest", "3", "--suggest-strategy", "loud"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--unlabelled: expected the pool to suggest from" in err
+    assert "--suggest-strategy: expected entity or mnlp or missed or random, got 'loud'" in err
