@@ -1,18 +1,10 @@
-"""Tests import the flat modules at the repository root (data, llm, fake_server, ...) and the helpers in tests/
-(hostile.py, llm_helpers.py, llama_server.py) by name. The `server` fixture is the one real llama-server of a
-session, shared by test_realserver.py and test_realserver_stages.py (started only when a test asks for it)."""
-
-import sys
-from pathlib import Path
+"""The `server` fixture: the one real llama-server of a session, shared by test_realserver.py and
+test_realserver_stages.py (started only when a test asks for it). pyproject.toml puts the repository root
+and tests/ on the path, so tests import the method's modules and the helpers here (hostile.py,
+llm_helpers.py, llama_server.py) by name."""
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-for path in (HERE.parent, HERE):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from llama_server import Server, free_port  # noqa: E402  (after the path is set)
+from llama_server import Server, free_port
 
 
 @pytest.fixture(scope="session")
@@ -22,4 +14,3 @@ def server(tmp_path_factory):
         yield srv
     finally:
         srv.stop()
-

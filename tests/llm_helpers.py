@@ -3,14 +3,26 @@ handler for fake_server.FakeServer and a yes/no answer schema. Used by test_llm.
 
 from llm import Client, ClientConfig
 
-SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
-          "required": ["answer"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
 
 
 def client(url: str, **kw) -> Client:
     """Tiny timeouts and backoff: every retry path runs in milliseconds."""
-    cfg = dict(base_url=url, model="fake-model", connect_timeout=1.0, read_timeout=2.0, max_retries=2,
-               backoff_base=0.001, backoff_cap=0.01, workers=4)
+    cfg = {
+        "base_url": url,
+        "model": "fake-model",
+        "connect_timeout": 1.0,
+        "read_timeout": 2.0,
+        "max_retries": 2,
+        "backoff_base": 0.001,
+        "backoff_cap": 0.01,
+        "workers": 4,
+    }
     cfg.update(kw)
     return Client(ClientConfig(**cfg))
 
@@ -26,5 +38,5 @@ def script(*outs):
     def handler(body):
         n[0] += 1
         return outs[min(n[0], len(outs)) - 1]
-    return handler
 
+    return handler

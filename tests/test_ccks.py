@@ -2,20 +2,22 @@
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from data import Box, DataError
+from formats import read_dataset
+from formats.ccks import read_ccks, read_ccks_predictions, write_ccks
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from ccks import read_ccks, read_ccks_predictions, write_ccks  # noqa: E402
-from data import Box, DataError, read_dataset  # noqa: E402
 
-TYPES = "Types:\n1. vehicle: tanks\n2. other: units\n3. location: places\n" \
-        "**DO NOT** extract entities without specific name (e.g.: gun, tank)\n"
+TYPES = (
+    "Types:\n1. vehicle: tanks\n2. other: units\n3. location: places\n"
+    "**DO NOT** extract entities without specific name (e.g.: gun, tank)\n"
+)
 LEO = {"xmin": 10, "ymin": 20, "xmax": 60, "ymax": 50}
 LEO2 = {"xmin": 70, "ymin": 20, "xmax": 120, "ymax": 52}
 
@@ -36,18 +38,28 @@ def make_ccks(folder: Path, texts: dict, labels: dict | None, images: bool = Tru
     return folder
 
 
-TEXTS = {"1": "Two Leopard 2 tanks near Munster.",
-         "2": "The Leopard 2 passes another Leopard 2 of Panzerbataillon 203.",
-         "3": "A tank waits.",
-         "4": "Standing NATO Maritime Group 1 joins NATO drills."}
-LABELS = {"1": [{"name": "Leopard 2", "label": "vehicle", "bnd": LEO},
-                {"name": "Leopard 2", "label": "vehicle", "bnd": LEO2},
-                {"name": "Munster", "label": "location", "bnd": None}],
-          "2": [{"name": "Leopard 2", "label": "vehicle", "bnd": LEO},
-                {"name": "Panzerbataillon 203", "label": "other", "bnd": None}],
-          "3": [],
-          "4": [{"name": "NATO", "label": "other", "bnd": None},
-                {"name": "Standing NATO Maritime Group 1", "label": "other", "bnd": None}]}
+TEXTS = {
+    "1": "Two Leopard 2 tanks near Munster.",
+    "2": "The Leopard 2 passes another Leopard 2 of Panzerbataillon 203.",
+    "3": "A tank waits.",
+    "4": "Standing NATO Maritime Group 1 joins NATO drills.",
+}
+LABELS = {
+    "1": [
+        {"name": "Leopard 2", "label": "vehicle", "bnd": LEO},
+        {"name": "Leopard 2", "label": "vehicle", "bnd": LEO2},
+        {"name": "Munster", "label": "location", "bnd": None},
+    ],
+    "2": [
+        {"name": "Leopard 2", "label": "vehicle", "bnd": LEO},
+        {"name": "Panzerbataillon 203", "label": "other", "bnd": None},
+    ],
+    "3": [],
+    "4": [
+        {"name": "NATO", "label": "other", "bnd": None},
+        {"name": "Standing NATO Maritime Group 1", "label": "other", "bnd": None},
+    ],
+}
 
 
 def test_ccks_reader(tmp_path):
@@ -57,11 +69,15 @@ def test_ccks_reader(tmp_path):
     s1, s2, s3, s4 = data.samples
     assert s1.image.endswith("1.jpg")
     # two records with one name: one entity with both boxes; Munster ungroundable
-    assert [(s1.name(e), e.type, e.boxes) for e in s1.entities] == \
-        [("Leopard 2", "vehicle", [bnd_box(LEO), bnd_box(LEO2)]), ("Munster", "location", [])]
+    assert [(s1.name(e), e.type, e.boxes) for e in s1.entities] == [
+        ("Leopard 2", "vehicle", [bnd_box(LEO), bnd_box(LEO2)]),
+        ("Munster", "location", []),
+    ]
     # a name occurring twice labels both occurrences, each with the name's boxes
-    assert [(e.start, e.end, e.boxes) for e in s2.entities if e.type == "vehicle"] == \
-        [(1, 3, [bnd_box(LEO)]), (5, 7, [bnd_box(LEO)])]
+    assert [(e.start, e.end, e.boxes) for e in s2.entities if e.type == "vehicle"] == [
+        (1, 3, [bnd_box(LEO)]),
+        (5, 7, [bnd_box(LEO)]),
+    ]
     assert s3.entities == []
     # a shorter name inside a longer one is not labelled a second time inside it
     assert [(e.start, e.end) for e in s4.entities] == [(0, 5), (6, 7)]
@@ -72,24 +88,63 @@ def test_ccks_reader_without_labels_is_unlabelled(tmp_path):
     assert len(data.samples) == 4 and all(s.entities == [] for s in data.samples)
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"name": "Leopard 2", "label": "ship", "bnd": None}, "label 'ship' is not in types.txt"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 60, "ymin": 20, "xmax": 60, "ymax": 50}},
-     "expected xmin < xmax and ymin < ymax inside the image"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 170, "ymin": 20, "xmax": 200, "ymax": 50}},
-     "expected xmin < xmax and ymin < ymax inside the image (160x120)"),     # nothing left after clipping
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": float("nan"), "ymin": 20, "xmax": 60, "ymax": 50}},
-     "expected finite coordinates"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 1, "ymin": 2, "xmax": float("inf"), "ymax": 50}},
-     "expected finite coordinates"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": "1", "ymin": 2, "xmax": 60, "ymax": 50}},
-     "expected bnd"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": True, "ymin": 2, "xmax": 60, "ymax": 50}},
-     "expected bnd"),
-    ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 1, "ymin": 2}}, "expected bnd"),
-    ({"name": "Boxer", "label": "vehicle", "bnd": None}, "name 'Boxer' is not in the text"),
-    ({"label": "vehicle", "bnd": None}, "expected {\"name\""),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"name": "Leopard 2", "label": "ship", "bnd": None}, "label 'ship' is not in types.txt"),
+        (
+            {
+                "name": "Leopard 2",
+                "label": "vehicle",
+                "bnd": {"xmin": 60, "ymin": 20, "xmax": 60, "ymax": 50},
+            },
+            "expected xmin < xmax and ymin < ymax inside the image",
+        ),
+        (
+            {
+                "name": "Leopard 2",
+                "label": "vehicle",
+                "bnd": {"xmin": 170, "ymin": 20, "xmax": 200, "ymax": 50},
+            },
+            "expected xmin < xmax and ymin < ymax inside the image (160x120)",
+        ),  # nothing left after clipping
+        (
+            {
+                "name": "Leopard 2",
+                "label": "vehicle",
+                "bnd": {"xmin": float("nan"), "ymin": 20, "xmax": 60, "ymax": 50},
+            },
+            "expected finite coordinates",
+        ),
+        (
+            {
+                "name": "Leopard 2",
+                "label": "vehicle",
+                "bnd": {"xmin": 1, "ymin": 2, "xmax": float("inf"), "ymax": 50},
+            },
+            "expected finite coordinates",
+        ),
+        (
+            {
+                "name": "Leopard 2",
+                "label": "vehicle",
+                "bnd": {"xmin": "1", "ymin": 2, "xmax": 60, "ymax": 50},
+            },
+            "expected bnd",
+        ),
+        (
+            {
+                "name": "Leopard 2",
+                "label": "vehicle",
+                "bnd": {"xmin": True, "ymin": 2, "xmax": 60, "ymax": 50},
+            },
+            "expected bnd",
+        ),
+        ({"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": 1, "ymin": 2}}, "expected bnd"),
+        ({"name": "Boxer", "label": "vehicle", "bnd": None}, "name 'Boxer' is not in the text"),
+        ({"label": "vehicle", "bnd": None}, 'expected {"name"'),
+    ],
+)
 def test_ccks_bad_records_name_file_and_record(tmp_path, record, message):
     labels = {**LABELS, "2": [LABELS["2"][1], record]}
     make_ccks(tmp_path, TEXTS, labels)
@@ -101,7 +156,9 @@ def test_ccks_bad_records_name_file_and_record(tmp_path, record, message):
 
 def test_ccks_malformed_json_names_the_line(tmp_path):
     make_ccks(tmp_path, TEXTS, LABELS)
-    (tmp_path / "text.json").write_text('{\n "1": {"text": "a"},\n "2": {"text" "b"}\n}\n')   # no colon on line 3
+    (tmp_path / "text.json").write_text(
+        '{\n "1": {"text": "a"},\n "2": {"text" "b"}\n}\n'
+    )  # no colon on line 3
     with pytest.raises(DataError, match=r"text\.json:3:\d+: malformed JSON"):
         read_ccks(tmp_path)
 
@@ -109,15 +166,19 @@ def test_ccks_malformed_json_names_the_line(tmp_path):
 @pytest.mark.parametrize("sid", ["../x", "../images/001", "sub/002", ".hidden", "a b", ""])
 def test_ccks_ids_are_plain_names(tmp_path, sid):
     make_ccks(tmp_path, {"001": "Munster.", sid: "Munster."}, {}, images=False)
-    with pytest.raises(DataError, match=r"record .*: an id is a plain name \(letters, digits, '_', '-', '\.'"):
+    with pytest.raises(
+        DataError, match=r"record .*: an id is a plain name \(letters, digits, '_', '-', '\.'"
+    ):
         read_ccks(tmp_path)
 
 
 def test_boxes_outside_the_image_are_clipped_counted_and_warned(tmp_path):
     labels = {**LABELS, "3": []}
-    labels["2"] = [{"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": -3, "ymin": 20, "xmax": 500, "ymax": 50}},
-                   LABELS["2"][1]]
-    make_ccks(tmp_path, TEXTS, labels)                  # images are 160 x 120
+    labels["2"] = [
+        {"name": "Leopard 2", "label": "vehicle", "bnd": {"xmin": -3, "ymin": 20, "xmax": 500, "ymax": 50}},
+        LABELS["2"][1],
+    ]
+    make_ccks(tmp_path, TEXTS, labels)  # images are 160 x 120
     with pytest.warns(UserWarning, match=r"1 gold box\(es\) reached outside their image and were clipped"):
         data = read_ccks(tmp_path)
     assert data.clipped_boxes == 1 and data.samples[1].entities[0].boxes == [Box(0, 20, 160, 50)]
@@ -129,8 +190,10 @@ def test_a_bom_is_accepted_in_every_text_file(tmp_path):
         f = tmp_path / name
         f.write_text("\ufeff" + f.read_text(encoding="utf-8"), encoding="utf-8")
     assert read_ccks(tmp_path).types == ["vehicle", "other", "location"]
-    types = tmp_path / "types.txt"           # a BOM before a later line (two files pasted together)
-    types.write_text(types.read_text(encoding="utf-8-sig").replace("2. other", "\ufeff2. other"), encoding="utf-8")
+    types = tmp_path / "types.txt"  # a BOM before a later line (two files pasted together)
+    types.write_text(
+        types.read_text(encoding="utf-8-sig").replace("2. other", "\ufeff2. other"), encoding="utf-8"
+    )
     assert read_ccks(tmp_path).types == ["vehicle", "other", "location"]
     (tmp_path / "a.txt").write_text("\ufeffIMGID:1\nObama\tB-PER\n", encoding="utf-8")
     assert [s.id for s in read_dataset(tmp_path / "a.txt").samples] == ["1"]
@@ -139,7 +202,7 @@ def test_a_bom_is_accepted_in_every_text_file(tmp_path):
 def test_ccks_missing_image_warns_and_reads_text_only(tmp_path):
     make_ccks(tmp_path, TEXTS, LABELS)
     (tmp_path / "images" / "3.jpg").unlink()
-    with pytest.warns(UserWarning, match="record '3'.*not found"):
+    with pytest.warns(UserWarning, match=r"1 of 4 images not found .*\['3'\]"):
         data = read_ccks(tmp_path)
     assert data.missing_images == 1
     assert [s.image is None for s in data.samples] == [False, False, True, False]
@@ -156,8 +219,9 @@ def test_ccks_writer_round_trips(tmp_path):
     b = make_ccks(tmp_path / "b", TEXTS, None)
     write_ccks(data.samples, b / "entity.json")
     back = read_ccks(b)
-    assert [(s.id, s.tokens, s.entities) for s in back.samples] == \
-        [(s.id, s.tokens, s.entities) for s in data.samples]
+    assert [(s.id, s.tokens, s.entities) for s in back.samples] == [
+        (s.id, s.tokens, s.entities) for s in data.samples
+    ]
     # the same file read as predictions against the gold samples
     pred, unplaced = read_ccks_predictions(b / "entity.json", data.samples, data.types)
     assert [s.entities for s in pred] == [s.entities for s in data.samples] and unplaced == []
@@ -177,5 +241,5 @@ def test_ccks_predictions_reject_unknown_ids(tmp_path):
     (tmp_path / "pred.json").write_text(json.dumps({"1": [], "42": []}))
     with pytest.raises(DataError, match="'42'"):
         read_ccks_predictions(tmp_path / "pred.json", data.samples)
-    (tmp_path / "pred.json").write_text(json.dumps({"1": []}))       # absent ids are empty predictions
+    (tmp_path / "pred.json").write_text(json.dumps({"1": []}))  # absent ids are empty predictions
     assert all(s.entities == [] for s in read_ccks_predictions(tmp_path / "pred.json", data.samples)[0])

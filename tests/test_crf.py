@@ -17,11 +17,20 @@ def oracle(crf: CRF, em: torch.Tensor, n: int, ok) -> tuple[list, torch.Tensor, 
     """(legal paths, their scores, best path, marginals (n, K)) of one row em (T, K) of length n."""
     start_ok, trans_ok, end_ok = ok
     k = em.shape[1]
-    paths = [p for p in itertools.product(range(k), repeat=n)
-             if start_ok[p[0]] and end_ok[p[-1]] and all(trans_ok[a, b] for a, b in zip(p, p[1:]))]
-    scores = torch.stack([crf.start[p[0]] + sum(em[t, p[t]] for t in range(n))
-                          + sum((crf.trans[a, b] for a, b in zip(p, p[1:])), torch.tensor(0.0, dtype=em.dtype))
-                          + crf.end[p[-1]] for p in paths])
+    paths = [
+        p
+        for p in itertools.product(range(k), repeat=n)
+        if start_ok[p[0]] and end_ok[p[-1]] and all(trans_ok[a, b] for a, b in zip(p, p[1:]))
+    ]
+    scores = torch.stack(
+        [
+            crf.start[p[0]]
+            + sum(em[t, p[t]] for t in range(n))
+            + sum((crf.trans[a, b] for a, b in zip(p, p[1:])), torch.tensor(0.0, dtype=em.dtype))
+            + crf.end[p[-1]]
+            for p in paths
+        ]
+    )
     probs = torch.softmax(scores, 0)
     marg = torch.zeros(n, k, dtype=em.dtype)
     for p, q in zip(paths, probs):
@@ -30,7 +39,10 @@ def oracle(crf: CRF, em: torch.Tensor, n: int, ok) -> tuple[list, torch.Tensor, 
 
 
 CASES = [  # (tags or K, scheme): unconstrained K=3 and 4, BIO and BIOES tag sets
-    (3, None), (4, None), (tag_names(["A", "B"], "BIO"), "BIO"), (tag_names(["A"], "BIOES"), "BIOES"),
+    (3, None),
+    (4, None),
+    (tag_names(["A", "B"], "BIO"), "BIO"),
+    (tag_names(["A"], "BIOES"), "BIOES"),
     (tag_names(["A", "B"], "BIOES"), "BIOES"),
 ]
 
@@ -41,7 +53,11 @@ def test_crf_matches_brute_force(tags, scheme, seed):
     torch.manual_seed(seed)
     if scheme is None:
         k = tags
-        ok = (torch.ones(k, dtype=torch.bool), torch.ones(k, k, dtype=torch.bool), torch.ones(k, dtype=torch.bool))
+        ok = (
+            torch.ones(k, dtype=torch.bool),
+            torch.ones(k, k, dtype=torch.bool),
+            torch.ones(k, dtype=torch.bool),
+        )
     else:
         k = len(tags)
         ok = allowed_moves(tags, scheme)
@@ -49,14 +65,14 @@ def test_crf_matches_brute_force(tags, scheme, seed):
     with torch.no_grad():
         for p in crf.parameters():
             p.normal_()
-    lengths = [4, 3, 1, 2]                                     # padding in every row but the first
+    lengths = [4, 3, 1, 2]  # padding in every row but the first
     em = torch.randn(len(lengths), 4, k, dtype=torch.float64)
     mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
     gold, want_ll, want_best, want_marg = [], [], [], []
     for b, n in enumerate(lengths):
         paths, scores, best, marg = oracle(crf, em[b], n, ok)
         pick = int(torch.randint(len(paths), ()))
-        gold.append(list(paths[pick]) + [0] * (4 - n))        # a legal gold path; padding tags are arbitrary
+        gold.append(list(paths[pick]) + [0] * (4 - n))  # a legal gold path; padding tags are arbitrary
         want_ll.append(scores[pick] - torch.logsumexp(scores, 0))
         want_best.append(best)
         want_marg.append(marg)
@@ -77,10 +93,10 @@ def test_marginals_are_the_gradient_of_log_z():
     crf = CRF(len(tags), *allowed_moves(tags, "BIOES")).double()
     em = torch.randn(3, 12, len(tags), dtype=torch.float64, requires_grad=True)
     mask = torch.arange(12)[None, :] < torch.tensor([12, 7, 1])[:, None]
-    zeros = torch.zeros(3, 12, dtype=torch.long)              # all-O gold: log_lik = score(O...) - log Z
+    zeros = torch.zeros(3, 12, dtype=torch.long)  # all-O gold: log_lik = score(O...) - log Z
     (-crf.log_likelihood(em, zeros, mask)).sum().backward()
     o_part = torch.zeros_like(em)
-    o_part[:, :, 0] = mask.double()                            # d score(all O) / d em
+    o_part[:, :, 0] = mask.double()  # d score(all O) / d em
     assert torch.allclose(em.grad + o_part, crf.marginals(em.detach(), mask), atol=1e-8)
 
 
@@ -88,10 +104,10 @@ def test_illegal_moves_get_no_mass_and_no_nan():
     tags = tag_names(["A", "B"], "BIO")
     crf = CRF(len(tags), *allowed_moves(tags, "BIO"))
     em = torch.zeros(1, 3, len(tags))
-    em[0, :, tags.index("I-A")] = 50.0                        # emissions shout I-A everywhere
+    em[0, :, tags.index("I-A")] = 50.0  # emissions shout I-A everywhere
     mask = torch.ones(1, 3, dtype=torch.bool)
     marg = crf.marginals(em, mask)
-    assert marg[0, 0, tags.index("I-A")] == 0                 # an entity cannot start with I-
+    assert marg[0, 0, tags.index("I-A")] == 0  # an entity cannot start with I-
     assert crf.viterbi(em, mask) == [[tags.index("B-A"), tags.index("I-A"), tags.index("I-A")]]
     gold = torch.tensor([[tags.index("B-A"), tags.index("I-A"), tags.index("O")]])
     crf.log_likelihood(em, gold, mask).sum().backward()
@@ -114,20 +130,49 @@ def test_allowed_moves_by_hand():
     assert trans[ix("B-A"), ix("E-A")] and trans[ix("E-A"), ix("S-B")] and trans[ix("S-A"), ix("B-A")]
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda c, em, m, t: c.viterbi(em[:, :, :2], m), r"emissions: expected shape \(B, T, 3\), got \(2, 4, 2\)"),
-    (lambda c, em, m, t: c.marginals(em[0], m), r"emissions: expected shape \(B, T, 3\), got \(4, 3\)"),
-    (lambda c, em, m, t: c.marginals(em.long(), m), r"emissions: expected a float tensor, got torch.int64"),
-    (lambda c, em, m, t: c.viterbi(em, m.long()), r"mask: expected a bool tensor, got torch.int64"),
-    (lambda c, em, m, t: c.viterbi(em, m[:, :3]), r"mask: expected shape \(2, 4\) \(the emissions' B, T\), got \(2, 3\)"),
-    (lambda c, em, m, t: c.marginals(em, torch.tensor([[True, True, True, True], [False, True, True, True]])),
-     r"mask: expected every row to start with a token .* got empty row\(s\) \[1\]"),
-    (lambda c, em, m, t: c.viterbi(em, torch.tensor([[True, False, True, False], [True, True, True, True]])),
-     r"mask: expected the padding at the end of each row .* in row\(s\) \[0\]"),
-    (lambda c, em, m, t: c.log_likelihood(em, t[:, :3], m), r"tags: expected shape \(2, 4\) .* got \(2, 3\)"),
-    (lambda c, em, m, t: c.log_likelihood(em, t.int(), m), r"tags: expected a long tensor, got torch.int32"),
-    (lambda c, em, m, t: c.log_likelihood(em, t + 1, m), r"tags: expected tag indices in \[0, 3\), got 1..3"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            lambda c, em, m, t: c.viterbi(em[:, :, :2], m),
+            r"emissions: expected shape \(B, T, 3\), got \(2, 4, 2\)",
+        ),
+        (lambda c, em, m, t: c.marginals(em[0], m), r"emissions: expected shape \(B, T, 3\), got \(4, 3\)"),
+        (
+            lambda c, em, m, t: c.marginals(em.long(), m),
+            r"emissions: expected a float tensor, got torch.int64",
+        ),
+        (lambda c, em, m, t: c.viterbi(em, m.long()), r"mask: expected a bool tensor, got torch.int64"),
+        (
+            lambda c, em, m, t: c.viterbi(em, m[:, :3]),
+            r"mask: expected shape \(2, 4\) \(the emissions' B, T\), got \(2, 3\)",
+        ),
+        (
+            lambda c, em, m, t: c.marginals(
+                em, torch.tensor([[True, True, True, True], [False, True, True, True]])
+            ),
+            r"mask: expected every row to start with a token .* got empty row\(s\) \[1\]",
+        ),
+        (
+            lambda c, em, m, t: c.viterbi(
+                em, torch.tensor([[True, False, True, False], [True, True, True, True]])
+            ),
+            r"mask: expected the padding at the end of each row .* in row\(s\) \[0\]",
+        ),
+        (
+            lambda c, em, m, t: c.log_likelihood(em, t[:, :3], m),
+            r"tags: expected shape \(2, 4\) .* got \(2, 3\)",
+        ),
+        (
+            lambda c, em, m, t: c.log_likelihood(em, t.int(), m),
+            r"tags: expected a long tensor, got torch.int32",
+        ),
+        (
+            lambda c, em, m, t: c.log_likelihood(em, t + 1, m),
+            r"tags: expected tag indices in \[0, 3\), got 1..3",
+        ),
+    ],
+)
 def test_entry_points_say_what_they_expected_and_got(call, message):
     """Each public CRF method refuses a wrong shape, dtype or mask with an expected-vs-got message (as
     pytorch-crf's _validate does), instead of silently scoring garbage."""
@@ -137,4 +182,8 @@ def test_entry_points_say_what_they_expected_and_got(call, message):
     tags = torch.tensor([[0, 1, 2, 0], [2, 2, 0, 0]])
     with pytest.raises(ValueError, match=message):
         call(crf, em, mask, tags)
-    crf.log_likelihood(em, tags, mask), crf.marginals(em, mask), crf.viterbi(em, mask)   # the valid inputs pass
+    (
+        crf.log_likelihood(em, tags, mask),
+        crf.marginals(em, mask),
+        crf.viterbi(em, mask),
+    )  # the valid inputs pass

@@ -1,6 +1,9 @@
-"""Tests of demos.py, the choice of worked examples for grounding: the weighted text + image + entity similarity
-on a hand-built case whose expected rankings the docstring derives, the factorised entity term against a brute-force
-double loop, and the three encoders (pixel descriptor, a tiny CLIP built from a config, the offline text encoder).
+"""Tests of demos.py, the choice of worked examples for grounding: the weighted text + image + entity
+similarity
+on a hand-built case whose expected rankings the docstring derives, the factorised entity term against a
+brute-force
+double loop, and the three encoders (pixel descriptor, a tiny CLIP built from a config, the offline text
+encoder).
 """
 
 import warnings
@@ -10,13 +13,16 @@ import pytest
 from PIL import Image
 
 import demos as sel
-import grounding as g
 from data import Entity, Sample
 
 
 def feats(ids, text, image, has_image, ent_mean, type_freq, n_ent):
-    f = lambda x: np.asarray(x, dtype=np.float32)
-    return sel.Features(ids, f(text), f(image), np.asarray(has_image), f(ent_mean), f(type_freq), np.asarray(n_ent))
+    def f(x):
+        return np.asarray(x, dtype=np.float32)
+
+    return sel.Features(
+        ids, f(text), f(image), np.asarray(has_image), f(ent_mean), f(type_freq), np.asarray(n_ent)
+    )
 
 
 def hand_built():
@@ -29,23 +35,34 @@ def hand_built():
       q1 text 0, 0, .8, 1, 1 -> same; image 1, -1 (no image), 0, 0, 1 -> 1, 0, .5, .5, 1
          score d0 .20, d1 0, d2 .42, d3 .50, d4 .60 -> [d4, d3, d2]; without the image term d3 and d4 tie
          at .40 and the earlier demo wins -> [d3, d4, d2]."""
-    q = feats(["q0", "q1"], [[1, 0], [0, 1]], [[0, 0], [1, 0]], [False, True],
-              [[1, 0], [0, 0]], [[1, 0], [0, 0]], [1, 0])
-    d = feats(["q0", "d1", "d2", "d3", "d4"],
-              [[1, 0], [1, 0], [0.6, 0.8], [0, 1], [0, 1]],
-              [[1, 0], [0, 0], [0, 1], [0, 1], [1, 0]], [True, False, True, True, True],
-              [[1, 0], [0, 1], [1, 0], [1, 0], [0, 0]],
-              [[1, 0], [0, 1], [1, 0], [1, 0], [0, 0]], [1, 1, 1, 4, 0])
+    q = feats(
+        ["q0", "q1"],
+        [[1, 0], [0, 1]],
+        [[0, 0], [1, 0]],
+        [False, True],
+        [[1, 0], [0, 0]],
+        [[1, 0], [0, 0]],
+        [1, 0],
+    )
+    d = feats(
+        ["q0", "d1", "d2", "d3", "d4"],
+        [[1, 0], [1, 0], [0.6, 0.8], [0, 1], [0, 1]],
+        [[1, 0], [0, 0], [0, 1], [0, 1], [1, 0]],
+        [True, False, True, True, True],
+        [[1, 0], [0, 1], [1, 0], [1, 0], [0, 0]],
+        [[1, 0], [0, 1], [1, 0], [1, 0], [0, 0]],
+        [1, 1, 1, 4, 0],
+    )
     return q, d
 
 
 def test_selection_picks_the_expected_demos_on_a_hand_built_case():
     q, d = hand_built()
     with pytest.warns(UserWarning, match="1 of 2 queries have no image"):
-        assert sel.rank_demos(q, d, g.GroundingConfig()) == [[2, 3, 1], [4, 3, 2]]
+        assert sel.rank_demos(q, d, sel.DemoConfig()) == [[2, 3, 1], [4, 3, 2]]
     with pytest.warns(UserWarning):
-        assert sel.rank_demos(q, d, g.GroundingConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
-    assert sel.rank_demos(q, d, g.GroundingConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
+        assert sel.rank_demos(q, d, sel.DemoConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
+    assert sel.rank_demos(q, d, sel.DemoConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
 
 
 def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
@@ -53,9 +70,9 @@ def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
     q, d = hand_built()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        picks = sel.rank_demos(q, d, g.GroundingConfig(k=9, w_entity=0.0, w_image=0.0))
+        picks = sel.rank_demos(q, d, sel.DemoConfig(k=9, w_entity=0.0, w_image=0.0))
     assert picks[0] == [1, 2, 3, 4]
-    assert picks[1] == [3, 4, 2, 0, 1]       # text .4, .4, .32, 0, 0: both ties go to the earlier demo
+    assert picks[1] == [3, 4, 2, 0, 1]  # text .4, .4, .32, 0, 0: both ties go to the earlier demo
 
 
 def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
@@ -63,7 +80,7 @@ def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
     rng = np.random.default_rng(0)
     vocab = {}
 
-    def fake_embed(texts, encoder="", batch_size=64):   # a fixed random unit vector per string
+    def fake_embed(texts, encoder="", batch_size=64):  # a fixed random unit vector per string
         for t in texts:
             vocab.setdefault(t, rng.normal(size=8))
         out = np.array([vocab[t] / np.linalg.norm(vocab[t]) for t in texts], dtype=np.float32)
@@ -80,14 +97,22 @@ def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
 
     queries, demos = [sample(i) for i in range(5)], [sample(i) for i in range(3, 12)]
     for mode in ["mean", "sum"]:
-        cfg = g.GroundingConfig(w_text=0.0, w_image=0.0, w_entity=1.0, entity_sim=mode)
+        cfg = sel.DemoConfig(w_text=0.0, w_image=0.0, w_entity=1.0, entity_sim=mode)
         got = sel.similarity(sel.features(queries, types, cfg), sel.features(demos, types, cfg), cfg)
         for i, qs in enumerate(queries):
             raw = []
             for ds in demos:
-                pairs = [float(vocab[qs.name(a)] @ vocab[ds.name(b)] / np.linalg.norm(vocab[qs.name(a)])
-                               / np.linalg.norm(vocab[ds.name(b)])) + 0.8 * (a.type == b.type)
-                         for a in qs.entities for b in ds.entities]
+                pairs = [
+                    float(
+                        vocab[qs.name(a)]
+                        @ vocab[ds.name(b)]
+                        / np.linalg.norm(vocab[qs.name(a)])
+                        / np.linalg.norm(vocab[ds.name(b)])
+                    )
+                    + 0.8 * (a.type == b.type)
+                    for a in qs.entities
+                    for b in ds.entities
+                ]
                 raw.append(sum(pairs) / (len(pairs) if mode == "mean" and pairs else 1))
             raw = np.array(raw)
             keep = np.array([ds.id != qs.id for ds in demos])
@@ -101,8 +126,11 @@ def test_pixel_descriptor_finds_a_resized_copy(tmp_path):
     yy, xx = np.mgrid[0:120, 0:160]
     scene = np.stack([xx * 1.5, yy * 2, 255 - xx], -1).clip(0, 255).astype(np.uint8)
     paths = []
-    for name, img in [("a", Image.fromarray(scene)), ("copy", Image.fromarray(scene).resize((400, 300))),
-                      ("other", Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 160, 3), np.uint8)))]:
+    for name, img in [
+        ("a", Image.fromarray(scene)),
+        ("copy", Image.fromarray(scene).resize((400, 300))),
+        ("other", Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 160, 3), np.uint8))),
+    ]:
         paths.append(str(tmp_path / f"{name}.jpg"))
         img.save(paths[-1])
     emb = sel.embed_images(paths + [None])
@@ -114,22 +142,33 @@ def test_pixel_descriptor_finds_a_resized_copy(tmp_path):
 def test_clip_image_encoder_from_a_local_folder(tmp_path):
     """A tiny random CLIP built from a config: unit rows, zero row for no image, same image -> same row."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-    tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    cfg = CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 32, "patch_size": 16},
-                     projection_dim=8)
+
+    tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    cfg = CLIPConfig(
+        text_config=tiny, vision_config={**tiny, "image_size": 32, "patch_size": 16}, projection_dim=8
+    )
     CLIPModel(cfg).save_pretrained(tmp_path / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "clip"
+    )
     Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "r.jpg")
     Image.new("RGB", (64, 48), (10, 10, 200)).save(tmp_path / "b.jpg")
     p = [str(tmp_path / "r.jpg"), None, str(tmp_path / "b.jpg"), str(tmp_path / "r.jpg")]
     emb = sel.embed_images(p, image_encoder=str(tmp_path / "clip"))
     assert emb.shape == (4, 8) and not emb[1].any()
-    assert np.allclose(np.linalg.norm(emb[[0, 2, 3]], axis=1), 1, atol=1e-5) and np.allclose(emb[0], emb[3], atol=1e-5)
+    assert np.allclose(np.linalg.norm(emb[[0, 2, 3]], axis=1), 1, atol=1e-5) and np.allclose(
+        emb[0], emb[3], atol=1e-5
+    )
 
 
 def test_default_text_encoder_ranks_a_paraphrase_first():
     """The offline all-MiniLM-L6-v2, mean-pooled: unit rows, and a paraphrase beats an unrelated text."""
-    emb = sel.embed_texts(["Leopard 2 tanks on exercise", "Two Leopard 2 tanks drive through a field",
-                         "The frigate Sachsen leaves Kiel harbour"])
+    emb = sel.embed_texts(
+        [
+            "Leopard 2 tanks on exercise",
+            "Two Leopard 2 tanks drive through a field",
+            "The frigate Sachsen leaves Kiel harbour",
+        ]
+    )
     assert emb.shape == (3, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from data import Box, DataError, Entity, Sample, tokenize
+from eval import evaluate, max_matching, region_ok
+from formats.ccks import read_ccks
+from tagger import span_f1
 
-from ccks import read_ccks  # noqa: E402
-from data import Box, DataError, Entity, Sample, tokenize  # noqa: E402
-from eval import evaluate, max_matching, region_ok, span_f1  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 DEMO = ROOT / "examples" / "demo"
 A, B = Box(0, 0, 10, 10), Box(100, 100, 120, 120)
@@ -42,31 +43,42 @@ def test_hand_worked_example():
       p2 (3,4) ORG no box              type wrong, region ok  MNER FP  EEG TP  GMNER FP   (g2: MNER, GMNER FN)
       p3 (5,7) ORG [(30,30,50,50)]     IoU 100/700 = 0.14     MNER TP  EEG FP  GMNER FP   (g3: EEG, GMNER FN)
     sample b, gold g4 (0,1) PER no box
-      p4 (0,1) PER [(0,0,5,5)]         a box for an invisible entity: MNER TP, EEG FP, GMNER FP (g4: EEG, GMNER FN)
+      p4 (0,1) PER [(0,0,5,5)]         a box for an invisible entity: MNER TP, EEG FP, GMNER FP (g4: EEG,
+      GMNER FN)
     sample c, no gold entity
       p5 (2,3) LOC no box              FP everywhere
     MNER  TP 3 FP 2 FN 1: P 3/5, R 3/4, F1 2/3
     EEG   TP 2 FP 3 FN 2: P 2/5, R 2/4, F1 4/9
     GMNER TP 1 FP 4 FN 3: P 1/5, R 1/4, F1 2/9
     """
-    gold = [S("a", [E(0, 2, "PER", A), E(3, 4, "LOC"), E(5, 7, "ORG", Box(20, 20, 40, 40))]),
-            S("b", [E(0, 1, "PER")]), S("c", [])]
-    pred = [S("a", [E(0, 2, "PER", A), E(3, 4, "ORG"), E(5, 7, "ORG", Box(30, 30, 50, 50))]),
-            S("b", [E(0, 1, "PER", Box(0, 0, 5, 5))]), S("c", [E(2, 3, "LOC")])]
+    gold = [
+        S("a", [E(0, 2, "PER", A), E(3, 4, "LOC"), E(5, 7, "ORG", Box(20, 20, 40, 40))]),
+        S("b", [E(0, 1, "PER")]),
+        S("c", []),
+    ]
+    pred = [
+        S("a", [E(0, 2, "PER", A), E(3, 4, "ORG"), E(5, 7, "ORG", Box(30, 30, 50, 50))]),
+        S("b", [E(0, 1, "PER", Box(0, 0, 5, 5))]),
+        S("c", [E(2, 3, "LOC")]),
+    ]
     r = evaluate(gold, pred)
     assert counts(r, "mner") == (3, 2, 1)
     assert counts(r, "eeg") == (2, 3, 2)
     assert counts(r, "gmner") == (1, 4, 3)
-    for task, (p, rec, f1) in {"mner": (3 / 5, 3 / 4, 2 / 3), "eeg": (2 / 5, 2 / 4, 4 / 9),
-                               "gmner": (1 / 5, 1 / 4, 2 / 9)}.items():
+    for task, (p, rec, f1) in {
+        "mner": (3 / 5, 3 / 4, 2 / 3),
+        "eeg": (2 / 5, 2 / 4, 4 / 9),
+        "gmner": (1 / 5, 1 / 4, 2 / 9),
+    }.items():
         assert r[task]["p"] == pytest.approx(p) and r[task]["r"] == pytest.approx(rec)
         assert r[task]["f1"] == pytest.approx(f1)
-    # per type: MNER and GMNER by the shared type; EEG's TP/FN under the gold type, FP under the predicted type
+    # per type: MNER and GMNER by the shared type; EEG's TP/FN under the gold type, FP under the
+    # predicted type
     per = {t: {k: (v["tp"], v["fp"], v["fn"]) for k, v in r[t]["per_type"].items()} for t in r}
     assert per["mner"] == {"LOC": (0, 1, 1), "ORG": (1, 1, 0), "PER": (2, 0, 0)}
     assert per["eeg"] == {"LOC": (1, 1, 0), "ORG": (0, 1, 1), "PER": (1, 1, 1)}
     assert per["gmner"] == {"LOC": (0, 1, 1), "ORG": (0, 2, 1), "PER": (1, 1, 1)}
-    assert span_f1(gold, pred) == pytest.approx(2 / 3)
+    assert span_f1(gold, pred) == pytest.approx(2 / 3)  # the tagger's dev score is the MNER F1 of eval
 
 
 @pytest.mark.parametrize("match", ["span", "name"])
@@ -87,15 +99,15 @@ def eeg_tp(gold_boxes: list[Box], pred_boxes: list[Box]) -> int:
 
 
 def test_iou_exactly_half_counts_and_just_under_does_not():
-    assert Box(0, 0, 10, 5).iou(A) == 0.5             # 50 / 100, exact in floating point
+    assert Box(0, 0, 10, 5).iou(A) == 0.5  # 50 / 100, exact in floating point
     assert eeg_tp([A], [Box(0, 0, 10, 5)]) == 1
-    assert eeg_tp([A], [Box(0, 0, 10, 4.99)]) == 0      # 49.9 / 100
+    assert eeg_tp([A], [Box(0, 0, 10, 4.99)]) == 0  # 49.9 / 100
 
 
 def test_ungroundable_against_grounded():
-    assert eeg_tp([], []) == 1                          # both say "not visible"
-    assert eeg_tp([], [A]) == 0                         # a box for an invisible entity
-    assert eeg_tp([A], []) == 0                         # no box for a visible one
+    assert eeg_tp([], []) == 1  # both say "not visible"
+    assert eeg_tp([], [A]) == 0  # a box for an invisible entity
+    assert eeg_tp([A], []) == 0  # no box for a visible one
     assert region_ok([], []) and not region_ok([], [A]) and not region_ok([A], [])
 
 
@@ -155,16 +167,30 @@ def named(sid: str, text: str, ents: list[tuple[str, str, list[Box]]]) -> Sample
     out = []
     for name, typ, boxes in ents:
         n = len(tokenize(name))
-        out += [Entity(i, i + n, typ, list(boxes)) for i in range(len(tokens) - n + 1)
-                if tokens[i:i + n] == tokenize(name)]
+        out += [
+            Entity(i, i + n, typ, list(boxes))
+            for i in range(len(tokens) - n + 1)
+            if tokens[i : i + n] == tokenize(name)
+        ]
     return Sample(sid, tokens, None, out)
 
 
 def test_name_mode_counts_a_repeated_name_once():
-    gold = [named("a", "The Leopard 2 meets another Leopard 2 near Munster.",
-                  [("Leopard 2", "vehicle", [A]), ("Munster", "location", [])])]
-    once = [Sample("a", tokenize("Leopard 2 in Munster"), None,        # other tokens: identity is the name
-                   [Entity(0, 2, "vehicle", [A]), Entity(3, 4, "location")])]
+    gold = [
+        named(
+            "a",
+            "The Leopard 2 meets another Leopard 2 near Munster.",
+            [("Leopard 2", "vehicle", [A]), ("Munster", "location", [])],
+        )
+    ]
+    once = [
+        Sample(
+            "a",
+            tokenize("Leopard 2 in Munster"),
+            None,  # other tokens: identity is the name
+            [Entity(0, 2, "vehicle", [A]), Entity(3, 4, "location")],
+        )
+    ]
     r = evaluate(gold, once, match="name")
     for task in ("gmner", "mner", "eeg"):
         assert counts(r, task) == (2, 0, 0)
@@ -174,7 +200,11 @@ def test_name_mode_counts_a_repeated_name_once():
     r = evaluate(gold, twice, match="name")
     assert counts(r, "gmner") == (1, 0, 1) and counts(r, "mner") == (1, 0, 1)
     # span mode on the same data: the second occurrence is a separate gold entity
-    assert counts(evaluate(gold, [named("a", gold[0].text, [("Leopard 2", "vehicle", [A])])]), "mner") == (2, 0, 1)
+    assert counts(evaluate(gold, [named("a", gold[0].text, [("Leopard 2", "vehicle", [A])])]), "mner") == (
+        2,
+        0,
+        1,
+    )
 
 
 def test_name_mode_uses_a_maximum_matching():
@@ -187,7 +217,7 @@ def test_name_mode_uses_a_maximum_matching():
     r = evaluate(gold, pred, match="name")
     assert counts(r, "eeg") == (2, 0, 0)
     assert counts(r, "mner") == (2, 0, 0)
-    assert counts(r, "gmner") == (1, 1, 1)             # only p1 is right with its type
+    assert counts(r, "gmner") == (1, 1, 1)  # only p1 is right with its type
 
 
 def test_max_matching_against_brute_force():
@@ -197,8 +227,8 @@ def test_max_matching_against_brute_force():
         cands = [[i for i in range(n_gold) if rng.random() < 0.4] for _ in range(n_pred)]
         owner = max_matching(cands, n_gold)
         assert all(j < 0 or i in cands[j] for i, j in enumerate(owner))
-        assert len({j for j in owner if j >= 0}) == sum(j >= 0 for j in owner)     # one gold per prediction
-        best = 0                                                                    # try every assignment
+        assert len({j for j in owner if j >= 0}) == sum(j >= 0 for j in owner)  # one gold per prediction
+        best = 0  # try every assignment
         for assign in itertools.product(*[c + [None] for c in cands]):
             used = [i for i in assign if i is not None]
             if len(used) == len(set(used)):
@@ -207,8 +237,9 @@ def test_max_matching_against_brute_force():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def test_cli_end_to_end(tmp_path):
@@ -229,7 +260,9 @@ def test_cli_end_to_end(tmp_path):
     labels[first_boxed][0]["bnd"] = {"xmin": 0, "ymin": 0, "xmax": 1, "ymax": 1}
     del labels[dropped]
     (tmp_path / "pred.json").write_text(json.dumps(labels))
-    out = run_cli("--gold", str(gold), "--pred", str(tmp_path / "pred.json"), "--json", str(tmp_path / "m2.json"))
+    out = run_cli(
+        "--gold", str(gold), "--pred", str(tmp_path / "pred.json"), "--json", str(tmp_path / "m2.json")
+    )
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "m2.json").read_text())
     samples = {s.id: s for s in read_ccks(gold).samples}
@@ -252,11 +285,15 @@ def test_unplaceable_predictions_are_false_positives_not_errors(tmp_path):
     shutil.copytree(DEMO, gold)
     labels = json.loads((gold / "entity.json").read_text())
     sid = next(iter(labels))
-    labels[sid] = labels[sid] + [{"name": "Zorblax Prime", "label": labels[sid][0]["label"], "bnd": None},
-                                 {"name": "Zorblax Prime", "label": labels[sid][0]["label"], "bnd": None},  # once
-                                 {"name": labels[sid][0]["name"], "label": "spaceship", "bnd": None}]
+    labels[sid] = labels[sid] + [
+        {"name": "Zorblax Prime", "label": labels[sid][0]["label"], "bnd": None},
+        {"name": "Zorblax Prime", "label": labels[sid][0]["label"], "bnd": None},  # once
+        {"name": labels[sid][0]["name"], "label": "spaceship", "bnd": None},
+    ]
     (tmp_path / "pred.json").write_text(json.dumps(labels))
-    out = run_cli("--gold", str(gold), "--pred", str(tmp_path / "pred.json"), "--json", str(tmp_path / "m.json"))
+    out = run_cli(
+        "--gold", str(gold), "--pred", str(tmp_path / "pred.json"), "--json", str(tmp_path / "m.json")
+    )
     assert out.returncode == 0, out.stderr
     warning = [line for line in out.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and "2 predicted records" in warning[0] and "Zorblax Prime" in warning[0]
@@ -276,8 +313,12 @@ TWITTER = ROOT.parent / "shared" / "data" / "twitter-gmner"
 def occurrences(tokens: list[str], name: str) -> list[tuple[int, int]]:
     """Brute force: every token span whose concatenation is the name without whitespace."""
     target = "".join(name.split())
-    return [(i, j) for i in range(len(tokens)) for j in range(i + 1, len(tokens) + 1)
-            if "".join(tokens[i:j]) == target]
+    return [
+        (i, j)
+        for i in range(len(tokens))
+        for j in range(i + 1, len(tokens) + 1)
+        if "".join(tokens[i:j]) == target
+    ]
 
 
 @pytest.mark.skipif(not (TWITTER / "dev.txt").is_file(), reason="shared Twitter-GMNER data absent")
@@ -288,14 +329,16 @@ def test_twitter_gold_as_ccks_predictions_scores_one(tmp_path, split):
     span mode scores 1.000 on every tweet the layout can express. The layout cannot express a name
     tagged at one occurrence but not at another ("@ CERN : ... CERN researchers"), nor one name with
     two types in one tweet: those tweets are counted (brute force) and left out of the 1.000."""
-    from ccks import read_ccks_predictions, write_ccks
-    from data import find_name, read_dataset
+    from data import find_name
+    from formats import read_dataset
+    from formats.ccks import read_ccks_predictions, write_ccks
+
     gold = read_dataset(TWITTER / f"{split}.txt")
     write_ccks(gold.samples, tmp_path / "pred.json")
     pred, unplaced = read_ccks_predictions(tmp_path / "pred.json", gold.samples, gold.types)
     assert unplaced == []
     expressible = []
-    for i, s in enumerate(gold.samples):
+    for _i, s in enumerate(gold.samples):
         tagged: dict[str, set] = {}
         for e in s.entities:
             tagged.setdefault("".join(s.name(e).split()), set()).add((e.start, e.end, e.type))
@@ -305,7 +348,7 @@ def test_twitter_gold_as_ccks_predictions_scores_one(tmp_path, split):
             assert find_name(s.tokens, name) == found
             ok &= len({t for _, _, t in spans}) == 1 and {(a, b) for a, b, _ in spans} == set(found)
         expressible.append(ok)
-    assert sum(expressible) > 0.98 * len(gold.samples)      # train: 6,909 of 7,000
+    assert sum(expressible) > 0.98 * len(gold.samples)  # train: 6,909 of 7,000
     keep = [i for i, ok in enumerate(expressible) if ok]
     result = evaluate([gold.samples[i] for i in keep], [pred[i] for i in keep])
     for task in ("mner", "eeg", "gmner"):

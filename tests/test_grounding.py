@@ -16,22 +16,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import BAD_IMAGES, write_bad_image
 from PIL import Image
 
 import demos as sel
 import grounding as g
-from data import Box, Dataset, Entity, Sample, read_dataset
+from data import Box, Dataset, Entity, Sample
 from eval import evaluate
-from fake_server import FakeServer, reply
-from hostile import BAD_IMAGES, write_bad_image
+from formats import read_dataset
 from images import image_part
 from llm import Client, ClientConfig
+from servers.fake_mllm import FakeServer, reply
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 FORMATS = ["abs", "norm1000", "norm1"]
 
 
 # ---------------------------------------------------------------- box conversion
+
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_box_round_trip_on_a_resized_image(tmp_path, fmt):
@@ -42,14 +44,18 @@ def test_box_round_trip_on_a_resized_image(tmp_path, fmt):
     _, sent = image_part(str(path), max_side=1000)
     assert sent == (1000, 500)
     box = Box(200, 100, 1000, 600)
-    expected = {"abs": [100, 50, 500, 300], "norm1000": [100, 100, 500, 600], "norm1": [0.1, 0.1, 0.5, 0.6]}[fmt]
+    expected = {"abs": [100, 50, 500, 300], "norm1000": [100, 100, 500, 600], "norm1": [0.1, 0.1, 0.5, 0.6]}[
+        fmt
+    ]
     xyxy = g.to_model(box, (2000, 1000), sent, fmt)
     assert np.allclose(xyxy, expected)
     for orig, snt in [((2000, 1000), sent), ((640, 480), (640, 480)), ((333, 517), (193, 300))]:
         for b in [box, Box(0, 0, 1, 1), Box(12.5, 7.25, 300, 333)]:
             b = Box(min(b.x1, orig[0] - 1), min(b.y1, orig[1] - 1), min(b.x2, orig[0]), min(b.y2, orig[1]))
             back = g.from_model(g.to_model(b, orig, snt, fmt), orig, snt, fmt)
-            assert max(abs(back.x1 - b.x1), abs(back.y1 - b.y1), abs(back.x2 - b.x2), abs(back.y2 - b.y2)) < 1.0
+            assert (
+                max(abs(back.x1 - b.x1), abs(back.y1 - b.y1), abs(back.x2 - b.x2), abs(back.y2 - b.y2)) < 1.0
+            )
 
 
 def test_from_model_clips_to_the_image_and_rejects_unknown_formats():
@@ -60,16 +66,19 @@ def test_from_model_clips_to_the_image_and_rejects_unknown_formats():
 
 # ---------------------------------------------------------------- the grounding call on a fake MLLM
 
+
 @pytest.fixture
 def bag_of_words(monkeypatch):
     """Texts embedded by hashed bag of words instead of the encoder, for the tests whose subject is the call
     and the boxes (what the real encoder does is tested in test_demos.py)."""
+
     def embed(texts, encoder="", batch_size=64):
         out = np.zeros((len(texts), 64), dtype=np.float32)
         for i, t in enumerate(texts):
             for tok in t.lower().split():
                 out[i, zlib.crc32(tok.encode()) % 64] += 1
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
     monkeypatch.setattr(sel, "embed_texts", embed)
 
 
@@ -79,8 +88,13 @@ def sent_size(url: str) -> tuple[int, int]:
 
 
 def images_of(body: dict) -> list[str]:
-    return [p["image_url"]["url"] for m in body["messages"] if isinstance(m["content"], list)
-            for p in m["content"] if p["type"] == "image_url"]
+    return [
+        p["image_url"]["url"]
+        for m in body["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "image_url"
+    ]
 
 
 def query_of(body: dict) -> tuple[str, list[dict]]:
@@ -90,10 +104,14 @@ def query_of(body: dict) -> tuple[str, list[dict]]:
     return m.group(1), json.loads(m.group(2))
 
 
-def in_format(b: Box, orig, sent, fmt):   # independent of grounding.to_model; whole units as a model writes them
+def in_format(
+    b: Box, orig, sent, fmt
+):  # independent of grounding.to_model; whole units as a model writes them
     W, H = orig
     if fmt == "abs":
-        return [round(v) for v in (b.x1 * sent[0] / W, b.y1 * sent[1] / H, b.x2 * sent[0] / W, b.y2 * sent[1] / H)]
+        return [
+            round(v) for v in (b.x1 * sent[0] / W, b.y1 * sent[1] / H, b.x2 * sent[0] / W, b.y2 * sent[1] / H)
+        ]
     if fmt == "norm1000":
         return [round(v) for v in (b.x1 / W * 1000, b.y1 / H * 1000, b.x2 / W * 1000, b.y2 / H * 1000)]
     return [b.x1 / W, b.y1 / H, b.x2 / W, b.y2 / H]
@@ -109,22 +127,38 @@ def gold_handler(data: Dataset, fmt: str):
         with Image.open(s.image) as im:
             orig = im.size
         boxes = {s.name(e): [in_format(b, orig, sent, fmt) for b in e.boxes] for e in s.entities}
-        return reply({"entities": [{"entity": it["entity"], "type": it["type"], "boxes": boxes[it["entity"]]}
-                                   for it in listed]})
+        return reply(
+            {
+                "entities": [
+                    {"entity": it["entity"], "type": it["type"], "boxes": boxes[it["entity"]]}
+                    for it in listed
+                ]
+            }
+        )
+
     return handler
 
 
 def unboxed(samples):
-    return [Sample(s.id, s.tokens, s.image, [Entity(e.start, e.end, e.type, source="tagger") for e in s.entities])
-            for s in samples]
+    return [
+        Sample(s.id, s.tokens, s.image, [Entity(e.start, e.end, e.type, source="tagger") for e in s.entities])
+        for s in samples
+    ]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
     data = read_dataset(DEMO)
-    cfg = g.GroundingConfig(k=2, box_format=fmt, max_side=300)   # 300 < every demo image: all are resized
+    cfg = g.GroundingConfig(box_format=fmt, max_side=300)  # 300 < every demo image: all are resized
     with FakeServer(gold_handler(data, fmt)) as srv:
-        out, counts = g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
+        out, counts = g.ground(
+            unboxed(data.samples),
+            data.samples,
+            data,
+            Client(ClientConfig(base_url=srv.url)),
+            cfg,
+            sel.DemoConfig(k=2),
+        )
     assert not srv.errors
     assert any(sent_size(images_of(b)[-1]) != Image.open(data.samples[0].image).size for b in srv.requests)
     scores = evaluate(data.samples, out)
@@ -136,12 +170,17 @@ def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
 
 def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(bag_of_words):
     data = read_dataset(DEMO)
-    cfg = g.GroundingConfig(k=3, max_side=200)
+    cfg, selection = g.GroundingConfig(max_side=200), sel.DemoConfig(k=3)
     with FakeServer(gold_handler(data, "abs")) as srv:
-        g.ground(unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg)
+        g.ground(
+            unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg, selection
+        )
     asked = [s for s in data.samples if any(e.type != "location" for e in s.entities)]
-    picks = dict(zip([s.id for s in asked], sel.select_demos(unboxed(asked), data.samples, cfg)))
-    url = lambda p: image_part(p, 200)[0]["image_url"]["url"]
+    picks = dict(zip([s.id for s in asked], sel.select_demos(unboxed(asked), data.samples, selection)))
+
+    def url(p):
+        return image_part(p, 200)[0]["image_url"]["url"]
+
     by_text = {s.text: s for s in data.samples}
     assert len(srv.requests) == len(asked)
     for body in srv.requests:
@@ -153,39 +192,79 @@ def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(
         assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
         shown = [m["content"][1]["text"] for m in body["messages"][1::2]]
         assert all(f"Text: {d.text}\n" in t for d, t in zip(demos + [q], shown))
-        answer = json.loads(body["messages"][2]["content"])   # the first worked answer: gold boxes as sent
+        answer = json.loads(body["messages"][2]["content"])  # the first worked answer: gold boxes as sent
         d0, sent = demos[0], sent_size(images_of(body)[0])
         orig = Image.open(d0.image).size
-        want = {d0.name(e): [[round(v) for v in in_format(b, orig, sent, "abs")] for b in e.boxes]
-                for e in d0.entities if e.type != "location"}
+        want = {
+            d0.name(e): [[round(v) for v in in_format(b, orig, sent, "abs")] for b in e.boxes]
+            for e in d0.entities
+            if e.type != "location"
+        }
         assert {it["entity"]: it["boxes"] for it in answer["entities"]} == want
 
 
 def test_build_request_holds_the_worked_examples_then_the_query_and_the_schema():
     """Two demos (images of 200x100 sent at 100x50) and a query sent at 300x150, box format abs: the gold box
-    [20, 10, 60, 50] of demo a is written at half scale, [10, 5, 30, 25]; the location is neither asked nor boxed."""
-    part = lambda name: {"type": "image_url", "image_url": {"url": name}}
-    a = Sample("a", "Leopard 2 near Kiel".split(), "a.jpg",
-               [Entity(0, 2, "vehicle", [Box(20, 10, 60, 50)]), Entity(3, 4, "location", [Box(0, 0, 9, 9)])])
+    [20, 10, 60, 50] of demo a is written at half scale, [10, 5, 30, 25]; the location is neither asked nor
+    boxed."""
+
+    def part(name):
+        return {"type": "image_url", "image_url": {"url": name}}
+
+    a = Sample(
+        "a",
+        "Leopard 2 near Kiel".split(),
+        "a.jpg",
+        [Entity(0, 2, "vehicle", [Box(20, 10, 60, 50)]), Entity(3, 4, "location", [Box(0, 0, 9, 9)])],
+    )
     b = Sample("b", "A PUMA".split(), "b.jpg", [Entity(1, 2, "vehicle")])
     q = Sample("q", "Boxer seen".split(), "q.jpg", [Entity(0, 1, "vehicle")])
     data = Dataset([a, b, q], ["vehicle", "location"], "", [])
-    examples = [(a, g.Shown(part("A"), (100, 50), (200, 100))), (b, g.Shown(part("B"), (100, 50), (200, 100)))]
-    req = g.build_request(q, {"Boxer": "vehicle"}, g.Shown(part("Q"), (300, 150), (600, 300)), examples, data,
-                          ["location"], g.GroundingConfig(k=2))
-    assert [m["role"] for m in req["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert images_of(req) == ["A", "B", "Q"] and "Image size: 300x150" in req["messages"][-1]["content"][1]["text"]
-    assert json.loads(req["messages"][2]["content"]) == {"entities": [{"entity": "Leopard 2", "type": "vehicle",
-                                                                       "boxes": [[10, 5, 30, 25]]}]}
-    assert json.loads(req["messages"][4]["content"])["entities"] == [{"entity": "PUMA", "type": "vehicle", "boxes": []}]
+    examples = [
+        (a, g.Shown(part("A"), (100, 50), (200, 100))),
+        (b, g.Shown(part("B"), (100, 50), (200, 100))),
+    ]
+    req = g.build_request(
+        q,
+        {"Boxer": "vehicle"},
+        g.Shown(part("Q"), (300, 150), (600, 300)),
+        examples,
+        data,
+        ["location"],
+        g.GroundingConfig(),
+    )
+    assert [m["role"] for m in req["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert (
+        images_of(req) == ["A", "B", "Q"]
+        and "Image size: 300x150" in req["messages"][-1]["content"][1]["text"]
+    )
+    assert json.loads(req["messages"][2]["content"]) == {
+        "entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[10, 5, 30, 25]]}]
+    }
+    assert json.loads(req["messages"][4]["content"])["entities"] == [
+        {"entity": "PUMA", "type": "vehicle", "boxes": []}
+    ]
     items = req["schema"]["properties"]["entities"]["items"]["properties"]
     assert items["entity"]["enum"] == ["Boxer"] and items["boxes"]["items"]["items"]["maximum"] == 300
 
 
 def box_everything(body):
     """A fake MLLM that puts one box [10, 10, 90, 90] on every entity it is asked about."""
-    return reply({"entities": [{"entity": it["entity"], "type": it["type"], "boxes": [[10, 10, 90, 90]]}
-                               for it in query_of(body)[1]]})
+    return reply(
+        {
+            "entities": [
+                {"entity": it["entity"], "type": it["type"], "boxes": [[10, 10, 90, 90]]}
+                for it in query_of(body)[1]
+            ]
+        }
+    )
 
 
 def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
@@ -193,13 +272,23 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     boxed. Sample b: only a location -> no call. Sample c: a vehicle but no image -> no call."""
     data = read_dataset(DEMO)
     img = data.samples[0].image
-    a = Sample("a", "Leopard 2 tanks in Munster".split(), img,
-               [Entity(0, 2, "vehicle"), Entity(4, 5, "location", [Box(1, 1, 5, 5)])])
+    a = Sample(
+        "a",
+        "Leopard 2 tanks in Munster".split(),
+        img,
+        [Entity(0, 2, "vehicle"), Entity(4, 5, "location", [Box(1, 1, 5, 5)])],
+    )
     b = Sample("b", "Rain over Munster".split(), img, [Entity(2, 3, "location")])
     c = Sample("c", "Leopard 2 again".split(), None, [Entity(0, 2, "vehicle")])
     with FakeServer(box_everything) as srv:
-        out, counts = g.ground([a, b, c], data.samples, data, Client(ClientConfig(base_url=srv.url)),
-                               g.GroundingConfig(k=1, max_side=10_000))
+        out, counts = g.ground(
+            [a, b, c],
+            data.samples,
+            data,
+            Client(ClientConfig(base_url=srv.url)),
+            g.GroundingConfig(max_side=10_000),
+            sel.DemoConfig(k=1),
+        )
     assert len(srv.requests) == 1 and not srv.errors
     body = srv.requests[0]
     assert query_of(body)[1] == [{"entity": "Leopard 2", "type": "vehicle"}]
@@ -217,29 +306,49 @@ def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
     s = Sample("t", "Obama visits Munster".split(), img, [Entity(0, 1, "PER"), Entity(2, 3, "LOC")])
     data = Dataset([s], ["PER", "LOC"], "1. PER: people\n2. LOC: places", [])
     with FakeServer(box_everything) as srv:
-        out, counts = g.ground([s], [s, Sample("d", ["x"], img, [])], data, Client(ClientConfig(base_url=srv.url)),
-                               g.GroundingConfig(k=1))
+        out, counts = g.ground(
+            [s],
+            [s, Sample("d", ["x"], img, [])],
+            data,
+            Client(ClientConfig(base_url=srv.url)),
+            g.GroundingConfig(),
+            sel.DemoConfig(k=1),
+        )
     assert "never grounded" not in srv.requests[0]["messages"][0]["content"]
     assert [e.boxes for e in out[0].entities] == [[Box(10, 10, 90, 90)]] * 2 and counts["calls"] == 1
 
 
 def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
-    """parse_answer on every kind of bad answer, then the same answers through the client and a fake server."""
+    """parse_answer on every kind of bad answer, then the same answers through the client and a fake
+    server."""
     asked = {"Leopard 2": "vehicle", "NATO": "other"}
     orig = sent = (640, 480)
     ok = {"entity": "NATO", "type": "other", "boxes": [[10, 10, 50, 50]]}
     cases = {
-        "strings": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": ["10,10,50,50"]}, ok]},
-                    {"malformed_boxes": 1, "missing": 0}),
-        "nested": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[[1, 2, 3, 4]]]}, ok]},
-                   {"malformed_boxes": 1}),
-        "x2<x1": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[50, 10, 10, 50]]}, ok]},
-                  {"degenerate_boxes": 1}),
-        "off image": ({"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[900, 900, 990, 990]]}, ok]},
-                      {"degenerate_boxes": 1}),
-        "no boxes key": ({"entities": [{"entity": "Leopard 2", "type": "vehicle"}, ok]}, {"bad_items": 1, "missing": 1}),
-        "invented": ({"entities": [{"entity": "Zeppelin", "type": "aircraft", "boxes": []}, ok]},
-                     {"invented": 1, "missing": 1}),
+        "strings": (
+            {"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": ["10,10,50,50"]}, ok]},
+            {"malformed_boxes": 1, "missing": 0},
+        ),
+        "nested": (
+            {"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[[1, 2, 3, 4]]]}, ok]},
+            {"malformed_boxes": 1},
+        ),
+        "x2<x1": (
+            {"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[50, 10, 10, 50]]}, ok]},
+            {"degenerate_boxes": 1},
+        ),
+        "off image": (
+            {"entities": [{"entity": "Leopard 2", "type": "vehicle", "boxes": [[900, 900, 990, 990]]}, ok]},
+            {"degenerate_boxes": 1},
+        ),
+        "no boxes key": (
+            {"entities": [{"entity": "Leopard 2", "type": "vehicle"}, ok]},
+            {"bad_items": 1, "missing": 1},
+        ),
+        "invented": (
+            {"entities": [{"entity": "Zeppelin", "type": "aircraft", "boxes": []}, ok]},
+            {"invented": 1, "missing": 1},
+        ),
         "not JSON": ("I think the tank is on the left.", {"bad_answers": 1, "missing": 0}),
         "wrong shape": ({"boxes": [1, 2]}, {"bad_answers": 1}),
     }
@@ -254,13 +363,15 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
     # Through the client: answers outside the schema are re-asked and end as failed calls; x2 < x1 fits the
     # schema and is dropped as degenerate; the other samples are grounded as usual.
     data = read_dataset(DEMO)
-    queries = [s for s in unboxed(data.samples) if any(e.type != "location" for e in s.entities)][:len(cases)]
+    queries = [s for s in unboxed(data.samples) if any(e.type != "location" for e in s.entities)][
+        : len(cases)
+    ]
     script = {q.text: content for q, (content, _) in zip(queries, cases.values())}
 
     def handler(body):
         text, listed = query_of(body)
         content = script[text]
-        if isinstance(content, dict) and "entities" in content:   # aim the bad item at an asked entity
+        if isinstance(content, dict) and "entities" in content:  # aim the bad item at an asked entity
             items = [dict(it) for it in content["entities"]]
             if items[0]["entity"] != "Zeppelin":
                 items[0]["entity"] = listed[0]["entity"]
@@ -269,7 +380,7 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
 
     with FakeServer(handler) as srv:
         client = Client(ClientConfig(base_url=srv.url, schema_retries=1, max_retries=0))
-        out, counts = g.ground(queries, data.samples, data, client, g.GroundingConfig(k=1))
+        out, counts = g.ground(queries, data.samples, data, client, g.GroundingConfig(), sel.DemoConfig(k=1))
     assert counts["calls"] == len(cases) and counts["failed_calls"] == len(cases) - 1
     assert counts["degenerate_boxes"] == 1 and client.usage.reasks == len(cases) - 1
     assert all(not e.boxes for s in out for e in s.entities)
@@ -286,11 +397,17 @@ def test_unreadable_images_are_counted_and_get_no_box(kind, tmp_path, bag_of_wor
         write_bad_image(s.image, kind)
     queries = [s for s in unboxed(data.samples) if s.entities]
     with FakeServer(gold_handler(data, "abs")) as srv:
-        out, counts = g.ground(queries, data.samples, data, Client(ClientConfig(base_url=srv.url)),
-                               g.GroundingConfig(k=3))
+        out, counts = g.ground(
+            queries,
+            data.samples,
+            data,
+            Client(ClientConfig(base_url=srv.url)),
+            g.GroundingConfig(),
+            sel.DemoConfig(k=3),
+        )
     assert not srv.errors
     assert counts["image_errors"] == 2 and counts["calls"] == len(srv.requests) == len(queries) - 2
-    assert 0 < counts["demo_image_errors"] <= 2        # a broken demo is found when it is first picked
+    assert 0 < counts["demo_image_errors"] <= 2  # a broken demo is found when it is first picked
     assert all(len(images_of(b)) <= 3 + 1 for b in srv.requests)
     by_id = {s.id: s for s in out}
     assert all(not e.boxes for s in broken for e in by_id[s.id].entities)

@@ -6,18 +6,23 @@ import socket
 import time
 
 import pytest
+from llm_helpers import SCHEMA, ask, client, script
 from PIL import Image
 
-from fake_server import DEEP, FAULTS, FakeServer, error, reply
 import llm
+from client.structured import extract_json
 from images import image_part
 from llm import Client, ClientConfig, LLMError, check_server, text_part
-from llm_helpers import SCHEMA, ask, client, script
-from structured import extract_json
+from servers.fake_mllm import DEEP, FAULTS, FakeServer, error, reply
 
-NO_VISION_BODY = {"error": {"code": 500, "type": "server_error",   # llama-server without --mmproj, verbatim
-                            "message": "image input is not supported - hint: if this is unexpected, "
-                                       "you may need to provide the mmproj"}}
+NO_VISION_BODY = {
+    "error": {
+        "code": 500,
+        "type": "server_error",  # llama-server without --mmproj, verbatim
+        "message": "image input is not supported - hint: if this is unexpected, "
+        "you may need to provide the mmproj",
+    }
+}
 
 
 def free_port() -> int:
@@ -27,6 +32,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- retries and errors
+
 
 def test_503_then_200_is_retried():
     with FakeServer(script((503, {"error": {"message": "busy"}}, {}), reply("hi"))) as srv:
@@ -53,7 +59,7 @@ def test_5xx_until_the_last_try_is_an_error_with_details():
 def test_hung_response_times_out_and_is_retried():
     def handler(body):
         if len(srv.requests) == 1:
-            time.sleep(0.6)          # longer than the read timeout: the client must give up and retry
+            time.sleep(0.6)  # longer than the read timeout: the client must give up and retry
         return reply("late but fine")
 
     with FakeServer(handler) as srv:
@@ -64,26 +70,31 @@ def test_hung_response_times_out_and_is_retried():
 
 def test_timeout_on_every_try_names_the_url():
     with FakeServer(lambda body: time.sleep(0.3) or reply("never seen")) as srv:
-        with pytest.raises(LLMError, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions .* 2 tries"):
+        with pytest.raises(
+            LLMError, match=r"no answer from http://127\.0\.0\.1:\d+/v1/chat/completions .* 2 tries"
+        ):
             client(srv.url, read_timeout=0.05, max_retries=1).chat(ask("hello"))
 
 
 def test_retry_after_is_honoured_and_capped(monkeypatch):
-    waits = []                 # the client's sleeps between tries, recorded instead of timed (the machine is shared)
+    waits = []  # the client's sleeps between tries, recorded instead of timed (the machine is shared)
     monkeypatch.setattr(llm.time, "sleep", waits.append)
     with FakeServer(script((429, "slow down", {"Retry-After": "0.3"}), reply("ok"))) as srv:
         assert client(srv.url, backoff_cap=5.0).chat(ask("hello")).content == "ok"
     assert waits == [0.3]
     with FakeServer(script((429, "slow down", {"Retry-After": "100"}), reply("ok"))) as srv:
         assert client(srv.url, backoff_cap=0.05).chat(ask("hello")).content == "ok"
-    assert waits == [0.3, 0.05]                         # backoff_cap bounds every wait
+    assert waits == [0.3, 0.05]  # backoff_cap bounds every wait
 
 
 def test_connection_refused_names_the_url_and_hints_to_start_a_server():
     url = f"http://127.0.0.1:{free_port()}/v1"
     c = client(url, max_retries=1)
-    with pytest.raises(LLMError, match=r"cannot connect to http://127\.0\.0\.1:\d+/v1/chat/completions in 2 tries.*"
-                                       r"Is the server running"):
+    with pytest.raises(
+        LLMError,
+        match=r"cannot connect to http://127\.0\.0\.1:\d+/v1/chat/completions in 2 tries.*"
+        r"Is the server running",
+    ):
         c.chat(ask("hello"))
     assert c.usage.requests == 2 and c.usage.failures == 1
 
@@ -93,7 +104,9 @@ def test_check_server_lists_models_and_names_an_unreachable_url():
         assert check_server(ClientConfig(base_url=srv.url, model="served-model")) == ["served-model"]
         with pytest.warns(UserWarning, match=r"model 'other' is not in the list .*\['served-model'\]"):
             check_server(ClientConfig(base_url=srv.url, model="other"))
-    with pytest.raises(LLMError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1/models .*Is the server running"):
+    with pytest.raises(
+        LLMError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1/models .*Is the server running"
+    ):
         check_server(ClientConfig(base_url=f"http://127.0.0.1:{free_port()}/v1"))
 
 
@@ -114,7 +127,12 @@ def test_text_only_model_refusing_an_image_is_a_no_vision_error_without_retries(
 
 
 def test_unknown_model_names_the_model():
-    body = {"object": "error", "message": "The model `nope` does not exist.", "type": "NotFoundError", "code": 404}
+    body = {
+        "object": "error",
+        "message": "The model `nope` does not exist.",
+        "type": "NotFoundError",
+        "code": 404,
+    }
     with FakeServer(script((404, body, {}))) as srv:
         with pytest.raises(LLMError, match=r"model 'nope' not found at .*/models"):
             client(srv.url, model="nope").chat(ask("hello"))
@@ -133,19 +151,40 @@ def test_length_before_max_tokens_blames_the_context():
     (found on the real server): 200, finish_reason length, fewer tokens than max_tokens."""
     answer = reply('{"answer": "ye', finish_reason="length", prompt_tokens=8100, completion_tokens=92)
     with FakeServer(script(answer)) as srv:
-        with pytest.raises(LLMError, match=r"cut after 92 tokens by the server's context \(8100 prompt tokens\)"):
+        with pytest.raises(
+            LLMError, match=r"cut after 92 tokens by the server's context \(8100 prompt tokens\)"
+        ):
             client(srv.url).chat(ask("hello"), SCHEMA)
     assert len(srv.requests) == 1
 
 
 def test_real_server_error_shapes_give_status_and_hints():
     """The error bodies llama-server sends (modelled by fake_server.error), each one try."""
-    cases = [(error(400, "request (9000 tokens) exceeds the available context size (8192 tokens)",
-                    "exceed_context_size_error", n_prompt_tokens=9000, n_ctx=8192), 400, "larger context"),
-             (error(400, "Failed to load image or audio file"), 400, "Failed to load image"),
-             (error(404, "Model not found", "not_found_error"), 404, "not found"),
-             (error(500, "image input is not supported - hint: if this is unexpected, you may need to provide "
-                         "the mmproj", "server_error"), 500, "has no vision")]
+    cases = [
+        (
+            error(
+                400,
+                "request (9000 tokens) exceeds the available context size (8192 tokens)",
+                "exceed_context_size_error",
+                n_prompt_tokens=9000,
+                n_ctx=8192,
+            ),
+            400,
+            "larger context",
+        ),
+        (error(400, "Failed to load image or audio file"), 400, "Failed to load image"),
+        (error(404, "Model not found", "not_found_error"), 404, "not found"),
+        (
+            error(
+                500,
+                "image input is not supported - hint: if this is unexpected, you may need to provide "
+                "the mmproj",
+                "server_error",
+            ),
+            500,
+            "has no vision",
+        ),
+    ]
     for answer, status, words in cases:
         with FakeServer(script(answer)) as srv:
             with pytest.raises(LLMError, match=words) as info:
@@ -154,6 +193,7 @@ def test_real_server_error_shapes_give_status_and_hints():
 
 
 # ---------------------------------------------------------------- hostile answers (issue 13)
+
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_every_fault_is_an_llm_error_or_a_retried_success(fault):
@@ -166,7 +206,7 @@ def test_every_fault_is_an_llm_error_or_a_retried_success(fault):
             r = c.chat(ask("Is it?"), SCHEMA)
         except LLMError:
             assert c.usage.failures == 1
-        else:          # only answers whose fault is outside what the client needs
+        else:  # only answers whose fault is outside what the client needs
             assert fault == "odd_usage" and r.content == {"answer": "yes"} and c.usage.odd_usage == 1
     transient = {"5xx", "429", "hang", "cut"}
     if fault in transient:
@@ -176,21 +216,26 @@ def test_every_fault_is_an_llm_error_or_a_retried_success(fault):
 
 def test_deep_nesting_as_content_or_body_is_no_recursion_error():
     for out in (reply(DEEP), (200, DEEP, {})):
-        with FakeServer(lambda body: out) as srv:
+        with FakeServer(lambda body: out) as srv:  # noqa: B023
             with pytest.raises(LLMError, match="not fit the schema|not JSON"):
                 client(srv.url, schema_retries=0).chat(ask("Is it?"), SCHEMA)
-    assert isinstance(extract_json("[[1]] " + DEEP), list)     # a value before the deep part is still found
+    assert isinstance(extract_json("[[1]] " + DEEP), list)  # a value before the deep part is still found
 
 
 def test_odd_usage_counts_zero_tokens_and_is_counted():
     odd = {**reply("hi"), "usage": {"prompt_tokens": "n/a", "completion_tokens": [5]}}
-    for usage in ({"prompt_tokens": "n/a", "completion_tokens": [5]}, [1, 2], {"prompt_tokens": -3},
-                  {"prompt_tokens": True}, {"prompt_tokens": float("inf")}):
-        with FakeServer(lambda body: {**odd, "usage": usage}) as srv:
+    for usage in (
+        {"prompt_tokens": "n/a", "completion_tokens": [5]},
+        [1, 2],
+        {"prompt_tokens": -3},
+        {"prompt_tokens": True},
+        {"prompt_tokens": float("inf")},
+    ):
+        with FakeServer(lambda body: {**odd, "usage": usage}) as srv:  # noqa: B023
             c = client(srv.url)
             r = c.chat(ask("hello"))
         assert r.content == "hi" and c.usage.odd_usage == 1 and c.usage.prompt_tokens == 0
-    with FakeServer(lambda body: {**odd, "usage": {"prompt_tokens": 7.0}}) as srv:   # 7.0 is a count
+    with FakeServer(lambda body: {**odd, "usage": {"prompt_tokens": 7.0}}) as srv:  # 7.0 is a count
         c = client(srv.url)
         assert c.chat(ask("hello")).usage == {"prompt_tokens": 7, "completion_tokens": 0}
         assert c.usage.odd_usage == 0
@@ -198,13 +243,16 @@ def test_odd_usage_counts_zero_tokens_and_is_counted():
 
 def test_content_as_text_parts_is_joined_and_other_shapes_are_errors():
     parts = reply("")
-    parts["choices"][0]["message"]["content"] = [{"type": "text", "text": '{"answer": '}, {"type": "text", "text": '"no"}'}]
+    parts["choices"][0]["message"]["content"] = [
+        {"type": "text", "text": '{"answer": '},
+        {"type": "text", "text": '"no"}'},
+    ]
     with FakeServer(lambda body: parts) as srv:
         assert client(srv.url).chat(ask("Is it?"), SCHEMA).content == {"answer": "no"}
     for content in ({"answer": "no"}, 42, ["no"]):
         bad = reply("")
         bad["choices"][0]["message"]["content"] = content
-        with FakeServer(lambda body: bad) as srv:
+        with FakeServer(lambda body: bad) as srv:  # noqa: B023
             with pytest.raises(LLMError, match="neither text nor a list of text parts"):
                 client(srv.url).chat(ask("Is it?"), SCHEMA)
 
@@ -214,8 +262,8 @@ def test_an_oversized_answer_is_refused_unread_and_never_echoed():
         c = client(srv.url, max_answer_bytes=1_000_000)
         with pytest.raises(LLMError, match="more than 1000000 bytes"):
             c.chat(ask("Is it?"), SCHEMA)
-    assert len(srv.requests) == 1 and c.usage.reasks == 0     # no re-ask carrying the 3 MB back
-    with FakeServer(lambda body: reply({"answer": "yes"})) as srv:   # the cap counts bytes, not a format
+    assert len(srv.requests) == 1 and c.usage.reasks == 0  # no re-ask carrying the 3 MB back
+    with FakeServer(lambda body: reply({"answer": "yes"})) as srv:  # the cap counts bytes, not a format
         assert client(srv.url, max_answer_bytes=400).chat(ask("Is it?"), SCHEMA).content == {"answer": "yes"}
 
 
@@ -225,16 +273,17 @@ def test_call_budget_bounds_a_hung_server_and_dead_after_stops_asking():
         out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(5)])
     assert all(isinstance(r, LLMError) for r in out)
     assert "taken as dead" in str(out[-1]) and "no answer" in str(out[0])
-    assert len(srv.requests) == c.usage.requests <= 2 * 3      # two calls sent, each within its budget
+    assert len(srv.requests) == c.usage.requests <= 2 * 3  # two calls sent, each within its budget
     assert c.usage.failures == 5  # 2 calls x at most 3 tries were sent, not 5 calls x 11 tries
 
 
 def test_an_answer_resets_the_dead_server_count():
-    outs = iter([None, None, "ok", None, None, "ok"])      # None = hang past the read timeout
+    outs = iter([None, None, "ok", None, None, "ok"])  # None = hang past the read timeout
 
     def handler(body):
         o = next(outs)
         return reply(o) if o else time.sleep(0.5) or reply("late")
+
     with FakeServer(handler) as srv:
         c = client(srv.url, read_timeout=0.1, max_retries=0, dead_after=3, workers=1)
         out = c.map_chat([{"messages": ask(f"q{i}")} for i in range(6)])

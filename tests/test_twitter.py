@@ -1,31 +1,36 @@
-"""twitter.py: CoNLL and Twitter-GMNER readers and writers, and read_dataset's choice of format, on tiny files."""
+"""twitter.py: CoNLL and Twitter-GMNER readers and writers, and read_dataset's choice of format, on tiny
+files."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from data import Box, DataError
+from formats import read_dataset
+from formats.twitter import read_conll, read_twitter, write_conll, write_twitter
 
-from data import Box, DataError, read_dataset  # noqa: E402
-from twitter import read_conll, read_twitter, write_conll, write_twitter  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 TWITTER = ROOT.parent / "shared" / "data" / "twitter-gmner"
 
 
 def test_conll_with_and_without_imgid(tmp_path):
-    (tmp_path / "a.txt").write_text("IMGID:17\nObama\tB-PER\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\n"
-                                    "IMGID:18\nhi\tO\n\n")
+    (tmp_path / "a.txt").write_text(
+        "IMGID:17\nObama\tB-PER\nin\tO\nNew\tB-LOC\nYork\tI-LOC\n\nIMGID:18\nhi\tO\n\n"
+    )
     a = read_conll(tmp_path / "a.txt")
     assert [s.id for s in a.samples] == ["17", "18"]
     assert [(e.start, e.end, e.type) for e in a.samples[0].entities] == [(0, 1, "PER"), (2, 4, "LOC")]
     assert a.types == ["LOC", "PER"]
-    (tmp_path / "b.txt").write_text("Obama S-PER\nin O\n\nNew B-LOC\nYork E-LOC\n")   # BIOES, spaces
+    (tmp_path / "b.txt").write_text("Obama S-PER\nin O\n\nNew B-LOC\nYork E-LOC\n")  # BIOES, spaces
     b = read_conll(tmp_path / "b.txt")
     assert [s.id for s in b.samples] == ["0", "1"]
-    assert [[(e.start, e.end, e.type) for e in s.entities] for s in b.samples] == [[(0, 1, "PER")], [(0, 2, "LOC")]]
+    assert [[(e.start, e.end, e.type) for e in s.entities] for s in b.samples] == [
+        [(0, 1, "PER")],
+        [(0, 2, "LOC")],
+    ]
     write_conll(a.samples, tmp_path / "c.txt")
     assert (tmp_path / "c.txt").read_text() == (tmp_path / "a.txt").read_text()
 
@@ -38,36 +43,49 @@ def test_conll_bad_line_names_the_line(tmp_path, line):
 
 
 def voc(objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
-    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+    objs = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b in objects
+    )
     return f"<annotation><size><width>500</width><height>400</height></size>{objs}</annotation>"
 
 
 def test_twitter_reader_joins_boxes_by_surface_string(tmp_path):
     (tmp_path / "train.txt").write_text(
         "IMGID:1\nJustin\tB-PER\nBieber\tI-PER\nand\tO\nSelena\tB-PER\nin\tO\nLondon\tB-LOC\n\n"
-        "IMGID:2\nNASA\tB-ORG\nrocks\tO\n\n")
+        "IMGID:2\nNASA\tB-ORG\nrocks\tO\n\n"
+    )
     (tmp_path / "xml").mkdir()
-    (tmp_path / "xml" / "1.xml").write_text(voc([("Justin Bieber", (1, 2, 30, 40)), ("Selena", (50, 5, 90, 80)),
-                                                 ("Justin Bieber", (100, 2, 130, 40))]))
+    (tmp_path / "xml" / "1.xml").write_text(
+        voc(
+            [
+                ("Justin Bieber", (1, 2, 30, 40)),
+                ("Selena", (50, 5, 90, 80)),
+                ("Justin Bieber", (100, 2, 130, 40)),
+            ]
+        )
+    )
     data = read_twitter(tmp_path / "train.txt", tmp_path / "xml")
     s1, s2 = data.samples
     assert [(s1.name(e), e.type, e.boxes) for e in s1.entities] == [
-        ("Justin Bieber", "PER", [Box(1, 2, 30, 40), Box(100, 2, 130, 40)]),   # two objects: two boxes
+        ("Justin Bieber", "PER", [Box(1, 2, 30, 40), Box(100, 2, 130, 40)]),  # two objects: two boxes
         ("Selena", "PER", [Box(50, 5, 90, 80)]),
-        ("London", "LOC", [])]                                                  # no object: ungroundable
-    assert [(s2.name(e), e.boxes) for e in s2.entities] == [("NASA", [])]      # no xml file at all
+        ("London", "LOC", []),
+    ]  # no object: ungroundable
+    assert [(s2.name(e), e.boxes) for e in s2.entities] == [("NASA", [])]  # no xml file at all
     assert data.types == ["PER", "LOC", "ORG"] and "PER" in data.type_text
     assert [s.entities for s in read_dataset(tmp_path / "train.txt").samples] == [s1.entities, s2.entities]
-    (tmp_path / "lead.txt").write_text("\n\n" + (tmp_path / "train.txt").read_text())   # blank lines first
+    (tmp_path / "lead.txt").write_text("\n\n" + (tmp_path / "train.txt").read_text())  # blank lines first
     assert [s.entities for s in read_dataset(tmp_path / "lead.txt").samples] == [s1.entities, s2.entities]
 
 
 def test_twitter_objects_naming_no_entity_are_counted_and_warned(tmp_path):
     (tmp_path / "t.txt").write_text("IMGID:1\nObama\tB-PER\nspeaks\tO\n")
     (tmp_path / "xml").mkdir()
-    (tmp_path / "xml" / "1.xml").write_text(voc([("Obama", (1, 2, 30, 40)), ("Barack Obama", (5, 5, 20, 20)),
-                                                 ("Obama", (450, 350, 600, 500))]))     # the image is 500 x 400
+    (tmp_path / "xml" / "1.xml").write_text(
+        voc([("Obama", (1, 2, 30, 40)), ("Barack Obama", (5, 5, 20, 20)), ("Obama", (450, 350, 600, 500))])
+    )  # the image is 500 x 400
     with pytest.warns(UserWarning) as seen:
         data = read_twitter(tmp_path / "t.txt", tmp_path / "xml")
     assert data.unmatched_objects == 1 and data.clipped_boxes == 1
@@ -95,8 +113,9 @@ def test_real_twitter_gmner_train():
 def twitter_files(folder: Path) -> Path:
     """A tiny Twitter-GMNER txt with xml/ beside it: tweet 1 has a boxed entity, tweet 2 none."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "t.txt").write_text("IMGID:1\nJay-Z\tB-PER\nin\tO\nLondon\tB-LOC\n\nIMGID:2\nNASA\tB-ORG\n\n"
-                                  "IMGID:3\nhi\tO\n\n")
+    (folder / "t.txt").write_text(
+        "IMGID:1\nJay-Z\tB-PER\nin\tO\nLondon\tB-LOC\n\nIMGID:2\nNASA\tB-ORG\n\nIMGID:3\nhi\tO\n\n"
+    )
     (folder / "xml").mkdir(exist_ok=True)
     (folder / "xml" / "1.xml").write_text(voc([("Jay-Z", (1, 2, 30, 40))]))
     return folder / "t.txt"
@@ -104,33 +123,41 @@ def twitter_files(folder: Path) -> Path:
 
 def test_images_from_several_folders_and_beside_the_txt(tmp_path):
     from PIL import Image
+
     txt = twitter_files(tmp_path / "data")
     a, b = tmp_path / "twitter2015", tmp_path / "twitter2017"
     a.mkdir(), b.mkdir()
     Image.new("RGB", (50, 40)).save(a / "1.jpg")
-    Image.new("RGB", (50, 40)).save(b / "2.png")          # a .png where that is what exists
+    Image.new("RGB", (50, 40)).save(b / "2.png")  # a .png where that is what exists
     data = read_dataset(txt, [a, b])
     assert [Path(s.image).name if s.image else None for s in data.samples] == ["1.jpg", "2.png", None]
     assert data.missing_images == 1 and data.format == "twitter"
-    none = read_dataset(txt)                              # no flag, no images/ beside: all missing, counted
+    none = read_dataset(txt)  # no flag, no images/ beside: all missing, counted
     assert none.missing_images == 3 and all(s.image is None for s in none.samples)
     (tmp_path / "data" / "images").mkdir()
     Image.new("RGB", (50, 40)).save(tmp_path / "data" / "images" / "3.jpeg")
     beside = read_dataset(txt)
-    assert [s.image is not None for s in beside.samples] == [False, False, True] and beside.missing_images == 2
+    assert [s.image is not None for s in beside.samples] == [
+        False,
+        False,
+        True,
+    ] and beside.missing_images == 2
     with pytest.raises(DataError, match="--images: .* is not a folder"):
         read_dataset(txt, [tmp_path / "nope"])
 
 
 def test_twitter_writer_round_trips(tmp_path):
     from PIL import Image
+
     txt = twitter_files(tmp_path / "data")
     (tmp_path / "data" / "images").mkdir()
     Image.new("RGB", (50, 40)).save(tmp_path / "data" / "images" / "1.jpg")
     gold = read_dataset(txt)
     write_twitter(gold.samples, tmp_path / "out" / "p.txt", tmp_path / "out" / "xml")
     back = read_dataset(tmp_path / "out" / "p.txt")
-    assert [(s.id, s.tokens, s.entities) for s in back.samples] == [(s.id, s.tokens, s.entities) for s in gold.samples]
+    assert [(s.id, s.tokens, s.entities) for s in back.samples] == [
+        (s.id, s.tokens, s.entities) for s in gold.samples
+    ]
     assert "<width>50</width>" in (tmp_path / "out" / "xml" / "1.xml").read_text()
 
 
@@ -138,13 +165,15 @@ def test_twitter_writer_round_trips(tmp_path):
 def test_real_twitter_gmner_round_trips_through_the_writer(tmp_path):
     """Twitter gold -> write_twitter -> read_twitter scores 1.000 on every task (the oracle: eval.py)."""
     from eval import evaluate
+
     gold = read_dataset(TWITTER / "dev.txt")
     write_twitter(gold.samples, tmp_path / "dev.txt", tmp_path / "xml")
     back = read_dataset(tmp_path / "dev.txt")
     result = evaluate(gold.samples, back.samples)
     assert all(result[t]["f1"] == 1.0 for t in ("mner", "eeg", "gmner"))
-    assert sum(len(e.boxes) for s in back.samples for e in s.entities) == \
-        sum(len(e.boxes) for s in gold.samples for e in s.entities)
+    assert sum(len(e.boxes) for s in back.samples for e in s.entities) == sum(
+        len(e.boxes) for s in gold.samples for e in s.entities
+    )
 
 
 def test_twitter_lowres_split_finds_the_xml_folder_above_it(tmp_path):

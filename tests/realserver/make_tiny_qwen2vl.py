@@ -18,6 +18,7 @@ the text GGUF and, with --mmproj, the vision-encoder GGUF. Same seed, same bytes
 training; video; sizes beyond what the converter and the server need to load the model.
 Adapted from shared/tools/tiny_vlm/make_tiny_qwen2vl.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,15 @@ def main() -> None:
 
     gguf_path = Path(args.tokenizer_gguf)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    needed = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",
-              "<|image_pad|>", "<|video_pad|>"]
+    needed = [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     ids = {t: tok.convert_tokens_to_ids(t) for t in needed}
     for t, i in ids.items():
         if i is None or i == tok.unk_token_id:
@@ -105,34 +113,34 @@ def main() -> None:
     hw = (half - t_sec) // 2
     mrope = [t_sec, hw, half - t_sec - hw]
 
-    text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=th,
-        intermediate_size=th * 2,
-        num_hidden_layers=args.text_layers,
-        num_attention_heads=n_head,
-        num_key_value_heads=1,
-        hidden_act="silu",
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=True,
-    )
-    vision_config = dict(
-        depth=args.vision_layers,
-        embed_dim=args.vision_embed,
-        hidden_size=th,           # output of the patch merger == text hidden size
-        hidden_act="quick_gelu",
-        mlp_ratio=2,
-        num_heads=2,
-        in_channels=3,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
+    text_config = {
+        "vocab_size": vocab_size,
+        "hidden_size": th,
+        "intermediate_size": th * 2,
+        "num_hidden_layers": args.text_layers,
+        "num_attention_heads": n_head,
+        "num_key_value_heads": 1,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": True,
+    }
+    vision_config = {
+        "depth": args.vision_layers,
+        "embed_dim": args.vision_embed,
+        "hidden_size": th,  # output of the patch merger == text hidden size
+        "hidden_act": "quick_gelu",
+        "mlp_ratio": 2,
+        "num_heads": 2,
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
     config = Qwen2VLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -168,13 +176,18 @@ def main() -> None:
     # the tokenizer chat template also goes to a standalone file (handy for --chat-template-file)
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
-    print(json.dumps({
-        "out": str(out),
-        "params": n_params,
-        "mrope_section": mrope,
-        "special_ids": ids,
-        "files": sorted(os.listdir(out)),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "params": n_params,
+                "mrope_section": mrope,
+                "special_ids": ids,
+                "files": sorted(os.listdir(out)),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":
