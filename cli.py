@@ -122,17 +122,35 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+class ExtendFresh(argparse.Action):
+    """A list flag: repeated uses add up (--data A --data B), and the first use replaces the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, f"{self.dest}:given", False)
+        old = getattr(namespace, self.dest) if given else []
+        setattr(namespace, self.dest, [*old, *values])
+        setattr(namespace, f"{self.dest}:given", True)
+
+
 def flag(prefix: str, name: str) -> str:
     return "--" + prefix + name.replace("_", "-")
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """The comment after each field of a settings dataclass: the single source of --help."""
+    """The comment after each field of a settings dataclass, joined with the comment-only lines that
+    continue it (so a long comment is never cut): the single source of --help."""
     helps = {}
+    name = None
     for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        if m:
-            helps[m[1]] = m[2].strip()
+        field_line = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        more = re.match(r"\s+#\s*(.+)$", line)
+        if field_line:
+            name = field_line[1]
+            helps[name] = field_line[2].strip()
+        elif more and name:
+            helps[name] += " " + more[1].strip()
+        else:
+            name = None
     return helps
 
 
@@ -168,7 +186,7 @@ def add_flag(group, stage: str, f: dataclasses.Field, name: str, text: str) -> N
             name,
             dest=dest,
             nargs="+",
-            action="extend",
+            action=ExtendFresh,
             metavar="DIR" if f.name == "images" else f.name.upper(),
             default=default,
             help=text,

@@ -45,7 +45,7 @@ STRATEGIES = ("entity", "mnlp", "missed", "random")
 class SuggestConfig:
     strategy: str = "entity"  # entity | mnlp | missed | random: the doubt that ranks the pool
     diversity: float = 0.5  # weight of the similarity penalty (0 = pure doubt ranking)
-    pool_factor: int = 4  # candidates kept while scoring: pool_factor x the number asked for
+    pool_factor: int = 4  # candidates kept while scoring the pool, as a multiple of the number asked
     chunk: int = 512  # pool samples predicted at a time (bounds the memory of marginals)
     encoder: str = ""  # sentence encoder of the similarity; "" = all-MiniLM-L6-v2
     seed: int = 0  # the random strategy's shuffle, and ties

@@ -69,7 +69,7 @@ class TaggerConfig:
     self_train_rounds: int = 2  # pseudo-label + retrain rounds on --unlabelled text (selftrain.py)
     self_train_epochs: int = 3  # epochs of each round, continuing from the previous round's tagger
     self_train_tau: float = 0.1  # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
-    self_train_missed: float = 0.1  # ... and its missed-entity score (max 1 - P(O) outside entities) <= this
+    self_train_missed: float = 0.1  # and its missed-entity score (max 1 - P(O) off entities) is <= this
 
 
 def check_config(c: TaggerConfig) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
-"""Peak memory of the two stages whose memory used to grow with the input (issue 13).
+"""Peak memory of the stages whose memory could grow with the input.
 
-    python -m bench memory            # or: python -m bench.memory [tagger] [grounding]
+    python -m bench memory            # or: python -m bench.memory [tagger] [grounding] [suggest]
 
 1. Tagger training (tagger.py): peak RSS of one epoch on the demo's 32 sentences, alone and with one
    5,000- or 10,000-word text added, the long text cut into `train_chunk`-word pieces (now, 64) or
@@ -11,10 +11,14 @@
    0-latency fake server that keeps no request bodies, with requests built lazily in the workers
    (now) and all built before the first call (as before, emulated by building every request before
    map_chat). The claim: the lazy peak does not grow with the number of samples.
+3. Suggestion (suggest.py): peak RSS of scoring a pool of 10,000 and 100,000 synthetic texts (20 words
+   drawn from the demo's) and choosing 700, against the peak after only reading the pool; and the
+   pool's scoring speed. The claim: the pool's marginals are never all kept, so the peak above the
+   pool itself does not grow with it.
 
 Each case runs in a fresh child process (`ru_maxrss` is a lifetime peak), so the numbers include
 Python, torch and the encoder (~0.5 GB): compare rows, not absolute values. Uses the fake server of
-`fake_server.py` (as `python -m bench client` does). Numbers are from this machine, this run.
+`servers/fake_mllm.py` (as `python -m bench client` does). Numbers are from this machine, this run.
 """
 
 import json
@@ -101,6 +105,28 @@ def _grounding_case(spec: dict) -> dict:
     return {"peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0, "calls": counts["calls"], "kb": kb}
 
 
+def _suggest_case(spec: dict) -> dict:
+    import random
+
+    import suggest
+    import tagger
+    from data import Sample
+    from formats import ccks
+
+    demo = ccks.read_ccks(DEMO)
+    cfg = tagger.TaggerConfig(epochs=1, min_steps=0, progress=False, threads=1)
+    model, _ = tagger.train_tagger(demo.samples, demo.types, cfg)
+    rng = random.Random(0)
+    words = [t for s in demo.samples for t in s.tokens]
+    pool = [Sample(f"p{k}", [rng.choice(words) for _ in range(20)]) for k in range(spec["n"])]
+    before = _peak_mb()
+    t0 = time.perf_counter()
+    chosen = suggest.suggest(model, pool, 700)
+    seconds = time.perf_counter() - t0
+    assert len(chosen) == 700
+    return {"pool_mb": before, "peak_mb": _peak_mb(), "seconds": seconds, "sps": spec["n"] / seconds}
+
+
 class _Tally(list):
     """A stand-in for FakeServer.requests that counts the bodies instead of keeping them."""
 
@@ -123,7 +149,7 @@ def _spawn(kind: str, spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_memory(args=None, parts: tuple[str, ...] = ("tagger", "grounding")) -> None:
+def bench_memory(args=None, parts: tuple[str, ...] = ("tagger", "grounding", "suggest")) -> None:
     print("command: python -m bench memory")
     if "tagger" in parts:
         print("\n1. tagger training, one epoch on the demo's 32 sentences (MiniLM, 1 thread)")
@@ -151,11 +177,20 @@ def bench_memory(args=None, parts: tuple[str, ...] = ("tagger", "grounding")) ->
                     f"{r['peak_mb']:>13.0f}{r['seconds']:>9.1f}",
                     flush=True,
                 )
+    if "suggest" in parts:
+        print("\n3. suggestion: score a pool of 20-word texts, choose 700 (1 thread, chunks of 512)")
+        print(f"{'pool':>8}{'RSS after reading MB':>22}{'peak RSS MB':>13}{'seconds':>9}{'sentences/s':>13}")
+        for n in (10_000, 100_000):
+            r = _spawn("suggest", {"n": n})
+            print(
+                f"{n:>8}{r['pool_mb']:>22.0f}{r['peak_mb']:>13.0f}{r['seconds']:>9.1f}{r['sps']:>13.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        case = {"tagger": _tagger_case, "grounding": _grounding_case}[sys.argv[2]]
+        case = {"tagger": _tagger_case, "grounding": _grounding_case, "suggest": _suggest_case}[sys.argv[2]]
         print(json.dumps(case(json.loads(sys.argv[3]))))
-    else:  # python -m bench.memory [tagger] [grounding]
-        bench_memory(parts=tuple(sys.argv[1:]) or ("tagger", "grounding"))
+    else:  # python -m bench.memory [tagger] [grounding] [suggest]
+        bench_memory(parts=tuple(sys.argv[1:]) or ("tagger", "grounding", "suggest"))

@@ -1,7 +1,7 @@
 """Variants of the entity uncertainty, measured by `python -m bench uncertainty` beside the default.
 
 Each function returns one score per predicted entity (flat, sample order; higher = more
-doubtful), so `python -m bench ranks` them all the same way (AUROC, share of wrong entities in the top x %).
+doubtful), so the bench ranks them all the same way (AUROC, share of wrong entities in the top x %).
 
 Label-free (usable at prediction time with nothing but the tagger and its training data):
 - exact entity probability: 1 - P(the whole predicted entity | text), by a forward pass of the
