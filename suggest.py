@@ -7,7 +7,7 @@ self-training's pseudo labels (selftrain.py); here they rank an unlabelled pool 
 Each pool sample gets a doubt score (`SuggestConfig.strategy`):
 - entity: its most uncertain predicted entity, or its missed-entity score when that is higher
   (a sentence with no prediction can still hide an entity);
-- mnlp: 1 - the mean per-token probability of the tagger's own tag sequence (a sequence score);
+- mnlp: 1 - the geometric mean of the probabilities of the tagger's own tags (a sequence score);
 - missed: the missed-entity score alone; random: a seeded shuffle (the baseline).
 The pool is scored in chunks, keeping only the best `pool_factor * n` candidates, so memory is
 bounded by the number asked for, not by the pool. Then `n` are picked greedily: each step takes
@@ -128,7 +128,8 @@ def score_pool(
 
 def doubt(pred: Sample, tags: list[str], strategy: str) -> tuple[float, str]:
     """A sample's doubt score under `strategy`, and the entity or token behind it."""
-    missed, token = missed_entity(pred, tags)
+    missed, t = uncertainty.missed_entity(pred, tags)
+    token = pred.tokens[t] if t is not None else ""
     if strategy == "missed":
         return missed, f"missed-entity score {missed:.3f} at {token!r}"
     if strategy == "mnlp":
@@ -139,24 +140,11 @@ def doubt(pred: Sample, tags: list[str], strategy: str) -> tuple[float, str]:
     return worst.uncertainty, f"{pred.name(worst)!r} ({worst.type}) has uncertainty {worst.uncertainty:.3f}"
 
 
-def missed_entity(pred: Sample, tags: list[str]) -> tuple[float, str]:
-    """The missed-entity score and the token it comes from ("" when there is none)."""
-    if pred.marginals is None or not pred.tokens:
-        return 0.0, ""
-    inside = np.zeros(len(pred.tokens), dtype=bool)
-    for e in pred.entities:
-        inside[e.start : e.end] = True
-    not_o = 1.0 - pred.marginals[:, tags.index("O")]
-    not_o[inside] = 0.0
-    t = int(not_o.argmax())
-    return float(not_o[t]), pred.tokens[t] if not_o[t] > 0 else ""
-
-
 def mnlp(pred: Sample, tags: list[str]) -> float:
     """1 - exp(mean log P(tag_t = its predicted tag)): a length-normalised sequence doubt."""
     if pred.marginals is None or not pred.tokens:
         return 0.0
-    scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in tags) else "BIO"
+    scheme = uncertainty.scheme_of(tags)
     path = [tags.index(t) for t in spans_to_tags(len(pred.tokens), pred.entities, scheme)]
     p = pred.marginals[np.arange(len(path)), path].clip(1e-12, 1.0)
     return float(1.0 - np.exp(np.log(p).mean()))

@@ -59,7 +59,7 @@ def entity_uncertainty(marginals: np.ndarray, tags: list[str], e: Entity) -> tup
     "does not continue" (in BIO a too-short entity is invisible inside its own span).
     Type: 1 - the mean over the span's tokens of the probability mass of the predicted type.
     """
-    scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in tags) else "BIO"
+    scheme = scheme_of(tags)
     n = e.end - e.start
     predicted = spans_to_tags(n, [Entity(0, n, e.type)], scheme)
     role = np.array([t[0] for t in tags])  # (K,) B I E S O
@@ -70,6 +70,11 @@ def entity_uncertainty(marginals: np.ndarray, tags: list[str], e: Entity) -> tup
     u_span = 1.0 - float(np.mean(p_role))
     u_type = 1.0 - float(marginals[e.start : e.end, typ == e.type].sum(axis=1).mean())
     return min(max(u_span, 0.0), 1.0), min(max(u_type, 0.0), 1.0)
+
+
+def scheme_of(tags: list[str]) -> str:
+    """The tag scheme a tagger's tag names belong to."""
+    return "BIOES" if any(t[:2] in ("E-", "S-") for t in tags) else "BIO"
 
 
 def span_entropy(marginals: np.ndarray, e: Entity) -> float:
@@ -108,12 +113,19 @@ def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig |
 
 def missed_entity_score(sample: Sample, tags: list[str]) -> float:
     """max over tokens outside every predicted entity of 1 - P(O): how likely the tagger missed one."""
+    return missed_entity(sample, tags)[0]
+
+
+def missed_entity(sample: Sample, tags: list[str]) -> tuple[float, int | None]:
+    """The missed-entity score and the token it comes from (None when no token is outside an entity)."""
     outside = np.ones(len(sample.tokens), dtype=bool)
     for e in sample.entities:
         outside[e.start : e.end] = False
     if sample.marginals is None or not outside.any():
-        return 0.0
-    return float((1.0 - sample.marginals[outside, tags.index("O")]).max())
+        return 0.0, None
+    not_o = np.where(outside, 1.0 - sample.marginals[:, tags.index("O")], -1.0)
+    t = int(not_o.argmax())
+    return float(not_o[t]), t
 
 
 # ---------------------------------------------------------------- threshold and routing

@@ -79,6 +79,11 @@ def oracle(body: dict) -> dict:
     raise AssertionError(f"unexpected request schema {sorted(props)}")
 
 
+def reuse_tagger(trained: Path, out, *more: str) -> list[str]:
+    """refineg.py's arguments for a run on the demo that reuses the tagger trained once for this module."""
+    return ["--data", str(DEMO), "--tagger", str(trained / "tagger"), "--out", str(out), *more]
+
+
 def body_key(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -300,18 +305,7 @@ def test_a_grounding_crash_keeps_the_refined_predictions_and_names_stage_and_sam
     monkeypatch.setattr(refineg.grounding, "ground", crash)
     with FakeServer(oracle) as srv:
         code = refineg.main(
-            [
-                "--data",
-                str(DEMO),
-                "--tagger",
-                str(trained / "tagger"),
-                "--out",
-                str(tmp_path),
-                "--llm-url",
-                srv.url,
-                "--unc-target-rate",
-                "1.0",
-            ]
+            reuse_tagger(trained, str(tmp_path), "--llm-url", srv.url, "--unc-target-rate", "1.0")
         )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
@@ -332,18 +326,7 @@ def test_a_grounding_crash_keeps_the_refined_predictions_and_names_stage_and_sam
 def test_every_call_failing_ends_the_run_non_zero(trained, tmp_path, capsys):
     with FakeServer(lambda body: (401, {"error": {"message": "invalid api key"}}, {})) as srv:
         code = refineg.main(
-            [
-                "--data",
-                str(DEMO),
-                "--tagger",
-                str(trained / "tagger"),
-                "--out",
-                str(tmp_path),
-                "--llm-url",
-                srv.url,
-                "--unc-target-rate",
-                "1.0",
-            ]
+            reuse_tagger(trained, str(tmp_path), "--llm-url", srv.url, "--unc-target-rate", "1.0")
         )
     err = capsys.readouterr().err
     assert code == 2 and "every one of the" in err and "refinement calls failed" in err and "HTTP 401" in err
@@ -351,16 +334,7 @@ def test_every_call_failing_ends_the_run_non_zero(trained, tmp_path, capsys):
 
 
 def test_usage_counts_this_process_and_all_runs(trained, tmp_path):
-    argv = [
-        "--data",
-        str(DEMO),
-        "--tagger",
-        str(trained / "tagger"),
-        "--out",
-        str(tmp_path),
-        "--unc-target-rate",
-        "1.0",
-    ]
+    argv = reuse_tagger(trained, str(tmp_path), "--unc-target-rate", "1.0")
     with FakeServer(oracle) as srv:
         assert refineg.main([*argv, "--llm-url", srv.url]) == 0
         first = json.loads((tmp_path / "usage.json").read_text())
