@@ -246,12 +246,16 @@ def train_or_reuse(
 
 
 def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
-    """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest."""
+    """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest (with
+    --suggest, without the samples already labelled: each round may pass the same pool)."""
     if not settings.unlabelled:
         return []
     pool = formats.read_dataset(settings.unlabelled).samples
     if settings.suggest:
-        suggest.check_pool(pool, labelled.samples, settings.suggest)
+        fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
+        if len(fresh) < len(pool):
+            print(f"--unlabelled: {len(pool) - len(fresh)} pool samples are already labelled (left out)")
+        pool = fresh
     return pool
 
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 import tagger
 import uncertainty
-from data import DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags
+from data import DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags, without_spaces
 from encoding import embed_texts
 from formats.ccks import write_ccks_folder
 
@@ -70,19 +71,26 @@ class Suggestion:
     why: str  # the entity or tokens behind the score
 
 
-def check_pool(pool: list[Sample], labelled: list[Sample], n: int) -> None:
-    """Clear errors for a request that cannot be met: an empty pool, too few samples, shared ids."""
+def not_yet_labelled(pool: list[Sample], labelled: list[Sample], n: int) -> list[Sample]:
+    """The pool without the samples already labelled (same id, same text), so that the next round can
+    reuse the same --unlabelled. Clear errors for a request that cannot be met: an empty pool, too few
+    samples left, an id that names another text in the labelled data."""
     if not pool:
         raise DataError("--unlabelled: the pool to suggest from is empty")
-    if n > len(pool):
-        raise DataError(f"--suggest {n}: the pool (--unlabelled) has only {len(pool)} samples")
-    shared = {s.id for s in pool} & {s.id for s in labelled}
-    if shared:
+    known = {s.id: without_spaces(s.text) for s in labelled}
+    clash = sorted(s.id for s in pool if s.id in known and known[s.id] != without_spaces(s.text))
+    if clash:
         raise DataError(
-            f"--unlabelled: {len(shared)} pool ids are already in the labelled data, "
-            f"e.g. {sorted(shared)[:3]}"
-            " (a suggestion must be a sample nobody labelled)"
+            f"--unlabelled: {len(clash)} pool ids name another text in the labelled data, e.g. {clash[:3]}"
+            " (an id must name one sample)"
         )
+    fresh = [s for s in pool if s.id not in known]
+    if not fresh:
+        raise DataError("--unlabelled: every pool sample is already in the labelled data")
+    if n > len(fresh):
+        left = f" not yet labelled (of {len(pool)})" if len(fresh) < len(pool) else ""
+        raise DataError(f"--suggest {n}: the pool (--unlabelled) has only {len(fresh)} samples{left}")
+    return fresh
 
 
 def suggest(
@@ -98,7 +106,7 @@ def suggest(
     if config.strategy == "random":
         order = random.Random(config.seed).sample(range(len(pool)), n)
         return [Suggestion(unlabelled(pool[i]), 0.0, "random") for i in order]
-    candidates = score_pool(model, pool, config.pool_factor * n, config)
+    candidates = score_pool(model, pool, config.pool_factor * n, config, progress)
     return diverse(candidates, n, config)
 
 
@@ -107,11 +115,12 @@ def unlabelled(sample: Sample) -> Sample:
 
 
 def score_pool(
-    model: tagger.Tagger, pool: list[Sample], keep: int, config: SuggestConfig
+    model: tagger.Tagger, pool: list[Sample], keep: int, config: SuggestConfig, progress: bool = False
 ) -> list[Suggestion]:
     """The `keep` most doubtful pool samples, scored chunk by chunk (marginals are dropped after each)."""
     heap: list[tuple[float, int, Suggestion]] = []  # a min-heap of the best `keep` so far
-    for start in range(0, len(pool), config.chunk):
+    starts = range(0, len(pool), config.chunk)
+    for start in tqdm(starts, desc="scoring the pool", unit="chunk", disable=not progress, leave=False):
         chunk = [unlabelled(s) for s in pool[start : start + config.chunk]]
         pred = tagger.predict(model, chunk)
         uncertainty.estimate(pred, model.tags)

@@ -62,7 +62,8 @@ def finished() -> dict[tuple[str, int, int], dict]:
 def record(result: dict) -> None:
     with open(CACHE / "rounds.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
-    print(json.dumps(result), flush=True)
+    shown = {k: v for k, v in result.items() if k != "next_ids"}
+    print(json.dumps(shown) + f" (+{len(result['next_ids'])} chosen)", flush=True)
 
 
 def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) -> None:
@@ -77,20 +78,22 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
     while size <= max_labelled:
         key = (row, seed, size)
         pool = [s for s in full.samples if s.id not in {x.id for x in labelled}]
-        if key in done:
+        last = size + ROUND > max_labelled
+        if key in done and (done[key]["next_ids"] or last):
             chosen_ids = done[key]["next_ids"]
-        else:
+        else:  # not measured, or measured as a last round and now to be continued
             t0 = time.perf_counter()
-            model = train(
-                labelled, pool if self_training else [], full.types, seed, size == len(start.samples)
-            )
+            model = None
+            if key not in done or strategy != "random":  # random chooses without a model
+                unlabelled = pool if self_training else []
+                model = train(labelled, unlabelled, full.types, seed, size == len(start.samples))
             train_s = time.perf_counter() - t0
-            f1 = score(model, dev)
+            f1 = score(model, dev) if model is not None else done[key]["f1"]
             chosen_ids, select_s = [], 0.0
-            if size + ROUND <= max_labelled:
+            if not last:
                 t0 = time.perf_counter()
                 config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)
-                picks = suggest.suggest(model, pool, ROUND, config)
+                picks = suggest.suggest(model, pool, ROUND, config, progress=False)
                 select_s = time.perf_counter() - t0
                 chosen_ids = [p.sample.id for p in picks]
             entities = sum(len(s.entities) for s in labelled)
@@ -101,7 +104,7 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
                     "labelled": size,
                     "entities": entities,
                     "f1": f1,
-                    "train_seconds": round(train_s),
+                    "train_seconds": round(train_s) if key not in done else done[key]["train_seconds"],
                     "select_seconds": round(select_s, 1),
                     "next_ids": chosen_ids,
                 }
@@ -140,7 +143,7 @@ def score(model, dev: list) -> float:
 
 def report(done: dict, rows: list[str], seeds: list[int]) -> None:
     """The learning curves (mean over the seeds measured), and the labels saved against random."""
-    sizes = sorted({k[2] for k in done})
+    sizes = sorted({k[2] for k in done if k[0] in rows and k[1] in seeds})
     print(
         "\n| row | seeds | "
         + " | ".join(f"{n} labelled: F1 (entities)" for n in sizes)
@@ -165,7 +168,7 @@ def report(done: dict, rows: list[str], seeds: list[int]) -> None:
 
 
 def random_curve(done: dict, seeds: list[int]) -> tuple[list[int], list[float]]:
-    sizes = sorted({k[2] for k in done if k[0] == "random"})
+    sizes = sorted({k[2] for k in done if k[0] == "random" and k[1] in seeds})
     means = [
         np.mean([done[("random", s, n)]["f1"] for s in seeds if ("random", s, n) in done]) for n in sizes
     ]

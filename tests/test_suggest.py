@@ -122,16 +122,21 @@ def test_suggest_then_label_then_retrain_round_trip(tmp_path):
     joined = refineg.formats.join([read_dataset(labelled), suggested], ["labelled", "suggested"])
     assert len(joined.samples) == 24
     again = ["--data", str(labelled), "--data", str(out / "suggested"), "--out", str(tmp_path / "run2")]
-    assert refineg.main(again + ["--tagger-epochs", "1"]) == 0
+    again += ["--unlabelled", str(pool), "--suggest", "4"]  # the next round, from the same pool
+    assert refineg.main(again + ["--tagger-epochs", "1", "--tagger-self-train-rounds", "0"]) == 0
     scope = json.loads((tmp_path / "run2" / "metrics.json").read_text())["scored"]
     assert scope["samples"] == round(0.3 * 24)
+    lines = (tmp_path / "run2" / "suggested.jsonl").read_text().splitlines()
+    second = [json.loads(line)["id"] for line in lines]
+    assert len(second) == 4 and not set(second) & {r["id"] for r in ranks}  # none suggested twice
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
         (["--suggest", "40"], "--suggest 40: the pool (--unlabelled) has only 12 samples"),
-        (["--unlabelled", "LABELLED"], "pool ids are already in the labelled data"),
+        (["--unlabelled", "LABELLED"], "--unlabelled: every pool sample is already in the labelled data"),
+        (["--unlabelled", "CLASH"], "--unlabelled: 1 pool ids name another text in the labelled data"),
         (["--unlabelled", "EMPTY"], "--unlabelled: the pool to suggest from is empty"),
     ],
 )
@@ -141,7 +146,16 @@ def test_a_pool_that_cannot_serve_the_request_is_one_error_line(tmp_path, capsys
     empty.mkdir()
     (empty / "text.json").write_text("{}")
     shutil.copy(DEMO / "types.txt", empty / "types.txt")
-    swap = {"LABELLED": str(labelled), "EMPTY": str(empty)}
+    clash = tmp_path / "clash"  # the pool, one of its ids renamed to a labelled id
+    shutil.copytree(pool, clash)
+    texts = json.loads((clash / "text.json").read_text())
+    moved, text = texts.popitem()
+    taken = read_dataset(labelled).samples[0].id
+    texts[taken] = text
+    for image in (clash / "images").glob(f"{moved}.*"):  # its image moves with it
+        image.rename(image.with_stem(taken))
+    (clash / "text.json").write_text(json.dumps(texts))
+    swap = {"LABELLED": str(labelled), "EMPTY": str(empty), "CLASH": str(clash)}
     args = [
         "--data",
         str(labelled),
