@@ -232,4 +232,16 @@ def settings_problems(cfg: dict) -> list[str]:
         f"{flag(prefix, name)}: expected {what}, got {getattr(cfg[stage], name)!r}"
         for stage, _, prefix, check, _ in STAGES
         for name, what in check(cfg[stage])
-    ]
+    ] + pair_problems(cfg)
+
+
+def pair_problems(cfg: dict) -> list[str]:
+    """Settings that are fine alone and cannot work together."""
+    if not cfg["suggest"].ground:
+        return []
+    problems = []
+    if not cfg["run"].suggest:
+        problems.append("--suggest-ground: expected --suggest N too (it draws the suggestions' boxes)")
+    if not cfg["llm"].base_url:
+        problems.append("--suggest-ground: expected an MLLM to draw the boxes (--llm-url URL)")
+    return problems

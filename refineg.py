@@ -87,11 +87,33 @@ def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bo
         [read_nonempty(p, settings.images, "--data") for p in settings.data], settings.data
     )
     if not settings.test:
+        if settings.suggest:  # the tagger that chooses learns from every label: none is left to score
+            return labelled, labelled.samples, dataclasses.replace(labelled, samples=[]), False
         train, test = split(labelled.samples, settings.test_share, settings.seed)
-        return labelled, train, dataclasses.replace(labelled, samples=test), True
+        return labelled, train, unseen(settings, dataclasses.replace(labelled, samples=test)), True
     target = read_nonempty(settings.test, settings.images, "--test")
     check_types(settings.test, target, labelled)
-    return labelled, labelled.samples, target, formats.has_labels(settings.test)
+    return labelled, labelled.samples, unseen(settings, target), formats.has_labels(settings.test)
+
+
+def unseen(settings: RunConfig, target: Dataset) -> Dataset:
+    """The data to predict without the samples a reused --tagger was trained on (its trained_on.json):
+    a tagger scored on its own training data would look better than it is."""
+    seen = tagger.trained_on(settings.tagger_dir) if settings.tagger_dir else set()
+    kept = [s for s in target.samples if tagger.text_digest(s) not in seen]
+    if len(kept) == len(target.samples):
+        return target
+    where = f"--test {settings.test}" if settings.test else "the held-out split of --data"
+    if not kept:
+        raise DataError(
+            f"--tagger {settings.tagger_dir} was trained on every sample of {where}, so nothing is left "
+            "to score it on: pass --test with samples it has not seen"
+        )
+    print(
+        f"--tagger {settings.tagger_dir}: {len(target.samples) - len(kept)} samples of {where} are left "
+        "out: the tagger was trained on them"
+    )
+    return dataclasses.replace(target, samples=kept)
 
 
 def check_types(path: str, target: Dataset, labelled: Dataset) -> None:
@@ -143,6 +165,11 @@ def describe_inputs(
         f"data: {len(train)} labelled training samples, {len(test)} to predict "
         f"({'with' if gold_known else 'without'} gold); types {types}"
     )
+    if not test:
+        print(
+            "--suggest without --test: the tagger that chooses trains on every labelled sample, so none is "
+            "held out and nothing is scored (pass the same --test every round to follow a curve)"
+        )
     with_image = sum(1 for s in test if s.image)
     missing = len(test) - with_image
     print(
@@ -154,8 +181,10 @@ def describe_inputs(
         "samples": len(test),
         "gold_entities": gold_entities,
         "test": settings.test or None,
-        "test_share": settings.test_share,
+        "test_share": settings.test_share if not settings.test and not settings.suggest else None,
     }
+    if not test:
+        return
     if run.uses_llm and (settings.refine or settings.ground) and not with_image:  # before any call is paid
         raise DataError(
             f"none of the {len(test)} samples to predict has an image, so refinement and grounding "
@@ -237,7 +266,7 @@ def train_or_reuse(
         model, history = tagger.train_tagger(train, types, config)
         rounds = []
     with atomic(out / "tagger") as tmp:
-        tagger.save(model, str(tmp))
+        tagger.save(model, str(tmp), trained_on=train)
         write_json(tmp / "stage.json", {"key": key, "history": history, "self_training": rounds})
     how = f"trained on {len(train)} sentences"
     if rounds:
@@ -268,21 +297,50 @@ def suggestion_stage(
         return
     with run.stage("suggestion"):
         chosen = suggest.suggest(model, pool, n, cfg["suggest"])
+        boxes = NULL_BOXES
+        if cfg["suggest"].ground:
+            chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
         with atomic(run.out / "suggested") as tmp:
             suggest.write_suggestions(chosen, labelled, tmp)
         with atomic(run.out / "suggested.jsonl") as tmp:
-            suggest.write_ranks(chosen, tmp)
+            suggest.write_ranks(chosen, tmp, boxes)
         run.written += ["suggested/", "suggested.jsonl"]
         run.notes["suggestion"] = {
             "pool": len(pool),
             "chosen": n,
             "strategy": cfg["suggest"].strategy,
+            "chooser": chooser(cfg["run"], labelled),
             "entities_prefilled": sum(len(c.sample.entities) for c in chosen),
         }
         print(
-            f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'} "
-            f"(ranked in suggested.jsonl; entity.json holds the tagger's entities to correct)"
+            f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'}, chosen by "
+            f"{run.notes['suggestion']['chooser']} (ranked in suggested.jsonl; entity.json holds the "
+            f"tagger's entities to correct; boxes: {boxes})"
         )
+
+
+NULL_BOXES = 'not drawn: a "bnd" left null says "not in the image"; draw the box where the entity is visible'
+
+
+def chooser(settings: RunConfig, labelled: Dataset) -> str:
+    if settings.tagger_dir:
+        return f"the tagger of --tagger {settings.tagger_dir}"
+    return f"the tagger trained on all {len(labelled.samples)} labelled samples"
+
+
+def ground_suggestions(
+    run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset
+) -> tuple[list[suggest.Suggestion], str]:
+    """--suggest-ground: the MLLM draws the suggestions' boxes after the same worked examples as the
+    grounding stage (chosen from every labelled sample); a failed call leaves that sample's boxes null."""
+    client = run.client("suggestion grounding")
+    samples, notes = grounding.ground(
+        [c.sample for c in chosen], labelled.samples, labelled, client, cfg["grounding"], cfg["demos"]
+    )
+    run.notes["suggestion grounding"] = notes
+    run.check_calls("suggestion grounding", "no suggestion was written")
+    boxed = [dataclasses.replace(c, sample=s) for c, s in zip(chosen, samples, strict=True)]
+    return boxed, f"drawn by the MLLM ({client.usage.calls} calls); a null bnd says it saw no such entity"
 
 
 # ---------------------------------------------------------------- 2. prediction with uncertainty, refinement
@@ -363,7 +421,7 @@ def scoring_stage(
         if gold is not None:
             run.metrics["final"] = evaluate(gold, pred)
         run.write_predictions(pred, "predictions.json")
-        if held_out:  # what eval.py needs to score the run again: python eval.py --gold OUT/gold ...
+        if held_out and gold is not None:  # what eval.py needs to score again: eval.py --gold OUT/gold ...
             with atomic(run.out / "gold") as tmp:
                 ccks.write_ccks_folder(gold, target, tmp)
         if target.format == "twitter":

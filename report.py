@@ -52,6 +52,11 @@ def headline(usage: dict, warn_share: float) -> str:
 
 def scope_line(scope: dict) -> str:
     n, gold, test = scope["samples"], scope["gold_entities"], scope["test"]
+    if not n and not test:
+        return (
+            "nothing scored: with --suggest and no --test, every labelled sample trained the tagger that "
+            "chooses (pass the same --test each round to score the rounds on the same samples)"
+        )
     if gold is None:  # only a --test folder can lack gold: a hold-out is part of the labelled data
         return f"not scored: the {n} samples of --test {test} have no gold (no entity.json)"
     if test:

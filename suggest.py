@@ -13,16 +13,21 @@ The pool is scored in chunks, keeping only the best `pool_factor * n` candidates
 bounded by the number asked for, not by the pool. Then `n` are picked greedily: each step takes
 the candidate whose score minus `diversity` x (its highest cosine similarity to a sample already
 picked, on the encoder's sentence embeddings) is highest, so ten tweets about the same uncertain
-name do not all come first.
+name do not all come first. The tagger that scores the pool is trained on every labelled sample
+(refineg.py holds none out when suggesting), and pool samples already labelled are left out, so
+each round passes the same --unlabelled. Boxes: with `ground` (--suggest-ground) the MLLM draws the
+suggested entities' boxes as the grounding stage would; without it every "bnd" is null, which reads
+back as "not in the image" unless the annotator draws a box.
 
-    python refineg.py --data LABELLED --unlabelled POOL --suggest 700 --out OUT
-    # annotate OUT/suggested/entity.json (pre-filled with the tagger's entities), then:
-    python refineg.py --data LABELLED --data OUT/suggested ...
+    python refineg.py --data LABELLED --test TEST --unlabelled POOL --suggest 700 --out runs/round1
+    # correct runs/round1/suggested/entity.json (the tagger's entities), then the next round:
+    python refineg.py --data LABELLED --data runs/round1/suggested --test TEST --unlabelled POOL ...
 
 Left out on purpose: clustering (the greedy penalty needs no number of clusters), expected
 model change and committee disagreement (each costs more trainings than a round of labelling).
 """
 
+import dataclasses
 import heapq
 import json
 import random
@@ -50,6 +55,7 @@ class SuggestConfig:
     chunk: int = 512  # pool samples predicted at a time (bounds the memory of marginals)
     encoder: str = ""  # sentence encoder of the similarity; "" = all-MiniLM-L6-v2
     seed: int = 0  # the random strategy's shuffle, and ties
+    ground: bool = False  # the MLLM draws the suggested entities' boxes (one grounding call per sample)
 
 
 def check_config(c: SuggestConfig) -> list[tuple[str, str]]:
@@ -67,8 +73,9 @@ def check_config(c: SuggestConfig) -> list[tuple[str, str]]:
 @dataclass
 class Suggestion:
     sample: Sample  # the tagger's prediction: the annotator's starting point
-    score: float  # the doubt that ranked it
+    score: float  # the sample's doubt
     why: str  # the entity or tokens behind the score
+    ranked_by: float | None = None  # the doubt less the diversity penalty when it was picked (the rank's key)
 
 
 def not_yet_labelled(pool: list[Sample], labelled: list[Sample], n: int) -> list[Sample]:
@@ -172,7 +179,7 @@ def diverse(candidates: list[Suggestion], n: int, config: SuggestConfig) -> list
         gain = np.where(taken, -np.inf, scores - config.diversity * nearest)
         j = int(gain.argmax())  # ties: the earlier (more doubtful) candidate
         taken[j] = True
-        chosen.append(candidates[j])
+        chosen.append(dataclasses.replace(candidates[j], ranked_by=float(gain[j])))
         nearest = np.maximum(nearest, emb @ emb[j])
     return chosen
 
@@ -191,9 +198,12 @@ def write_suggestions(chosen: list[Suggestion], labelled: Dataset, folder: Path)
             shutil.copyfile(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
 
 
-def write_ranks(chosen: list[Suggestion], path: Path) -> None:
-    """One JSON line per suggestion: rank, id, score and why."""
+def write_ranks(chosen: list[Suggestion], path: Path, boxes: str) -> None:
+    """One JSON line per suggestion: rank, id, its doubt (score), the key that ranked it (ranked_by: the
+    doubt less the diversity penalty, falling down the list), why, and what its boxes are (`boxes`)."""
     with open(path, "w", encoding="utf-8") as f:
         for rank, c in enumerate(chosen, 1):
-            row = {"rank": rank, "id": c.sample.id, "score": round(c.score, 4), "why": c.why}
+            ranked_by = c.score if c.ranked_by is None else c.ranked_by
+            row = {"rank": rank, "id": c.sample.id, "score": round(c.score, 4)}
+            row |= {"ranked_by": round(ranked_by, 4), "why": c.why, "boxes": boxes}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

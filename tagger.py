@@ -7,7 +7,8 @@ feed the Refinement Stage (uncertainty.py), which sends doubtful entities to the
 Inputs: `Sample`s with tokens and gold entities (data.py) and the type list.
 Outputs: a `Tagger`; `predict` returns new `Sample`s whose entities are the Viterbi
 spans and whose `.marginals` is a (T, K) array in `tagger.tags` order; `save`/`load`
-a directory (config.json, weights.pt, tokenizer files).
+a directory (config.json, weights.pt, tokenizer files, and trained_on.json: the samples it
+learnt from).
 
     python -m bench tagger        # trains it on CCKS and Twitter-GMNER, side by side with a softmax peer
 
@@ -24,6 +25,7 @@ mixed precision, multi-GPU training.
 """
 
 import copy
+import hashlib
 import json
 import math
 import warnings
@@ -37,7 +39,16 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from crf import CRF, allowed_moves, tag_names
-from data import Entity, Sample, failed_rules, require_valid, spans_to_tags, tags_to_spans
+from data import (
+    DataError,
+    Entity,
+    Sample,
+    failed_rules,
+    require_valid,
+    spans_to_tags,
+    tags_to_spans,
+    without_spaces,
+)
 from encoding import SHAPES, Encoded, collate, encode, length_batches, load_encoder
 
 
@@ -394,10 +405,16 @@ def decode(model: Tagger, batch: dict, mc_passes: int) -> tuple[list[list[int]],
     return best, p.float().cpu().numpy()
 
 
-def save(model: Tagger, directory: str) -> None:
-    """config.json (settings, types, tags, the encoder's architecture), weights.pt and the tokenizer files."""
+def save(model: Tagger, directory: str, trained_on: list[Sample] | None = None) -> None:
+    """config.json (settings, types, tags, the encoder's architecture), weights.pt, the tokenizer files,
+    and trained_on.json: which samples it learnt from (ids, and text digests that data.py-style
+    readers match), so that a reuse with --tagger never scores it on them."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if trained_on is not None:
+        seen = {"samples": len(trained_on), "ids": [s.id for s in trained_on]}
+        seen["text_digests"] = sorted({text_digest(s) for s in trained_on})
+        (d / "trained_on.json").write_text(json.dumps(seen, ensure_ascii=False), encoding="utf-8")
     meta = {
         "tagger": asdict(model.config),
         "types": model.types,
@@ -409,6 +426,22 @@ def save(model: Tagger, directory: str) -> None:
         model.state_dict(), d / "weights.pt"
     )  # as it is: int8 layers need its version metadata to load
     model.tokenizer.save_pretrained(str(d))
+
+
+def text_digest(sample: Sample) -> str:
+    """A short digest of a sample's text without whitespace: the same sentence whatever its id or layout."""
+    return hashlib.sha1(without_spaces(sample.text).encode()).hexdigest()[:16]
+
+
+def trained_on(directory: str) -> set[str]:
+    """The text digests of the samples a saved tagger learnt from (none known for an older tagger)."""
+    path = Path(directory) / "trained_on.json"
+    if not path.is_file():
+        return set()
+    try:
+        return set(json.loads(path.read_text(encoding="utf-8"))["text_digests"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: expected the trained_on.json written by tagger.save ({err})") from None
 
 
 def load(directory: str, device: str | None = None) -> Tagger:

@@ -3,15 +3,19 @@
     python -m bench active                                  # every row, seeds 0 1 2
     python -m bench active --only random,entity --seeds 0   # some rows
     python -m bench active --only mnlp --max-labelled 1400  # the first round only
+    python -m bench active --device cuda --cache DIR        # the tagger on a GPU, rounds kept in DIR
 
 Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool is the other 6,300
 tweets of train.txt with their labels hidden. Each round adds 700 tweets, chosen by the row's
 strategy, whose labels are then revealed from train.txt; up to --max-labelled (2,800). After each
 round the tagger is trained as refineg.py trains it (default settings, no dev selection, the last
-epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies. The
-"+ self-training" row trains on the chosen labels plus the rest of the pool as unlabelled text.
-Each finished round is appended to /tmp/refineg_bench_active/rounds.jsonl, and a rerun skips
-what is there (delete the folder to measure again). Real data is read from ../shared/data/.
+epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies, chosen
+by that same tagger (trained on every label, as refineg.py --suggest trains it); the "chooser on
+70 %" row chooses with a second tagger trained on the 70 % that a held-out split leaves (what
+refineg.py --suggest did before it trained on all labels). The "+ self-training" row trains on the
+chosen labels plus the rest of the pool as unlabelled text. Each finished round is appended to
+--cache/rounds.jsonl (default /tmp/refineg_bench_active), and a rerun skips what is there (delete
+the folder to measure again). Real data is read from ../shared/data/.
 """
 
 import json
@@ -23,21 +27,28 @@ import numpy as np
 from bench import TWITTER, have
 
 CACHE = Path("/tmp/refineg_bench_active")
+DEVICE = "cpu"  # the tagger's torch device (--device)
 ROUND = 700
-ROWS = {  # row -> (strategy, diversity, self-training)
-    "random": ("random", 0.0, False),
-    "entity": ("entity", 0.0, False),
-    "entity+diversity": ("entity", 0.5, False),
-    "mnlp": ("mnlp", 0.0, False),
-    "missed": ("missed", 0.0, False),
-    "entity+diversity+self-training": ("entity", 0.5, True),
+ROWS = {  # row -> (strategy, diversity, self-training, share of the labels the choosing tagger sees)
+    "random": ("random", 0.0, False, 1.0),
+    "entity": ("entity", 0.0, False, 1.0),
+    "entity+diversity": ("entity", 0.5, False, 1.0),
+    "entity+diversity-chooser70": ("entity", 0.5, False, 0.7),
+    "mnlp": ("mnlp", 0.0, False, 1.0),
+    "missed": ("missed", 0.0, False, 1.0),
+    "entity+diversity+self-training": ("entity", 0.5, True, 1.0),
 }
 
 
 def bench_active(args) -> None:
+    global CACHE, DEVICE
     rows = args.only.split(",") if args.only else list(ROWS)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"command: python -m bench active --only {','.join(rows)} --seeds {args.seeds}")
+    CACHE, DEVICE = Path(args.cache or CACHE), args.device
+    print(
+        f"command: python -m bench active --only {','.join(rows)} --seeds {args.seeds} "
+        f"--max-labelled {args.max_labelled} --device {DEVICE}"
+    )
     if not have(TWITTER):
         return
     from formats.twitter import read_conll
@@ -45,7 +56,7 @@ def bench_active(args) -> None:
     start = read_conll(TWITTER / "lowres" / "10GMNER" / "train.txt")
     full = read_conll(TWITTER / "train.txt")
     dev = read_conll(TWITTER / "dev.txt").samples
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     done = finished()
     for seed in seeds:
         for row in rows:
@@ -68,9 +79,7 @@ def record(result: dict) -> None:
 
 def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) -> None:
     """One row's rounds for one seed: train, score, choose the next 700, reveal their labels."""
-    import suggest
-
-    strategy, diversity, self_training = ROWS[row]
+    strategy, _, self_training, _ = ROWS[row]
     by_id = {s.id: s for s in full.samples}
     labelled = list(start.samples)
     chosen_ids: list[str] = []
@@ -92,10 +101,8 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
             chosen_ids, select_s = [], 0.0
             if not last:
                 t0 = time.perf_counter()
-                config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)
-                picks = suggest.suggest(model, pool, ROUND, config, progress=False)
+                chosen_ids = choose(row, seed, model, labelled, pool, full.types)
                 select_s = time.perf_counter() - t0
-                chosen_ids = [p.sample.id for p in picks]
             entities = sum(len(s.entities) for s in labelled)
             record(
                 {
@@ -116,12 +123,29 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
         size = len(labelled)
 
 
-def train(labelled: list, pool: list, types: list[str], seed: int, shareable: bool):
+def choose(row: str, seed: int, model, labelled: list, pool: list, types: list[str]) -> list[str]:
+    """The ids of the next ROUND tweets the row's strategy picks from the pool."""
+    import suggest
+
+    strategy, diversity, _, share = ROWS[row]
+    config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)
+    chooser = model if share == 1.0 else train(held_in(labelled, share, seed), [], types, seed)
+    return [p.sample.id for p in suggest.suggest(chooser, pool, ROUND, config, progress=False)]
+
+
+def held_in(labelled: list, share: float, seed: int) -> list:
+    """The labels a tagger trained beside a held-out split sees: refineg.py's own seeded split."""
+    from refineg import split
+
+    return split(labelled, 1 - share, seed)[0]
+
+
+def train(labelled: list, pool: list, types: list[str], seed: int, shareable: bool = False):
     """refineg.py's training: default settings, the last epoch, self-trained on `pool` when given."""
     import selftrain
     import tagger
 
-    config = tagger.TaggerConfig(progress=False, seed=seed)
+    config = tagger.TaggerConfig(progress=False, seed=seed, device=DEVICE)
     cached = CACHE / f"start-seed{seed}"
     if shareable and not pool and (cached / "config.json").is_file():  # every row starts from the same 700
         return tagger.load(str(cached))

@@ -106,29 +106,107 @@ def split_demo(tmp_path: Path) -> tuple[Path, Path]:
     return folders[0], folders[1]
 
 
-def test_suggest_then_label_then_retrain_round_trip(tmp_path):
+FAST = ["--tagger-epochs", "1", "--tagger-min-steps", "1", "--tagger-self-train-rounds", "0"]
+
+
+def test_suggest_then_label_then_retrain_round_trip(tmp_path, capsys):
     labelled, pool = split_demo(tmp_path)
     out = tmp_path / "run"
     args = ["--data", str(labelled), "--unlabelled", str(pool), "--suggest", "4", "--out", str(out)]
     assert refineg.main(args + ["--tagger-epochs", "3", "--tagger-self-train-rounds", "0"]) == 0
     ranks = [json.loads(line) for line in (out / "suggested.jsonl").read_text().splitlines()]
     assert [r["rank"] for r in ranks] == [1, 2, 3, 4] and all(r["why"] for r in ranks)
+    keys = [r["ranked_by"] for r in ranks]
+    assert keys == sorted(keys, reverse=True)  # the greedy key falls down the list; the doubt need not
+    assert all(r["ranked_by"] <= r["score"] + 1e-9 for r in ranks)  # the diversity penalty is >= 0
+    assert all('"bnd" left null says "not in the image"' in r["boxes"] for r in ranks)
     suggested = read_dataset(out / "suggested")
     pool_ids = {s.id for s in read_dataset(pool).samples}
     assert [s.id for s in suggested.samples] == [r["id"] for r in ranks]
     assert {s.id for s in suggested.samples} <= pool_ids
     assert all(s.image for s in suggested.samples)  # the pool's images travel with the suggestions
     assert suggested.types == read_dataset(labelled).types
+    # the tagger that chose learnt every label, so nothing was held out to score, and the run says so
+    seen = json.loads((out / "tagger" / "trained_on.json").read_text())
+    assert seen["samples"] == 20 and sorted(seen["ids"]) == sorted(
+        s.id for s in read_dataset(labelled).samples
+    )
+    assert json.loads((out / "metrics.json").read_text())["scored"]["samples"] == 0
+    printed = capsys.readouterr().out
+    assert "nothing scored: with --suggest and no --test" in printed
+    assert "chosen by the tagger trained on all 20 labelled samples" in printed
     joined = refineg.formats.join([read_dataset(labelled), suggested], ["labelled", "suggested"])
     assert len(joined.samples) == 24
-    again = ["--data", str(labelled), "--data", str(out / "suggested"), "--out", str(tmp_path / "run2")]
-    again += ["--unlabelled", str(pool), "--suggest", "4"]  # the next round, from the same pool
-    assert refineg.main(again + ["--tagger-epochs", "1", "--tagger-self-train-rounds", "0"]) == 0
-    scope = json.loads((tmp_path / "run2" / "metrics.json").read_text())["scored"]
-    assert scope["samples"] == round(0.3 * 24)
-    lines = (tmp_path / "run2" / "suggested.jsonl").read_text().splitlines()
-    second = [json.loads(line)["id"] for line in lines]
-    assert len(second) == 4 and not set(second) & {r["id"] for r in ranks}  # none suggested twice
+
+
+def annotate(suggested: Path, folder: Path) -> Path:
+    """The annotator's part: the suggested folder with its entities replaced by the demo's gold."""
+    shutil.copytree(suggested, folder)
+    ids = json.loads((folder / "text.json").read_text())
+    gold = json.loads((DEMO / "entity.json").read_text())
+    (folder / "entity.json").write_text(json.dumps({i: gold.get(i, []) for i in ids}))
+    return folder
+
+
+def test_three_rounds_of_the_readme_loop_score_the_same_test_and_never_suggest_twice(tmp_path, capsys):
+    labelled, pool = split_demo(tmp_path)
+    test = tmp_path / "test"  # a fixed test set: 6 labelled samples moved out of the labelled folder
+    shutil.copytree(labelled, test)
+    texts = json.loads((labelled / "text.json").read_text())
+    entities = json.loads((labelled / "entity.json").read_text())
+    held = sorted(texts)[:6]
+    for folder, keep in ((labelled, lambda i: i not in held), (test, lambda i: i in held)):
+        (folder / "text.json").write_text(json.dumps({i: t for i, t in texts.items() if keep(i)}))
+        (folder / "entity.json").write_text(json.dumps({i: e for i, e in entities.items() if keep(i)}))
+    data, chosen = ["--data", str(labelled)], set()
+    for round_ in (1, 2, 3):
+        out = tmp_path / f"round{round_}"
+        args = [*data, "--test", str(test), "--unlabelled", str(pool), "--suggest", "4", "--out", str(out)]
+        assert refineg.main(args + FAST) == 0
+        printed = capsys.readouterr().out
+        ids = {json.loads(line)["id"] for line in (out / "suggested.jsonl").read_text().splitlines()}
+        assert len(ids) == 4 and not ids & chosen  # the pool keeps the samples labelled: they are left out
+        assert (f"{len(chosen)} pool samples are already labelled (left out)" in printed) == bool(chosen)
+        chosen |= ids
+        scored = json.loads((out / "metrics.json").read_text())["scored"]
+        assert scored["samples"] == 6 and scored["test"] == str(test)  # every round on the same 6
+        assert json.loads((out / "tagger" / "trained_on.json").read_text())["samples"] == 14 + 4 * (
+            round_ - 1
+        )
+        data += ["--data", str(annotate(out / "suggested", tmp_path / f"labelled{round_}"))]
+
+
+def test_a_reused_tagger_is_never_scored_on_what_it_learnt(tmp_path, capsys):
+    labelled, pool = split_demo(tmp_path)
+    out = tmp_path / "run"
+    args = ["--data", str(labelled), "--unlabelled", str(pool), "--suggest", "4", "--out", str(out)]
+    assert refineg.main(args + FAST) == 0
+    again = ["--data", str(labelled), "--tagger", str(out / "tagger"), "--out", str(tmp_path / "again")]
+    assert refineg.main(again) == 2  # its hold-out is 6 of the 20 samples it trained on
+    assert "was trained on every sample of the held-out split of --data" in capsys.readouterr().err
+    mixed = annotate(out / "suggested", tmp_path / "mixed")  # 4 unseen samples, then 3 it learnt from
+    texts = json.loads((mixed / "text.json").read_text())
+    seen = read_dataset(labelled).samples[:3]
+    texts |= {s.id: {"text": " ".join(s.tokens)} for s in seen}
+    (mixed / "text.json").write_text(json.dumps(texts))
+    gold = json.loads((DEMO / "entity.json").read_text())
+    (mixed / "entity.json").write_text(json.dumps({i: gold.get(i, []) for i in texts}))
+    for s in seen:
+        for image in (labelled / "images").glob(f"{s.id}.*"):
+            shutil.copy(image, mixed / "images" / image.name)
+    third = again[:-1] + [str(tmp_path / "third"), "--test", str(mixed)]
+    assert refineg.main(third) == 0
+    assert "3 samples of --test" in capsys.readouterr().out
+    assert json.loads((tmp_path / "third" / "metrics.json").read_text())["scored"]["samples"] == 4
+
+
+def test_suggest_ground_needs_suggest_and_an_mllm(capsys):
+    with pytest.raises(SystemExit) as stop:
+        refineg.main(["--data", str(DEMO), "--suggest-ground"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--suggest-ground: expected --suggest N too" in err
+    assert "--suggest-ground: expected an MLLM to draw the boxes (--llm-url URL)" in err
 
 
 @pytest.mark.parametrize(
