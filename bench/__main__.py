@@ -53,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-labelled", type=int, default=2800, help="active: the last round's labelled tweets")
     ap.add_argument("--device", default="cpu", help="active: the tagger's torch device (cpu, cuda, ...)")
     ap.add_argument("--cache", default="", help="active: the folder of finished rounds (default: /tmp)")
+    ap.add_argument("--report", action="store_true", help="active: the table of finished rounds, no training")
     ap.add_argument(
         "--mc-passes", type=int, default=None, help="uncertainty: MC dropout passes (0 skips those rows)"
     )

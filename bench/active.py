@@ -4,6 +4,8 @@
     python -m bench active --only random,entity --seeds 0   # some rows
     python -m bench active --only mnlp --max-labelled 1400  # the first round only
     python -m bench active --device cuda --cache DIR        # the tagger on a GPU, rounds kept in DIR
+    python -m bench active --report                         # the table of the rounds finished, no training
+    bash bench/active_gpu.sh                                # rows and seeds side by side on one GPU
 
 Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool is the other 6,300
 tweets of train.txt with their labels hidden. Each round adds 700 tweets, chosen by the row's
@@ -57,6 +59,9 @@ def bench_active(args) -> None:
     full = read_conll(TWITTER / "train.txt")
     dev = read_conll(TWITTER / "dev.txt").samples
     CACHE.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        report(finished(), rows, seeds)
+        return
     done = finished()
     for seed in seeds:
         for row in rows:
