@@ -257,3 +257,29 @@ def test_bad_suggest_settings_are_refused_before_anything_runs(capsys):
     err = capsys.readouterr().err
     assert "--unlabelled: expected the pool to suggest from" in err
     assert "--suggest-strategy: expected entity or mnlp or missed or random, got 'loud'" in err
+
+
+def test_suggest_ground_predraws_the_mllm_boxes_and_counts_its_calls(tmp_path, capsys):
+    from test_pipeline import gold_boxes, oracle  # the scripted MLLM that answers with the demo's gold boxes
+
+    from servers.fake_mllm import FakeServer
+
+    labelled, pool = split_demo(tmp_path)
+    out = tmp_path / "run"
+    args = ["--data", str(labelled), "--unlabelled", str(pool), "--suggest", "4", "--out", str(out)]
+    args += ["--tagger-epochs", "3", "--tagger-self-train-rounds", "0", "--no-synthesize", "--suggest-ground"]
+    with FakeServer(oracle) as srv:
+        assert refineg.main(args + ["--llm-url", srv.url]) == 0
+    suggested = read_dataset(out / "suggested").samples
+    asked = [s for s in suggested if any(e.type != "location" for e in s.entities)]  # location: never boxed
+    assert asked, "the tagger found no entity in the suggestions: nothing was grounded"
+    calls = json.loads((out / "usage.json").read_text())["llm"]["suggestion grounding"]["calls"]
+    assert calls == len(asked)  # one call per suggested sample with an entity (each has an image)
+    boxes = gold_boxes()
+    for s in asked:
+        for e in s.entities:  # each box drawn is the MLLM's answer for that name, in original pixels
+            drawn = [[round(v) for v in (b.x1, b.y1, b.x2, b.y2)] for b in e.boxes]
+            assert drawn == boxes.get((s.text, s.name(e)), [])
+    assert any(e.boxes for s in asked for e in s.entities)  # not only empty answers
+    ranks = [json.loads(line) for line in (out / "suggested.jsonl").read_text().splitlines()]
+    assert all(r["boxes"].startswith(f"drawn by the MLLM ({calls} calls)") for r in ranks)
