@@ -325,7 +325,7 @@ def refinement_stage(
     with run.stage("refinement"):
         if run.wants("refinement", cfg["run"].refine):
             client = run.client("refinement")
-            pred, run.notes["refinement"] = refinement.refine(
+            pred, run.notes["refinement"], run.traces["refinement"] = refinement.refine(
                 pred, labelled, client, tau, cfg["refinement"], tags
             )
             score_mner(run, "refinement", gold, pred)

@@ -110,7 +110,7 @@ def test_refinement_right_and_wrong(demo, accuracy):
     data, sizes = demo
     pred = perturbed(data.samples)
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
-        out, summary = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)), tau=0.5)
+        out, summary, _ = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)), tau=0.5)
     assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary.get("failed_call")
     got = scorer.evaluate(data.samples, out)["mner"]
     overlapped = sum(
