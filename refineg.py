@@ -348,7 +348,7 @@ def grounding_stage(
     with run.stage("grounding"):
         if run.wants("grounding", cfg["run"].ground):
             client = run.client("grounding")
-            pred, run.notes["grounding"] = grounding.ground(
+            pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
                 pred, train, labelled, client, cfg["grounding"], cfg["demos"]
             )
     return pred

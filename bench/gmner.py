@@ -155,7 +155,7 @@ def bench_gmner(args) -> None:
     for a in ([1.0] if args.quick else GROUND_ACCURACIES) if "ground" in groups else []:
         with SimulatedMLLM(world, sizes, SimConfig(ground_accuracy=a)) as sim:
             c = client(sim)
-            out, counts = grounding.ground(pred, demos, test_data, c)
+            out, counts, _ = grounding.ground(pred, demos, test_data, c)
         assert not counts.get("failed_calls"), counts
         row("tagger + grounding", f"{a:g}", out, c.usage.as_dict())
         if a == 1.0:
@@ -180,7 +180,7 @@ def bench_gmner(args) -> None:
             c = client(sim)
             tau, _ = uncertainty.choose_threshold(pred)
             out, _, _ = refinement.refine(pred, test_data, c, tau)
-            out, _ = grounding.ground(out, demos, test_data, c)
+            out, _, _ = grounding.ground(out, demos, test_data, c)
         row("whole method: refine top 20 % + grounding", "0.8", out, c.usage.as_dict())
     print(
         "\nSIMULATION: the MLLM answers from the gold annotations, right with probability a "

@@ -208,7 +208,7 @@ def test_grounding_with_three_demos_on_demo(server):
     config, selection = grounding.GroundingConfig(max_boxes=2), sel.DemoConfig(k=3)
     c = client(server.url, workers=4, max_tokens=600)
     seen = record(c)
-    out, counts = grounding.ground(queries, demos, demo, c, config, selection)
+    out, counts, _ = grounding.ground(queries, demos, demo, c, config, selection)
     asked = [{s.name(e) for e in s.entities if e.type != "location"} for s in queries]
     assert (
         counts["calls"] == len(seen) == c.usage.calls == 3

@@ -73,7 +73,7 @@ def run_ground(data, sizes, pred, accuracy: float):
     # the oracle boxes every type; images are sent at most 320 px wide, so boxes are rescaled both ways
     cfg = grounding.GroundingConfig(never_ground=[], max_side=320)
     with SimulatedMLLM(data.samples, sizes, SimConfig(ground_accuracy=accuracy)) as sim:
-        out, counts = grounding.ground(
+        out, counts, _ = grounding.ground(
             pred, data.samples, data, Client(ClientConfig(base_url=sim.url)), cfg, demos.DemoConfig(k=1)
         )
     return out, counts, sim.counts
