@@ -4,11 +4,12 @@ refineg.py runs the stages and hands their scores, counts, token usage and timin
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
 text (how many samples and gold entities were scored, scores per stage, how many entities went to
 the MLLM, calls and tokens per stage, what was skipped and why, which files were written) and JPEGs
-with predicted (red) and gold (green) boxes.
+with predicted (red) and gold (green) boxes (`picture`, which also draws report.html's thumbnails).
 
     python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
 
-Left out on purpose: HTML reports, plots of scores (metrics.json holds every number).
+Left out on purpose: the per-sample page (page.py writes trace.jsonl and report.html), plots of scores
+(metrics.json holds every number).
 """
 
 from pathlib import Path
