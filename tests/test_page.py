@@ -211,3 +211,14 @@ def test_hostile_text_is_escaped_everywhere(tmp_path):
     assert r["refinement"]["reasoning"] == HOSTILE[0] and r["tokens"] == tokens and r["image_size"] is None
     assert "no image" in html and not list((tmp_path / "report").iterdir())
     assert [k for k, v in r["mistakes"].items() if v] == ["missed", "spurious"]
+
+
+def test_report_samples_caps_the_page_of_a_run(runs, tmp_path):
+    plain, _ = runs
+    argv = ["--data", str(DEMO), "--out", str(tmp_path), "--tagger", str(plain / "tagger")]
+    assert refineg.main([*argv, "--report-samples", "2"]) == 0
+    assert (
+        html_of(tmp_path).count('<section class="card">') == 2
+        and len(list((tmp_path / "report").iterdir())) == 2
+    )
+    assert len(page.read_trace(tmp_path / "trace.jsonl")) == 10  # the trace keeps every sample
