@@ -33,7 +33,16 @@ from rundir import atomic
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
-MISTAKES = {"missed": "missed", "wrong_type": "wrong type", "wrong_box": "wrong box", "spurious": "spurious"}
+SIM = "simulated-mllm"  # the model id of servers/simulated_mllm.py: a run against it is a SIMULATION
+SCORES = ("p", "r", "f1", "tp", "fp", "fn")  # the columns of the scores table (eval.prf's keys)
+USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
+OUTCOMES = {  # GroundingTrace.outcome, said to a person
+    "answered": "answered",
+    "failed_call": "the call failed",
+    "image_error": "the image could not be used",
+    "no_image": "no image: its entities stay ungroundable",
+    "no_entity": "nothing to ground",
+}
 
 
 # ---------------------------------------------------------------- the trace
@@ -209,9 +218,6 @@ def simulated(metrics: dict, usage: dict, model: str) -> bool:
     return model.startswith(SIM)
 
 
-SIM = "simulated-mllm"  # the model id servers/simulated_mllm.py answers with
-
-
 def mistake_count(r: dict) -> int:
     return sum(len(v) for v in (r.get("mistakes") or {}).values())
 
@@ -266,7 +272,7 @@ def header(title: str, metrics: dict, usage: dict, sim: bool) -> str:
         acc = f" (accuracy {escape(str(said['accuracy']))})" if "accuracy" in said else ""
         parts.append(
             f'<p class="sim">SIMULATION: the MLLM was servers/simulated_mllm.py{acc}, which answers from '
-            "the gold annotations; these scores say nothing about a real model</p>"
+            "the gold annotations, right with a set probability: these scores are not a real model's</p>"
         )
     parts += [scores_table(metrics.get("metrics") or {}), usage_table(usage), notes(metrics)]
     return "<header>" + "".join(parts) + "</header>\n"
@@ -284,8 +290,7 @@ def scores_table(metrics: dict) -> str:
         [
             escape(stage),
             task.upper(),
-            *(f"{m[task][k]:.3f}" for k in ("p", "r", "f1")),
-            *(str(m[task][k]) for k in TP),
+            *(f"{m[task][k]:.3f}" if k in ("p", "r", "f1") else str(m[task][k]) for k in SCORES),
         ]
         for stage, m in metrics.items()
         for task in ("mner", "eeg", "gmner")
@@ -294,10 +299,6 @@ def scores_table(metrics: dict) -> str:
     if not rows:
         return "<p>Not scored: the predicted data has no gold.</p>"
     return "<h2>Scores</h2>" + table(["stage", "task", "P", "R", "F1", "TP", "FP", "FN"], rows)
-
-
-TP = ("tp", "fp", "fn")
-USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")
 
 
 def usage_table(usage: dict) -> str:
@@ -419,15 +420,6 @@ def refinement_html(ref: dict | None, colours: dict[str, str]) -> str:
     if ref["added"]:
         parts.append("<p>Added by the MLLM: " + " ".join(mark(e, colours) for e in ref["added"]) + "</p>")
     return "".join(parts)
-
-
-OUTCOMES = {
-    "answered": "answered",
-    "failed_call": "the call failed",
-    "image_error": "the image could not be used",
-    "no_image": "no image: its entities stay ungroundable",
-    "no_entity": "nothing to ground",
-}
 
 
 def grounding_html(g: dict | None) -> str:
