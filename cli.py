@@ -46,6 +46,7 @@ class RunConfig:
     refine: bool = True  # run the refinement stage when an LLM is configured
     ground: bool = True  # run the grounding stage when an LLM is configured
     viz: int = 0  # draw this many predictions (boxes, names, types; gold too) into viz/
+    report_samples: int = 200  # samples shown in report.html (the most mistakes first); 0 = scores only
     warn_failed_share: float = 0.1  # a stage with more than this share of failed MLLM calls is flagged first
     seed: int = 0  # the test split's shuffle
 
@@ -64,6 +65,7 @@ def check_run(c: RunConfig) -> list[tuple[str, str]]:
             ),
             ("test_share", 0 < c.test_share < 1, "a share in (0, 1)"),
             ("viz", c.viz >= 0, "a number of pictures >= 0"),
+            ("report_samples", c.report_samples >= 0, "a number of samples >= 0"),
             ("warn_failed_share", 0 <= c.warn_failed_share <= 1, "a share in [0, 1]"),
         ]
     )

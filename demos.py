@@ -4,7 +4,8 @@ For every query sample the k labelled samples most like it are picked as worked 
 MLLM (grounding.py shows them with their gold boxes). Similarity is a weighted sum of text, image
 and entity similarity, each min-max normalised per query (the authors' code normalises over the
 whole matrix). Input: query samples (predicted entities), demo samples (gold entities) and the
-DemoConfig weights. Output: per query, the indices of its demos, best first.
+DemoConfig weights. Output: per query, the indices of its demos, best first (`choose_demos`: with the
+similarity parts that ranked them, which grounding.py records in its per-sample trace).
 
     python -m bench selection      # selection quality and speed on Twitter-GMNER
 
@@ -166,14 +167,17 @@ def _minmax(x: np.ndarray, skip: np.ndarray) -> np.ndarray:
     return np.where(ok, (x - np.where(ok, lo, 0.0)) / np.where(ok, span, 1.0), 0.0)
 
 
-def similarity(q: Features, d: Features, config: DemoConfig) -> np.ndarray:
-    """(Nq, Nd) weighted similarity; -inf where a query meets itself (same id)."""
+def similarity_parts(q: Features, d: Features, config: DemoConfig) -> dict[str, np.ndarray]:
+    """(Nq, Nd) per part: "text", "image" and "entity" similarity, each min-max normalised per query to
+    [0, 1] ("image" NaN where its term is dropped: no query image, or w_image 0), and their weighted sum
+    "total" = w_text * text + w_image * image + w_entity * entity, -inf where a query meets itself (same id).
+    """
     self_pair = np.zeros((len(q.ids), len(d.ids)), dtype=bool)  # (Nq, Nd)
     where = {sid: j for j, sid in enumerate(d.ids)}
     for i, sid in enumerate(q.ids):
         if sid in where:
             self_pair[i, where[sid]] = True
-    text = q.text @ d.text.T
+    text = _minmax(q.text @ d.text.T, self_pair)
     # Sum over pairs (i, j) of cos(e_i, e_j) + bonus * [t_i == t_j] is a bilinear form, so it factorises into
     # (sum_i e_i) . (sum_j e_j) + bonus * counts_q . counts_d; the pair-mean divides both by n_q * n_d.
     entity = q.ent_mean @ d.ent_mean.T + config.type_bonus * (q.type_freq @ d.type_freq.T)  # (Nq, Nd)
@@ -181,19 +185,36 @@ def similarity(q: Features, d: Features, config: DemoConfig) -> np.ndarray:
         entity = entity * np.outer(q.n_ent, d.n_ent)
     elif config.entity_sim != "mean":
         raise ValueError(f"DemoConfig.entity_sim: expected 'mean' or 'sum', got {config.entity_sim!r}")
-    sim = config.w_text * _minmax(text, self_pair) + config.w_entity * _minmax(entity, self_pair)
+    entity = _minmax(entity, self_pair)
+    total = config.w_text * text + config.w_entity * entity
+    image = np.full_like(total, np.nan)
     if config.w_image and q.has_image.any():
-        image = np.where(
-            d.has_image[None, :], q.image @ d.image.T, -1.0
-        )  # a demo without image is least similar
-        sim += (
-            config.w_image * q.has_image[:, None] * _minmax(image, self_pair)
-        )  # no query image: term dropped
-    return np.where(self_pair, -np.inf, sim)
+        raw = np.where(d.has_image[None, :], q.image @ d.image.T, -1.0)  # a demo without image: least similar
+        image = np.where(q.has_image[:, None], _minmax(raw, self_pair), np.nan)  # no query image: dropped
+        total = total + config.w_image * np.nan_to_num(image)
+    total = np.where(self_pair, -np.inf, total)
+    return {"text": text, "image": image, "entity": entity, "total": total}
 
 
-def rank_demos(q: Features, d: Features, config: DemoConfig) -> list[list[int]]:
-    """Top-k demo indices per query, best first; ties go to the earlier demo; never the query itself."""
+def similarity(q: Features, d: Features, config: DemoConfig) -> np.ndarray:
+    """(Nq, Nd) weighted similarity; -inf where a query meets itself (same id)."""
+    return similarity_parts(q, d, config)["total"]
+
+
+@dataclass
+class Pick:
+    """One worked example chosen for a query: its index in the demo list and its similarity parts."""
+
+    index: int
+    text: float  # text similarity, min-max normalised per query to [0, 1]
+    image: float | None  # image similarity, the same way; None when its term was dropped
+    entity: float  # entity similarity, the same way
+    total: float  # w_text * text + w_image * image + w_entity * entity: what the demos are ranked by
+
+
+def pick_demos(q: Features, d: Features, config: DemoConfig) -> list[list[Pick]]:
+    """Top-k demos per query with their similarity parts, best first; ties go to the earlier demo; never
+    the query itself."""
     if config.w_image > 0 and not q.has_image.all():
         warnings.warn(
             f"{int((~q.has_image).sum())} of {len(q.ids)} queries have no image: "
@@ -202,12 +223,35 @@ def rank_demos(q: Features, d: Features, config: DemoConfig) -> list[list[int]]:
         )
     if not d.ids:
         return [[] for _ in q.ids]
-    sim = similarity(q, d, config)
+    parts = similarity_parts(q, d, config)
+    sim = parts["total"]
     top = np.argsort(-sim, axis=1, kind="stable")[:, : config.k]  # stable sort: ties keep demo order
-    return [[int(j) for j in row if np.isfinite(sim[i, j])] for i, row in enumerate(top)]
+    return [[_pick(parts, i, int(j)) for j in row if np.isfinite(sim[i, j])] for i, row in enumerate(top)]
+
+
+def _pick(parts: dict[str, np.ndarray], i: int, j: int) -> Pick:
+    image = float(parts["image"][i, j])
+    return Pick(
+        j,
+        float(parts["text"][i, j]),
+        None if np.isnan(image) else image,
+        float(parts["entity"][i, j]),
+        float(parts["total"][i, j]),
+    )
+
+
+def rank_demos(q: Features, d: Features, config: DemoConfig) -> list[list[int]]:
+    """Top-k demo indices per query, best first; ties go to the earlier demo; never the query itself."""
+    return [[p.index for p in row] for row in pick_demos(q, d, config)]
+
+
+def choose_demos(queries: list[Sample], demos: list[Sample], config: DemoConfig) -> list[list[Pick]]:
+    """For each query, its k most similar labelled samples (indices into `demos`) with their similarity
+    parts."""
+    types = sorted({e.type for s in queries + demos for e in s.entities})
+    return pick_demos(features(queries, types, config), features(demos, types, config), config)
 
 
 def select_demos(queries: list[Sample], demos: list[Sample], config: DemoConfig) -> list[list[int]]:
     """For each query, the indices into `demos` of its k most similar labelled samples."""
-    types = sorted({e.type for s in queries + demos for e in s.entities})
-    return rank_demos(features(queries, types, config), features(demos, types, config), config)
+    return [[p.index for p in row] for row in choose_demos(queries, demos, config)]

@@ -26,6 +26,10 @@ Per-type rows: MNER and GMNER by the (shared) type; EEG ignores types when
 matching, so its rows count TP and FN under the gold type and FP under the
 predicted type.
 
+Per sample, `mistakes` names what the same matching holds against a prediction
+(gold items missed, of the wrong type, with the wrong box; spurious predictions):
+the run's trace.jsonl and report.html list them.
+
     python eval.py --gold examples/demo --pred examples/demo [--match span|name] [--json metrics.json]
 
 `--pred` is a CCKS folder (its entity.json is read against the gold texts), a
@@ -146,25 +150,9 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplac
     for g, p in align(gold, pred, match):
         gi = items(g, match)
         pi = items(p, match) if p is not None else []
-        by_key = defaultdict(list)
-        for i, (key, _, _) in enumerate(gi):
-            by_key[key].append(i)
-        # the pairs that share an identity, with their type and region verdicts, computed once
-        pairs = [
-            [(i, gi[i][1] == typ, region_ok(gi[i][2], boxes)) for i in by_key.get(key, ())]
-            for key, typ, boxes in pi
-        ]
+        owners = matchings(gi, pi)
         for task in TASKS:
-            need_type, need_region = USES[task]
-            cands = [
-                [
-                    i
-                    for i, same_type, same_region in row
-                    if (same_type or not need_type) and (same_region or not need_region)
-                ]
-                for row in pairs
-            ]
-            owner = max_matching(cands, len(gi))
+            owner = owners[task]
             matched = set(owner)
             for i, j in enumerate(owner):
                 kind = "tp" if j >= 0 else "fn"
@@ -181,6 +169,57 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplac
     return {
         t: {**prf(total[t]), "per_type": {k: prf(per_type[t][k]) for k in sorted(per_type[t])}} for t in TASKS
     }
+
+
+def matchings(gi: list[Item], pi: list[Item]) -> dict[str, list[int]]:
+    """The maximum matching of one sample's items per task, and under "span" by identity alone (type and
+    region ignored): owner[i] = the predicted item matched to gold item i, or -1."""
+    by_key = defaultdict(list)
+    for i, (key, _, _) in enumerate(gi):
+        by_key[key].append(i)
+    # the pairs that share an identity, with their type and region verdicts, computed once
+    pairs = [
+        [(i, gi[i][1] == typ, region_ok(gi[i][2], boxes)) for i in by_key.get(key, ())]
+        for key, typ, boxes in pi
+    ]
+    owners = {}
+    for task, (need_type, need_region) in {**USES, "span": (False, False)}.items():
+        cands = [
+            [
+                i
+                for i, same_type, same_region in row
+                if (same_type or not need_type) and (same_region or not need_region)
+            ]
+            for row in pairs
+        ]
+        owners[task] = max_matching(cands, len(gi))
+    return owners
+
+
+def mistakes(gold: Sample, pred: Sample, match: str = "span") -> dict[str, list[tuple[int, int]]]:
+    """What the scorer holds against one predicted sample, as (gold item, predicted item) index pairs into
+    items(gold) and items(pred) (with match "span": the entities), -1 for none:
+    - "missed": a gold item no prediction names (same identity);
+    - "wrong_type": named, but no prediction of that identity has its type (the pair: by identity);
+    - "wrong_box": named with its type, but the region is wrong (the pair: the MNER match);
+    - "spurious": a prediction naming no gold item (or one already named by another prediction).
+    The first three are the sample's GMNER false negatives, one each.
+    """
+    gi, pi = items(gold, match), items(pred, match)
+    owners = matchings(gi, pi)
+    out = {"missed": [], "wrong_type": [], "wrong_box": [], "spurious": []}
+    for i, j in enumerate(owners["gmner"]):
+        if j >= 0:
+            continue
+        if owners["span"][i] < 0:
+            out["missed"].append((i, -1))
+        elif owners["mner"][i] < 0:
+            out["wrong_type"].append((i, owners["span"][i]))
+        else:
+            out["wrong_box"].append((i, owners["mner"][i]))
+    named = set(owners["span"])
+    out["spurious"] = [(-1, j) for j in range(len(pi)) if j not in named]
+    return out
 
 
 def table(result: dict) -> str:

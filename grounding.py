@@ -7,8 +7,10 @@ entities, or none (ungroundable): grounding by analogy with solved examples.
 
 Inputs: predicted samples (entities, boxes ignored), labelled demos (gold
 entities with boxes), the Dataset (type descriptions) and an llm.Client.
-Output: new samples whose entities carry boxes in ORIGINAL image pixels, and a
-dict of counts (calls, skipped samples, malformed and dropped answers).
+Output: new samples whose entities carry boxes in ORIGINAL image pixels, a
+dict of counts (calls, skipped samples, malformed and dropped answers), and a
+`GroundingTrace` per sample id (what was asked, the worked examples shown with
+their similarity parts, the boxes answered, whether the call failed).
 
     python -m pytest -q tests/test_grounding.py   # the stage against a scripted fake MLLM
     python -m bench selection                     # demo selection quality and speed on Twitter-GMNER
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from data import Box, Dataset, Entity, Sample, failed_rules, is_number, require_valid, without_spaces
-from demos import DemoConfig, select_demos
+from demos import DemoConfig, Pick, choose_demos
 from images import ImageError, image_part, image_size
 from llm import Client, LLMError, text_part
 
@@ -80,6 +82,30 @@ class Shown(NamedTuple):
     part: dict  # the chat content part (base64 image)
     sent: tuple[int, int]  # width, height as sent (after the resize to max_side)
     orig: tuple[int, int]  # width, height of the original file: boxes come back to these pixels
+
+
+@dataclass
+class WorkedExample:
+    """A labelled sample shown to the MLLM before a query, and why it was chosen (demos.Pick's parts)."""
+
+    id: str  # the labelled sample's id
+    text: float  # text similarity to the query, min-max normalised per query to [0, 1]
+    image: float | None  # image similarity, the same way; None when its term was dropped
+    entity: float  # entity similarity, the same way
+    total: float  # the weighted sum the examples were ranked by
+
+
+@dataclass
+class GroundingTrace:
+    """What grounding did for one sample; `ground` returns one per sample id. A stable record: the run's
+    trace.jsonl is written from it, and boxes[name] is what the MLLM drew for that name."""
+
+    outcome: str  # answered | failed_call | image_error (the call was made or tried) | no_image | no_entity
+    asked: dict[str, str]  # {name: type} to ground, in text order (types in never_ground are not asked)
+    examples: list[WorkedExample]  # the worked examples shown, best first (demos with a readable image)
+    boxes: dict[str, list[Box]]  # answered name -> boxes in original pixels, [] = ungroundable; a name
+    # missing here got no answer (failed call, or left out of the answer): it has no box either
+    error: str = ""  # why the call failed or its image could not be used
 
 
 # ---------------------------------------------------------------- box conversion
@@ -274,8 +300,9 @@ def ground(
     client: Client,
     config: GroundingConfig | None = None,
     selection: DemoConfig | None = None,
-) -> tuple[list[Sample], dict]:
-    """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`."""
+) -> tuple[list[Sample], dict, dict[str, GroundingTrace]]:
+    """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`; also the
+    counts, and a GroundingTrace per sample id."""
     config = config or GroundingConfig()
     require_valid(config, check_config(config))
     never = [t for t in dataset.types if t.lower() in {n.lower() for n in config.never_ground}]
@@ -286,13 +313,14 @@ def ground(
     todo = to_ask(samples, never_l, counts)  # (sample index, {name: type})
     t0 = time.perf_counter()
     chosen = (
-        select_demos([samples[i] for i, _ in todo], pool, selection or DemoConfig()) if todo and pool else []
+        choose_demos([samples[i] for i, _ in todo], pool, selection or DemoConfig()) if todo and pool else []
     )
+    chosen = chosen or [[]] * len(todo)
     counts["selection_seconds"] = round(time.perf_counter() - t0, 2)  # embeddings included
     calls = Calls(dataset, never, config)
     jobs = [
-        calls.builder(k, samples[i], asked, [pool[j] for j in picks])
-        for k, ((i, asked), picks) in enumerate(zip(todo, chosen or [[]] * len(todo)))
+        calls.builder(k, samples[i], asked, [pool[p.index] for p in picks])
+        for k, ((i, asked), picks) in enumerate(zip(todo, chosen))
     ]
     replies = client.map_chat(jobs, desc="grounding") if jobs else []
     found = calls.read(todo, replies, counts)
@@ -303,7 +331,33 @@ def ground(
     out = [with_boxes(s, found.get(i, {}), never_l) for i, s in enumerate(samples)]
     counts["entities_grounded"] = sum(1 for s in out for e in s.entities if e.boxes)
     counts["boxes"] = sum(len(e.boxes) for s in out for e in s.entities)
-    return out, dict(counts)
+    return out, dict(counts), traces(samples, never_l, todo, chosen, pool, calls, found)
+
+
+def traces(
+    samples: list[Sample],
+    never: set[str],
+    todo: list[tuple[int, dict[str, str]]],
+    chosen: list[list[Pick]],
+    pool: list[Sample],
+    calls: "Calls",
+    found: dict[int, dict[str, list[Box]]],
+) -> dict[str, GroundingTrace]:
+    """The GroundingTrace of every sample, by id: a sample not in `todo` needed no call (why: to_ask)."""
+    out = {}
+    for s in samples:
+        asked = _asked(s, never)
+        out[s.id] = GroundingTrace("no_image" if asked else "no_entity", asked, [], {})
+    for k, ((i, asked), picks) in enumerate(zip(todo, chosen)):
+        shown = [pool[p.index] for p in picks]
+        examples = [
+            WorkedExample(d.id, p.text, p.image, p.entity, p.total)
+            for d, p in zip(shown, picks)
+            if calls.demos.get(d.image) is not None
+        ]
+        outcome, error = calls.outcomes[k]
+        out[samples[i].id] = GroundingTrace(outcome, asked, examples, found.get(i, {}), error)
+    return out
 
 
 def to_ask(samples: list[Sample], never: set[str], counts: Counter) -> list[tuple[int, dict[str, str]]]:
@@ -331,6 +385,7 @@ class Calls:
         self.demos: dict[str, Shown | None] = {}  # demo image path -> as sent, None = unreadable
         self.queries: dict[int, Shown] = {}  # call number -> its query image as sent (for the answer's boxes)
         self.errors: dict[str, str] = {}  # image path -> why it cannot be used
+        self.outcomes: dict[int, tuple[str, str]] = {}  # call number -> (GroundingTrace.outcome, error)
 
     def show(self, path: str) -> Shown | None:
         try:
@@ -348,6 +403,7 @@ class Calls:
         def build() -> dict | None:
             query = self.show(sample.image)
             if query is None:
+                self.outcomes[k] = ("image_error", self.errors.get(sample.image, ""))
                 return None
             for d in picks:
                 if d.image not in self.demos:  # two workers may both encode it: harmless
@@ -363,10 +419,12 @@ class Calls:
         found = {}
         for k, ((i, asked), reply) in enumerate(zip(todo, replies)):
             if reply is None:
-                counts["image_errors"] += 1
+                counts["image_errors"] += 1  # its outcome was set when the request could not be built
             elif isinstance(reply, LLMError):
                 counts["failed_calls"] += 1
+                self.outcomes[k] = ("failed_call", str(reply))
             else:
+                self.outcomes[k] = ("answered", "")
                 q = self.queries[k]
                 found[i] = parse_answer(reply.content, asked, q.orig, q.sent, self.config.box_format, counts)
         return found

@@ -31,6 +31,7 @@ from pathlib import Path
 import formats
 import grounding
 import llm
+import page
 import refinement
 import selftrain
 import suggest
@@ -62,18 +63,20 @@ def pipeline(cfg: dict, run: Run) -> int:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
         model = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
         suggestion_stage(run, cfg, model, pool, labelled)
-        pred, tau = prediction_stage(run, cfg["uncertainty"], model, test, gold)
-        pred = refinement_stage(run, cfg, pred, labelled, tau, model.tags, gold)
+        tagged, tau = prediction_stage(run, cfg["uncertainty"], model, test, gold)
+        pred = refinement_stage(run, cfg, tagged, labelled, tau, model.tags, gold)
         run.write_predictions(pred, "predictions.refined.json")  # kept if grounding fails or is interrupted
         run.check_calls("refinement", "predictions.refined.json holds the tagger's predictions")
         pred = grounding_stage(run, cfg, pred, train, labelled)
         scoring_stage(run, pred, gold, target, held_out=not settings.test)
         run.check_calls("grounding", "predictions.json holds the entities without boxes")
+        trace_stage(run, tagged, pred, gold, tau)
     finally:  # what ran, also when a stage failed or was interrupted
         run.save()
     if settings.viz:
         with run.stage("drawing"):
             draw(pred, gold, run.out / "viz", settings.viz)
+    report_page(run, settings.report_samples)
     print(summary_text(run, settings.warn_failed_share))
     return 0
 
@@ -383,7 +386,7 @@ def refinement_stage(
     with run.stage("refinement"):
         if run.wants("refinement", cfg["run"].refine):
             client = run.client("refinement")
-            pred, run.notes["refinement"] = refinement.refine(
+            pred, run.notes["refinement"], run.traces["refinement"] = refinement.refine(
                 pred, labelled, client, tau, cfg["refinement"], tags
             )
             score_mner(run, "refinement", gold, pred)
@@ -406,7 +409,7 @@ def grounding_stage(
     with run.stage("grounding"):
         if run.wants("grounding", cfg["run"].ground):
             client = run.client("grounding")
-            pred, run.notes["grounding"] = grounding.ground(
+            pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
                 pred, train, labelled, client, cfg["grounding"], cfg["demos"]
             )
     return pred
@@ -441,6 +444,24 @@ def write_conll_pair(run: Run, pred: list[Sample], gold: list[Sample] | None) ->
     if gold is not None:
         with atomic(run.out / "gold.conll") as tmp:
             twitter.write_conll(gold, tmp)
+
+
+def trace_stage(
+    run: Run, tagged: list[Sample], pred: list[Sample], gold: list[Sample] | None, tau: float
+) -> None:
+    """trace.jsonl: every decision per sample, from the tagger's predictions to the final ones."""
+    with run.stage("report"):
+        page.write_trace(run.out, tagged, pred, gold, tau, run.traces)
+    run.written.append("trace.jsonl")
+
+
+def report_page(run: Run, n: int) -> None:
+    """report.html, drawn from what the run saved (trace.jsonl, metrics.json, usage.json); then saved again,
+    so that metrics.json lists it and usage.json has its time."""
+    with run.stage("report"):
+        page.write_page(run.out, n)
+    run.written.append("report.html")
+    run.save()
 
 
 # ---------------------------------------------------------------- the command line

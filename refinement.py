@@ -8,7 +8,8 @@ sample with an entity, with four images each).
 
 Inputs: predicted Samples with uncertainties, the Dataset (types and their descriptions), an
 llm.Client and tau. Outputs: new Samples whose entities say where they came from (`source` =
-"tagger" | "mllm"), and a dict of counts (calls, decisions, fallbacks).
+"tagger" | "mllm"), a dict of counts (calls, decisions, fallbacks), and per sample id asked a
+`RefinementTrace` (each delegated entity's decision, the added ones, the call's reasoning).
 
     python -m pytest -q tests/test_refinement.py     # the stage against a scripted fake MLLM
 
@@ -46,6 +47,25 @@ def check_config(c: RefinementConfig) -> list[tuple[str, str]]:
             ("max_reasoning", c.max_reasoning >= 1, "at least 1 character"),
         ]
     )
+
+
+@dataclass
+class Decision:
+    """What became of one delegated entity."""
+
+    entity: Entity  # as the tagger predicted it
+    outcome: str  # keep | change_type | change_span | reject | missing | invalid_<reason> (both: kept)
+    result: Entity | None  # the entity after the decision; None = rejected
+
+
+@dataclass
+class RefinementTrace:
+    """One sample's refinement call: the decision per delegated entity, in the order they were asked."""
+
+    decisions: list[Decision]
+    added: list[Entity]  # entities the MLLM added (allow_add only)
+    reasoning: str  # the answer's reasoning, as the MLLM wrote it
+    failed: str  # why no decision could be used (the call's error, an answer of the wrong shape); "" = none
 
 
 # ---------------------------------------------------------------- the request
@@ -127,8 +147,9 @@ def build_request(
 
 def merge(
     sample: Sample, uncertain: list[Entity], answer: object, types: list[str], allow_add: bool = False
-) -> tuple[Sample, Counter]:
-    """Apply one answer (parsed JSON, or the call's LLMError) to a sample.
+) -> tuple[Sample, Counter, RefinementTrace]:
+    """Apply one answer (parsed JSON, or the call's LLMError) to a sample; also say what became of each
+    delegated entity.
 
     Confident entities are untouched. A delegated entity whose decision is missing or invalid
     keeps the tagger's prediction, counted under `missing` or `invalid_<reason>`, and in
@@ -139,18 +160,32 @@ def merge(
     taken = np.zeros(len(sample.tokens), dtype=bool)  # tokens covered by a final entity
     for e in sample.entities:
         taken[e.start : e.end] = True
+    made = []
     for i, e, d in in_order(sample, uncertain, decided):
         taken[e.start : e.end] = False
         new, outcome = decide(sample.tokens, e, d, types, taken)
         counts[outcome] += 1
         counts["kept_by_fallback"] += outcome == "missing" or outcome.startswith("invalid_")
         final[i] = new
+        made.append(Decision(e, outcome, new))
         if new is not None:
             taken[new.start : new.end] = True
     added = answer.get("added") if allow_add and isinstance(answer, dict) else None
     final += additions(sample.tokens, added if isinstance(added, list) else [], types, taken, counts)
     kept = sorted((e for e in final if e is not None), key=lambda e: e.start)
-    return replace(sample, entities=kept), counts
+    made.sort(key=lambda m: _index(uncertain, m.entity))
+    trace = RefinementTrace(made, [e for e in final[len(sample.entities) :] if e], *said(answer))
+    return replace(sample, entities=kept), counts, trace
+
+
+def said(answer: object) -> tuple[str, str]:
+    """(reasoning, why the answer could not be used) of one answer, for its trace."""
+    if isinstance(answer, LLMError):
+        return "", str(answer)
+    if not isinstance(answer, dict) or not isinstance(answer.get("decisions"), list):
+        return "", "the answer has no list of decisions"
+    reasoning = answer.get("reasoning")
+    return (reasoning if isinstance(reasoning, str) else ""), ""
 
 
 def decisions(answer: object, n: int) -> tuple[dict[int, dict], Counter]:
@@ -267,11 +302,12 @@ def refine(
     tau: float,
     config: RefinementConfig | None = None,
     tags: list[str] | None = None,
-) -> tuple[list[Sample], dict]:
+) -> tuple[list[Sample], dict, dict[str, RefinementTrace]]:
     """Delegate the entities above `tau` (uncertainty.choose_threshold) to the MLLM, one call per sample.
 
-    `tags` (the tagger's tag names) is needed only to send whole samples by their missed-entity
-    score, which happens only with `config.allow_add`.
+    Returns the refined samples, the counts, and a RefinementTrace per id of a sample asked (samples
+    without a call have none). `tags` (the tagger's tag names) is needed only to send whole samples by
+    their missed-entity score, which happens only with `config.allow_add`.
     """
     config = config or RefinementConfig()
     delegated = route(samples, tau)
@@ -287,9 +323,12 @@ def refine(
     counts["text_only_calls"] += sum(not samples[i].image for i in asked) + len(image_errors)
     # Unasked samples are copied too, so the caller's predictions are never mutated.
     out = [replace(s, entities=[replace(e, boxes=list(e.boxes)) for e in s.entities]) for s in samples]
+    traces = {}
     for i, reply in zip(asked, replies):
         answer = reply if isinstance(reply, LLMError) else reply.content
-        out[i], c = merge(samples[i], delegated[i], answer, dataset.types, config.allow_add)
+        out[i], c, traces[samples[i].id] = merge(
+            samples[i], delegated[i], answer, dataset.types, config.allow_add
+        )
         counts.update(c)
     summary = {
         "tau": tau,
@@ -300,7 +339,7 @@ def refine(
         "calls_per_sample": len(asked) / max(len(samples), 1),
         "authors_calls": sum(1 for s in samples if s.entities),
     }
-    return out, {**summary, **counts}
+    return out, {**summary, **counts}, traces
 
 
 def missed(sample: Sample, tags: list[str] | None, config: RefinementConfig) -> bool:

@@ -4,14 +4,17 @@ refineg.py runs the stages and hands their scores, counts, token usage and timin
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
 text (how many samples and gold entities were scored, scores per stage, how many entities went to
 the MLLM, calls and tokens per stage, what was skipped and why, which files were written) and JPEGs
-with predicted (red) and gold (green) boxes.
+with predicted (red) and gold (green) boxes (`picture`, which also draws report.html's thumbnails).
 
     python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
 
-Left out on purpose: HTML reports, plots of scores (metrics.json holds every number).
+Left out on purpose: the per-sample page (page.py writes trace.jsonl and report.html), plots of scores
+(metrics.json holds every number).
 """
 
 from pathlib import Path
+
+from PIL import Image, ImageDraw
 
 import data
 import images
@@ -121,14 +124,13 @@ def written_line(out: Path) -> str:
         written += ", suggested/ + suggested.jsonl (to label next)"
     return (
         f"written: {written}, predictions.refined.json (before grounding), "
-        "metrics.json, usage.json, config.json"
+        "metrics.json, usage.json, config.json, trace.jsonl (every decision per sample), "
+        "report.html (+ report/ thumbnails: open it in a browser)"
     )
 
 
 def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:
     """Boxes, names and types of the first n predictions with an image (red), gold in green."""
-    from PIL import ImageDraw
-
     folder.mkdir(parents=True, exist_ok=True)
     gold_by_id = {s.id: s for s in gold or []}
     done = 0
@@ -136,22 +138,32 @@ def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, 
         if done >= n or not s.image:
             continue
         try:
-            img = images.open_image(s.image)
+            img = picture(s, gold_by_id.get(s.id))
         except images.ImageError as err:  # untrusted file: no picture for it, said once
             print(f"viz: {err}; not drawn")
             continue
-        pen = ImageDraw.Draw(img)
-        layers = [(gold_by_id.get(s.id), (40, 200, 40), 0), (s, (230, 30, 30), 12)]
-        for sample, colour, dy in layers:
-            if sample is None:
-                continue
-            for e in sample.entities:
-                for b in e.boxes:
-                    pen.rectangle([b.x1, b.y1, b.x2, b.y2], outline=colour, width=2)
-                    pen.text((b.x1 + 2, b.y1 + 2 + dy), f"{sample.name(e)} ({e.type})", fill=colour)
-        unboxed = [f"{s.name(e)} ({e.type})" for e in s.entities if not e.boxes]
-        if unboxed:
-            pen.text((4, img.height - 14), "no box: " + ", ".join(unboxed), fill=(230, 30, 30))
         img.save(folder / f"{s.id}.jpg", quality=90)
         done += 1
     print(f"viz: {done} pictures in {folder} (prediction red, gold green)")
+
+
+def picture(s: data.Sample, gold: data.Sample | None, max_side: int = 0) -> Image.Image:
+    """The sample's image with its predicted boxes, names and types (red) and gold ones (green), its long
+    side shrunk to `max_side` when that is given and smaller; images.ImageError when it cannot be used."""
+    img = images.open_image(s.image)
+    scale = 1.0
+    if max_side and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    pen = ImageDraw.Draw(img)
+    for sample, colour, dy in [(gold, (40, 200, 40), 0), (s, (230, 30, 30), 12)]:
+        for e in sample.entities if sample is not None else []:
+            for b in e.boxes:
+                xyxy = [v * scale for v in (b.x1, b.y1, b.x2, b.y2)]
+                pen.rectangle(xyxy, outline=colour, width=2)
+                pen.text((xyxy[0] + 2, xyxy[1] + 2 + dy), f"{sample.name(e)} ({e.type})", fill=colour)
+    unboxed = [f"{s.name(e)} ({e.type})" for e in s.entities if not e.boxes]
+    if unboxed:
+        pen.text((4, img.height - 14), "no box: " + ", ".join(unboxed), fill=(230, 30, 30))
+    return img

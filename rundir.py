@@ -83,6 +83,7 @@ class Run:
         self.current = "start"  # the running stage, named in the error line
         self.seconds: dict[str, float] = {}
         self.notes: dict[str, dict] = {}  # stage -> what it counted
+        self.traces: dict[str, dict] = {}  # stage -> {sample id: what it decided} (trace.jsonl is made of it)
         self.skipped: dict[str, str] = {}  # stage -> why it did not run
         self.clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM
         self.metrics: dict[str, dict] = {}  # stage -> scores

@@ -148,14 +148,14 @@ def bench_gmner(args) -> None:
             with SimulatedMLLM(world, sizes, SimConfig(refine_accuracy=a)) as sim:
                 c = client(sim)
                 tau, _ = uncertainty.choose_threshold(pred, cfg)
-                out, summary = refinement.refine(pred, test_data, c, tau)
+                out, summary, _ = refinement.refine(pred, test_data, c, tau)
             assert not summary.get("failed_call"), summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)
     for a in ([1.0] if args.quick else GROUND_ACCURACIES) if "ground" in groups else []:
         with SimulatedMLLM(world, sizes, SimConfig(ground_accuracy=a)) as sim:
             c = client(sim)
-            out, counts = grounding.ground(pred, demos, test_data, c)
+            out, counts, _ = grounding.ground(pred, demos, test_data, c)
         assert not counts.get("failed_calls"), counts
         row("tagger + grounding", f"{a:g}", out, c.usage.as_dict())
         if a == 1.0:
@@ -179,8 +179,8 @@ def bench_gmner(args) -> None:
         with SimulatedMLLM(world, sizes, SimConfig(refine_accuracy=0.8, ground_accuracy=0.8)) as sim:
             c = client(sim)
             tau, _ = uncertainty.choose_threshold(pred)
-            out, _ = refinement.refine(pred, test_data, c, tau)
-            out, _ = grounding.ground(out, demos, test_data, c)
+            out, _, _ = refinement.refine(pred, test_data, c, tau)
+            out, _, _ = grounding.ground(out, demos, test_data, c)
         row("whole method: refine top 20 % + grounding", "0.8", out, c.usage.as_dict())
     print(
         "\nSIMULATION: the MLLM answers from the gold annotations, right with probability a "

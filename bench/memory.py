@@ -99,7 +99,8 @@ def _grounding_case(spec: dict) -> dict:
         srv.requests = _Tally()  # keeping every body (and its base64 images) would swamp the numbers
         client.config.base_url = srv.url
         t0 = time.perf_counter()
-        _, counts = grounding.ground(queries, demo.samples, demo, client, selection=DemoConfig(w_image=0.0))
+        selection = DemoConfig(w_image=0.0)
+        _, counts, _ = grounding.ground(queries, demo.samples, demo, client, selection=selection)
     assert counts["calls"] == srv.requests.n and not counts.get("failed_calls"), counts
     shutil.rmtree(folder)
     return {"peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0, "calls": counts["calls"], "kb": kb}

@@ -32,6 +32,7 @@ DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
         (["--refine-missed-tau", "2"], "--refine-missed-tau: expected a score in [0, 1], got 2.0"),
         (["--test-share", "1"], "--test-share: expected a share in (0, 1), got 1.0"),
         (["--viz", "-2"], "--viz: expected a number of pictures >= 0, got -2"),
+        (["--report-samples", "-1"], "--report-samples: expected a number of samples >= 0, got -1"),
         (["--llm-structured", "xml"], "--llm-structured: expected json_schema or json_object, got 'xml'"),
         (["--llm-workers", "0"], "--llm-workers: expected at least 1, got 0"),
         (["--synth-keep-share", "2"], "--synth-keep-share: expected a share in [0, 1], got 2.0"),

@@ -65,6 +65,23 @@ def test_selection_picks_the_expected_demos_on_a_hand_built_case():
     assert sel.rank_demos(q, d, sel.DemoConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
 
 
+def test_picks_carry_the_similarity_parts_the_docstring_derives():
+    """hand_built's numbers, part by part: q0 has no image (its image term is dropped: None); q1 has no
+    entity (a constant entity row normalises to 0)."""
+    q, d = hand_built()
+    with pytest.warns(UserWarning):
+        picks = sel.pick_demos(q, d, sel.DemoConfig())
+    got = [[(p.index, p.text, p.image, p.entity, p.total) for p in row] for row in picks]
+    want = [
+        [(2, 0.6, None, 1.0, 0.84), (3, 0.0, None, 1.0, 0.6), (1, 1.0, None, 0.0, 0.4)],
+        [(4, 1.0, 1.0, 0.0, 0.6), (3, 1.0, 0.5, 0.0, 0.5), (2, 0.8, 0.5, 0.0, 0.42)],
+    ]
+    for row, want_row in zip(got, want):
+        for g, w in zip(row, want_row):
+            assert g[0] == w[0] and g[2] == pytest.approx(w[2])
+            assert [g[1], g[3], g[4]] == pytest.approx([w[1], w[3], w[4]], abs=1e-6)
+
+
 def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
     """q0 text only: d1 .4, d2 .24, d3 = d4 = 0; k larger than the 4 other demos returns those 4."""
     q, d = hand_built()

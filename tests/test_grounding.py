@@ -151,7 +151,7 @@ def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
     data = read_dataset(DEMO)
     cfg = g.GroundingConfig(box_format=fmt, max_side=300)  # 300 < every demo image: all are resized
     with FakeServer(gold_handler(data, fmt)) as srv:
-        out, counts = g.ground(
+        out, counts, _ = g.ground(
             unboxed(data.samples),
             data.samples,
             data,
@@ -172,11 +172,24 @@ def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(
     data = read_dataset(DEMO)
     cfg, selection = g.GroundingConfig(max_side=200), sel.DemoConfig(k=3)
     with FakeServer(gold_handler(data, "abs")) as srv:
-        g.ground(
+        out, _, traces = g.ground(
             unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg, selection
         )
     asked = [s for s in data.samples if any(e.type != "location" for e in s.entities)]
     picks = dict(zip([s.id for s in asked], sel.select_demos(unboxed(asked), data.samples, selection)))
+    # the trace names the worked examples shown, best first, why they were chosen, and the boxes answered
+    assert sorted(traces) == sorted(s.id for s in data.samples)
+    for q in asked:
+        t = traces[q.id]
+        assert t.outcome == "answered" and [x.id for x in t.examples] == [
+            data.samples[j].id for j in picks[q.id]
+        ]
+        for x in t.examples:
+            parts = 0.4 * x.text + 0.2 * x.image + 0.6 * x.entity  # DemoConfig's weights
+            assert x.total == pytest.approx(parts) and 0 <= x.text <= 1 and 0 <= x.entity <= 1
+        boxed = {q.name(e): e.boxes for e in next(o for o in out if o.id == q.id).entities if e.boxes}
+        assert {n: b for n, b in t.boxes.items() if b} == boxed
+    assert {t.outcome for sid, t in traces.items() if sid not in picks} == {"no_entity"}
 
     def url(p):
         return image_part(p, 200)[0]["image_url"]["url"]
@@ -281,7 +294,7 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     b = Sample("b", "Rain over Munster".split(), img, [Entity(2, 3, "location")])
     c = Sample("c", "Leopard 2 again".split(), None, [Entity(0, 2, "vehicle")])
     with FakeServer(box_everything) as srv:
-        out, counts = g.ground(
+        out, counts, traces = g.ground(
             [a, b, c],
             data.samples,
             data,
@@ -298,6 +311,11 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     assert out[0].entities[0].boxes == [Box(10, 10, 90, 90)] and out[0].entities[1].boxes == []
     assert all(not e.boxes for s in out[1:] for e in s.entities)
     assert counts["no_entity"] == 1 and counts["no_image"] == 1 and counts["calls"] == 1
+    assert [(t.outcome, t.asked) for t in traces.values()] == [
+        ("answered", {"Leopard 2": "vehicle"}),
+        ("no_entity", {}),
+        ("no_image", {"Leopard 2": "vehicle"}),
+    ]
 
 
 def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
@@ -306,7 +324,7 @@ def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
     s = Sample("t", "Obama visits Munster".split(), img, [Entity(0, 1, "PER"), Entity(2, 3, "LOC")])
     data = Dataset([s], ["PER", "LOC"], "1. PER: people\n2. LOC: places", [])
     with FakeServer(box_everything) as srv:
-        out, counts = g.ground(
+        out, counts, _ = g.ground(
             [s],
             [s, Sample("d", ["x"], img, [])],
             data,
@@ -380,8 +398,12 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
 
     with FakeServer(handler) as srv:
         client = Client(ClientConfig(base_url=srv.url, schema_retries=1, max_retries=0))
-        out, counts = g.ground(queries, data.samples, data, client, g.GroundingConfig(), sel.DemoConfig(k=1))
+        out, counts, traces = g.ground(
+            queries, data.samples, data, client, g.GroundingConfig(), sel.DemoConfig(k=1)
+        )
     assert counts["calls"] == len(cases) and counts["failed_calls"] == len(cases) - 1
+    failed = [t for t in traces.values() if t.outcome == "failed_call"]
+    assert len(failed) == len(cases) - 1 and all(t.error and not t.boxes for t in failed)
     assert counts["degenerate_boxes"] == 1 and client.usage.reasks == len(cases) - 1
     assert all(not e.boxes for s in out for e in s.entities)
 
@@ -397,7 +419,7 @@ def test_unreadable_images_are_counted_and_get_no_box(kind, tmp_path, bag_of_wor
         write_bad_image(s.image, kind)
     queries = [s for s in unboxed(data.samples) if s.entities]
     with FakeServer(gold_handler(data, "abs")) as srv:
-        out, counts = g.ground(
+        out, counts, traces = g.ground(
             queries,
             data.samples,
             data,
@@ -407,6 +429,10 @@ def test_unreadable_images_are_counted_and_get_no_box(kind, tmp_path, bag_of_wor
         )
     assert not srv.errors
     assert counts["image_errors"] == 2 and counts["calls"] == len(srv.requests) == len(queries) - 2
+    assert [traces[s.id].outcome for s in broken] == ["image_error"] * 2
+    assert all(s.image in traces[s.id].error for s in broken)
+    shown = {x.id for t in traces.values() for x in t.examples}
+    assert not shown & {s.id for s in broken}  # a broken demo is not shown, so not listed
     assert 0 < counts["demo_image_errors"] <= 2  # a broken demo is found when it is first picked
     assert all(len(images_of(b)) <= 3 + 1 for b in srv.requests)
     by_id = {s.id: s for s in out}

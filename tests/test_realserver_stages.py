@@ -145,7 +145,7 @@ def test_refinement_on_demo_predictions(server):
     config = refinement.RefinementConfig(max_reasoning=40)
     c = client(server.url, workers=4, max_tokens=600)
     seen = record(c)
-    out, counts = refinement.refine(pred, demo, c, 0.5, config)
+    out, counts, _ = refinement.refine(pred, demo, c, 0.5, config)
     delegated = [[e for e in s.entities if e.uncertainty > 0.5] for s in pred]
     routed = [i for i, d in enumerate(delegated) if d]
     assert [s.id for s in pred if any(e.uncertainty > 0.5 for e in s.entities)] == ["001", "005", "009"]
@@ -208,7 +208,7 @@ def test_grounding_with_three_demos_on_demo(server):
     config, selection = grounding.GroundingConfig(max_boxes=2), sel.DemoConfig(k=3)
     c = client(server.url, workers=4, max_tokens=600)
     seen = record(c)
-    out, counts = grounding.ground(queries, demos, demo, c, config, selection)
+    out, counts, _ = grounding.ground(queries, demos, demo, c, config, selection)
     asked = [{s.name(e) for e in s.entities if e.type != "location"} for s in queries]
     assert (
         counts["calls"] == len(seen) == c.usage.calls == 3

@@ -57,7 +57,7 @@ def test_merge_applies_valid_decisions():
         "reject": (decision("reject"), [munster]),
     }
     for outcome, (answer, want) in cases.items():
-        out, c = ref.merge(s, u, answer, TYPES)
+        out, c, _ = ref.merge(s, u, answer, TYPES)
         assert spans(out) == want and c[outcome] == 1 and c["kept_by_fallback"] == 0, outcome
     assert spans(s) == [(1, 2, "vehicle", "tagger"), munster]  # the input is not mutated
 
@@ -82,10 +82,34 @@ def test_merge_applies_valid_decisions():
 )
 def test_merge_keeps_the_tagger_prediction_on_a_malformed_answer(answer, counter):
     s, u = merge_case()
-    out, c = ref.merge(s, u, answer, TYPES)
+    out, c, _ = ref.merge(s, u, answer, TYPES)
     assert spans(out) == spans(s)
     assert c[counter] == 1 and c["kept_by_fallback"] == 1
     assert not any(c[k] for k in ("keep", "change_span", "change_type", "reject"))
+
+
+def test_merge_traces_each_decision_in_the_order_asked():
+    """The reordered case below (rejection applied first) traced in the order the entities were asked:
+    entity 1 re-spanned to "Leopard 2", entity 2 rejected; then a failed call keeps both and says why."""
+    s = Sample(
+        "m",
+        "Two Leopard 2 tanks near Munster .".split(),
+        entities=[Entity(1, 2, "vehicle", uncertainty=0.7), Entity(2, 3, "other", uncertainty=0.7)],
+    )
+    answer = {
+        "reasoning": "<b>2</b> is part of the name",
+        "decisions": [
+            {"id": 1, "action": "change_span", "span": "Leopard 2", "type": "vehicle"},
+            {"id": 2, "action": "reject", "span": "2", "type": "other"},
+        ],
+    }
+    _, _, trace = ref.merge(s, list(s.entities), answer, TYPES)
+    got = [(d.entity.span, d.outcome, d.result.span if d.result else None) for d in trace.decisions]
+    assert got == [((1, 2), "change_span", (1, 3)), ((2, 3), "reject", None)]
+    assert (trace.reasoning, trace.failed, trace.added) == ("<b>2</b> is part of the name", "", [])
+    _, _, trace = ref.merge(s, list(s.entities), llm.LLMError("HTTP 500 after 4 retries"), TYPES)
+    assert [d.outcome for d in trace.decisions] == ["missing", "missing"]
+    assert trace.failed == "HTTP 500 after 4 retries" and trace.reasoning == ""
 
 
 def test_merge_adds_only_when_allowed_and_valid():
@@ -98,11 +122,11 @@ def test_merge_adds_only_when_allowed_and_valid():
             {"span": "Kiel", "type": "location"},
         ]
     }
-    out, c = ref.merge(s, u, answer, TYPES, allow_add=True)
+    out, c, _ = ref.merge(s, u, answer, TYPES, allow_add=True)
     assert (3, 4, "vehicle", "mllm") in spans(out) and len(out.entities) == 3
     assert c["added"] == 1 and c["invalid_added_overlaps_other"] == 1
     assert c["invalid_added_unknown_type"] == 1 and c["invalid_added_span_not_in_text"] == 1
-    out, c = ref.merge(s, u, answer, TYPES)  # allow_add off: "added" is ignored
+    out, c, _ = ref.merge(s, u, answer, TYPES)  # allow_add off: "added" is ignored
     assert spans(out) == spans(s) and c["added"] == 0
 
 
@@ -126,7 +150,7 @@ def test_merge_rejects_before_span_changes_and_takes_the_first_of_duplicate_deci
             {"id": 2, "action": "keep", "span": "2", "type": "other"},
         ],
     }
-    out, c = ref.merge(s, list(s.entities), answer, TYPES)
+    out, c, _ = ref.merge(s, list(s.entities), answer, TYPES)
     assert spans(out) == [(1, 3, "vehicle", "mllm")]
     assert (
         c["change_span"] == c["reject"] == c["duplicate_decision"] == 1
@@ -221,9 +245,13 @@ def test_refine_end_to_end_on_the_demo_data():
         client = llm.Client(
             llm.ClientConfig(base_url=srv.url, model="fake", backoff_base=0.0, max_retries=1, workers=2)
         )
-        out, counts = ref.refine(preds, data, client, tau=0.3)
+        out, counts, traces = ref.refine(preds, data, client, tau=0.3)
         bodies = list(srv.requests)
     assert counts["delegated"] == planted and counts["calls"] == planted >= 20
+    # one trace per sample asked, one decision per delegated entity; the broken answer says why it failed
+    assert len(traces) == counts["calls"] and sum(len(t.decisions) for t in traces.values()) == planted
+    assert [sid for sid, t in traces.items() if t.failed] == [preds[2].id]
+    assert {t.reasoning for sid, t in traces.items() if sid != preds[2].id} == {"checked against the image"}
     assert counts["authors_calls"] == sum(1 for p in preds if p.entities) > counts["calls"]
     assert counts["failed_call"] == 1 and counts["kept_by_fallback"] == 1
     assert counts["change_type"] + counts["change_span"] + counts["reject"] == planted - 1
@@ -261,7 +289,7 @@ def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
     write_bad_image(routed[0].image, kind)
     with FakeServer(oracle_mllm(gold, None)) as srv:
         client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
-        out, counts = ref.refine(routed, data, client, tau=-1.0)
+        out, counts, _ = ref.refine(routed, data, client, tau=-1.0)
     assert counts["image_errors"] == counts["text_only_calls"] == counts["calls"] == len(srv.requests) == 1
     assert "no image for this text" in json.dumps(srv.requests[0]["messages"])
 
@@ -308,7 +336,7 @@ def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add()
     ]:
         with FakeServer(lambda body: reply(answer)) as srv:
             client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
-            out, counts = ref.refine(samples, data, client, 0.5, config, tags=tags_given)
+            out, counts, _ = ref.refine(samples, data, client, 0.5, config, tags=tags_given)
         assert counts["calls"] == len(srv.requests) == counts.get("missed_routed", 0) == calls
         assert counts["delegated"] == 0
         if calls:

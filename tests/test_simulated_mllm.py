@@ -73,7 +73,7 @@ def run_ground(data, sizes, pred, accuracy: float):
     # the oracle boxes every type; images are sent at most 320 px wide, so boxes are rescaled both ways
     cfg = grounding.GroundingConfig(never_ground=[], max_side=320)
     with SimulatedMLLM(data.samples, sizes, SimConfig(ground_accuracy=accuracy)) as sim:
-        out, counts = grounding.ground(
+        out, counts, _ = grounding.ground(
             pred, data.samples, data, Client(ClientConfig(base_url=sim.url)), cfg, demos.DemoConfig(k=1)
         )
     return out, counts, sim.counts
@@ -110,7 +110,7 @@ def test_refinement_right_and_wrong(demo, accuracy):
     data, sizes = demo
     pred = perturbed(data.samples)
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
-        out, summary = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)), tau=0.5)
+        out, summary, _ = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)), tau=0.5)
     assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary.get("failed_call")
     got = scorer.evaluate(data.samples, out)["mner"]
     overlapped = sum(
