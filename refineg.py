@@ -300,7 +300,7 @@ def suggestion_stage(
         return
     with run.stage("suggestion"):
         chosen = suggest.suggest(model, pool, n, cfg["suggest"])
-        boxes = NULL_BOXES
+        boxes = {c.sample.id: NULL_BOXES for c in chosen}
         if cfg["suggest"].ground:
             chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
         with atomic(run.out / "suggested") as tmp:
@@ -318,7 +318,7 @@ def suggestion_stage(
         print(
             f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'}, chosen by "
             f"{run.notes['suggestion']['chooser']} (ranked in suggested.jsonl; entity.json holds the "
-            f"tagger's entities to correct; boxes: {boxes})"
+            f"tagger's entities to correct; boxes: {next(iter(boxes.values()))})"
         )
 
 
@@ -333,17 +333,28 @@ def chooser(settings: RunConfig, labelled: Dataset) -> str:
 
 def ground_suggestions(
     run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset
-) -> tuple[list[suggest.Suggestion], str]:
+) -> tuple[list[suggest.Suggestion], dict[str, str]]:
     """--suggest-ground: the MLLM draws the suggestions' boxes after the same worked examples as the
-    grounding stage (chosen from every labelled sample); a failed call leaves that sample's boxes null."""
+    grounding stage (chosen from every labelled sample); per sample, what its boxes are (from the trace)."""
     client = run.client("suggestion grounding")
-    samples, notes = grounding.ground(
+    samples, notes, traces = grounding.ground(
         [c.sample for c in chosen], labelled.samples, labelled, client, cfg["grounding"], cfg["demos"]
     )
     run.notes["suggestion grounding"] = notes
     run.check_calls("suggestion grounding", "no suggestion was written")
     boxed = [dataclasses.replace(c, sample=s) for c, s in zip(chosen, samples, strict=True)]
-    return boxed, f"drawn by the MLLM ({client.usage.calls} calls); a null bnd says it saw no such entity"
+    return boxed, {s.id: drawn(traces[s.id]) for s in samples}
+
+
+def drawn(trace: grounding.GroundingTrace) -> str:
+    """What a suggested sample's boxes are, for the annotator."""
+    if trace.outcome == "answered":
+        shown = ", ".join(e.id for e in trace.examples)
+        return f'drawn by the MLLM after worked examples {shown}; a null "bnd" says it saw no such entity'
+    if trace.outcome == "no_entity":
+        return "no entity to box (none predicted, or only types never grounded)"
+    why = trace.outcome.replace("_", " ") + (f": {trace.error}" if trace.error else "")
+    return f'not drawn ({why}): a "bnd" left null says "not in the image"; draw the box where it is visible'
 
 
 # ---------------------------------------------------------------- 2. prediction with uncertainty, refinement

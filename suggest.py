@@ -198,12 +198,12 @@ def write_suggestions(chosen: list[Suggestion], labelled: Dataset, folder: Path)
             shutil.copyfile(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
 
 
-def write_ranks(chosen: list[Suggestion], path: Path, boxes: str) -> None:
+def write_ranks(chosen: list[Suggestion], path: Path, boxes: dict[str, str]) -> None:
     """One JSON line per suggestion: rank, id, its doubt (score), the key that ranked it (ranked_by: the
-    doubt less the diversity penalty, falling down the list), why, and what its boxes are (`boxes`)."""
+    doubt less the diversity penalty, falling down the list), why, and what its boxes are (`boxes[id]`)."""
     with open(path, "w", encoding="utf-8") as f:
         for rank, c in enumerate(chosen, 1):
             ranked_by = c.score if c.ranked_by is None else c.ranked_by
             row = {"rank": rank, "id": c.sample.id, "score": round(c.score, 4)}
-            row |= {"ranked_by": round(ranked_by, 4), "why": c.why, "boxes": boxes}
+            row |= {"ranked_by": round(ranked_by, 4), "why": c.why, "boxes": boxes[c.sample.id]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
