@@ -40,7 +40,7 @@ import uncertainty
 from cli import RunConfig, parse_configs
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
-from formats import ccks, twitter
+from formats import ccks, labelstudio, twitter
 from report import draw, summary_text
 from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
 
@@ -272,7 +272,12 @@ def suggestion_stage(
             suggest.write_suggestions(chosen, labelled, tmp)
         with atomic(run.out / "suggested.jsonl") as tmp:
             suggest.write_ranks(chosen, tmp)
-        run.written += ["suggested/", "suggested.jsonl"]
+        with atomic(run.out / "labelstudio") as tmp:  # the same tasks as a Label Studio project
+            rows = [(c.sample, c.score, c.why) for c in chosen]
+            round_ = cfg["run"].suggest_round or len(cfg["run"].data)  # each round adds one --data
+            images = labelstudio.image_prefix(cfg["run"].labelstudio_images, run.out / "suggested" / "images")
+            labelstudio.write_labelstudio(rows, labelled, tmp, round_, images)
+        run.written += ["suggested/", "suggested.jsonl", "labelstudio/"]
         run.notes["suggestion"] = {
             "pool": len(pool),
             "chosen": n,
