@@ -146,7 +146,7 @@ def export(api: Studio, pid: int, run: Path) -> Path:
     return path
 
 
-def test_label_studio_takes_the_project_and_its_export_reads_back_as_the_annotations_say(studio, tmp_path):
+def test_label_studio_checks_the_tasks_against_the_config_and_serves_the_images(studio, tmp_path):
     pid, ids, tasks = project(studio, tmp_path)
     served = studio.call("GET", tasks[0]["data"]["image"])  # /data/local-files/?d=...
     assert served.content == (tmp_path / "suggested" / "images" / "001.jpg").read_bytes()
@@ -154,33 +154,39 @@ def test_label_studio_takes_the_project_and_its_export_reads_back_as_the_annotat
     del no_text["data"]["text"]  # the config's <Text value="$text"> is checked against every task
     refused = studio.call("POST", f"/api/projects/{pid}/import", 400, json=[no_text])
     assert '"text" key is expected in task data' in str(refused.json()["validation_errors"])
-    # 001: Leopard 2's second box moved 10 % right; Panzerbataillon 203 retyped; Munster not in the image
-    first = copy.deepcopy(tasks[0]["predictions"][0]["result"])
-    box = next(r for r in first if r.get("id") == "e0b1")
-    box["value"]["x"] += 10
-    span = next(r for r in first if r.get("id") == "e1")
-    span["value"]["labels"] = ["location"]
-    munster = next(r for r in first if r.get("id") == "e2")
-    first.append(
-        dict(
-            munster,
-            from_name="grounding",
-            type="choices",
-            value=dict(munster["value"], choices=[labelstudio.NOT_IN_IMAGE]),
-        )
+    stored = studio.call("GET", f"/api/tasks/{ids['001']}").json()
+    assert (
+        stored["data"] == tasks[0]["data"]
+        and stored["predictions"][0]["result"] == tasks[0]["predictions"][0]["result"]
     )
+
+
+def annotator(studio: Studio, ids: dict[str, int], tasks: list[dict]) -> None:
+    """001: Leopard 2's second box moved 10 % right, Panzerbataillon 203 retyped, Munster selected from
+    its third letter and said not in the image; 002: accepted as predicted, then redone with only the
+    carrier (the later annotation counts), then cancelled (never counts); 003: left alone."""
+    first = copy.deepcopy(tasks[0]["predictions"][0]["result"])
+    region = {r.get("id"): r for r in first}
+    region["e0b1"]["value"]["x"] += 10
+    region["e1"]["value"]["labels"] = ["location"]
+    region["e2"]["value"]["start"] += 2  # "nster": widened back to the token
+    choice = dict(region["e2"]["value"], choices=[labelstudio.NOT_IN_IMAGE])
+    first.append(dict(region["e2"], from_name="grounding", type="choices", value=choice))
     annotate(studio, ids["001"], first)
-    # 002: accepted as predicted, then redone with only the carrier (the later annotation is read),
-    # then a cancelled (skipped) one, which never counts
     second = tasks[1]["predictions"][0]["result"]
     annotate(studio, ids["002"], second)
     time.sleep(0.01)
     carrier = [r for r in second if r.get("id") in ("e0", "e0b0") or r.get("to_id") == "e0b0"]
     annotate(studio, ids["002"], carrier)
     annotate(studio, ids["002"], [], was_cancelled=True)
-    # 003: not annotated: its predictions alone are not gold
+
+
+def test_the_export_of_annotations_made_in_label_studio_reads_back_as_they_say(studio, tmp_path):
+    pid, ids, tasks = project(studio, tmp_path)
+    annotator(studio, ids, tasks)
     path = export(studio, pid, tmp_path)
-    with pytest.warns(UserWarning, match="2 of 3 tasks read; 1 no annotation, 1 several, 1 undecided"):
+    said = "2 of 3 tasks read; 1 no annotation, 1 several, 1 snapped, 1 undecided"
+    with pytest.warns(UserWarning, match=said):
         back = read_dataset(path)
     demo = read_dataset(DEMO)
     leopard, carrier_box = demo.samples[0].entities[0].boxes, demo.samples[1].entities[0].boxes
