@@ -33,7 +33,7 @@ from formats import labelstudio, read_dataset
 CACHE = os.environ.get("REFINEG_LABELSTUDIO_CACHE", os.path.expanduser("~/.cache/refineg-labelstudio"))
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 TOKEN = "refineg-test-token"  # label-studio ignores a --user-token of 5 characters or fewer
-START_S = 600  # a first start migrates a new SQLite database: ~35 s on a free machine, minutes on a busy one
+START_S = 600  # a first start migrates a new SQLite database: minutes on a busy 2-core machine
 
 
 def _info() -> dict | None:
