@@ -48,7 +48,7 @@ def labelling_config(types: list[str]) -> str:
     return (
         "<View>\n"
         '  <Header value="$sample_id (round $round, doubt $doubt)"/>\n'
-        f'  <Text name="text" value="$text" granularity="word"/>\n'
+        '  <Text name="text" value="$text" granularity="word"/>\n'
         f'  <Labels name="{SPAN}" toName="text" choice="single">\n{labels}  </Labels>\n'
         f'  <Choices name="{CHOICE}" toName="text" perRegion="true" choice="single">\n'
         f'    <Choice value="{NOT_IN_IMAGE}"/>\n  </Choices>\n'
@@ -124,16 +124,12 @@ def prediction_result(s: Sample, size: tuple[int, int] | None) -> list[dict]:
         result.append(span)
         for j, b in enumerate(e.boxes if size else []):
             result.append(rectangle(f"e{k}b{j}", b, e.type, size))
-            result.append(
-                {
-                    "type": "relation",
-                    "from_id": f"e{k}",
-                    "to_id": f"e{k}b{j}",
-                    "direction": "right",
-                    "labels": [RELATION],
-                }
-            )
+            result.append(relation(f"e{k}", f"e{k}b{j}"))
     return result
+
+
+def relation(span: str, box: str) -> dict:
+    return {"type": "relation", "from_id": span, "to_id": box, "direction": "right", "labels": [RELATION]}
 
 
 def rectangle(rid: str, b: Box, typ: str, size: tuple[int, int]) -> dict:
@@ -261,8 +257,8 @@ def parse_export(
     tasks: list, types: list[str], path: str, dirs: list[Path], counts: ImportCounts
 ) -> list[Sample]:
     """One sample per task with an annotation; a missing or repeated sample id is an error."""
-    if not isinstance(tasks, list) or not tasks:
-        raise DataError(f"{path}: expected a Label Studio JSON export (a non-empty list of tasks)")
+    if not tasks:  # the browser's export holds only annotated tasks
+        raise DataError(f"{path}: a Label Studio export with no task (none annotated yet?)")
     seen: dict[str, int] = {}
     samples = []
     for i, task in enumerate(tasks):

@@ -277,7 +277,7 @@ def bad(result: list, text: str = TEXT) -> list:
         ([task("t0"), task("t0")], "task 1 .*: sample_id 't0' is also task 0"),
         ([{"id": 3, "data": {"text": TEXT}}], r"task 0 \(Label Studio id 3\): expected data.sample_id"),
         ([{"id": 3, "data": {"sample_id": "../x", "text": TEXT}}], "expected data.sample_id, a plain name"),
-        ([], "a non-empty list of tasks"),
+        ([], "a Label Studio export with no task"),
     ],
 )
 def test_bad_exports_are_one_error_naming_file_and_task(tmp_path, tasks, message):
@@ -387,3 +387,22 @@ def test_suggest_writes_a_label_studio_project_and_its_export_is_the_next_rounds
     second = json.loads((again / "labelstudio" / "tasks.json").read_text())
     assert {t["data"]["round"] for t in second} == {2}  # two --data: the second round
     assert not {t["data"]["sample_id"] for t in second} & {r["id"] for r in ranks}  # none suggested twice
+
+
+def test_the_round_and_the_image_prefix_can_be_given(tmp_path, monkeypatch):
+    labelled, pool = split_demo(tmp_path)
+    args = [
+        "--data",
+        str(labelled),
+        "--unlabelled",
+        str(pool),
+        "--suggest",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    args += ["--suggest-round", "5", "--labelstudio-images", "http://host:8081/"]
+    tasks = json.loads((suggestion_round(args, monkeypatch) / "labelstudio" / "tasks.json").read_text())
+    assert [(t["data"]["round"], t["data"]["image"]) for t in tasks] == [
+        (5, f"http://host:8081/{t['data']['sample_id']}.jpg") for t in tasks
+    ]
