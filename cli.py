@@ -39,6 +39,9 @@ class RunConfig:
     out: str = "runs/refineg"  # run directory (config.json, predictions.json, metrics.json, ...)
     unlabelled: str = ""  # in-domain text to self-train on and the pool of --suggest (labels ignored)
     suggest: int = 0  # choose this many --unlabelled samples to label next (OUT/suggested/); 0 = off
+    suggest_round: int = 0  # the labelling round the --suggest tasks carry; 0 = the number of --data given
+    labelstudio_images: str = ""  # URL prefix of the images of OUT/labelstudio/tasks.json; "" = Label
+    # Studio's local-file serving of OUT/suggested/images (docs/labelling.md)
     images: list[str] = field(default_factory=list)  # image folders; none = images/ beside the data
     test_share: float = 0.3  # share of --data held out as the test split when --test is not given
     tagger_dir: str = ""  # reuse a trained tagger from this directory instead of training one
@@ -56,6 +59,7 @@ def check_run(c: RunConfig) -> list[tuple[str, str]]:
         [
             ("data", bool(c.data), "a CCKS folder, a Twitter-GMNER txt or a CoNLL file (--data is required)"),
             ("suggest", c.suggest >= 0, "a number of samples >= 0"),
+            ("suggest_round", c.suggest_round >= 0, "a round >= 1, or 0 for the number of --data"),
             ("unlabelled", c.unlabelled or not c.suggest, "the pool to suggest from (--suggest needs it)"),
             ("out", not Path(c.out).is_file(), "a folder for the run (it names an existing file)"),
             (

@@ -41,7 +41,7 @@ import uncertainty
 from cli import RunConfig, parse_configs
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
-from formats import ccks, twitter
+from formats import ccks, labelstudio, twitter
 from report import draw, summary_text
 from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
 
@@ -307,7 +307,8 @@ def suggestion_stage(
             suggest.write_suggestions(chosen, labelled, tmp)
         with atomic(run.out / "suggested.jsonl") as tmp:
             suggest.write_ranks(chosen, tmp, boxes)
-        run.written += ["suggested/", "suggested.jsonl"]
+        write_labelstudio(run, cfg, chosen, labelled)
+        run.written += ["suggested/", "suggested.jsonl", "labelstudio/"]
         run.notes["suggestion"] = {
             "pool": len(pool),
             "chosen": n,
@@ -315,14 +316,24 @@ def suggestion_stage(
             "chooser": chooser(cfg["run"], labelled),
             "entities_prefilled": sum(len(c.sample.entities) for c in chosen),
         }
+        by = run.notes["suggestion"]["chooser"]
         print(
-            f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'}, chosen by "
-            f"{run.notes['suggestion']['chooser']} (ranked in suggested.jsonl; entity.json holds the "
-            f"tagger's entities to correct; boxes: {next(iter(boxes.values()))})"
+            f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'} (and as a "
+            f"Label Studio project in {run.out / 'labelstudio'}), chosen by {by} (ranked in suggested.jsonl; "
+            f"the tagger's entities to correct; boxes: {next(iter(boxes.values()))})"
         )
 
 
 NULL_BOXES = 'not drawn: a "bnd" left null says "not in the image"; draw the box where the entity is visible'
+
+
+def write_labelstudio(run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset) -> None:
+    """OUT/labelstudio/: the same suggestions as a Label Studio project (docs/labelling.md)."""
+    with atomic(run.out / "labelstudio") as tmp:
+        rows = [(c.sample, c.score, c.why) for c in chosen]
+        round_ = cfg["run"].suggest_round or len(cfg["run"].data)  # each round adds one --data
+        images = labelstudio.image_prefix(cfg["run"].labelstudio_images, run.out / "suggested" / "images")
+        labelstudio.write_labelstudio(rows, labelled, tmp, round_, images)
 
 
 def chooser(settings: RunConfig, labelled: Dataset) -> str:

@@ -2,6 +2,7 @@
 
 - `ccks.py`: the CCKS-2025 folder (text.json, entity.json, images/, types.txt).
 - `twitter.py`: Twitter-GMNER (IMGID + CoNLL, Pascal-VOC xml/) and plain two-column CoNLL.
+- `labelstudio.py`: a Label Studio JSON export of the --suggest tasks (and the project it came from).
 Every reader returns a `data.Dataset`; names become spans and gold boxes are checked by the rules
 in data.py, so the formats differ only in how they store the same thing.
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from data import DataError, Dataset, attach_images
 from formats.ccks import read_ccks
+from formats.labelstudio import export_tasks, read_labelstudio
 from formats.twitter import read_conll, read_twitter
 
 
@@ -42,7 +44,8 @@ def not_utf8(path: Path) -> str:
 
 
 def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
-    """Any supported input: a CCKS folder, a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
+    """Any supported input: a CCKS folder, a Label Studio JSON export (a file holding a JSON list of tasks),
+    a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
 
     Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
     CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
@@ -55,6 +58,9 @@ def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
         return read_ccks(path, images or None)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
+    tasks = export_tasks(path)
+    if tasks is not None:
+        return read_labelstudio(path, tasks, images or None)
     dirs = [Path(d) for d in images or []] or [path.parent / "images"]
     has_imgid = first_line(path).startswith("IMGID:")
     # xml/ beside the txt or up to two folders above it: the benchmark keeps one xml/ for txt/{train,dev}.txt
