@@ -163,6 +163,18 @@ def test_ccks_malformed_json_names_the_line(tmp_path):
         read_ccks(tmp_path)
 
 
+def test_a_control_character_in_a_string_gives_the_whole_json_error(tmp_path):
+    """json's message for it ends in "at": the place follows, and the error must not stop before it."""
+    make_ccks(tmp_path, TEXTS, LABELS)
+    (tmp_path / "text.json").write_text('{\n "1": {"text": "a\tb"}\n}\n')  # a raw tab inside the string
+    with pytest.raises(DataError) as err:
+        read_ccks(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'text.json'}:2:18: malformed JSON: Invalid control character at: line 2 column 18 "
+        "(char 19) (a tab or line break inside a string must be written \\t or \\n)"
+    )
+
+
 @pytest.mark.parametrize("sid", ["../x", "../images/001", "sub/002", ".hidden", "a b", ""])
 def test_ccks_ids_are_plain_names(tmp_path, sid):
     make_ccks(tmp_path, {"001": "Munster.", sid: "Munster."}, {}, images=False)
