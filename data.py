@@ -131,6 +131,7 @@ class Dataset:
     type_text: str = ""  # the type descriptions (types.txt), verbatim, for prompts
     generic: list[str] = field(default_factory=list)  # "do not extract" words from types.txt
     missing_images: int = 0  # samples read as text-only because their image is missing
+    bad_images: int = 0  # samples read as text-only because their image file is not a readable image (warned)
     clipped_boxes: int = 0  # gold boxes reaching outside their image, clipped to it (warned)
     unmatched_objects: int = 0  # Twitter xml objects naming no entity of their sample (warned, dropped)
     format: str = ""  # "twitter" (txt + xml) or "conll": predictions are also written in that layout

@@ -43,6 +43,18 @@ def open_image(path: str) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
+def image_problem(path: str) -> str:
+    """ "" when the file is an image PIL can read, else why not. Cheap: the header is parsed and
+    `verify` checks the structure without decoding pixels (a truncated JPEG passes, and a stage that
+    decodes it later counts it)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... by format
+        return f"{type(e).__name__}: {str(e).replace(f' {path!r}', '')}"  # the caller names the file
+    return ""
+
+
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) from the header alone, or ImageError."""
     try:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data import Box, DataError
-from formats import read_dataset
+from formats import read_dataset, stats
 from formats.ccks import read_ccks, read_ccks_predictions, write_ccks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,6 +194,21 @@ def test_boxes_outside_the_image_are_clipped_counted_and_warned(tmp_path):
     with pytest.warns(UserWarning, match=r"1 gold box\(es\) reached outside their image and were clipped"):
         data = read_ccks(tmp_path)
     assert data.clipped_boxes == 1 and data.samples[1].entities[0].boxes == [Box(0, 20, 160, 50)]
+
+
+def test_an_image_file_that_is_not_an_image_is_no_image_counted_and_warned_once(tmp_path):
+    make_ccks(tmp_path, TEXTS, LABELS)
+    (tmp_path / "images" / "2.jpg").write_text("not a picture")
+    (tmp_path / "images" / "4.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning) as caught:
+        data = read_dataset(tmp_path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{tmp_path}: 2 of 4 image files are not readable images (e.g. ")
+    assert str((tmp_path / "images" / "2.jpg").resolve()) in message and message.endswith("read as text-only")
+    assert [s.image is not None for s in data.samples] == [True, False, True, False]
+    assert (data.bad_images, data.missing_images) == (2, 0)
+    assert stats(data)["with_image"] == 2 and stats(data)["bad_images"] == 2
 
 
 def test_a_bom_is_accepted_in_every_text_file(tmp_path):
