@@ -60,6 +60,7 @@ class GroundingConfig:
     max_side: int = 1000  # longest side of images sent to the MLLM, pixels
     box_format: str = "abs"  # the MLLM's boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1
     never_ground: list[str] = field(default_factory=lambda: ["location"])  # types never boxed (authors' rule)
+    # (the flag given with no type boxes every type)
     max_boxes: int = 10  # boxes per entity the answer schema allows
 
 

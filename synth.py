@@ -96,7 +96,7 @@ def check_config(c: SynthConfig) -> list[tuple[str, str]]:
             (
                 "min_tokens",
                 1 <= c.min_tokens <= c.max_tokens,
-                f"1 <= min_tokens <= max_tokens ({c.max_tokens})",
+                f"a number of tokens from 1 to `max_tokens` ({c.max_tokens})",
             ),
             ("max_entities", c.max_entities >= 1, "at least 1"),
             ("answer_tokens", c.answer_tokens >= 1, "at least 1"),
