@@ -48,8 +48,6 @@ from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
 def pipeline(cfg: dict, run: Run) -> int:
     """The stages in order; `run` records what each one cost, counted, skipped and wrote."""
     settings: RunConfig = cfg["run"]
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_json(run.out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
     run.current = "reading the data"
     labelled, train, target, gold_known = read_inputs(settings)
     test = target.samples
@@ -58,6 +56,7 @@ def pipeline(cfg: dict, run: Run) -> int:
     pool = read_pool(settings, labelled)
     if run.uses_llm:
         llm.check_server(run.client_config)
+    run.start({stage: dataclasses.asdict(c) for stage, c in cfg.items()})  # only now: the inputs were read
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
         model = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
@@ -74,6 +73,7 @@ def pipeline(cfg: dict, run: Run) -> int:
     if settings.viz:
         with run.stage("drawing"):
             draw(pred, gold, run.out / "viz", settings.viz)
+        run.written.append("viz/")
     print(summary_text(run, settings.warn_failed_share))
     return 0
 
@@ -176,6 +176,8 @@ def synthesis_stage(run: Run, cfg: dict, seeds: Dataset) -> list[Sample]:
         if not run.wants("synthesis", cfg["run"].synthesize):
             return []
         samples, summary = synthesize_or_reuse(cfg, seeds, run.client("synthesis"), run.out)
+        if not summary.get("reused"):
+            run.written += ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl"]
         print(synth.format_summary(summary))
         run.notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
     run.check_calls("synthesis")
@@ -214,8 +216,13 @@ def tagger_stage(
             model, how = tagger.load(settings.tagger_dir), f"loaded from {settings.tagger_dir}"
         else:
             model, how = train_or_reuse(cfg["tagger"], train, types, pool, run.out)
+            if how != REUSED:
+                run.written.append("tagger/")
         print(f"tagger: {how}")
     return model
+
+
+REUSED = "reused (same settings and data)"  # how the tagger came about when out/tagger was reused
 
 
 def train_or_reuse(
@@ -229,7 +236,7 @@ def train_or_reuse(
         [s.tokens for s in unlabelled],
     )
     if read_stamp(out / "tagger" / "stage.json", key):
-        return tagger.load(str(out / "tagger")), "reused (same settings and data)"
+        return tagger.load(str(out / "tagger")), REUSED
     if unlabelled:
         model, rounds = selftrain.self_train(train, unlabelled, types, config)
         history = rounds[-1]["history"]
@@ -250,7 +257,7 @@ def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
     --suggest, without the samples already labelled: each round may pass the same pool)."""
     if not settings.unlabelled:
         return []
-    pool = formats.read_dataset(settings.unlabelled).samples
+    pool = read_nonempty(settings.unlabelled, [], "--unlabelled").samples
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
         if len(fresh) < len(pool):
@@ -366,11 +373,12 @@ def scoring_stage(
         if held_out:  # what eval.py needs to score the run again: python eval.py --gold OUT/gold ...
             with atomic(run.out / "gold") as tmp:
                 ccks.write_ccks_folder(gold, target, tmp)
+            run.written.append("gold/")
         if target.format == "twitter":
             with atomic(run.out / "predictions.txt") as tmp:
                 remove(run.out / "xml")  # a stale box file would join a new prediction
                 twitter.write_twitter(pred, tmp, run.out / "xml")
-            run.written.append("predictions.txt")
+            run.written += ["predictions.txt", "xml/"]
         elif target.format == "conll":
             write_conll_pair(run, pred, gold if held_out else None)
 
@@ -383,6 +391,7 @@ def write_conll_pair(run: Run, pred: list[Sample], gold: list[Sample] | None) ->
     if gold is not None:
         with atomic(run.out / "gold.conll") as tmp:
             twitter.write_conll(gold, tmp)
+        run.written.append("gold.conll")
 
 
 # ---------------------------------------------------------------- the command line

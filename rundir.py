@@ -87,7 +87,14 @@ class Run:
         self.clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM
         self.metrics: dict[str, dict] = {}  # stage -> scores
         self.scope: dict = {}  # what was scored: samples, gold entities, --test, the hold-out share
-        self.written: list[str] = []  # predictions written so far (kept when a later stage fails)
+        self.written: list[str] = []  # files written so far, in order, relative to out (folders end in /)
+
+    def start(self, settings: dict) -> None:
+        """The run directory and its config.json, made once the inputs have been read: a run that fails on
+        its inputs writes nothing, so a finished run's config.json still describes the files beside it."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", settings)
+        self.written.append("config.json")
 
     @property
     def uses_llm(self) -> bool:
@@ -153,6 +160,17 @@ class Run:
         write_json(
             self.out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": self.seconds}
         )
+        cache = [self.cache_name()] if self.answered() else []  # appended to, not replaced
+        self.written += [name for name in ["metrics.json", "usage.json", *cache] if name not in self.written]
+
+    def answered(self) -> bool:
+        """Whether this run appended to the cache file: a call that was neither a hit nor a failure."""
+        return any(c.usage.calls > c.usage.cache_hits + c.usage.failures for c in self.clients.values())
+
+    def cache_name(self) -> str:
+        """The answer cache as the summary names it: relative to out when it lies there."""
+        cache = Path(self.client_config.cache_path)
+        return cache.name if cache.parent == self.out else str(cache)
 
 
 def all_runs(usage: dict) -> dict:
