@@ -27,7 +27,8 @@ Choices:
 - Types in `never_ground` (default location, as in the authors' prompt) are
   neither asked nor boxed; the default only applies when the data has that type
   (Twitter's LOC is grounded). A sample with nothing to ask, or without image,
-  makes no call.
+  makes no call. A call that fails (after the client's retries) gives its sample no
+  box: its entities stay ungroundable, counted in `failed_calls`.
 
 Left out on purpose: correcting spans or types while grounding (the refinement
 stage does that), the MLLM's free-text reasoning, boxes for entities the MLLM

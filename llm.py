@@ -259,7 +259,10 @@ class Client:
                 as_completed(futures), total=len(futures), desc=desc or "llm", disable=None, leave=False
             ):
                 results[futures[f]] = f.result()
-        finally:  # on Ctrl-C drop the queued requests; answers already in flight still land in the cache
+        finally:
+            # On Ctrl-C: drop the queued requests; the ones in flight still land in the cache, as Python
+            # waits for the workers at exit (each request within call_budget seconds, a re-ask gets its
+            # own; a second Ctrl-C stops the wait and loses them).
             pool.shutdown(wait=False, cancel_futures=True)
             self._count(seconds=time.perf_counter() - t0)
         return results

@@ -14,10 +14,12 @@ predicted) and scored (eval.py) when gold exists.
     python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
         --ground-box-format abs
 
-Only this file knows the order of the stages. A rerun of the same command resumes: finished stages
-are reused (keyed by their settings and inputs) and cached MLLM answers are not paid again. The
-bookkeeping of a run (timers, clients, skips, the files written) is rundir.py's; the flags are
-cli.py's; the summary and the --viz pictures are report.py's.
+Only this file knows the order of the stages. A rerun of the same command resumes: synthesis and the
+tagger are reused when their settings and inputs match (rundir.fingerprint); prediction, refinement,
+demo selection and grounding run again and take every answer given before from the cache, so no MLLM
+call is paid twice (docs/running.md says what a rerun costs). The bookkeeping of a run (timers,
+clients, skips, the files written) is rundir.py's; the flags are cli.py's; the summary and the --viz
+pictures are report.py's.
 
 Left out on purpose: multi-GPU training, a web UI.
 """
