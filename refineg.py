@@ -259,7 +259,9 @@ def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
     --suggest, without the samples already labelled: each round may pass the same pool)."""
     if not settings.unlabelled:
         return []
-    pool = read_nonempty(settings.unlabelled, [], "--unlabelled").samples
+    if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
+        raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
+    pool = formats.read_dataset(settings.unlabelled).samples
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
         if len(fresh) < len(pool):
