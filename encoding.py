@@ -212,8 +212,9 @@ def load_encoder(name: str, progress: bool = True):
 
 @lru_cache(maxsize=2)
 def frozen_encoder(name: str):
-    """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained."""
-    tokenizer, model = load_encoder(name)
+    """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained; without
+    a loading bar (demo selection and suggest.py have no progress setting, and the load takes a moment)."""
+    tokenizer, model = load_encoder(name, progress=False)
     return tokenizer, model.eval()
 
 
