@@ -337,7 +337,8 @@ def test_a_grounding_crash_keeps_the_refined_predictions_and_names_stage_and_sam
     assert code == 1 and len(err) == 1
     assert re.match(
         r"error: the grounding stage failed on sample '\w+': ZeroDivisionError: boom\. Kept in .*"
-        r"predictions\.refined\.json\. Traceback in .*error\.log",
+        r"config\.json, predictions\.refined\.json, metrics\.json, usage\.json, llm_cache\.jsonl\. "
+        r"Traceback in .*error\.log",
         err[0],
     ), err[0]
     refined = json.loads((tmp_path / "predictions.refined.json").read_text())
