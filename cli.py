@@ -67,12 +67,22 @@ def check_run(c: RunConfig) -> list[tuple[str, str]]:
                 not holds_input(c),
                 "a folder of its own (it holds the input data; runs would write into it)",
             ),
+            (
+                "tagger_dir",
+                not c.tagger_dir or is_tagger_dir(c.tagger_dir),
+                "a trained tagger's folder with config.json and weights.pt (OUT/tagger of an earlier run)",
+            ),
             ("test_share", 0 < c.test_share < 1, "a share in (0, 1)"),
             ("viz", c.viz >= 0, "a number of pictures >= 0"),
             ("report_samples", c.report_samples >= 0, "a number of samples >= 0"),
             ("warn_failed_share", 0 <= c.warn_failed_share <= 1, "a share in [0, 1]"),
         ]
     )
+
+
+def is_tagger_dir(path: str) -> bool:
+    """Whether `path` holds what tagger.save writes (checked before the data is read and a run begins)."""
+    return all((Path(path) / name).is_file() for name in ("config.json", "weights.pt"))
 
 
 def holds_input(c: RunConfig) -> bool:
@@ -191,7 +201,7 @@ def add_flag(group, stage: str, f: dataclasses.Field, name: str, text: str) -> N
         group.add_argument(
             name,
             dest=dest,
-            nargs="+",
+            nargs="*",  # none at all is a value too: --ground-never-ground alone empties the default
             action=ExtendFresh,
             metavar="DIR" if f.name == "images" else f.name.upper(),
             default=default,
@@ -235,7 +245,7 @@ def settings_problems(cfg: dict) -> list[str]:
     """Every setting no stage can work with, as "--flag: expected X, got Y", checked before any stage runs
     (a stage finding it later would end the run after minutes of training)."""
     return [
-        f"{flag(prefix, name)}: expected {what}, got {getattr(cfg[stage], name)!r}"
+        f"{spellings(prefix, name)}: expected {as_flags(what, prefix)}, got {getattr(cfg[stage], name)!r}"
         for stage, _, prefix, check, _ in STAGES
         for name, what in check(cfg[stage])
     ] + pair_problems(cfg)
@@ -251,3 +261,13 @@ def pair_problems(cfg: dict) -> list[str]:
     if not cfg["llm"].base_url:
         problems.append("--suggest-ground: expected an MLLM to draw the boxes (--llm-url URL)")
     return problems
+
+
+def spellings(prefix: str, name: str) -> str:
+    """A field's flag with its shorter spellings, as argparse names it: --llm-base-url/--llm-url."""
+    return "/".join([flag(prefix, name), *ALIASES.get(flag(prefix, name), [])])
+
+
+def as_flags(what: str, prefix: str) -> str:
+    """A check's text with the other fields it names in backticks (`max_tokens`) written as their flags."""
+    return re.sub(r"`(\w+)`", lambda m: spellings(prefix, m[1]), what)

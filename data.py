@@ -52,12 +52,21 @@ def failed_rules(rules: list[tuple[str, bool, str]]) -> list[tuple[str, str]]:
 
 def require_valid(config: object, problems: list[tuple[str, str]]) -> None:
     """Raise SettingsError naming every problem as `Class.field: expected X, got Y` (the command line
-    reports the same problems under their flag names before anything runs)."""
+    reports the same problems under their flag names before anything runs). Another field named in
+    backticks in X (`max_tokens`) is written as Class.max_tokens here, as its flag there."""
     if problems:
         name = type(config).__name__
         raise SettingsError(
-            "; ".join(f"{name}.{f}: expected {what}, got {getattr(config, f)!r}" for f, what in problems)
+            "; ".join(
+                f"{name}.{f}: expected {as_fields(what, name)}, got {getattr(config, f)!r}"
+                for f, what in problems
+            )
         )
+
+
+def as_fields(what: str, cls: str) -> str:
+    """A check's text with the other fields it names in backticks (`max_tokens`) written as cls.field."""
+    return re.sub(r"`(\w+)`", lambda m: f"{cls}.{m[1]}", what)
 
 
 def one_line_warnings() -> None:
@@ -131,6 +140,7 @@ class Dataset:
     type_text: str = ""  # the type descriptions (types.txt), verbatim, for prompts
     generic: list[str] = field(default_factory=list)  # "do not extract" words from types.txt
     missing_images: int = 0  # samples read as text-only because their image is missing
+    bad_images: int = 0  # samples read as text-only because their image file is not a readable image (warned)
     clipped_boxes: int = 0  # gold boxes reaching outside their image, clipped to it (warned)
     unmatched_objects: int = 0  # Twitter xml objects naming no entity of their sample (warned, dropped)
     format: str = ""  # "twitter" (txt + xml) or "conll": predictions are also written in that layout

@@ -13,7 +13,9 @@ Choices: text = mean-pooled encoder embeddings; image = CLIP image embeddings wh
 is a local CLIP folder, else a WEAK pixel descriptor (near duplicates and similar colours, not similar
 content); entity = over all (query entity, demo entity) pairs, name cosine + `type_bonus` when the
 types agree, averaged over the pairs (`entity_sim="sum"` keeps the authors' sum, which favours demos
-with many entities). A query without image drops the image term for that query.
+with many entities). The weights 0.4 / 0.2 / 0.6 are the authors'; they are not meant to sum to 1
+(only their ratios rank the demos of a query). The pipeline grounds only queries with an image
+(grounding.to_ask); for a library caller, a query without image drops the image term for that query.
 
 Left out on purpose: learnt or fine-tuned retrievers, approximate nearest-neighbour indexes (the
 labelled pools of low-resource GMNER are small enough for one matrix product).

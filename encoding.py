@@ -13,6 +13,7 @@ The same encoder, frozen and mean-pooled, embeds whole texts (`embed_texts`) for
 Left out on purpose: character-level features and sub-token pooling other than the first piece.
 """
 
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -175,10 +176,12 @@ def collate(items: list[Encoded], pad_id: int, device: str, tags: list[list[int]
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def load_encoder(name: str):
+def load_encoder(name: str, progress: bool = True):
     """(tokenizer, encoder) of a HF name or path, freshly loaded (training changes it); "" = the offline
-    all-MiniLM-L6-v2 package."""
+    all-MiniLM-L6-v2 package. transformers' own bars ("Loading weights") show only with `progress` and
+    when stderr is a terminal: in a log file each redraw would add a long line of carriage returns."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if not name:
         try:
@@ -194,7 +197,14 @@ def load_encoder(name: str):
         raise ValueError(
             f"{name}: expected a fast tokenizer (it maps sub-tokens to words), got {type(tokenizer).__name__}"
         )
-    return tokenizer, AutoModel.from_pretrained(name)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not (progress and sys.stderr.isatty()):
+        hf_logging.disable_progress_bar()
+    try:
+        return tokenizer, AutoModel.from_pretrained(name)
+    finally:
+        if bars_were_on:  # the setting is global to transformers: leave it as it was
+            hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------- sentence embeddings
@@ -202,8 +212,9 @@ def load_encoder(name: str):
 
 @lru_cache(maxsize=2)
 def frozen_encoder(name: str):
-    """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained."""
-    tokenizer, model = load_encoder(name)
+    """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained; without
+    a loading bar (demo selection and suggest.py have no progress setting, and the load takes a moment)."""
+    tokenizer, model = load_encoder(name, progress=False)
     return tokenizer, model.eval()
 
 

@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     one_line_warnings()
     try:  # the I/O boundary: bad files end the run with one line naming them, exit code 2
+        check_paths(args.gold, args.pred, args.json)
         gold_data = read_dataset(args.gold)
         gold = gold_data.samples
         pred, unplaced = read_prediction(args.pred, gold_data)
@@ -323,8 +324,26 @@ def main(argv: list[str] | None = None) -> int:
             "unplaced_predictions": len(unplaced),
             "unpredicted_samples": len(missing),
         }
-        Path(args.json).write_text(json.dumps({**meta, **result}, indent=1) + "\n", encoding="utf-8")
+        try:
+            Path(args.json).write_text(json.dumps({**meta, **result}, indent=1) + "\n", encoding="utf-8")
+        except OSError as err:  # checked before scoring; a full disk or a permission can still refuse it
+            print(f"error: --json {args.json}: cannot write it: {err.strerror or err}", file=sys.stderr)
+            return 2
     return 0
+
+
+def check_paths(gold: str, pred: str, json_path: str | None) -> None:
+    """The inputs exist and --json can be created, checked before anything is read or printed."""
+    for flag, path in (("--gold", gold), ("--pred", pred)):
+        if not Path(path).exists():
+            raise DataError(f"{flag} {path}: no such file or folder")
+    if json_path is None:
+        return
+    target = Path(json_path)
+    if target.is_dir():
+        raise DataError(f"--json {target}: is a folder; expected the name of a file to write the metrics to")
+    if not target.parent.is_dir():
+        raise DataError(f"--json {target}: its folder {target.parent} does not exist (create it first)")
 
 
 if __name__ == "__main__":

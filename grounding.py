@@ -22,12 +22,15 @@ Choices:
   image as sent). Only demos with an image are shown.
 - Boxes follow the MLLM's convention (`box_format`): abs = pixels of the image
   as sent (Qwen2.5-VL), norm1000 = 0-1000 (Qwen2-VL, Qwen3-VL, GLM-V), norm1 = 0-1.
+  For abs the image is sent at the size Qwen2.5-VL's own resize gives it (sides multiples
+  of 28 within its pixel limits, images.smart_resize), so the model sees it pixel for pixel.
   Answers come back to original pixels, clipped to the image; degenerate boxes
   are dropped. Boxes attach by name to every occurrence of that name.
 - Types in `never_ground` (default location, as in the authors' prompt) are
   neither asked nor boxed; the default only applies when the data has that type
   (Twitter's LOC is grounded). A sample with nothing to ask, or without image,
-  makes no call.
+  makes no call. A call that fails (after the client's retries) gives its sample no
+  box: its entities stay ungroundable, counted in `failed_calls`.
 
 Left out on purpose: correcting spans or types while grounding (the refinement
 stage does that), the MLLM's free-text reasoning, boxes for entities the MLLM
@@ -46,7 +49,8 @@ from images import ImageError, image_part, image_size
 from llm import Client, LLMError, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
-# image (sides rounded to multiples of 28), a few pixels off the size sent; servers do not report that size.
+# image (images.smart_resize: sides multiples of 28); for abs the image is sent at that size already
+# (Calls.show), so those pixels are the pixels sent and the size the prompt states.
 FORMATS = {
     "abs": "absolute pixels [x1, y1, x2, y2] of the image as you see it "
     "(its width x height is given with it)",
@@ -62,6 +66,7 @@ class GroundingConfig:
     max_side: int = 1000  # longest side of images sent to the MLLM, pixels
     box_format: str = "abs"  # the MLLM's boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1
     never_ground: list[str] = field(default_factory=lambda: ["location"])  # types never boxed (authors' rule)
+    # (the flag given with no type boxes every type)
     max_boxes: int = 10  # boxes per entity the answer schema allows
 
 
@@ -390,7 +395,7 @@ class Calls:
     def show(self, path: str) -> Shown | None:
         try:
             orig = image_size(path)
-            part, sent = image_part(path, self.config.max_side)
+            part, sent = image_part(path, self.config.max_side, qwen_size=self.config.box_format == "abs")
             return Shown(part, sent, orig)
         except ImageError as err:
             self.errors[path] = str(err)

@@ -3,7 +3,8 @@
 The refinement and grounding stages send each sample's image to the MLLM; grounding also needs the
 original size to map the model's boxes back. Input: an image path. Output: a decoded RGB image, its
 (width, height), or an OpenAI `image_url` message part (a JPEG data URL, long side capped) with the
-size actually sent.
+size actually sent. For boxes in pixels (Qwen2.5-VL's `abs`) the size sent is already the one the model
+resizes to (`smart_resize`), so its pixels are those of the image sent.
 
     python -c "import images; print(images.image_part('examples/demo/images/001.jpg', max_side=512)[1])"
 
@@ -12,8 +13,15 @@ Left out on purpose: EXIF rotation (boxes are in the stored pixel grid, so image
 
 import base64
 import io
+import math
 
 from PIL import Image
+
+# Qwen2-VL and Qwen2.5-VL see an image at the size transformers' image processor gives it
+# (models/qwen2_vl/image_processing_qwen2_vl.py, smart_resize, with the processor's defaults):
+QWEN_FACTOR = 28  # sides are multiples of a 14-pixel patch times the 2x2 merge: one token per 28x28 pixels
+QWEN_MIN_PIXELS = 56 * 56  # smaller images are scaled up to at least this area
+QWEN_MAX_PIXELS = 28 * 28 * 1280  # larger ones down to at most this: 1,280 image tokens
 
 
 class ImageError(OSError):
@@ -43,6 +51,18 @@ def open_image(path: str) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
+def image_problem(path: str) -> str:
+    """ "" when the file is an image PIL can read, else why not. Cheap: the header is parsed and
+    `verify` checks the structure without decoding pixels (a truncated JPEG passes, and a stage that
+    decodes it later counts it)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... by format
+        return f"{type(e).__name__}: {str(e).replace(f' {path!r}', '')}"  # the caller names the file
+    return ""
+
+
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) from the header alone, or ImageError."""
     try:
@@ -52,8 +72,37 @@ def image_size(path: str) -> tuple[int, int]:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
-def image_part(path: str, max_side: int = 1000) -> tuple[dict, tuple[int, int]]:
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = QWEN_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> tuple[int, int]:
+    """The (height, width) Qwen2-VL / Qwen2.5-VL resize an image to: each side rounded to a multiple of
+    `factor` (Python's round: half to even), then, when the area falls outside [min_pixels, max_pixels],
+    both sides scaled by one factor into it (down: floor, up: ceil, to multiples of `factor`).
+    480 x 640 -> 476 x 644; 1000 x 1000 -> 980 x 980 (1008 x 1008 is over 28*28*1280); 20 x 30 -> 56 x 84.
+    A size it gives is kept as it is, so an image sent at that size is seen pixel for pixel."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"expected an aspect ratio under 200, got {height} x {width}")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def image_part(path: str, max_side: int = 1000, qwen_size: bool = False) -> tuple[dict, tuple[int, int]]:
     """An image as a JPEG data URL with its long side at most `max_side`, and the (width, height) sent.
+    With `qwen_size`, that size then goes through `smart_resize` (a side may end up to 14 pixels over
+    max_side): the model's own resize keeps it, so a box in its pixels is a box in the pixels sent.
 
     Always re-encoded: the label then always matches the bytes (PNG, WebP, CMYK JPEG all become RGB
     JPEG, which every server decodes), and the size sent is known exactly, so a box the model gives
@@ -61,9 +110,14 @@ def image_part(path: str, max_side: int = 1000) -> tuple[dict, tuple[int, int]]:
     """
     im = open_image(path)
     w, h = im.size
+    size = (w, h)
     if max(w, h) > max_side:
         scale = max_side / max(w, h)
-        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if qwen_size and max(size) / min(size) <= 200:  # beyond that ratio the processor refuses it anyway
+        size = smart_resize(size[1], size[0])[::-1]
+    if size != im.size:
+        im = im.resize(size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=90)
     url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -53,7 +53,7 @@ NO_VISION = (
 )
 START_HINT = (
     "Is the server running? Start one (e.g. `vllm serve MODEL` or `llama-server -m MODEL.gguf "
-    "--mmproj MMPROJ.gguf`) and point base_url at its /v1."
+    "--mmproj MMPROJ.gguf`) and point --llm-url (ClientConfig.base_url) at its /v1."
 )
 NO_SERVER = (
     "no LLM server configured: set ClientConfig.base_url (refineg.py --llm-url), "
@@ -155,7 +155,10 @@ def cut_reason(tokens: dict, max_tokens: int) -> str:
     its context and stops when the context is full (vLLM refuses with a 400): fewer tokens than
     max_tokens means the context, not the cap."""
     if tokens["completion_tokens"] >= max_tokens:
-        return f"cut at max_tokens={max_tokens}: raise max_tokens or bound the schema (maxItems, maxLength)"
+        return (
+            f"cut at max_tokens={max_tokens}: raise it (--llm-max-tokens; synthesis: --synth-answer-tokens) "
+            "or bound the schema (maxItems, maxLength)"
+        )
     return (
         f"cut after {tokens['completion_tokens']} tokens by the server's context ({tokens['prompt_tokens']} "
         "prompt tokens): start the server with a larger context (llama-server -c, vLLM --max-model-len) "
@@ -256,7 +259,10 @@ class Client:
                 as_completed(futures), total=len(futures), desc=desc or "llm", disable=None, leave=False
             ):
                 results[futures[f]] = f.result()
-        finally:  # on Ctrl-C drop the queued requests; answers already in flight still land in the cache
+        finally:
+            # On Ctrl-C: drop the queued requests; the ones in flight still land in the cache, as Python
+            # waits for the workers at exit (each request within call_budget seconds, a re-ask gets its
+            # own; a second Ctrl-C stops the wait and loses them).
             pool.shutdown(wait=False, cancel_futures=True)
             self._count(seconds=time.perf_counter() - t0)
         return results

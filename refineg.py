@@ -14,10 +14,12 @@ predicted) and scored (eval.py) when gold exists.
     python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
         --ground-box-format abs
 
-Only this file knows the order of the stages. A rerun of the same command resumes: finished stages
-are reused (keyed by their settings and inputs) and cached MLLM answers are not paid again. The
-bookkeeping of a run (timers, clients, skips, the files written) is rundir.py's; the flags are
-cli.py's; the summary and the --viz pictures are report.py's.
+Only this file knows the order of the stages. A rerun of the same command resumes: synthesis and the
+tagger are reused when their settings and inputs match (rundir.fingerprint); prediction, refinement,
+demo selection and grounding run again and take every answer given before from the cache, so no MLLM
+call is paid twice (docs/running.md says what a rerun costs). The bookkeeping of a run (timers,
+clients, skips, the files written) is rundir.py's; the flags are cli.py's; the summary and the --viz
+pictures are report.py's.
 
 Left out on purpose: multi-GPU training, a web UI.
 """
@@ -49,8 +51,6 @@ from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
 def pipeline(cfg: dict, run: Run) -> int:
     """The stages in order; `run` records what each one cost, counted, skipped and wrote."""
     settings: RunConfig = cfg["run"]
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_json(run.out / "config.json", {stage: dataclasses.asdict(c) for stage, c in cfg.items()})
     run.current = "reading the data"
     labelled, train, target, gold_known = read_inputs(settings)
     test = target.samples
@@ -59,6 +59,7 @@ def pipeline(cfg: dict, run: Run) -> int:
     pool = read_pool(settings, labelled)
     if run.uses_llm:
         llm.check_server(run.client_config)
+    run.start({stage: dataclasses.asdict(c) for stage, c in cfg.items()})  # only now: the inputs were read
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
         model = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
@@ -76,6 +77,7 @@ def pipeline(cfg: dict, run: Run) -> int:
     if settings.viz:
         with run.stage("drawing"):
             draw(pred, gold, run.out / "viz", settings.viz)
+        run.written.append("viz/")
     report_page(run, settings.report_samples)
     print(summary_text(run, settings.warn_failed_share))
     return 0
@@ -208,6 +210,8 @@ def synthesis_stage(run: Run, cfg: dict, seeds: Dataset) -> list[Sample]:
         if not run.wants("synthesis", cfg["run"].synthesize):
             return []
         samples, summary = synthesize_or_reuse(cfg, seeds, run.client("synthesis"), run.out)
+        if not summary.get("reused"):
+            run.written += ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl"]
         print(synth.format_summary(summary))
         run.notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
     run.check_calls("synthesis")
@@ -246,8 +250,13 @@ def tagger_stage(
             model, how = tagger.load(settings.tagger_dir), f"loaded from {settings.tagger_dir}"
         else:
             model, how = train_or_reuse(cfg["tagger"], train, types, pool, run.out)
+            if how != REUSED:
+                run.written.append("tagger/")
         print(f"tagger: {how}")
     return model
+
+
+REUSED = "reused (same settings and data)"  # how the tagger came about when out/tagger was reused
 
 
 def train_or_reuse(
@@ -261,7 +270,7 @@ def train_or_reuse(
         [s.tokens for s in unlabelled],
     )
     if read_stamp(out / "tagger" / "stage.json", key):
-        return tagger.load(str(out / "tagger")), "reused (same settings and data)"
+        return tagger.load(str(out / "tagger")), REUSED
     if unlabelled:
         model, rounds = selftrain.self_train(train, unlabelled, types, config)
         history = rounds[-1]["history"]
@@ -282,6 +291,8 @@ def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
     --suggest, without the samples already labelled: each round may pass the same pool)."""
     if not settings.unlabelled:
         return []
+    if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
+        raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
     pool = formats.read_dataset(settings.unlabelled).samples
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
@@ -449,11 +460,12 @@ def scoring_stage(
         if held_out and gold is not None:  # what eval.py needs to score again: eval.py --gold OUT/gold ...
             with atomic(run.out / "gold") as tmp:
                 ccks.write_ccks_folder(gold, target, tmp)
+            run.written.append("gold/")
         if target.format == "twitter":
             with atomic(run.out / "predictions.txt") as tmp:
                 remove(run.out / "xml")  # a stale box file would join a new prediction
                 twitter.write_twitter(pred, tmp, run.out / "xml")
-            run.written.append("predictions.txt")
+            run.written += ["predictions.txt", "xml/"]
         elif target.format == "conll":
             write_conll_pair(run, pred, gold if held_out else None)
 
@@ -466,6 +478,7 @@ def write_conll_pair(run: Run, pred: list[Sample], gold: list[Sample] | None) ->
     if gold is not None:
         with atomic(run.out / "gold.conll") as tmp:
             twitter.write_conll(gold, tmp)
+        run.written.append("gold.conll")
 
 
 def trace_stage(

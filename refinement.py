@@ -2,9 +2,10 @@
 
 The entities whose uncertainty (uncertainty.py) is above tau go, with the image and the text, to a
 multimodal LLM that keeps, re-spans, re-types or rejects each of them. Confident entities are never
-touched, so the MLLM's own idea of the domain cannot overwrite them ("domain knowledge conflict"),
-and only samples with an uncertain entity cost a call (the authors' released code sends every
-sample with an entity, with four images each).
+touched, so the MLLM's own notion of "entity", which differs from the dataset's annotation guidelines
+(the paper's "domain knowledge conflict", synth.py), cannot overwrite them, and only samples with an
+uncertain entity cost a call (the authors' released code sends every sample with an entity, with four
+images each). A failed call keeps the tagger's entities of its sample (counted).
 
 Inputs: predicted Samples with uncertainties, the Dataset (types and their descriptions), an
 llm.Client and tau. Outputs: new Samples whose entities say where they came from (`source` =
@@ -13,8 +14,8 @@ llm.Client and tau. Outputs: new Samples whose entities say where they came from
 
     python -m pytest -q tests/test_refinement.py     # the stage against a scripted fake MLLM
 
-Left out on purpose: adding missed entities is off by default (`allow_add`: adding is where an
-LLM's notion of "entity" leaks in); one image per call (not four).
+Left out on purpose: adding missed entities is off by default (`allow_add`: adding is where the
+MLLM's notion of "entity" leaks in, the domain knowledge conflict); one image per call (not four).
 """
 
 from collections import Counter
@@ -32,7 +33,8 @@ ACTIONS = ["keep", "change_span", "change_type", "reject"]
 
 @dataclass
 class RefinementConfig:
-    allow_add: bool = False  # may the MLLM add entities the tagger missed? off: domain conflict enters there
+    allow_add: bool = False  # may the MLLM add entities the tagger missed? off: its own notion of entity
+    # enters there (the paper's domain knowledge conflict)
     missed_tau: float = 0.5  # with allow_add: also send a sample whose missed-entity score exceeds this
     max_side: int = 1000  # longest image side sent to the MLLM, pixels
     max_reasoning: int = 1500  # schema bound on the answer's reasoning, characters (keeps answers short)

@@ -37,7 +37,7 @@ def summary_text(run: Run, warn_share: float = 0.1) -> str:
         )
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
     lines += skipped_lines(run.skipped)
-    lines.append(written_line(run.out))
+    lines.append(written_line(run))
     return "\n".join(lines)
 
 
@@ -116,17 +116,24 @@ def skipped_lines(skipped: dict[str, str]) -> list[str]:
     return lines
 
 
-def written_line(out: Path) -> str:
-    written = f"{out}/predictions.json (final)"
-    if (out / "predictions.txt").is_file():
-        written += ", predictions.txt + xml/ (Twitter-GMNER layout)"
-    if (out / "suggested").is_dir():
-        written += ", suggested/ + suggested.jsonl (to label next)"
-    return (
-        f"written: {written}, predictions.refined.json (before grounding), "
-        "metrics.json, usage.json, config.json, trace.jsonl (every decision per sample), "
-        "report.html (+ report/ thumbnails: open it in a browser)"
-    )
+# What a written file is, where its name does not say it
+WRITTEN_NOTES = {
+    "predictions.refined.json": "before grounding",
+    "predictions.json": "final",
+    "predictions.txt": "Twitter-GMNER layout",
+    "suggested/": "to label next",
+    "gold/": "the held-out gold, for eval.py",
+    "llm_cache.jsonl": "appended",
+    "trace.jsonl": "every decision per sample",
+    "report.html": "open it in a browser; thumbnails in report/",
+    "labelstudio/": "the same, as a Label Studio project",
+}
+
+
+def written_line(run: Run) -> str:
+    """The files this run wrote, in order (a reused tagger or synthesis was not written: not listed)."""
+    names = [f"{n} ({WRITTEN_NOTES[n]})" if n in WRITTEN_NOTES else n for n in run.written]
+    return f"written in {run.out}: {', '.join(names)}"
 
 
 def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, n: int) -> None:

@@ -2,9 +2,11 @@
 
 refineg.py only says which stage runs; a `Run` keeps the rest: which stage is running (for the error
 line), its wall time, its own MLLM client (so usage.json counts each stage apart), what it counted,
-what was skipped and why, what was scored and which files were written. Every file is written by
-`atomic` (to a temporary name, then renamed), so Ctrl-C never leaves half a file, and a finished stage
-leaves a fingerprint of its settings and inputs (`fingerprint`) that lets a rerun reuse it.
+what was skipped and why, what was scored and which files were written. Every file but the answer
+cache is written by `atomic` (to a temporary name, then renamed), so Ctrl-C never leaves half of one;
+llm_cache.jsonl is appended to, a line per answer (client/cache.py). Synthesis and the tagger leave a
+fingerprint of their settings and inputs (`fingerprint`) that lets a rerun reuse them; the later
+stages run again, their answers from the cache.
 
     python refineg.py --data examples/demo --out runs/demo    # twice: the second run reuses the tagger
 
@@ -88,7 +90,14 @@ class Run:
         self.clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM
         self.metrics: dict[str, dict] = {}  # stage -> scores
         self.scope: dict = {}  # what was scored: samples, gold entities, --test, the hold-out share
-        self.written: list[str] = []  # predictions written so far (kept when a later stage fails)
+        self.written: list[str] = []  # files written so far, in order, relative to out (folders end in /)
+
+    def start(self, settings: dict) -> None:
+        """The run directory and its config.json, made once the inputs have been read: a run that fails on
+        its inputs writes nothing, so a finished run's config.json still describes the files beside it."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", settings)
+        self.written.append("config.json")
 
     @property
     def uses_llm(self) -> bool:
@@ -154,6 +163,17 @@ class Run:
         write_json(
             self.out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": self.seconds}
         )
+        cache = [self.cache_name()] if self.answered() else []  # appended to, not replaced
+        self.written += [name for name in ["metrics.json", "usage.json", *cache] if name not in self.written]
+
+    def answered(self) -> bool:
+        """Whether this run appended to the cache file: a call that was neither a hit nor a failure."""
+        return any(c.usage.calls > c.usage.cache_hits + c.usage.failures for c in self.clients.values())
+
+    def cache_name(self) -> str:
+        """The answer cache as the summary names it: relative to out when it lies there."""
+        cache = Path(self.client_config.cache_path)
+        return cache.name if cache.parent == self.out else str(cache)
 
 
 def all_runs(usage: dict) -> dict:

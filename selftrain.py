@@ -14,7 +14,10 @@ kept sentences for `self_train_epochs` more epochs, from its own weights (a fres
 cost a full training run per round).
 
 Inputs: labelled Samples, unlabelled Samples (their entities are ignored), the types, a
-TaggerConfig (its `self_train_*` fields) and optional dev Samples for epoch selection.
+TaggerConfig (its `self_train_*` fields: the flags --tagger-self-train-rounds, -epochs, -tau and
+-missed) and optional dev Samples for epoch selection. The uncertainty here is always the CRF
+marginals' (uncertainty.estimate's default): --unc-method and the other --unc-* flags set only the
+refinement stage's.
 Output: the last round's Tagger and one row per round (sentences kept, seconds, its epoch history).
 
     python refineg.py --data lowres/10GMNER/train.txt --unlabelled train.txt ...

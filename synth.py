@@ -15,6 +15,9 @@ carrier" or "the navy"), so its tags on free text would put its notion of
 entity into the training labels. A declared name, by contrast, is checked
 against the type list, the "do not extract" list and the text, and then labels
 every occurrence of itself (data.label_names, the rule the gold data follows).
+A declared name whose type differs from the seed's, or from the one the seeds and
+descriptions give it, is a "type mismatch" and rejected: a check of declared labels,
+not the conflict above, which declaring names avoids.
 Every answer item is validated (`check`) before it reaches the training set and
 each rejection is counted by reason; a sample of the rejected items is kept for reading.
 
@@ -96,7 +99,7 @@ def check_config(c: SynthConfig) -> list[tuple[str, str]]:
             (
                 "min_tokens",
                 1 <= c.min_tokens <= c.max_tokens,
-                f"1 <= min_tokens <= max_tokens ({c.max_tokens})",
+                f"a number of tokens from 1 to `max_tokens` ({c.max_tokens})",
             ),
             ("max_entities", c.max_entities >= 1, "at least 1"),
             ("answer_tokens", c.answer_tokens >= 1, "at least 1"),
@@ -377,11 +380,11 @@ def name_problem(declared: list[tuple[str, str]], seed: Sample, rules: Rules) ->
     first_type = {without_spaces(seed.name(e)): e.type for e in seed.entities}  # the seed's gold types first
     for n, t in declared:
         if first_type.setdefault(without_spaces(n), t) != t:
-            return "type_conflict"
+            return "type_mismatch"
     # Rejected, not relabelled: a sentence written around the wrong type ("the ship PUMA docked") has a
-    # context that teaches the conflict even if relabelled.
+    # context that teaches the wrong type even if relabelled.
     if any(t not in rules.known.get(n.lower(), {t}) for n, t in declared):
-        return "known_type_conflict"
+        return "known_type_mismatch"
     return ""
 
 

@@ -76,7 +76,7 @@ class TaggerConfig:
     device: str = "cpu"  # torch device to train and predict on (cpu, cuda, cuda:1, ...)
     threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
     int8: bool = False  # the encoder's linear layers in int8 (CPU): faster prediction, a little less F1
-    progress: bool = True  # a progress bar while training
+    progress: bool = True  # progress bars while loading the encoder and training (only on a terminal)
     self_train_rounds: int = 2  # pseudo-label + retrain rounds on --unlabelled text (selftrain.py)
     self_train_epochs: int = 3  # epochs of each round, continuing from the previous round's tagger
     self_train_tau: float = 0.1  # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
@@ -196,7 +196,7 @@ def chunks(sample: Sample, size: int) -> list[Sample]:
 
 def build(config: TaggerConfig, types: list[str], init: "Tagger | None" = None) -> Tagger:
     """A tagger ready to train: the pretrained encoder and a fresh head, or `init`'s weights."""
-    tokenizer, encoder = load_encoder(config.encoder)
+    tokenizer, encoder = load_encoder(config.encoder, config.progress)
     if config.max_length > tokenizer.model_max_length:
         raise ValueError(
             f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}"
@@ -273,9 +273,10 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
     gold = [[index[t] for t in spans_to_tags(len(s.tokens), s.entities, config.scheme)] for s in train]
     per_epoch = min(config.epoch_size or len(train), len(train))
     steps = math.ceil(per_epoch / config.batch_size)
-    epochs = max(config.epochs, math.ceil(config.min_steps / steps))
+    epochs = epochs_to_run(config, steps)
     opt, sched = optimizer(model, config, epochs * steps)
-    bar = tqdm(total=epochs * steps, desc="tagger", disable=not config.progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (a log file), as for llm.py's bars
+    bar = tqdm(total=epochs * steps, desc="tagger", disable=None if config.progress else True, leave=False)
     history = []
     best_f1 = -1.0
     best_state = None
@@ -302,6 +303,18 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
     if best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def epochs_to_run(config: TaggerConfig, steps: int) -> int:
+    """`config.epochs`, or more when they make fewer than `config.min_steps` steps, said in one line (the
+    demo's 22 sentences in batches of 16 are 2 steps an epoch: 60 steps take 30 epochs, not 10)."""
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps))
+    if epochs > config.epochs:
+        print(
+            f"tagger: {config.epochs} epochs of {steps} steps are under the minimum of {config.min_steps} "
+            f"steps (--tagger-min-steps): training {epochs} epochs"
+        )
+    return epochs
 
 
 def train_epoch(model: Tagger, enc: list[Encoded], gold: list[list[int]], opt, sched, rng, bar) -> float:

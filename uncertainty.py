@@ -41,7 +41,7 @@ def check_config(c: UncertaintyConfig) -> list[tuple[str, str]]:
             (
                 "target_rate",
                 c.target_rate is not None and 0 <= c.target_rate <= 1 or c.tau is not None,
-                "a share in [0, 1] (none only together with a fixed tau)",
+                "a share in [0, 1] (none only together with a fixed `tau`)",
             ),
             ("mc_passes", c.method != "mc_dropout" or c.mc_passes >= 1, "at least 1 with mc_dropout"),
         ]

@@ -4,13 +4,15 @@
 - `twitter.py`: Twitter-GMNER (IMGID + CoNLL, Pascal-VOC xml/) and plain two-column CoNLL.
 - `labelstudio.py`: a Label Studio JSON export of the --suggest tasks (and the project it came from).
 Every reader returns a `data.Dataset`; names become spans and gold boxes are checked by the rules
-in data.py, so the formats differ only in how they store the same thing.
+in data.py, so the formats differ only in how they store the same thing. An image file that is not a
+readable image counts as no image (`Dataset.bad_images`, one warning line).
 
     python -m formats examples/demo     # reads a dataset and prints its statistics
 
 Left out on purpose: other layouts (convert them to one of these: docs/data-formats.md).
 """
 
+import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -19,16 +21,39 @@ from data import DataError, Dataset, attach_images
 from formats.ccks import read_ccks
 from formats.labelstudio import export_tasks, read_labelstudio
 from formats.twitter import read_conll, read_twitter
+from images import image_problem
 
 
 def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
-    """Any supported input (see read_any); a file that is not UTF-8 or nests too deep is a DataError."""
+    """Any supported input (see read_any); a file that is not UTF-8 or nests too deep is a DataError.
+    An image file that is not an image makes its sample text-only (drop_bad_images)."""
     try:
-        return read_any(Path(path), images)
+        dataset = read_any(Path(path), images)
     except UnicodeDecodeError:
         raise DataError(not_utf8(Path(path))) from None
     except RecursionError:
         raise DataError(f"{path}: a JSON value nested too deep to be a dataset") from None
+    drop_bad_images(dataset, path)
+    return dataset
+
+
+def drop_bad_images(dataset: Dataset, path: str | Path) -> None:
+    """Samples whose image file is not a readable image become text-only, counted in `bad_images` and
+    warned once here, where the data is read: found later, each would fail its own MLLM call."""
+    bad = []  # (image path, why)
+    found = sum(1 for s in dataset.samples if s.image)
+    for s in dataset.samples:
+        why = image_problem(s.image) if s.image else ""
+        if why:
+            bad.append((s.image, why))
+            s.image = None
+    dataset.bad_images += len(bad)
+    if bad:
+        warnings.warn(
+            f"{path}: {len(bad)} of {found} image files are not readable images (e.g. "
+            f"{bad[0][0]}: {bad[0][1]}); those samples are read as text-only",
+            stacklevel=2,
+        )
 
 
 def not_utf8(path: Path) -> str:
@@ -88,7 +113,9 @@ def join(datasets: list[Dataset], paths: list[str]) -> Dataset:
                 raise DataError(f"{path}: sample id {s.id!r} is also in {seen[s.id]} (ids must be unique)")
             seen[s.id] = path
     samples = [s for d in datasets for s in d.samples]
-    return replace(first, samples=samples, missing_images=sum(d.missing_images for d in datasets))
+    missing = sum(d.missing_images for d in datasets)
+    bad = sum(d.bad_images for d in datasets)
+    return replace(first, samples=samples, missing_images=missing, bad_images=bad)
 
 
 def first_line(path: Path) -> str:
@@ -113,5 +140,6 @@ def stats(dataset: Dataset) -> dict:
         "boxes": sum(len(e.boxes) for e in ents),
         "with_image": sum(1 for s in dataset.samples if s.image),
         "missing_images": dataset.missing_images,
+        "bad_images": dataset.bad_images,
         "per_type": dict(Counter(e.type for e in ents)),
     }

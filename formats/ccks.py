@@ -36,6 +36,7 @@ from data import (
 )
 
 ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
+CONTROL_HINT = " (a tab or line break inside a string must be written \\t or \\n)"
 TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", flags=re.M)  # "3. vessel: ..." names a type
 
 
@@ -59,8 +60,9 @@ def read_types(path: Path) -> tuple[list[str], str, list[str]]:
 def _load_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
+    except json.JSONDecodeError as err:  # str(err), not err.msg: some messages end in "at" and need the place
+        hint = CONTROL_HINT if err.msg.startswith("Invalid control character") else ""
+        raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err}{hint}") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object {{id: ...}}, got {type(obj).__name__}")
     return obj

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data import Box, DataError
-from formats import read_dataset
+from formats import read_dataset, stats
 from formats.ccks import read_ccks, read_ccks_predictions, write_ccks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +163,18 @@ def test_ccks_malformed_json_names_the_line(tmp_path):
         read_ccks(tmp_path)
 
 
+def test_a_control_character_in_a_string_gives_the_whole_json_error(tmp_path):
+    """json's message for it ends in "at": the place follows, and the error must not stop before it."""
+    make_ccks(tmp_path, TEXTS, LABELS)
+    (tmp_path / "text.json").write_text('{\n "1": {"text": "a\tb"}\n}\n')  # a raw tab inside the string
+    with pytest.raises(DataError) as err:
+        read_ccks(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'text.json'}:2:18: malformed JSON: Invalid control character at: line 2 column 18 "
+        "(char 19) (a tab or line break inside a string must be written \\t or \\n)"
+    )
+
+
 @pytest.mark.parametrize("sid", ["../x", "../images/001", "sub/002", ".hidden", "a b", ""])
 def test_ccks_ids_are_plain_names(tmp_path, sid):
     make_ccks(tmp_path, {"001": "Munster.", sid: "Munster."}, {}, images=False)
@@ -182,6 +194,21 @@ def test_boxes_outside_the_image_are_clipped_counted_and_warned(tmp_path):
     with pytest.warns(UserWarning, match=r"1 gold box\(es\) reached outside their image and were clipped"):
         data = read_ccks(tmp_path)
     assert data.clipped_boxes == 1 and data.samples[1].entities[0].boxes == [Box(0, 20, 160, 50)]
+
+
+def test_an_image_file_that_is_not_an_image_is_no_image_counted_and_warned_once(tmp_path):
+    make_ccks(tmp_path, TEXTS, LABELS)
+    (tmp_path / "images" / "2.jpg").write_text("not a picture")
+    (tmp_path / "images" / "4.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning) as caught:
+        data = read_dataset(tmp_path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"{tmp_path}: 2 of 4 image files are not readable images (e.g. ")
+    assert str((tmp_path / "images" / "2.jpg").resolve()) in message and message.endswith("read as text-only")
+    assert [s.image is not None for s in data.samples] == [True, False, True, False]
+    assert (data.bad_images, data.missing_images) == (2, 0)
+    assert stats(data)["with_image"] == 2 and stats(data)["bad_images"] == 2
 
 
 def test_a_bom_is_accepted_in_every_text_file(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 import cli
 import refineg
+import synth
 import tagger
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
@@ -24,7 +25,8 @@ DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
     [
         (
             ["--unc-target-rate", "none"],
-            "--unc-target-rate: expected a share in [0, 1] (none only together with a fixed tau), got None",
+            "--unc-target-rate: expected a share in [0, 1] (none only together with a fixed --unc-tau), "
+            "got None",
         ),
         (["--unc-target-rate", "1.5"], "--unc-target-rate: expected a share in [0, 1]"),
         (["--unc-method", "entropy"], "--unc-method: expected marginal or mc_dropout, got 'entropy'"),
@@ -38,10 +40,16 @@ DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
         (["--synth-keep-share", "2"], "--synth-keep-share: expected a share in [0, 1], got 2.0"),
         (
             ["--synth-min-tokens", "80"],
-            "--synth-min-tokens: expected 1 <= min_tokens <= max_tokens (64), got 80",
+            "--synth-min-tokens: expected a number of tokens from 1 to --synth-max-tokens (64), got 80",
         ),
         (["--tagger-scheme", "IOB"], "--tagger-scheme: expected BIO or BIOES, got 'IOB'"),
         (["--tagger-epochs", "0"], "--tagger-epochs: expected at least 1, got 0"),
+        (
+            ["--tagger", "/no/such/tagger"],
+            "--tagger-dir/--tagger: expected a trained tagger's folder with config.json and weights.pt "
+            "(OUT/tagger of an earlier run), got '/no/such/tagger'",
+        ),
+        (["--llm-url", "localhost:8000"], "--llm-base-url/--llm-url: expected a URL starting with http://"),
         (["--tagger-dropout", "1"], "--tagger-dropout: expected a probability in [0, 1), got 1.0"),
         (
             ["--ground-box-format", "xywh"],
@@ -73,6 +81,30 @@ def test_every_problem_is_named_at_once(capsys):
         "error: --tagger-scheme: expected BIO or BIOES, got 'IOB'",  # one line per problem
         "error: --ground-k: expected 0 or more worked examples, got -1",
     ]
+
+
+def test_a_list_flag_without_values_empties_its_list():
+    """--ground-never-ground alone grounds every type (argparse's nargs="+" refused it); --data alone is the
+    missing --data it looks like."""
+    cfg = cli.parse_configs(["--data", DEMO, "--ground-never-ground"])
+    assert cfg["grounding"].never_ground == []
+    cfg = cli.parse_configs(
+        ["--data", DEMO, "--ground-never-ground", "location", "--ground-never-ground", "other"]
+    )
+    assert cfg["grounding"].never_ground == ["location", "other"]
+    assert cli.parse_configs(["--data", DEMO])["grounding"].never_ground == ["location"]
+    with pytest.raises(SystemExit):
+        cli.parse_configs(["--data"])
+
+
+def test_a_check_naming_another_field_names_its_flag_or_its_field():
+    """The same check text, `max_tokens` in backticks, reads as a flag on the command line and as
+    Class.field for a library caller."""
+    with pytest.raises(
+        refineg.SettingsError, match=r"SynthConfig\.min_tokens: expected .* to SynthConfig\.max_tokens"
+    ):
+        synth.synthesize(None, None, synth.SynthConfig(min_tokens=80))
+    assert cli.as_flags("from 1 to `max_tokens` (64)", "synth-") == "from 1 to --synth-max-tokens (64)"
 
 
 def test_defaults_and_a_fixed_tau_are_valid():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data import Box, DataError, Entity, Sample, tokenize
-from eval import evaluate, max_matching, mistakes, region_ok
+from eval import evaluate, main, max_matching, mistakes, region_ok
 from formats.ccks import read_ccks
 from tagger import span_f1
 
@@ -306,6 +306,24 @@ def test_cli_end_to_end(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(labels))
     out = run_cli("--gold", str(gold), "--pred", str(tmp_path / "bad.json"))
     assert out.returncode != 0 and "no-such-id" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pred", "{tmp}/nope.json"], "error: --pred {tmp}/nope.json: no such file or folder"),
+        (["--pred", "{demo}", "--json", "{tmp}/no/m.json"], "error: --json {tmp}/no/m.json: its folder"),
+        (["--pred", "{demo}", "--json", "{tmp}"], "error: --json {tmp}: is a folder"),
+    ],
+)
+def test_a_missing_input_or_json_folder_is_one_error_line_before_anything_runs(
+    tmp_path, capsys, args, message
+):
+    """No traceback, exit code 2, one line naming the flag and the path, and no score printed."""
+    argv = ["--gold", str(DEMO), *(a.format(tmp=tmp_path, demo=DEMO) for a in args)]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(message.format(tmp=tmp_path)), err
 
 
 def test_unplaceable_predictions_are_false_positives_not_errors(tmp_path):

@@ -24,7 +24,7 @@ import grounding as g
 from data import Box, Dataset, Entity, Sample
 from eval import evaluate
 from formats import read_dataset
-from images import image_part
+from images import image_part, smart_resize
 from llm import Client, ClientConfig
 from servers.fake_mllm import FakeServer, reply
 
@@ -56,6 +56,43 @@ def test_box_round_trip_on_a_resized_image(tmp_path, fmt):
             assert (
                 max(abs(back.x1 - b.x1), abs(back.y1 - b.y1), abs(back.x2 - b.x2), abs(back.y2 - b.y2)) < 1.0
             )
+
+
+@pytest.mark.parametrize(
+    "height_width, expected",
+    [((480, 640), (476, 644)), ((1000, 1000), (980, 980)), ((20, 30), (56, 84)), ((70, 70), (56, 56))]
+    + [((476, 644), (476, 644)), ((504, 1008), (504, 1008))],
+)
+def test_smart_resize_is_qwen2_vl_rule(height_width, expected):
+    """Worked by hand with factor 28, min_pixels 56*56 = 3,136, max_pixels 28*28*1280 = 1,003,520:
+    480x640: 480/28 = 17.1 -> 17*28 = 476, 640/28 = 22.9 -> 23*28 = 644; 306,544 pixels, inside the limits.
+    1000x1000: 36*28 = 1008, but 1008*1008 = 1,016,064 is over the maximum: beta = sqrt(1e6 / 1,003,520)
+    = 0.99825, floor(1000 / 0.99825 / 28) = floor(35.78) = 35 -> 980 on both sides.
+    20x30: 28x28 = 784 is under the minimum: beta = sqrt(3,136 / 600) = 2.2862, ceil(20 * 2.2862 / 28)
+    = ceil(1.63) = 2 -> 56, ceil(30 * 2.2862 / 28) = ceil(2.45) = 3 -> 84.
+    70x70: 70/28 = 2.5 rounds half to even (Python's round, as transformers uses it) -> 2 -> 56; 56x56 =
+    3,136 is not under the minimum. Sizes it gives are kept (476x644, 504x1008)."""
+    assert smart_resize(*height_width) == expected
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_abs_images_are_sent_at_qwen_size_so_its_pixels_are_exact(tmp_path, fmt):
+    """A 2000x1000 image capped at max_side 1000 is 1000x500; for abs it is then sent at smart_resize's
+    504x1008 (500/28 = 17.9 -> 18, 1000/28 = 35.7 -> 36), the size Qwen2.5-VL sees, so a box it draws in
+    its own pixels, [100.8, 50.4, 504, 302.4], is Box(200, 100, 1000, 600) of the original exactly. The
+    other formats need no grid: sent at 1000x500."""
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1000), (90, 120, 30)).save(path)
+    shown = g.Calls(Dataset([], ["vehicle"]), [], g.GroundingConfig(box_format=fmt)).show(str(path))
+    assert shown.orig == (2000, 1000)
+    assert (
+        shown.sent
+        == sent_size(shown.part["image_url"]["url"])
+        == ((1008, 504) if fmt == "abs" else (1000, 500))
+    )
+    if fmt == "abs":
+        back = g.from_model([100.8, 50.4, 504, 302.4], shown.orig, shown.sent, fmt)
+        assert np.allclose([back.x1, back.y1, back.x2, back.y2], [200, 100, 1000, 600])
 
 
 def test_from_model_clips_to_the_image_and_rejects_unknown_formats():
@@ -161,6 +198,9 @@ def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
         )
     assert not srv.errors
     assert any(sent_size(images_of(b)[-1]) != Image.open(data.samples[0].image).size for b in srv.requests)
+    if fmt == "abs":  # every image is sent at a size Qwen2.5-VL's own resize keeps
+        sizes = {sent_size(url) for b in srv.requests for url in images_of(b)}
+        assert all(smart_resize(h, w) == (h, w) for w, h in sizes)
     scores = evaluate(data.samples, out)
     assert scores["gmner"]["f1"] == 1.0 and scores["eeg"]["f1"] == 1.0, scores["gmner"]
     assert counts["calls"] == len(srv.requests) == 27 and counts["no_entity"] == 5
@@ -192,7 +232,7 @@ def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(
     assert {t.outcome for sid, t in traces.items() if sid not in picks} == {"no_entity"}
 
     def url(p):
-        return image_part(p, 200)[0]["image_url"]["url"]
+        return image_part(p, 200, qwen_size=True)[0]["image_url"]["url"]  # abs: sent at Qwen2.5-VL's size
 
     by_text = {s.text: s for s in data.samples}
     assert len(srv.requests) == len(asked)
@@ -280,6 +320,12 @@ def box_everything(body):
     )
 
 
+def answered_box(body: dict, image: str) -> Box:
+    """box_everything's [10, 10, 90, 90] in pixels of the query image as sent, in pixels of the original."""
+    with Image.open(image) as im:
+        return g.from_model([10, 10, 90, 90], im.size, sent_size(images_of(body)[-1]), "abs")
+
+
 def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     """Sample a: a vehicle and a location (which arrives with a stale box); only the vehicle is asked and
     boxed. Sample b: only a location -> no call. Sample c: a vehicle but no image -> no call."""
@@ -308,7 +354,8 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     schema = body["response_format"]["json_schema"]["schema"]
     assert schema["properties"]["entities"]["items"]["properties"]["entity"]["enum"] == ["Leopard 2"]
     assert "Entities of type location are never grounded" in body["messages"][0]["content"]
-    assert out[0].entities[0].boxes == [Box(10, 10, 90, 90)] and out[0].entities[1].boxes == []
+    boxed = answered_box(body, img)
+    assert out[0].entities[0].boxes == [boxed] and out[0].entities[1].boxes == []
     assert all(not e.boxes for s in out[1:] for e in s.entities)
     assert counts["no_entity"] == 1 and counts["no_image"] == 1 and counts["calls"] == 1
     assert [(t.outcome, t.asked) for t in traces.values()] == [
@@ -333,7 +380,8 @@ def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
             sel.DemoConfig(k=1),
         )
     assert "never grounded" not in srv.requests[0]["messages"][0]["content"]
-    assert [e.boxes for e in out[0].entities] == [[Box(10, 10, 90, 90)]] * 2 and counts["calls"] == 1
+    boxed = answered_box(srv.requests[0], img)
+    assert [e.boxes for e in out[0].entities] == [[boxed]] * 2 and counts["calls"] == 1
 
 
 def test_malformed_answers_never_crash_and_are_counted(bag_of_words):

@@ -132,6 +132,10 @@ def test_demo_without_server(trained: Path, capsys):
     u = metrics["stages"]["uncertainty"]
     assert f"\nuncertainty: {u['delegated']} of {u['entities']} predicted entities above tau (" in printed
     assert "; none sent, refinement was skipped\n" in printed
+    assert printed.endswith(  # what this rerun wrote: the reused tagger is not among them
+        f"\nwritten in {out}: config.json, predictions.refined.json (before grounding), predictions.json "
+        "(final), gold/ (the held-out gold, for eval.py), metrics.json, usage.json\n"
+    )
 
 
 def test_summary_says_why_each_stage_was_skipped(trained: Path, tmp_path: Path, capsys):
@@ -164,7 +168,7 @@ def test_summary_says_why_each_stage_was_skipped(trained: Path, tmp_path: Path, 
     assert "skipped refinement: turned off by --no-refine" in text and "no MLLM configured" not in text
 
 
-def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
+def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path, capsys):
     with FakeServer(oracle) as srv:
         argv = [
             "--data",
@@ -215,11 +219,19 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path):
         }
         pred = json.loads((tmp_path / "predictions.json").read_text())
         assert any(r["bnd"] is not None for recs in pred.values() for r in recs)
+        assert capsys.readouterr().out.endswith(
+            f"\nwritten in {tmp_path}: config.json, synthetic.jsonl, synthetic.summary.json, "
+            "synthetic.rejected.jsonl, tagger/, predictions.refined.json (before grounding), "
+            "predictions.json (final), gold/ (the held-out gold, for eval.py), metrics.json, usage.json, "
+            "llm_cache.jsonl (appended)\n"
+        )
 
         assert refineg.main(argv) == 0  # the same command again: everything reused
         assert len(srv.requests) == first
         usage2 = json.loads((tmp_path / "usage.json").read_text())["llm"]
         assert sum(u["requests"] for u in usage2.values()) == 0
+        written = capsys.readouterr().out.split("\nwritten in ")[1]  # reused and cached: not written again
+        assert "tagger/" not in written and "synthetic" not in written and "llm_cache" not in written
         assert json.loads((tmp_path / "predictions.json").read_text()) == pred
 
 
@@ -260,6 +272,20 @@ def test_interrupted_run_resumes_without_paying_twice(trained: Path, tmp_path: P
         assert before and after
         assert not set(before) & set(after)  # no finished answer asked twice
         assert (tmp_path / "run" / "predictions.json").read_text() == reference
+
+
+def test_a_run_failing_on_its_inputs_writes_nothing(trained: Path, tmp_path: Path, capsys):
+    """Bad --data, --unlabelled or --test: one error line naming the flag, exit 2, and nothing written: a
+    finished run directory keeps the config.json of its predictions, a new one is not even made."""
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    nope = str(tmp_path / "nope")
+    for bad in (["--data", nope], ["--unlabelled", nope], ["--test", nope]):
+        argv = ["--data", str(DEMO), *bad, "--seed", "7", *FAST]
+        for out in (trained, tmp_path / "new"):
+            assert refineg.main([*argv, "--out", str(out)]) == 2
+            assert capsys.readouterr().err == f"error: {bad[0]} {nope}: no such file or folder\n"
+        assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+        assert not (tmp_path / "new").exists()
 
 
 def test_actionable_errors(tmp_path: Path, capsys):
@@ -311,7 +337,8 @@ def test_a_grounding_crash_keeps_the_refined_predictions_and_names_stage_and_sam
     assert code == 1 and len(err) == 1
     assert re.match(
         r"error: the grounding stage failed on sample '\w+': ZeroDivisionError: boom\. Kept in .*"
-        r"predictions\.refined\.json\. Traceback in .*error\.log",
+        r"config\.json, predictions\.refined\.json, metrics\.json, usage\.json, llm_cache\.jsonl\. "
+        r"Traceback in .*error\.log",
         err[0],
     ), err[0]
     refined = json.loads((tmp_path / "predictions.refined.json").read_text())

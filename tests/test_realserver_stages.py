@@ -55,10 +55,10 @@ REJECT_REASONS = {
     "entities_for_entity_free_seed",
     "unknown_type",
     "generic_name",
-    "type_conflict",
+    "type_mismatch",
     "name_not_in_text",
     "prompt_leak",
-    "known_type_conflict",
+    "known_type_mismatch",
 }  # synth.check's
 
 

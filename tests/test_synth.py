@@ -108,11 +108,11 @@ S1_ANSWER = [
     item("Go !"),  # 13 too_short
     item(
         "The USS Nimitz flew over the bay at noon .", ("USS Nimitz", "aircraft")
-    ),  # 14 type_conflict with seed
-    item("Two F-35 jets landed on the deck at dawn .", ("F-35", "vessel")),  # 15 type_conflict ("F - 35")
+    ),  # 14 type_mismatch with seed
+    item("Two F-35 jets landed on the deck at dawn .", ("F-35", "vessel")),  # 15 type_mismatch ("F - 35")
     item(
         "The Sachsen met the Sachsen class leader .", ("Sachsen", "vessel"), ("Sachsen", "aircraft")
-    ),  # 16 type_conflict
+    ),  # 16 type_mismatch
 ]
 S1_REJECTED = {
     "unknown_type": 2,
@@ -123,7 +123,7 @@ S1_REJECTED = {
     "too_long": 1,
     "empty_text": 1,
     "too_short": 1,
-    "type_conflict": 3,
+    "type_mismatch": 3,
 }
 S2_ANSWER = [
     item("Sailors painted the railings before the inspection ."),  # 0 kept, entity-free
@@ -281,7 +281,7 @@ def test_description_terms_in_both_layouts():
 
 # The failures a real 0.5B model produced on the demo (issue 16), one sentence each -> the reason.
 STRICT_ANSWER = [
-    item("The ship PUMA is used in the exercise near Kiel .", ("PUMA", "vessel")),  # 0 known_type_conflict
+    item("The ship PUMA is used in the exercise near Kiel .", ("PUMA", "vessel")),  # 0 known_type_mismatch
     item(
         "A Boxer armoured transport vehicle drives past a Fennek . Its entities : vehicle , Boxer , Fennek .",
         ("Boxer", "vehicle"),
@@ -302,12 +302,12 @@ STRICT_ANSWER = [
     item(
         "The frigate Alpha 9 left Wilhelmshaven at dawn .", ("Alpha 9", "vessel"), ("Wilhelmshaven", "vessel")
     ),
-    # 8 known_type_conflict: the name is known from another seed (s9) only
+    # 8 known_type_mismatch: the name is known from another seed (s9) only
     item(
         "The Airbus A400M takes off from the runway .", ("runway", "location")
     ),  # 9 generic: lower case, no seed is
 ]
-STRICT_REASONS = {"known_type_conflict": 2, "prompt_leak": 3, "generic_name": 3}
+STRICT_REASONS = {"known_type_mismatch": 2, "prompt_leak": 3, "generic_name": 3}
 
 
 def strict_data() -> Dataset:
@@ -347,13 +347,13 @@ def test_strict_checks_reject_what_a_small_model_gets_wrong(tmp_path):
     # The rejected sentences are kept with their reasons, capped per reason.
     ex = summary["rejected_examples"]
     assert [(r["j"], r["reason"]) for r in ex] == [
-        (0, "known_type_conflict"),
+        (0, "known_type_mismatch"),
         (1, "prompt_leak"),
         (2, "generic_name"),
         (3, "generic_name"),
         (4, "prompt_leak"),
         (5, "prompt_leak"),
-        (8, "known_type_conflict"),
+        (8, "known_type_mismatch"),
         (9, "generic_name"),
     ]
     assert ex[0]["seed"] == "s1" and ex[0]["text"] == STRICT_ANSWER[0]["text"]

@@ -256,6 +256,31 @@ def test_training_chunks_cut_between_entities_and_give_back_the_text(size):
         assert got == [(e.start, e.end, e.type) for e in s.entities]  # no entity lost or cut
 
 
+def test_the_minimum_of_steps_raises_the_epochs_and_says_so(capsys):
+    """22 sentences in batches of 16 are 2 steps an epoch: --tagger-epochs 2 gives 4 steps, under the
+    60 of --tagger-min-steps, so 30 epochs are trained, and one line says it; enough steps say nothing."""
+    assert tg.epochs_to_run(tg.TaggerConfig(epochs=2, min_steps=60), steps=2) == 30
+    assert capsys.readouterr().out == (
+        "tagger: 2 epochs of 2 steps are under the minimum of 60 steps (--tagger-min-steps): "
+        "training 30 epochs\n"
+    )
+    assert tg.epochs_to_run(tg.TaggerConfig(epochs=10, min_steps=60), steps=6) == 10
+    assert tg.epochs_to_run(tg.TaggerConfig(epochs=3, min_steps=0), steps=1) == 3
+    assert capsys.readouterr().out == ""
+
+
+def test_transformers_loading_bars_follow_progress_and_the_terminal(encoder_dir, capsys, monkeypatch):
+    """transformers' "Loading weights" bar: none with progress off, none when stderr is not a terminal (a
+    log file), shown otherwise; transformers' global switch is left as it was."""
+    from transformers.utils import logging as hf_logging
+
+    for progress, tty, shown in [(False, True, False), (True, False, False), (True, True, True)]:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty, raising=False)
+        encoding.load_encoder(encoder_dir, progress)
+        assert ("Loading weights" in capsys.readouterr().err) == shown
+        assert hf_logging.is_progress_bar_enabled()
+
+
 def test_a_very_long_training_text_is_trained_in_bounded_pieces(encoder_dir, monkeypatch):
     """A 5,000-word text: no batch holds more than train_chunk words of it (peak memory is measured in
     `python bench.py memory`)."""
