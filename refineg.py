@@ -41,8 +41,8 @@ from cli import RunConfig, parse_configs
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
 from formats import ccks, twitter
-from report import draw, summary_text
-from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
+from report import draw, grounding_line, mllm_line, refinement_line, summary_text
+from rundir import Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 
 
 def pipeline(cfg: dict, run: Run) -> int:
@@ -57,7 +57,8 @@ def pipeline(cfg: dict, run: Run) -> int:
     describe_inputs(run, settings, train, test, labelled.types, gold_known)
     pool = read_pool(settings, labelled)
     if run.uses_llm:
-        llm.check_server(run.client_config)
+        run.mllm = served_model(cfg["llm"].model, llm.check_server(run.client_config))
+        print(mllm_line(run.mllm, run.client_config.base_url))
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
         model = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
@@ -328,6 +329,7 @@ def refinement_stage(
             pred, run.notes["refinement"] = refinement.refine(
                 pred, labelled, client, tau, cfg["refinement"], tags
             )
+            print(refinement_line(run.notes["refinement"]))
             score_mner(run, "refinement", gold, pred)
     return pred
 
@@ -351,6 +353,7 @@ def grounding_stage(
             pred, run.notes["grounding"] = grounding.ground(
                 pred, train, labelled, client, cfg["grounding"], cfg["demos"]
             )
+            print(grounding_line(run.notes["grounding"], pred, cfg["grounding"].never_ground))
     return pred
 
 
