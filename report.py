@@ -2,9 +2,10 @@
 
 refineg.py runs the stages and hands their scores, counts, token usage and timings here. Input:
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
-text (how many samples and gold entities were scored, scores per stage, how many entities went to
-the MLLM, calls and tokens per stage, what was skipped and why, which files were written) and JPEGs
-with predicted (red) and gold (green) boxes.
+text (a SIMULATION warning first when the MLLM was simulated, how many samples and gold entities were
+scored, scores per stage, how many entities went to the MLLM, calls and tokens per stage, what was
+skipped and why, which files were written), the one line each MLLM stage prints, and JPEGs with
+predicted (red) and gold (green) boxes.
 
     python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
 
