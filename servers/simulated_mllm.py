@@ -460,7 +460,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until Ctrl-C; a bad flag, an unreadable --gold or a taken port is one error line and exit 2."""
+    """Serve until Ctrl-C (or SIGTERM); a bad flag, an unreadable --gold or a taken port is one error line
+    and exit 2."""
     c = ServeConfig(**vars(parser().parse_args(argv)))
     problems = check_serve(c)
     for name, want in problems:
@@ -486,12 +487,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{sim.model} serving {sim.url} (answers from the gold of {c.gold}); Ctrl-C stops it", flush=True
         )
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops it the way Ctrl-C does
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the closing
             print(f"\nstopped after {sim.counts['answers']} answers", flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ def test_the_demo_stops_its_server_whatever_happens(monkeypatch, tmp_path, endin
     seen["session"].close()
 
 
-def test_the_stand_in_names_itself_and_stops_cleanly_on_ctrl_c():
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_the_stand_in_names_itself_and_stops_cleanly_on_ctrl_c_or_kill(stop):
     cmd = [sys.executable, "-m", "servers.simulated_mllm", "--gold", str(DEMO), "--accuracy", "0.8"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -132,7 +133,7 @@ def test_the_stand_in_names_itself_and_stops_cleanly_on_ctrl_c():
         assert llm.check_server(llm.ClientConfig(base_url=url)) == ["simulated-mllm-acc0.80"]
         session = requests.Session()  # a connection kept open must not hold the server up
         assert session.get(url + "/models").status_code == 200
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
