@@ -8,8 +8,9 @@ setup:
 setup-dev: setup
 	$(PY) -m pip install -q -r requirements-dev.txt
 
+# The whole method against a simulated MLLM (answers derived from the demo's gold; the run says so).
 demo: setup
-	$(PY) refineg.py --data examples/demo --out runs/demo
+	$(PY) -m servers.demo --out runs/demo
 
 lint: setup-dev
 	$(PY) -m ruff check .

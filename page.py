@@ -26,6 +26,7 @@ import eval as scorer
 from data import Box, Entity, Sample
 from grounding import GroundingTrace
 from images import ImageError, image_size
+from llm import SIMULATED
 from refinement import RefinementTrace
 from report import picture
 from rundir import atomic
@@ -33,7 +34,7 @@ from rundir import atomic
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
-SIM = "simulated-mllm"  # the model id of servers/simulated_mllm.py: a run against it is a SIMULATION
+SIM = SIMULATED  # the model id prefix of servers/simulated_mllm.py: a run against it is a SIMULATION
 SCORES = ("p", "r", "f1", "tp", "fp", "fn")  # the columns of the scores table (eval.prf's keys)
 USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
 OUTCOMES = {  # GroundingTrace.outcome, said to a person

@@ -44,8 +44,8 @@ from cli import RunConfig, parse_configs
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
 from formats import ccks, labelstudio, twitter
-from report import draw, summary_text
-from rundir import Run, atomic, fingerprint, read_stamp, remove, write_json
+from report import draw, grounding_line, mllm_line, refinement_line, summary_text
+from rundir import Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 
 
 def pipeline(cfg: dict, run: Run) -> int:
@@ -58,7 +58,8 @@ def pipeline(cfg: dict, run: Run) -> int:
     describe_inputs(run, settings, train, test, labelled.types, gold_known)
     pool = read_pool(settings, labelled)
     if run.uses_llm:
-        llm.check_server(run.client_config)
+        run.mllm = served_model(cfg["llm"].model, llm.check_server(run.client_config))
+        print(mllm_line(run.mllm, run.client_config.base_url))
     run.start({stage: dataclasses.asdict(c) for stage, c in cfg.items()})  # only now: the inputs were read
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
@@ -422,6 +423,7 @@ def refinement_stage(
             pred, run.notes["refinement"], run.traces["refinement"] = refinement.refine(
                 pred, labelled, client, tau, cfg["refinement"], tags
             )
+            print(refinement_line(run.notes["refinement"]))
             score_mner(run, "refinement", gold, pred)
     return pred
 
@@ -445,6 +447,7 @@ def grounding_stage(
             pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
                 pred, train, labelled, client, cfg["grounding"], cfg["demos"]
             )
+            print(grounding_line(run.notes["grounding"], pred, cfg["grounding"].never_ground))
     return pred
 
 

@@ -2,9 +2,10 @@
 
 refineg.py runs the stages and hands their scores, counts, token usage and timings here. Input:
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
-text (how many samples and gold entities were scored, scores per stage, how many entities went to
-the MLLM, calls and tokens per stage, what was skipped and why, which files were written) and JPEGs
-with predicted (red) and gold (green) boxes (`picture`, which also draws report.html's thumbnails).
+text (a SIMULATION warning first when the MLLM was simulated, how many samples and gold entities were
+scored, scores per stage, how many entities went to the MLLM, calls and tokens per stage, what was
+skipped and why, which files were written), the one line each MLLM stage prints, and JPEGs with
+predicted (red) and gold (green) boxes (`picture`, which also draws report.html's thumbnails).
 
     python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
 
@@ -27,7 +28,7 @@ def summary_text(run: Run, warn_share: float = 0.1) -> str:
     """The lines printed at the end of a run: a warning when many calls of a stage failed, what was scored,
     scores per stage, uncertainty routing, MLLM usage, times, skipped stages and the files written."""
     usage = run.usage()
-    lines = ["", headline(usage, warn_share), scope_line(run.scope)]
+    lines = ["", headline(usage, warn_share), *simulation_lines(run), scope_line(run.scope)]
     lines += score_lines(run)
     lines += note_lines(run)
     for stage, c in usage.items():
@@ -51,6 +52,69 @@ def headline(usage: dict, warn_share: float) -> str:
     if not failed:
         return "== ReFineG summary"
     return f"== ReFineG summary: WARNING {'; '.join(failed)} (their samples fell back; see usage.json)"
+
+
+def simulation_lines(run: Run) -> list[str]:
+    """The summary's warning, right under its title, when the MLLM was simulated (rundir.served_model)."""
+    m = run.mllm
+    if not m.get("simulated"):
+        return []
+    a = m.get("accuracy")
+    how = f"right {a:.0%} of the time" if a is not None else f"right as often as its name says ({m['model']})"
+    synth = "synthesis" in run.notes
+    return [
+        f"SIMULATION: the MLLM's answers were derived from the gold, {how}; these scores are not a model's",
+        f"  ({m['model']}, servers/simulated_mllm.py"
+        + ("; its synthetic sentences recombine the seeds by rule, without the gold" if synth else "")
+        + "; the tagger rows score the tagger alone)",
+    ]
+
+
+def mllm_line(mllm: dict, url: str) -> str:
+    """What answers the MLLM calls, printed before any stage runs."""
+    name = mllm["model"] or f"one of {mllm['listed']}"
+    if not mllm["simulated"]:
+        return f"mllm: {name} at {url}"
+    return (
+        f"mllm: {name} at {url}: SIMULATED, its answers are derived from the gold (servers/simulated_mllm.py)"
+    )
+
+
+def refinement_line(notes: dict) -> str:
+    """What the refinement stage did, in one line, from refinement.refine's counts."""
+    n = notes
+    c = {
+        k: n.get(k, 0) for k in ("keep", "change_type", "change_span", "reject", "added", "kept_by_fallback")
+    }
+    line = (
+        f"refinement: {n['delegated']} of {n['entities']} entities delegated (uncertainty > tau "
+        f"{n['tau']:.4g}), checked in {n['calls']} calls: {c['keep']} kept, "
+        f"{c['change_type'] + c['change_span']} changed ({c['change_type']} type, {c['change_span']} span), "
+        f"{c['reject']} rejected"
+    )
+    if c["added"]:
+        line += f", {c['added']} added"
+    if c["kept_by_fallback"]:
+        line += f", {c['kept_by_fallback']} kept by fallback (failed or invalid answers)"
+    return line
+
+
+def grounding_line(notes: dict, pred: list[data.Sample], never: list[str]) -> str:
+    """What the grounding stage did, in one line, from grounding.ground's counts and its output."""
+    n = notes
+    never_l = {t.lower() for t in never}
+    entities = sum(len(s.entities) for s in pred)
+    unboxed = entities - n.get("entities_grounded", 0)
+    not_asked = [e.type for s in pred for e in s.entities if e.type.lower() in never_l]
+    asked = n.get("calls", 0) + n.get("image_errors", 0)
+    line = (
+        f"grounding: {asked} of {n['samples']} samples asked in {n.get('calls', 0)} calls, "
+        f"{n.get('boxes', 0)} boxes drawn on {n.get('entities_grounded', 0)} entities; "
+        f"{unboxed} of {entities} entities left without a box"
+    )
+    if not_asked:
+        line += f" ({len(not_asked)} of them {'/'.join(sorted(set(not_asked)))}, a type never grounded)"
+    return line
 
 
 def scope_line(scope: dict) -> str:

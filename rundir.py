@@ -17,6 +17,7 @@ old run directories.
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -91,6 +92,7 @@ class Run:
         self.metrics: dict[str, dict] = {}  # stage -> scores
         self.scope: dict = {}  # what was scored: samples, gold entities, --test, the hold-out share
         self.written: list[str] = []  # files written so far, in order, relative to out (folders end in /)
+        self.mllm: dict = {}  # what served the MLLM calls: model, simulated, accuracy (served_model)
 
     def start(self, settings: dict) -> None:
         """The run directory and its config.json, made once the inputs have been read: a run that fails on
@@ -148,10 +150,12 @@ class Run:
         return {stage: c.usage.as_dict() for stage, c in self.clients.items()}
 
     def save(self) -> None:
-        """metrics.json and usage.json: what was scored and counted, what the MLLM cost, the times."""
+        """metrics.json and usage.json: what was scored and counted, what the MLLM cost, the times, and
+        which MLLM answered (a simulated one is said in both files)."""
         write_json(
             self.out / "metrics.json",
             {
+                "mllm": self.mllm or None,
                 "metrics": self.metrics,
                 "scored": self.scope,
                 "stages": self.notes,
@@ -161,7 +165,8 @@ class Run:
         )
         usage = self.usage()
         write_json(
-            self.out / "usage.json", {"llm": usage, "all_runs": all_runs(usage), "seconds": self.seconds}
+            self.out / "usage.json",
+            {"mllm": self.mllm or None, "llm": usage, "all_runs": all_runs(usage), "seconds": self.seconds},
         )
         cache = [self.cache_name()] if self.answered() else []  # appended to, not replaced
         self.written += [name for name in ["metrics.json", "usage.json", *cache] if name not in self.written]
@@ -174,6 +179,23 @@ class Run:
         """The answer cache as the summary names it: relative to out when it lies there."""
         cache = Path(self.client_config.cache_path)
         return cache.name if cache.parent == self.out else str(cache)
+
+
+def served_model(model: str, names: list[str]) -> dict:
+    """Which MLLM a run talks to, from --llm-model and the names the server lists (llm.check_server).
+
+    A server that lists a `simulated-mllm...` model answers from gold (servers/simulated_mllm.py): the run
+    is marked simulated from the server's own answer, so no flag can be forgotten, and its accuracy is read
+    from the name: ("", ["simulated-mllm-acc0.80"]) -> {"model": "simulated-mllm-acc0.80", "listed": [...],
+    "simulated": True, "accuracy": 0.8}. `model` is None when neither says it (several models listed).
+    """
+    name = model or (names[0] if len(names) == 1 else None)
+    simulated = [n for n in names if n.startswith(llm.SIMULATED)]
+    out = {"model": name, "listed": names[:10], "simulated": bool(simulated)}
+    if simulated:
+        acc = re.search(r"-acc(\d+(?:\.\d+)?)$", simulated[0])
+        out["accuracy"] = float(acc.group(1)) if acc else None  # None: accuracies per stage, in the name
+    return out
 
 
 def all_runs(usage: dict) -> dict:

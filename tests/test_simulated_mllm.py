@@ -6,6 +6,7 @@ an oracle reaches (the GMNER ceiling: each MNER-correct entity gets its gold reg
 accuracy 0 every answer must be wrong (no TP at all where the MLLM decides).
 """
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import demos
 import eval as scorer
 import grounding
 import refinement
+import synth
 from data import Entity, Sample
 from formats.ccks import read_ccks
 from llm import Client, ClientConfig
@@ -123,3 +125,58 @@ def test_refinement_right_and_wrong(demo, accuracy):
         assert (got["fp"], got["tp"]) == (0, overlapped)
     else:
         assert got["tp"] == 0 and sim.counts["refine_right"] == 0
+
+
+def body_of(request: dict) -> dict:
+    """The HTTP body a client sends for a stage's request (json_schema mode)."""
+    schema = {"name": "answer", "schema": request["schema"]}
+    return {
+        "messages": request["messages"],
+        "response_format": {"type": "json_schema", "json_schema": schema},
+    }
+
+
+@pytest.mark.parametrize("accuracy", [1.0, 0.0])
+def test_refinement_reasoning_says_what_gold_says_and_which_answers_are_seeded_errors(demo, accuracy):
+    data, sizes = demo
+    sample = perturbed(data.samples)[1]  # "USS Nimitz" right, "Mediterranean Sea" re-typed, NATO too long
+    request = refinement.build_request(sample, sample.entities, data, refinement.RefinementConfig(), None)
+    with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy)) as sim:
+        content = json.loads(sim.answer(body_of(request))["choices"][0]["message"]["content"])
+    notes = content["reasoning"].split(" [")[1:]  # the first sentence says what the simulator is
+    assert len(notes) == len(sample.entities) == len(content["decisions"]) == 3
+    assert notes[0].startswith('1] "USS Nimitz" (vessel): gold says vessel, ')
+    assert notes[1].startswith('2] "Mediterranean Sea" (aircraft): gold says location, ')
+    assert notes[2].startswith('3] "NATO exercise" (other): gold\'s entity here is "NATO" (other), ')
+    seeded = [("one of the seeded errors" in n) for n in notes]
+    assert seeded == [accuracy == 0.0] * 3
+    if accuracy == 1.0:
+        assert [d["action"] for d in content["decisions"]] == ["keep", "change_type", "change_span"]
+
+
+def synthesis(data, sizes, world: list[Sample], accuracy: float, tmp_path: Path) -> tuple[list[Sample], dict]:
+    """synth.synthesize on the demo's seeds against a simulated MLLM whose gold is `world`."""
+    with SimulatedMLLM(world, sizes, SimConfig(synth_accuracy=accuracy)) as sim:
+        client = Client(ClientConfig(base_url=sim.url, cache_path=str(tmp_path / f"{len(world)}-{accuracy}")))
+        return synth.synthesize(data, client, synth.SynthConfig(per_seed=3))
+
+
+def test_synthesis_answers_come_from_the_request_alone(demo, tmp_path):
+    """The same answers from a simulator that knows the gold (held-out split included) and one that knows
+    nothing: the writer cannot leak the gold into the tagger's training data."""
+    data, sizes = demo
+    with_gold, _ = synthesis(data, sizes, data.samples, 0.8, tmp_path)
+    without, _ = synthesis(data, sizes, [], 0.8, tmp_path)
+    assert [(s.tokens, s.entities) for s in with_gold] == [(s.tokens, s.entities) for s in without]
+
+
+def test_synthesis_faults_are_exactly_what_the_checks_reject(demo, tmp_path):
+    """At accuracy 1 every written sentence passes synth.py's checks; at 0 each is a fault they reject."""
+    data, sizes = demo
+    kept, summary = synthesis(data, sizes, [], 1.0, tmp_path)
+    assert summary["generated"] == 3 * len(data.samples) == len(kept) and summary["rejected"] == {}
+    seeds = {s.text for s in data.samples}
+    assert not [s for s in kept if s.text in seeds]  # no copy of a seed passes as new
+    none, summary = synthesis(data, sizes, [], 0.0, tmp_path)
+    assert none == [] and sum(summary["rejected"].values()) == 3 * len(data.samples)
+    assert set(summary["rejected"]) == {"seed_copy", "name_not_in_text", "entities_for_entity_free_seed"}
