@@ -99,11 +99,13 @@ def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bo
         return labelled, train, unseen(settings, dataclasses.replace(labelled, samples=test)), True
     target = read_nonempty(settings.test, settings.images, "--test")
     check_types(settings.test, target, labelled)
-    return labelled, labelled.samples, unseen(settings, target), formats.has_labels(settings.test)
+    if not formats.has_labels(settings.test):  # predicted, not scored: the tagger may have seen them
+        return labelled, labelled.samples, target, False
+    return labelled, labelled.samples, unseen(settings, target), True
 
 
 def unseen(settings: RunConfig, target: Dataset) -> Dataset:
-    """The data to predict without the samples a reused --tagger was trained on (its trained_on.json):
+    """The gold data to score without the samples a reused --tagger was trained on (its trained_on.json):
     a tagger scored on its own training data would look better than it is."""
     seen = tagger.trained_on(settings.tagger_dir) if settings.tagger_dir else set()
     kept = [s for s in target.samples if tagger.text_digest(s) not in seen]
@@ -336,6 +338,7 @@ def suggestion_stage(
         )
 
 
+NOTHING_TO_PREDICT = "nothing to predict (--suggest without --test holds no sample out)"
 NULL_BOXES = 'not drawn: a "bnd" left null says "not in the image"; draw the box where the entity is visible'
 
 
@@ -418,7 +421,9 @@ def refinement_stage(
 ) -> list[Sample]:
     """The entities above tau checked by the MLLM (the tagger's predictions when the stage is off)."""
     with run.stage("refinement"):
-        if run.wants("refinement", cfg["run"].refine):
+        if not pred:
+            run.skip("refinement", NOTHING_TO_PREDICT)
+        elif run.wants("refinement", cfg["run"].refine):
             client = run.client("refinement")
             pred, run.notes["refinement"], run.traces["refinement"] = refinement.refine(
                 pred, labelled, client, tau, cfg["refinement"], tags
@@ -442,7 +447,9 @@ def grounding_stage(
 ) -> list[Sample]:
     """Boxes drawn by the MLLM after worked examples chosen from the labelled training samples."""
     with run.stage("grounding"):
-        if run.wants("grounding", cfg["run"].ground):
+        if not pred:
+            run.skip("grounding", NOTHING_TO_PREDICT)
+        elif run.wants("grounding", cfg["run"].ground):
             client = run.client("grounding")
             pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
                 pred, train, labelled, client, cfg["grounding"], cfg["demos"]

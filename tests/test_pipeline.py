@@ -8,6 +8,7 @@ pixels of the image as sent, which for the demo's <= 640 px images is the origin
 import hashlib
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def test_demo_without_server(trained: Path, capsys):
     assert "; none sent, refinement was skipped\n" in printed
     assert printed.endswith(  # what this rerun wrote: the reused tagger is not among them
         f"\nwritten in {out}: config.json, predictions.refined.json (before grounding), predictions.json "
-        "(final), gold/ (the held-out gold, for eval.py), metrics.json, usage.json\n"
+        "(final), gold/ (the held-out gold, for eval.py), trace.jsonl (every decision per sample), "
+        "metrics.json, usage.json, report.html (open it in a browser; thumbnails in report/)\n"
     )
 
 
@@ -222,8 +224,9 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path, capsys):
         assert capsys.readouterr().out.endswith(
             f"\nwritten in {tmp_path}: config.json, synthetic.jsonl, synthetic.summary.json, "
             "synthetic.rejected.jsonl, tagger/, predictions.refined.json (before grounding), "
-            "predictions.json (final), gold/ (the held-out gold, for eval.py), metrics.json, usage.json, "
-            "llm_cache.jsonl (appended)\n"
+            "predictions.json (final), gold/ (the held-out gold, for eval.py), trace.jsonl (every decision "
+            "per sample), metrics.json, usage.json, llm_cache.jsonl (appended), report.html (open it in a "
+            "browser; thumbnails in report/)\n"
         )
 
         assert refineg.main(argv) == 0  # the same command again: everything reused
@@ -477,6 +480,8 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
     valid.
     The tagger predicts the gold entities, so that every sample with an entity makes calls."""
     monkeypatch.setattr(refineg.tagger, "predict", gold_tagger)
+    older = shutil.copytree(trained / "tagger", tmp_path / "older-tagger")  # saved without a record of its
+    (older / "trained_on.json").unlink()  # training data: every demo sample is predicted, so each makes calls
     handler = chaos(lambda body: oracle(without_reasks(body)), rate=0.5, seed=13)
     with FakeServer(handler) as srv:
         code = refineg.main(
@@ -486,7 +491,7 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
                 "--test",
                 str(DEMO),
                 "--tagger",
-                str(trained / "tagger"),
+                str(older),
                 "--out",
                 str(tmp_path),
                 "--llm-url",

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import refineg
 import suggest
 from data import Entity, Sample
 from formats import read_dataset
+from images import smart_resize
 
 TAGS = ["O", "B-PER", "I-PER"]
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -277,9 +279,15 @@ def test_suggest_ground_predraws_the_mllm_boxes_and_counts_its_calls(tmp_path, c
     assert calls == len(asked)  # one call per suggested sample with an entity (each has an image)
     boxes = gold_boxes()
     for s in asked:
+        w, h = Image.open(s.image).size
+        sent_h, sent_w = smart_resize(h, w)  # abs: the image went at Qwen2.5-VL's size, its pixels came back
         for e in s.entities:  # each box drawn is the MLLM's answer for that name, in original pixels
-            drawn = [[round(v) for v in (b.x1, b.y1, b.x2, b.y2)] for b in e.boxes]
-            assert drawn == boxes.get((s.text, s.name(e)), [])
+            answer = boxes.get((s.text, s.name(e)), [])
+            scaled = [
+                [b[0] * w / sent_w, b[1] * h / sent_h, b[2] * w / sent_w, b[3] * h / sent_h] for b in answer
+            ]
+            got = [[b.x1, b.y1, b.x2, b.y2] for b in e.boxes]
+            assert np.allclose(got, scaled, atol=0.5) if scaled else got == []
     assert any(e.boxes for s in asked for e in s.entities)  # not only empty answers
     ranks = [json.loads(line) for line in (out / "suggested.jsonl").read_text().splitlines()]
     by_id = {s.id: s for s in suggested}
