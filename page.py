@@ -28,7 +28,7 @@ from grounding import GroundingTrace
 from images import ImageError, image_size
 from llm import SIMULATED
 from refinement import RefinementTrace
-from report import picture
+from report import picture, scope_line
 from rundir import atomic
 
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
@@ -270,12 +270,13 @@ def header(title: str, metrics: dict, usage: dict, sim: bool) -> str:
     parts = [f"<h1>{escape(title)}</h1>"]
     if sim:
         said = metrics.get("mllm") if isinstance(metrics.get("mllm"), dict) else {}
-        acc = f" (accuracy {escape(str(said['accuracy']))})" if "accuracy" in said else ""
+        acc = f" (accuracy {escape(str(said['accuracy']))})" if said.get("accuracy") is not None else ""
         parts.append(
             f'<p class="sim">SIMULATION: the MLLM was servers/simulated_mllm.py{acc}, which answers from '
             "the gold annotations, right with a set probability: these scores are not a real model's</p>"
         )
-    parts += [scores_table(metrics.get("metrics") or {}), usage_table(usage), notes(metrics)]
+    scope = metrics.get("scored") or {}
+    parts += [scores_table(metrics.get("metrics") or {}, scope), usage_table(usage), notes(metrics)]
     return "<header>" + "".join(parts) + "</header>\n"
 
 
@@ -286,7 +287,7 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
-def scores_table(metrics: dict) -> str:
+def scores_table(metrics: dict, scope: dict) -> str:
     rows = [
         [
             escape(stage),
@@ -297,8 +298,9 @@ def scores_table(metrics: dict) -> str:
         for task in ("mner", "eeg", "gmner")
         if isinstance(m, dict) and task in m
     ]
-    if not rows:
-        return "<p>Not scored: the predicted data has no gold.</p>"
+    if not rows:  # the summary's own words: no gold, or nothing held out (--suggest without --test)
+        said = scope_line(scope) if {"samples", "gold_entities", "test"} <= set(scope) else "not scored"
+        return f"<p>{escape(said[0].upper() + said[1:])}.</p>"
     return "<h2>Scores</h2>" + table(["stage", "task", "P", "R", "F1", "TP", "FP", "FN"], rows)
 
 

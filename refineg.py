@@ -296,7 +296,7 @@ def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
         return []
     if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
         raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
-    pool = formats.read_dataset(settings.unlabelled).samples
+    pool = formats.read_dataset(settings.unlabelled, settings.images).samples
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
         if len(fresh) < len(pool):
@@ -313,7 +313,7 @@ def suggestion_stage(
     if not n:
         return
     with run.stage("suggestion"):
-        chosen = suggest.suggest(model, pool, n, cfg["suggest"])
+        chosen = suggest.suggest(model, pool, n, cfg["suggest"], progress=cfg["tagger"].progress)
         boxes = {c.sample.id: NULL_BOXES for c in chosen}
         if cfg["suggest"].ground:
             chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
@@ -334,12 +334,20 @@ def suggestion_stage(
         print(
             f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'} (and as a "
             f"Label Studio project in {run.out / 'labelstudio'}), chosen by {by} (ranked in suggested.jsonl; "
-            f"the tagger's entities to correct; boxes: {next(iter(boxes.values()))})"
+            f"the tagger's entities to correct; boxes: {box_summary(boxes)})"
         )
 
 
 NOTHING_TO_PREDICT = "nothing to predict (--suggest without --test holds no sample out)"
 NULL_BOXES = 'not drawn: a "bnd" left null says "not in the image"; draw the box where the entity is visible'
+
+
+def box_summary(boxes: dict[str, str]) -> str:
+    """The suggestions' boxes in a few words; each sample's own line is in suggested.jsonl."""
+    drawn = sum(why.startswith("drawn by the MLLM") for why in boxes.values())
+    if not drawn:
+        return NULL_BOXES
+    return f"drawn by the MLLM for {drawn} of {len(boxes)} samples (each sample's in suggested.jsonl)"
 
 
 def write_labelstudio(run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset) -> None:
@@ -362,6 +370,11 @@ def ground_suggestions(
 ) -> tuple[list[suggest.Suggestion], dict[str, str]]:
     """--suggest-ground: the MLLM draws the suggestions' boxes after the same worked examples as the
     grounding stage (chosen from every labelled sample); per sample, what its boxes are (from the trace)."""
+    if not any(c.sample.image for c in chosen):  # before a call is paid: every answer would be "no image"
+        raise DataError(
+            "--suggest-ground: none of the suggested samples has an image to draw on: pass --images DIR "
+            "(folders of <id>.jpg, .png or .jpeg; default: images/ beside --unlabelled)"
+        )
     client = run.client("suggestion grounding")
     samples, notes, traces = grounding.ground(
         [c.sample for c in chosen], labelled.samples, labelled, client, cfg["grounding"], cfg["demos"]

@@ -2,10 +2,11 @@
 
 refineg.py runs the stages and hands their scores, counts, token usage and timings here. Input:
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
-text (a SIMULATION warning first when the MLLM was simulated, how many samples and gold entities were
-scored, scores per stage, how many entities went to the MLLM, calls and tokens per stage, what was
-skipped and why, which files were written), the one line each MLLM stage prints, and JPEGs with
-predicted (red) and gold (green) boxes (`picture`, which also draws report.html's thumbnails).
+text (a SIMULATION warning under its title when the MLLM was simulated, how many samples and gold
+entities were scored, scores per stage, how many entities went to the MLLM, calls and tokens per
+stage, what was skipped and why, which files were written), the one line each MLLM stage prints,
+and JPEGs with predicted (red) and gold (green) boxes (`picture`, which also draws report.html's
+thumbnails).
 
     python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
 

@@ -2,9 +2,10 @@
 
 refineg.py only says which stage runs; a `Run` keeps the rest: which stage is running (for the error
 line), its wall time, its own MLLM client (so usage.json counts each stage apart), what it counted,
-what was skipped and why, what was scored and which files were written. Every file but the answer
-cache is written by `atomic` (to a temporary name, then renamed), so Ctrl-C never leaves half of one;
-llm_cache.jsonl is appended to, a line per answer (client/cache.py). Synthesis and the tagger leave a
+what was skipped and why, what was scored and which files were written. Every file of the stages
+is written by `atomic` (to a temporary name, then renamed), so Ctrl-C never leaves half of one; the
+exceptions: llm_cache.jsonl is appended to, a line per answer (client/cache.py), and the --viz
+pictures and error.log are plain writes. Synthesis and the tagger leave a
 fingerprint of their settings and inputs (`fingerprint`) that lets a rerun reuse them; the later
 stages run again, their answers from the cache.
 

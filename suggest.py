@@ -14,10 +14,10 @@ bounded by the number asked for, not by the pool. Then `n` are picked greedily: 
 the candidate whose score minus `diversity` x (its highest cosine similarity to a sample already
 picked, on the encoder's sentence embeddings) is highest, so ten tweets about the same uncertain
 name do not all come first. The tagger that scores the pool is trained on every labelled sample
-(refineg.py holds none out when suggesting), and pool samples already labelled are left out, so
-each round passes the same --unlabelled. Boxes: with `ground` (--suggest-ground) the MLLM draws the
-suggested entities' boxes as the grounding stage would; without it every "bnd" is null, which reads
-back as "not in the image" unless the annotator draws a box.
+(refineg.py holds none out when suggesting, unless --tagger brings one), and pool samples already
+labelled are left out, so each round passes the same --unlabelled. Boxes: with `ground`
+(--suggest-ground) the MLLM draws the suggested entities' boxes as the grounding stage would; without
+it every "bnd" is null, which reads back as "not in the image" unless the annotator draws a box.
 
     python refineg.py --data LABELLED --test TEST --unlabelled POOL --suggest 700 --out runs/round1
     # correct runs/round1/suggested/entity.json (the tagger's entities), then the next round:
@@ -127,7 +127,8 @@ def score_pool(
     """The `keep` most doubtful pool samples, scored chunk by chunk (marginals are dropped after each)."""
     heap: list[tuple[float, int, Suggestion]] = []  # a min-heap of the best `keep` so far
     starts = range(0, len(pool), config.chunk)
-    for start in tqdm(starts, desc="scoring the pool", unit="chunk", disable=not progress, leave=False):
+    shown = None if progress else True  # None: a bar on a terminal only, never in a log file
+    for start in tqdm(starts, desc="scoring the pool", unit="chunk", disable=shown, leave=False):
         chunk = [unlabelled(s) for s in pool[start : start + config.chunk]]
         pred = tagger.predict(model, chunk)
         uncertainty.estimate(pred, model.tags)
