@@ -341,7 +341,7 @@ def suggestion_round(args: list[str], monkeypatch) -> Path:
     gold (entities and boxes): the stage's own work is writing the files, not training."""
     gold = {s.id: s for s in read_dataset(DEMO).samples}
 
-    def perfect(model, pool, n, config):
+    def perfect(model, pool, n, config, progress=True):
         return [
             suggest.Suggestion(replace(gold[s.id], image=s.image), 1 - k / 10, "gold")
             for k, s in enumerate(pool[:n])
