@@ -14,12 +14,11 @@ simulated world beyond --data (a --test folder's texts are unknown to the simula
 
 import argparse
 import dataclasses
-import inspect
-import re
 import sys
 from dataclasses import dataclass
 
 import refineg
+from cli import field_help
 from data import DataError
 from servers.simulated_mllm import SimConfig, SimulatedMLLM, load_world
 
@@ -29,15 +28,14 @@ class LaptopConfig:
     data: str = "examples/demo"  # labelled data to run on; also the simulated MLLM's gold (its world)
     out: str = "runs/demo"  # run directory
     accuracy: float = 0.8  # chance that the simulated MLLM is right (refinement, grounding; synthesis faults)
-    synth_per_seed: int = 3  # synthetic sentences per seed (paper: 30); 3 keep the tagger at its minimum
-    # of 60 training steps (22 seeds + 66 sentences = 6 batches x 10 epochs): synthesis costs no time
+    synth_per_seed: int = 3  # synthetic sentences per seed (paper: 30); 3 keep the demo's tagger at its
+    # minimum of 60 training steps (the 22 seeds and the sentences kept fill about 5 batches an epoch)
 
 
 def parser() -> argparse.ArgumentParser:
     """One flag per LaptopConfig field (its comment is the help); unknown flags go to refineg.py."""
     ap = argparse.ArgumentParser(prog="python -m servers.demo", description=__doc__.split("\n\n")[0])
-    source = inspect.getsource(LaptopConfig)
-    comments = dict(re.findall(r"^    (\w+): .*?  # (.+)$", source, flags=re.M))
+    comments = field_help(LaptopConfig)  # the whole comment, continuation lines included
     for f in dataclasses.fields(LaptopConfig):
         flag = f"--{f.name.replace('_', '-')}"
         ap.add_argument(flag, type=type(f.default), default=f.default, help=comments.get(f.name))

@@ -32,7 +32,6 @@ address but 127.0.0.1, and a reasoning for grounding answers (their schema has n
 import argparse
 import base64
 import dataclasses
-import inspect
 import io
 import json
 import math
@@ -51,6 +50,7 @@ from pathlib import Path
 from PIL import Image
 
 import formats
+from cli import field_help
 from data import Box, DataError, Entity, Sample, failed_rules, find_name, without_spaces
 from images import ImageError, image_size
 from llm import SIMULATED
@@ -451,7 +451,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m servers.simulated_mllm", description=__doc__.split("\n\n")[0]
     )
-    comments = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(ServeConfig), flags=re.M))
+    comments = field_help(ServeConfig)  # the whole comment, continuation lines included
     for f in dataclasses.fields(ServeConfig):
         ap.add_argument(
             f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=comments[f.name]
