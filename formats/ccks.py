@@ -37,7 +37,9 @@ from data import (
 
 ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
 CONTROL_HINT = " (a tab or line break inside a string must be written \\t or \\n)"
-TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:", flags=re.M)  # "3. vessel: ..." names a type
+TYPE_LINE = re.compile(r"^\s*\d+\.\s*([A-Za-z][\w-]*)\s*:")  # "3. vessel: ..." names a type
+# a line that starts like a type line must be one: "7. ship:", "7) ship", "7 ship - ..." are errors
+NUMBERED = re.compile(r"^\s*\d+(?:\s*[.):]|\s+[A-Za-z][\w-]*\s*[-:])")
 
 
 def read_types(path: Path) -> tuple[list[str], str, list[str]]:
@@ -47,14 +49,40 @@ def read_types(path: Path) -> tuple[list[str], str, list[str]]:
     `(e.g.: gun, air base, ...)`.
     """
     text = path.read_text(encoding="utf-8-sig").replace("\ufeff", "")  # a BOM anywhere would hide a type line
-    types = TYPE_LINE.findall(text)
-    if not types:
-        raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
+    types = check_type_lines(path, text)
     generic = []
     m = re.search(r"DO NOT.*?\(e\.g\.:?\s*([^)]*)\)", text, flags=re.S)
     if m:
         generic = [w.strip() for w in m.group(1).split(",") if w.strip()]
     return types, text.strip(), generic
+
+
+def check_type_lines(path: Path, text: str) -> list[str]:
+    """The type names of a types.txt, in order; a DataError names the line of a numbered line that is not
+    `N. name: description` or of a name given twice (which would give the tagger two tags for one type).
+    "3. vessel: Watercraft ..." -> "vessel"; "3 vessel - Watercraft" -> an error naming line 3."""
+    types: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not NUMBERED.match(line):  # descriptions may go on over lines of their own
+            continue
+        m = TYPE_LINE.match(line)
+        if not m or not line[m.end() :].strip():
+            raise DataError(
+                f"{path}:{number}: expected 'N. name: description' (e.g. '1. vehicle: tanks, "
+                f"...'), got {line.strip()!r}"
+            )
+        name = m.group(1)
+        if name.lower() in first_line:
+            raise DataError(
+                f"{path}:{number}: type {name!r} is already named on line "
+                f"{first_line[name.lower()]} (each type once)"
+            )
+        first_line[name.lower()] = number
+        types.append(name)
+    if not types:
+        raise DataError(f"{path}: expected lines like '1. vehicle: description', found no type")
+    return types
 
 
 def _load_json(path: Path) -> dict:
@@ -85,12 +113,18 @@ def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) ->
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (expected text.json, images/, types.txt)")
-    for need in ("text.json", "types.txt"):
-        if not (folder / need).is_file():
-            raise DataError(f"{folder}: missing {need}")
-    types, type_text, generic = read_types(folder / "types.txt")
-    texts = _load_json(folder / "text.json")
+    if not (folder / "text.json").is_file():
+        raise DataError(f"{folder}: missing text.json")
     labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
+    types, type_text, generic = [], "", []  # an unlabelled folder (a pool) takes the labelled data's types
+    if (folder / "types.txt").is_file():
+        types, type_text, generic = read_types(folder / "types.txt")
+    elif labels is not None:
+        raise DataError(
+            f"{folder}: missing types.txt (a labelled folder needs it: the types of entity.json's labels "
+            "and the descriptions every prompt uses)"
+        )
+    texts = _load_json(folder / "text.json")
     images = (folder / "images").resolve()
     samples = []
     missing: list[str] = []  # ids whose image is not found
