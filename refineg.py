@@ -16,10 +16,11 @@ predicted) and scored (eval.py) when gold exists.
 
 Only this file knows the order of the stages. A rerun of the same command resumes: synthesis and the
 tagger are reused when their settings and inputs match (rundir.fingerprint); prediction, refinement,
-demo selection and grounding run again and take every answer given before from the cache, so no MLLM
-call is paid twice (docs/running.md says what a rerun costs). The bookkeeping of a run (timers,
-clients, skips, the files written) is rundir.py's; the flags are cli.py's; the summary and the --viz
-pictures are report.py's.
+demo selection and grounding run again and take every answer given before from the cache, so no answered
+MLLM call is paid twice (a failed answer is not cached; docs/running.md says what a rerun costs). A finished
+run that a new one replaces waits in OUT/previous/ until the new one finishes. The bookkeeping of a run
+(timers, clients, skips, the files written) is rundir.py's; the flags are cli.py's; the summary and the
+--viz pictures are report.py's.
 
 Left out on purpose: multi-GPU training, a web UI.
 """
@@ -45,7 +46,7 @@ from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
 from formats import ccks, labelstudio, twitter
 from report import draw, grounding_line, mllm_line, refinement_line, summary_text
-from rundir import Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
+from rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 
 
 def pipeline(cfg: dict, run: Run) -> int:
@@ -56,7 +57,7 @@ def pipeline(cfg: dict, run: Run) -> int:
     test = target.samples
     gold = test if gold_known else None
     describe_inputs(run, settings, train, test, labelled.types, gold_known)
-    pool = read_pool(settings, labelled)
+    pool = read_pool(settings, labelled, gold)
     if run.uses_llm:
         run.mllm = served_model(cfg["llm"].model, llm.check_server(run.client_config))
         print(mllm_line(run.mllm, run.client_config.base_url))
@@ -80,6 +81,7 @@ def pipeline(cfg: dict, run: Run) -> int:
             draw(pred, gold, run.out / "viz", settings.viz)
         run.written.append("viz/")
     report_page(run, settings.report_samples)
+    run.finish()
     print(summary_text(run, settings.warn_failed_share))
     return 0
 
@@ -101,7 +103,28 @@ def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bo
     check_types(settings.test, target, labelled)
     if not formats.has_labels(settings.test):  # predicted, not scored: the tagger may have seen them
         return labelled, labelled.samples, target, False
+    refuse_overlap(target.samples, labelled.samples, f"--test {settings.test}", "--data")
     return labelled, labelled.samples, unseen(settings, target), True
+
+
+def refuse_overlap(scored: list[Sample], other: list[Sample], scored_flag: str, other_flag: str) -> None:
+    """A scored sample that is also in `other` (same id or same text) is an error: trained on, it inflates
+    the score (--data); suggested, it would be labelled and then scored (--unlabelled)."""
+    ids = {s.id for s in other}
+    texts = {tagger.text_digest(s) for s in other}
+    both = [s.id for s in scored if s.id in ids or tagger.text_digest(s) in texts]
+    if both:
+        raise DataError(
+            f"{scored_flag}: {len(both)} of its {len(scored)} samples are also in {other_flag} (same id or "
+            f"same text), e.g. {both[:3]}: a scored sample must not be {OVERLAP[other_flag]}; take them out "
+            f"of one of the two"
+        )
+
+
+OVERLAP = {
+    "--data": "trained on",
+    "--unlabelled": "in the pool (it would be suggested, labelled, then scored)",
+}
 
 
 def unseen(settings: RunConfig, target: Dataset) -> Dataset:
@@ -126,7 +149,7 @@ def unseen(settings: RunConfig, target: Dataset) -> Dataset:
 
 def check_types(path: str, target: Dataset, labelled: Dataset) -> None:
     """--test must use the labelled types: an error when it shares none, a warning when some differ."""
-    if Path(path).is_dir() and not set(target.types) & set(labelled.types):
+    if Path(path).is_dir() and target.types and not set(target.types) & set(labelled.types):
         raise DataError(
             f"--test {path}: its types {target.types} share none with the labelled data's "
             f"{labelled.types}: the predictions would have the wrong types"
@@ -136,7 +159,7 @@ def check_types(path: str, target: Dataset, labelled: Dataset) -> None:
         raise DataError(
             f"--test {path}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}"
         )
-    if Path(path).is_dir() and target.types != labelled.types:  # a CCKS folder brings its own types.txt
+    if Path(path).is_dir() and target.types and target.types != labelled.types:  # its own types.txt
         print(
             f"warning: --test {path}: types.txt lists {target.types}, the labelled data {labelled.types}: "
             "the labelled data's types and descriptions are used"
@@ -151,9 +174,10 @@ def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
     if not dataset.samples:
         raise DataError(f"{flag} {path}: no sample found (an empty dataset)")
     if flag == "--data" and not dataset.types:
-        raise DataError(
-            f"--data {path}: no token has an entity tag (B-X / I-X), so there is nothing to learn"
+        what = (
+            "no entity.json and no types.txt" if Path(path).is_dir() else "no token has an entity tag (B-X)"
         )
+        raise DataError(f"--data {path}: {what}, so there is nothing to learn (--data is labelled data)")
     return dataset
 
 
@@ -180,10 +204,11 @@ def describe_inputs(
         )
     with_image = sum(1 for s in test if s.image)
     missing = len(test) - with_image
-    print(
-        f"images: {with_image} of {len(test)} samples to predict have one"
-        + (f" ({missing} missing: text-only, their entities ungroundable)" if missing else "")
-    )
+    if test:
+        print(
+            f"images: {with_image} of {len(test)} samples to predict have one"
+            + (f" ({missing} missing: text-only, their entities ungroundable)" if missing else "")
+        )
     gold_entities = sum(len(s.entities) for s in test) if gold_known else None
     run.scope = {
         "samples": len(test),
@@ -289,14 +314,17 @@ def train_or_reuse(
     return model, how
 
 
-def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
+def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | None) -> list[Sample]:
     """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest (with
-    --suggest, without the samples already labelled: each round may pass the same pool)."""
+    --suggest, without the samples already labelled: each round may pass the same pool). None of it may
+    be in a scored --test (`scored`)."""
     if not settings.unlabelled:
         return []
     if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
         raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
     pool = formats.read_dataset(settings.unlabelled, settings.images).samples
+    if scored is not None and settings.test:
+        refuse_overlap(scored, pool, f"--test {settings.test}", "--unlabelled")
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
         if len(fresh) < len(pool):
@@ -514,12 +542,11 @@ def trace_stage(
 
 
 def report_page(run: Run, n: int) -> None:
-    """report.html, drawn from what the run saved (trace.jsonl, metrics.json, usage.json); then saved again,
-    so that metrics.json lists it and usage.json has its time."""
+    """report.html, drawn from what the run saved (trace.jsonl, metrics.json, usage.json); run.finish saves
+    again, so that metrics.json lists it and usage.json has its time."""
     with run.stage("report"):
         page.write_page(run.out, n)
     run.written.append("report.html")
-    run.save()
 
 
 # ---------------------------------------------------------------- the command line
@@ -556,7 +583,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def kept(run: Run) -> str:
-    return f" Kept in {run.out}: {', '.join(run.written)}." if run.written else ""
+    """What a failed run leaves: its own files, and the finished run it was replacing (rundir.set_aside)."""
+    files = f" Kept in {run.out}: {', '.join(run.written)}." if run.written else ""
+    earlier = run.out / PREVIOUS
+    if run.written and earlier.is_dir():
+        files += f" The finished run it was to replace is whole in {earlier}."
+    return files
 
 
 def sample_of(tb) -> str | None:

@@ -9,7 +9,7 @@ pictures and error.log are plain writes. Synthesis and the tagger leave a
 fingerprint of their settings and inputs (`fingerprint`) that lets a rerun reuse them; the later
 stages run again, their answers from the cache.
 
-    python refineg.py --data examples/demo --out runs/demo    # twice: the second run reuses the tagger
+    python refineg.py --data examples/demo --out runs/demo-tagger    # twice: the second run reuses the tagger
 
 Left out on purpose: locking (two runs into one directory is a user error), and any cleanup of
 old run directories.
@@ -18,6 +18,7 @@ old run directories.
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import llm
+from data import SettingsError
 from formats import ccks
 
 NO_LLM = "no MLLM configured"
@@ -94,13 +96,25 @@ class Run:
         self.scope: dict = {}  # what was scored: samples, gold entities, --test, the hold-out share
         self.written: list[str] = []  # files written so far, in order, relative to out (folders end in /)
         self.mllm: dict = {}  # what served the MLLM calls: model, simulated, accuracy (served_model)
+        self.finished = False  # every stage ran: a later run in `out` keeps these records in previous/
 
     def start(self, settings: dict) -> None:
         """The run directory and its config.json, made once the inputs have been read: a run that fails on
-        its inputs writes nothing, so a finished run's config.json still describes the files beside it."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", settings)
+        its inputs writes nothing. The records of an earlier run go first (set_aside), so that the folder
+        never mixes two runs' records, whatever stage fails."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            set_aside(self.out)
+            write_json(self.out / "config.json", settings)
+        except OSError as err:
+            raise SettingsError(f"--out {self.out}: cannot write the run there ({err})") from None
         self.written.append("config.json")
+
+    def finish(self) -> None:
+        """Every stage ran: metrics.json says so; the earlier run kept in previous/ is no longer needed."""
+        self.finished = True
+        self.save()
+        remove(self.out / PREVIOUS)
 
     @property
     def uses_llm(self) -> bool:
@@ -156,6 +170,7 @@ class Run:
         write_json(
             self.out / "metrics.json",
             {
+                "finished": self.finished,
                 "mllm": self.mllm or None,
                 "metrics": self.metrics,
                 "scored": self.scope,
@@ -180,6 +195,61 @@ class Run:
         """The answer cache as the summary names it: relative to out when it lies there."""
         cache = Path(self.client_config.cache_path)
         return cache.name if cache.parent == self.out else str(cache)
+
+
+# What one run writes into its folder, apart from the caches that later runs reuse by their fingerprints
+# (synthetic*.json*, tagger/) or append to (llm_cache.jsonl).
+RECORDS = [
+    *("config.json", "metrics.json", "usage.json", "trace.jsonl", "report.html", "report", "error.log"),
+    *("predictions.json", "predictions.refined.json", "predictions.txt", "xml", "predictions.conll"),
+    *("gold", "gold.conll", "suggested", "suggested.jsonl", "labelstudio", "viz"),
+]
+REUSED = ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl", "tagger"]
+PREVIOUS = "previous"  # OUT/previous/: the finished run that the running one replaces, until it finishes
+
+
+def set_aside(out: Path) -> None:
+    """Before a run writes into `out`: a finished run there moves whole into out/previous/ (its reusable
+    files as hard links, so they stay in out too) and stays there until the new run finishes; the records
+    of a run that did not finish are removed (a rerun replays its MLLM answers from the cache)."""
+    config = out / "config.json"
+    if not config.is_file():
+        return
+    if read_json(out / "metrics.json").get("finished"):
+        remove(out / PREVIOUS)
+        (out / PREVIOUS).mkdir()
+        for name in REUSED:
+            if (out / name).exists():
+                link_copy(out / name, out / PREVIOUS / name)
+        for name in RECORDS:
+            if (out / name).exists():
+                (out / name).replace(out / PREVIOUS / name)
+    for name in RECORDS:
+        remove(out / name)
+
+
+def link_copy(src: Path, dst: Path) -> None:
+    """A copy of a file or folder made of hard links (no bytes copied); a plain copy where links fail."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link)
+    else:
+        link(str(src), str(dst))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; {} when it is missing or is not one."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def served_model(model: str, names: list[str]) -> dict:

@@ -1,0 +1,152 @@
+"""The run folder and the inputs' checks: a scored --test that overlaps --data or --unlabelled, a pool
+without types.txt, an --out that cannot be written, and a failing run that never mixes its records with
+those of the finished run it replaces (rundir.set_aside)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import formats
+import refineg
+import rundir
+from formats import ccks
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "examples" / "demo"
+FAST = ["--tagger-epochs", "3", "--no-tagger-progress"]
+
+
+def demo_subset(folder: Path, ids: list[str], labelled: bool = True) -> Path:
+    """A CCKS folder holding the demo samples `ids` (with entity.json when `labelled`)."""
+    demo = ccks.read_ccks(DEMO)
+    ccks.write_ccks_folder([s for s in demo.samples if s.id in ids], demo, folder)
+    if not labelled:
+        (folder / "entity.json").unlink()
+    (folder / "images").symlink_to(DEMO / "images")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished run of the demo without a server (the tagger trained once for this module)."""
+    out = tmp_path_factory.mktemp("finished")
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_scored_test_that_overlaps_data_is_an_error(tmp_path, capsys):
+    ids = sorted(json.loads((DEMO / "text.json").read_text(encoding="utf-8-sig")))[12:20]
+    test = demo_subset(tmp_path / "test", ids)
+    out = tmp_path / "run"
+    assert refineg.main(["--data", str(DEMO), "--test", str(test), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: --test {test}: 8 of its 8 samples are also in --data (same id or same text)"
+    )
+    assert repr(ids[:3])[1:-1] in err and "trained on" in err
+    assert not out.exists()  # refused before anything is written
+    # the same text under other ids is the same sample
+    ccks_text = json.loads((test / "text.json").read_text())
+    (test / "text.json").write_text(json.dumps({f"new{k}": v for k, v in ccks_text.items()}))
+    (test / "entity.json").write_text(
+        json.dumps({f"new{k}": v for k, v in json.loads((test / "entity.json").read_text()).items()})
+    )
+    assert refineg.main(["--data", str(DEMO), "--test", str(test), "--out", str(out), *FAST]) == 2
+    assert "8 of its 8 samples are also in --data" in capsys.readouterr().err
+
+
+def test_a_scored_test_that_overlaps_the_pool_is_an_error(tmp_path, capsys):
+    ids = sorted(json.loads((DEMO / "text.json").read_text(encoding="utf-8-sig")))
+    data = demo_subset(tmp_path / "data", ids[:20])
+    test = demo_subset(tmp_path / "test", ids[20:26])
+    pool = demo_subset(tmp_path / "pool", ids[24:], labelled=False)
+    argv = ["--data", str(data), "--test", str(test), "--unlabelled", str(pool), "--out", str(tmp_path / "o")]
+    assert refineg.main([*argv, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --test {test}: 2 of its 6 samples are also in --unlabelled")
+    assert repr(ids[24]) in err and "suggested, labelled, then scored" in err
+
+
+def test_an_unlabelled_pool_needs_no_types_file(tmp_path):
+    pool = demo_subset(tmp_path / "pool", ["001", "002"], labelled=False)
+    (pool / "types.txt").unlink()
+    dataset = formats.read_dataset(pool)
+    assert [s.id for s in dataset.samples] == ["001", "002"] and dataset.types == []
+    labelled = demo_subset(tmp_path / "labelled", ["001"])
+    (labelled / "types.txt").unlink()
+    with pytest.raises(formats.DataError, match=r"missing types.txt \(a labelled folder needs it"):
+        formats.read_dataset(labelled)
+
+
+def test_an_out_that_cannot_be_written_names_the_flag(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = blocker / "run"
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out}: cannot write the run there (") and err.count("\n") == 1
+
+
+OTHER = ["--unc-target-rate", "0.5"]  # another setting that keeps the tagger: no training in these tests
+STAGES = [
+    "synthesis_stage",
+    "tagger_stage",
+    "prediction_stage",
+    "refinement_stage",
+    "grounding_stage",
+    "scoring_stage",
+    "trace_stage",
+    "report_page",
+]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_failing_rerun_never_mixes_two_runs_records(finished, tmp_path, monkeypatch, capsys, stage):
+    """A finished run's folder, then a rerun with another setting that fails in `stage`: the finished run
+    is whole and byte for byte in previous/, and every record in the folder is the failed run's own."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = snapshot(out)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError(f"{stage} broke")
+
+    monkeypatch.setattr(refineg, stage, fails)
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *OTHER, *FAST]) == 1
+    assert f"is whole in {out / 'previous'}" in capsys.readouterr().err
+    assert snapshot(out / "previous") == before
+    written = json.loads((out / "metrics.json").read_text())["written"]
+    records = {p.name for p in out.iterdir() if p.name in rundir.RECORDS}
+    assert records <= {w.rstrip("/") for w in written} | {"error.log", "metrics.json", "usage.json"}
+    assert json.loads((out / "config.json").read_text())["uncertainty"]["target_rate"] == 0.5
+    assert not json.loads((out / "metrics.json").read_text())["finished"]
+
+    monkeypatch.undo()  # the same command again, now finishing: previous/ goes, the folder is the new run
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *OTHER, *FAST]) == 0
+    assert not (out / "previous").exists() and not (out / "error.log").exists()
+    assert json.loads((out / "metrics.json").read_text())["finished"]
+
+
+def test_an_interrupted_run_leaves_no_records_of_an_unfinished_one(finished, tmp_path, monkeypatch):
+    """Two failures in a row: the second run removes the first one's records (it did not finish) and keeps
+    the finished run in previous/ as it was."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = snapshot(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(refineg, "grounding_stage", interrupted)
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *OTHER, *FAST]) == 130
+    assert (out / "predictions.refined.json").is_file()
+    monkeypatch.setattr(refineg, "prediction_stage", interrupted)
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), "--unc-target-rate", "0.3", *FAST]) == 130
+    assert not (out / "predictions.refined.json").exists()
+    assert snapshot(out / "previous") == before
