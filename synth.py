@@ -452,10 +452,14 @@ def summarize(
 
 
 def format_summary(summary: dict) -> str:
+    """The synth: lines of the run's output; a reused synthetic.jsonl says so instead of its calls."""
     s = summary
+    calls = f"{s['calls']} calls ({s['failed_calls']} failed)"
+    if s.get("reused"):  # the counts are those of the run that wrote it
+        calls = "no call: synthetic.jsonl reused"
     lines = [
-        f"synth: {s['seeds']} seeds, {s['calls']} calls ({s['failed_calls']} failed), "
-        f"{s['generated']} sentences generated, {s['kept']} kept ({s['entity_free_kept']} entity-free)"
+        f"synth: {s['seeds']} seeds, {calls}, {s['generated']} sentences generated, {s['kept']} kept "
+        f"({s['entity_free_kept']} entity-free)"
     ]
     if s["rejected"]:
         lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in s["rejected"].items()))
