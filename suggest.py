@@ -33,6 +33,7 @@ import json
 import random
 import shutil
 from dataclasses import dataclass
+from math import ceil, floor
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 import tagger
 import uncertainty
-from data import DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags, without_spaces
+from data import Box, DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags, without_spaces
 from encoding import embed_texts
 from formats.ccks import write_ccks_folder
 
@@ -189,14 +190,24 @@ def diverse(candidates: list[Suggestion], n: int, config: SuggestConfig) -> list
 
 
 def write_suggestions(chosen: list[Suggestion], labelled: Dataset, folder: Path) -> None:
-    """`folder` in the CCKS layout, its entity.json pre-filled with the tagger's entities (to correct)."""
-    samples = [c.sample for c in chosen]
+    """`folder` in the CCKS layout, its entity.json pre-filled with the tagger's entities (to correct) and
+    the MLLM's boxes in whole pixels, as in the gold files an annotator edits."""
+    samples = [whole_pixels(c.sample) for c in chosen]
     write_ccks_folder(samples, labelled, folder)
     with_image = [s for s in samples if s.image]
     if with_image:
         (folder / "images").mkdir()
         for s in with_image:
             shutil.copyfile(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
+
+
+def whole_pixels(sample: Sample) -> Sample:
+    """The sample with each box widened to whole pixels: (43.5, 10.2, 80.7, 99.0) -> (43, 10, 81, 99)."""
+    entities = [
+        dataclasses.replace(e, boxes=[Box(floor(b.x1), floor(b.y1), ceil(b.x2), ceil(b.y2)) for b in e.boxes])
+        for e in sample.entities
+    ]
+    return dataclasses.replace(sample, entities=entities)
 
 
 def write_ranks(chosen: list[Suggestion], path: Path, boxes: dict[str, str]) -> None:
