@@ -8,7 +8,7 @@ stage, what was skipped and why, which files were written), the one line each ML
 and JPEGs with predicted (red) and gold (green) boxes (`picture`, which also draws report.html's
 thumbnails).
 
-    python refineg.py --data examples/demo --out runs/demo --viz 5    # the summary; pictures in viz/
+    python refineg.py --data examples/demo --out runs/demo-tagger --viz 5    # the summary; pictures in viz/
 
 Left out on purpose: the per-sample page (page.py writes trace.jsonl and report.html), plots of scores
 (metrics.json holds every number).
