@@ -147,7 +147,7 @@ def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
     """A dataset that exists and has samples (a labelled one: entity types too)."""
     if not Path(path).exists():
         raise DataError(f"{flag} {path}: no such file or folder")
-    dataset = formats.read_dataset(path, images)
+    dataset = read_flag(flag, path, images)
     if not dataset.samples:
         raise DataError(f"{flag} {path}: no sample found (an empty dataset)")
     if flag == "--data" and not dataset.types:
@@ -155,6 +155,17 @@ def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
             f"--data {path}: no token has an entity tag (B-X / I-X), so there is nothing to learn"
         )
     return dataset
+
+
+def read_flag(flag: str, path: str, images: list[str]) -> Dataset:
+    """The dataset a flag names; an error in it starts with the flag, as the flag's other errors do
+    ("--unlabelled DIR/text.json: expected ..."): formats names the file, not the flag it came from."""
+    try:
+        return formats.read_dataset(path, images)
+    except DataError as err:
+        if str(err).startswith("--"):  # already names its flag (--images)
+            raise
+        raise DataError(f"{flag} {err}") from None
 
 
 def split(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -296,7 +307,7 @@ def read_pool(settings: RunConfig, labelled: Dataset) -> list[Sample]:
         return []
     if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
         raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
-    pool = formats.read_dataset(settings.unlabelled, settings.images).samples
+    pool = read_flag("--unlabelled", settings.unlabelled, settings.images).samples
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
         if len(fresh) < len(pool):

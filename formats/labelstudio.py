@@ -36,6 +36,10 @@ SPAN, BOX, CHOICE = "label", "box", "grounding"  # the names of the config's thr
 NOT_IN_IMAGE = "not in the image"  # the per-entity choice that makes a missing box a decision
 RELATION = "box of"  # the label of the relation from an entity (text span) to one of its boxes
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio serves LOCAL_FILES_DOCUMENT_ROOT/<d> at this path
+WANTS_JSON = (  # why Label Studio's other exports of a project are refused, and what to do
+    "drop the regions' ids and the relations from entities to their boxes, which this reader needs: export "
+    'the project as "JSON" instead'
+)
 EDGE = 1e-3  # percent: Label Studio's float rounding past an image edge, clipped; beyond it is an error
 
 
@@ -208,24 +212,37 @@ class ImportCounts:
 
 
 def export_tasks(path: Path) -> list | None:
-    """The tasks of a Label Studio JSON export at `path`, or None when the file is not JSON (CoNLL).
+    """The tasks of a Label Studio JSON export at `path`, or None when the file is not a JSON list.
 
-    A file whose first character (after blanks) is `[` and that parses as JSON is an export; a `.json`
-    file that is not a JSON list is an error, so an entity.json given as --data is not read as CoNLL."""
+    A file whose first character (after blanks) is `[` and that parses as JSON is an export; a malformed
+    `.json` file is an error, any other file that fails to parse is None (a CoNLL file whose first token
+    is "["), and so is a `.json` file holding something else (read_dataset says what it takes)."""
     with path.open(encoding="utf-8-sig") as f:
         head = f.read(4096).lstrip()
-    is_json = path.suffix.lower() == ".json"
     if not head.startswith("["):
-        if is_json:
-            raise DataError(f"{path}: expected a Label Studio JSON export, a list of tasks [...]")
         return None
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        if is_json:
+        if path.suffix.lower() == ".json":
             raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
-        return None  # a CoNLL file whose first token is "["
-    return tasks
+        return None
+
+
+def other_export(path: Path, first: str) -> None:
+    """Label Studio's other exports of a text file, by their first line: CSV and TSV (a header naming
+    annotation_id and annotator) are refused, CONLL2003 (`-DOCSTART- -X- O`) reads as plain CoNLL and is
+    warned about. They drop the sample ids, the boxes and the relation from a box to its entity."""
+    header = {name.strip().strip('"') for name in re.split(r"[,\t]", first)}
+    if {"annotation_id", "annotator"} <= header:
+        kind = "TSV" if "\t" in first else "CSV"
+        raise DataError(f"{path}: this is Label Studio's {kind} export, whose rows {WANTS_JSON}")
+    if first.split() == ["-DOCSTART-", "-X-", "O"]:
+        warnings.warn(
+            f"{path}: Label Studio's CONLL2003 export, read as plain CoNLL: no sample ids (they are numbered "
+            'from 0), images or boxes; export the project as "JSON" to keep them',
+            stacklevel=3,
+        )
 
 
 def read_labelstudio(path: str | Path, tasks: list, image_dirs: list[str | Path] | None = None) -> Dataset:
@@ -234,6 +251,11 @@ def read_labelstudio(path: str | Path, tasks: list, image_dirs: list[str | Path]
     Images are looked up by sample id in `image_dirs`, else in `images/` beside the export, else in the
     run's `suggested/images/` (an export saved in OUT/labelstudio/ next to the tasks it came from)."""
     path = Path(path)
+    if tasks and is_json_min(tasks[0]):
+        raise DataError(
+            f"{path}: this is Label Studio's minimal JSON export (JSON-MIN, exportType=JSON_MIN), whose flat "
+            f"objects {WANTS_JSON}"
+        )
     types, type_text, generic = export_types(path)
     dirs = [Path(d) for d in image_dirs or []] or [
         path.parent / "images",
@@ -297,7 +319,7 @@ def parse_export(
     seen: dict[str, int] = {}
     samples = []
     for i, task in enumerate(tasks):
-        data = task_data(task, f"{path}: task {i}", path)
+        data = task_data(task, f"{path}: task {i}")
         where = f"{path}: task {i} (Label Studio id {task.get('id')})"
         sid = data.get("sample_id")
         if not isinstance(sid, str) or not ID_RE.fullmatch(sid):
@@ -312,19 +334,19 @@ def parse_export(
     return samples
 
 
-def task_data(task: object, where: str, path: str) -> dict:
-    """The `data` of one task, which must be an object; a flat object with the labels at the top level is
-    Label Studio's JSON-MIN export, refused with what to export instead."""
+def is_json_min(task: object) -> bool:
+    """A record of Label Studio's JSON-MIN export: the task's data, its labels and the annotation's id at
+    the top level, no `data` and no `annotations`."""
+    flat = isinstance(task, dict) and "data" not in task and "annotations" not in task
+    return flat and ("annotation_id" in task or "sample_id" in task)
+
+
+def task_data(task: object, where: str) -> dict:
+    """The `data` of one task, which must be an object."""
     if not isinstance(task, dict):
         raise DataError(
             f'{where}: expected a Label Studio task, an object {{"data": {{...}}, "annotations": [...]}}, '
             f"got {shown(task)}"
-        )
-    if "data" not in task and "annotations" not in task and ("annotation_id" in task or "sample_id" in task):
-        raise DataError(
-            f"{path}: this is Label Studio's minimal JSON export (JSON-MIN, exportType=JSON_MIN): flat "
-            "objects that drop the regions' ids and the relations from entities to their boxes, which this "
-            'reader needs; export the project as "JSON" instead'
         )
     return field(task, "data", "an object", where, "{sample_id, text, image, ...}")
 

@@ -427,10 +427,56 @@ def test_python_m_formats_reads_an_export_and_says_a_bad_one_in_one_line(tmp_pat
         text=True,
     )
     assert no.returncode == 2
-    assert (
-        no.stderr
-        == f"error: {tmp_path / 'bad.json'}: expected a Label Studio JSON export, a list of tasks [...]\n"
+    assert no.stderr.startswith(f"error: {tmp_path / 'bad.json'}: expected a CCKS folder")
+    assert no.stderr.endswith("or a Label Studio JSON export (a list of tasks [...]); got a JSON object\n")
+
+
+def formats_says(path: Path) -> subprocess.CompletedProcess:
+    """`python -m formats PATH`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "formats", str(path)], cwd=ROOT, capture_output=True, text=True
     )
+
+
+def test_a_json_min_export_is_named_and_json_asked_for_even_without_types_beside_it(tmp_path):
+    """Label Studio's JSON-MIN export: one flat object per annotation, the data fields and each control's
+    regions (without their ids; no relations) at the top level."""
+    label = [{"start": 0, "end": 4, "text": "Anna", "labels": ["PER"]}]
+    record = {"image": "", "sample_id": "t1", "text": TEXT, "doubt": 0.5, "rank": 1, "round": 1, "id": 7}
+    record |= {"label": label, "annotator": 1, "annotation_id": 3, "lead_time": 4.2}
+    (tmp_path / "min.json").write_text(json.dumps([record]))
+    done = formats_says(tmp_path / "min.json")
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {tmp_path / 'min.json'}: this is Label Studio's minimal JSON export (JSON-MIN, "
+        "exportType=JSON_MIN), whose flat objects drop the regions' ids and the relations from entities to "
+        'their boxes, which this reader needs: export the project as "JSON" instead\n'
+    )
+
+
+@pytest.mark.parametrize("sep, kind", [(",", "CSV"), ("\t", "TSV")])
+def test_label_studio_csv_and_tsv_exports_are_named_and_json_asked_for(tmp_path, sep, kind):
+    """Their header: the data fields, the controls and the annotation's fields (csv.QUOTE_NONNUMERIC)."""
+    header = ["annotation_id", "annotator", "created_at", "id", "label", "lead_time", "sample_id", "text"]
+    path = tmp_path / f"export.{kind.lower()}"
+    path.write_text(sep.join(f'"{h}"' for h in header) + "\n" + sep.join(["3", "1", '"x"', "7"]) + "\n")
+    done = formats_says(path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {path}: this is Label Studio's {kind} export, whose rows drop the regions' ids and the "
+        "relations from entities to their boxes, which this reader needs: "
+        'export the project as "JSON" instead\n'
+    )
+
+
+def test_label_studio_conll2003_export_reads_as_conll_and_warns_what_it_lacks(tmp_path):
+    path = tmp_path / "result.conll"
+    path.write_text("-DOCSTART- -X- O\nAnna -X- _ B-PER\nmet -X- _ O\n\nBob -X- _ B-PER\n\n")
+    with pytest.warns(
+        UserWarning, match="Label Studio's CONLL2003 export, read as plain CoNLL: no sample ids"
+    ):
+        dataset = read_dataset(path)
+    assert [(s.id, s.tokens) for s in dataset.samples] == [("0", ["Anna", "met"]), ("1", ["Bob"])]
 
 
 # ---------------------------------------------------------------- the annotation loop through refineg.py
