@@ -13,8 +13,9 @@ boxes in one task, so one pass corrects an entity, its type and its boxes.
 
     python -m formats runs/round1/labelstudio/export.json     # reads an export back, prints its statistics
 
-Left out on purpose: Label Studio's other export formats (JSON-MIN, CSV, COCO, CoNLL: they drop the relation
-from a box to its entity), rotated boxes (the config turns rotation off), its ML-backend API.
+Left out on purpose: Label Studio's other export formats (JSON-MIN, CSV, TSV, COCO, CONLL2003: they drop the
+relation from a box to its entity; each is recognised and refused, or warned about, saying to export "JSON"),
+rotated boxes (the config turns rotation off), its ML-backend API.
 """
 
 import json

@@ -401,6 +401,15 @@ def test_python_m_formats_names_the_third_task_of_three_when_it_is_the_bad_one(t
         assert done.stderr.count("\n") == 1 and "'t1'" not in done.stderr
 
 
+def test_refineg_data_names_the_failing_task_after_the_flag_and_exits_2(tmp_path, capsys):
+    """The application's view of the same export: the flag, then the reader's message; no run directory."""
+    path = export(tmp_path, third(task("t2", [region(value="Anna")])))
+    assert refineg.main(["--data", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {path}: task 2 (Label Studio id 7) sample 't2', annotation 1, ")
+    assert err.count("\n") == 1 and "'t1'" not in err and not (tmp_path / "run").exists()
+
+
 def test_an_export_beside_a_config_that_is_not_its_types_is_refused(tmp_path):
     path = export(tmp_path, [task("t1", [])], config=["PER", "ORG"])
     with pytest.raises(
