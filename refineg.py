@@ -170,7 +170,7 @@ def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
     """A dataset that exists and has samples (a labelled one: entity types too)."""
     if not Path(path).exists():
         raise DataError(f"{flag} {path}: no such file or folder")
-    dataset = formats.read_dataset(path, images)
+    dataset = read_flag(flag, path, images)
     if not dataset.samples:
         raise DataError(f"{flag} {path}: no sample found (an empty dataset)")
     if flag == "--data" and not dataset.types:
@@ -179,6 +179,17 @@ def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
         )
         raise DataError(f"--data {path}: {what}, so there is nothing to learn (--data is labelled data)")
     return dataset
+
+
+def read_flag(flag: str, path: str, images: list[str]) -> Dataset:
+    """The dataset a flag names; an error in it starts with the flag, as the flag's other errors do
+    ("--unlabelled DIR/text.json: expected ..."): formats names the file, not the flag it came from."""
+    try:
+        return formats.read_dataset(path, images)
+    except DataError as err:
+        if str(err).startswith("--"):  # already names its flag (--images)
+            raise
+        raise DataError(f"{flag} {err}") from None
 
 
 def split(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -322,7 +333,7 @@ def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | Non
         return []
     if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
         raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
-    pool = formats.read_dataset(settings.unlabelled, settings.images).samples
+    pool = read_flag("--unlabelled", settings.unlabelled, settings.images).samples
     if scored is not None and settings.test:
         refuse_overlap(scored, pool, f"--test {settings.test}", "--unlabelled")
     if settings.suggest:

@@ -12,6 +12,7 @@ readable image counts as no image (`Dataset.bad_images`, one warning line).
 Left out on purpose: other layouts (convert them to one of these: docs/data-formats.md).
 """
 
+import json
 import warnings
 from collections import Counter
 from dataclasses import replace
@@ -19,9 +20,14 @@ from pathlib import Path
 
 from data import DataError, Dataset, attach_images
 from formats.ccks import read_ccks
-from formats.labelstudio import export_tasks, read_labelstudio
+from formats.labelstudio import export_tasks, other_export, read_labelstudio
 from formats.twitter import read_conll, read_twitter
 from images import image_problem
+
+ACCEPTED = (  # what every dataset flag takes, said when a file is none of them
+    "a CCKS folder (text.json, entity.json, images/, types.txt), a Twitter-GMNER or CoNLL file, "
+    "or a Label Studio JSON export (a list of tasks [...])"
+)
 
 
 def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
@@ -86,8 +92,12 @@ def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
     tasks = export_tasks(path)
     if tasks is not None:
         return read_labelstudio(path, tasks, images or None)
+    if path.suffix.lower() == ".json":  # a JSON file read as CoNLL would fail on its first line, unexplained
+        raise DataError(not_a_dataset(path))
+    first = first_line(path)
+    other_export(path, first)  # Label Studio's CSV or TSV export is refused, its CONLL2003 export warned
     dirs = [Path(d) for d in images or []] or [path.parent / "images"]
-    has_imgid = first_line(path).startswith("IMGID:")
+    has_imgid = first.startswith("IMGID:")
     # xml/ beside the txt or up to two folders above it: the benchmark keeps one xml/ for txt/{train,dev}.txt
     # (NUSTM/GMNER) and for the low-resource splits lowres/10GMNER/train.txt
     xml_dirs = [d / "xml" for d in path.parents[:3] if (d / "xml").is_dir()]
@@ -97,6 +107,22 @@ def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
     if has_imgid:  # ids are image ids only when the file names them
         attach_images(dataset, dirs)
     return dataset
+
+
+def not_a_dataset(path: Path) -> str:
+    """Why a `.json` file that is not a JSON list is no dataset: what the dataset flags accept, and, for the
+    text.json or entity.json of a CCKS folder, to pass the folder."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        return f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}"
+    if path.name in ("text.json", "entity.json") and (path.parent / "text.json").is_file():
+        got = f"the {path.name} of the CCKS folder {path.parent}: pass the folder {path.parent}"
+    elif isinstance(value, dict) and {"images", "categories"} <= value.keys():
+        got = 'a COCO file (Label Studio\'s COCO export has no text): export the project as "JSON"'
+    else:
+        got = "a JSON object" if isinstance(value, dict) else f"the JSON value {json.dumps(value)[:40]}"
+    return f"{path}: expected {ACCEPTED}; got {got}"
 
 
 def join(datasets: list[Dataset], paths: list[str]) -> Dataset:

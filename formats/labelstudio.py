@@ -13,8 +13,9 @@ boxes in one task, so one pass corrects an entity, its type and its boxes.
 
     python -m formats runs/round1/labelstudio/export.json     # reads an export back, prints its statistics
 
-Left out on purpose: Label Studio's other export formats (JSON-MIN, CSV, COCO, CoNLL: they drop the relation
-from a box to its entity), rotated boxes (the config turns rotation off), its ML-backend API.
+Left out on purpose: Label Studio's other export formats (JSON-MIN, CSV, TSV, COCO, CONLL2003: they drop the
+relation from a box to its entity; each is recognised and refused, or warned about, saying to export "JSON"),
+rotated boxes (the config turns rotation off), its ML-backend API.
 """
 
 import json
@@ -24,6 +25,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -35,6 +37,10 @@ SPAN, BOX, CHOICE = "label", "box", "grounding"  # the names of the config's thr
 NOT_IN_IMAGE = "not in the image"  # the per-entity choice that makes a missing box a decision
 RELATION = "box of"  # the label of the relation from an entity (text span) to one of its boxes
 LOCAL_FILES = "/data/local-files/?d="  # Label Studio serves LOCAL_FILES_DOCUMENT_ROOT/<d> at this path
+WANTS_JSON = (  # why Label Studio's other exports of a project are refused, and what to do
+    "drop the regions' ids and the relations from entities to their boxes, which this reader needs: export "
+    'the project as "JSON" instead'
+)
 EDGE = 1e-3  # percent: Label Studio's float rounding past an image edge, clipped; beyond it is an error
 
 
@@ -157,6 +163,40 @@ def rectangle(rid: str, b: Box, typ: str, size: tuple[int, int]) -> dict:
 
 # ---------------------------------------------------------------- reading an export
 
+REQUIRED = object()  # `field`'s default: the key must be there
+JSON_KINDS = {  # what `field` can expect of a value read from JSON; a bool is never a number
+    "an object": lambda v: isinstance(v, dict),
+    "a list": lambda v: isinstance(v, list),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a string": lambda v: isinstance(v, str),
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "an integer or a string": lambda v: isinstance(v, int | str) and not isinstance(v, bool),
+    "a positive integer": lambda v: is_count(v),
+    "a number": is_number,
+    "true or false": lambda v: isinstance(v, bool),
+}
+
+
+def field(obj: dict, key: str, kind: str, where: str, what: str = "", default: object = REQUIRED) -> Any:
+    """`obj[key]` when it is of `kind` (a key of JSON_KINDS), else a DataError at `where`; a missing or null
+    key is `default` when one is given. `what` says what the value is for: {"start": "3"}, "start",
+    "an integer", what="a character offset" -> "WHERE: expected start, an integer (a character offset), got
+    '3'"."""
+    value = obj.get(key)
+    if value is None and default is not REQUIRED:
+        return default
+    if not JSON_KINDS[kind](value):
+        got = shown(value) if key in obj else "nothing"
+        said = f"{kind} ({what})" if what else kind
+        raise DataError(f"{where}: expected {key}, {said}, got {got}")
+    return value
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value as a message shows it: its repr, cut to `limit` characters (a whole task is long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 @dataclass
 class ImportCounts:
@@ -173,24 +213,37 @@ class ImportCounts:
 
 
 def export_tasks(path: Path) -> list | None:
-    """The tasks of a Label Studio JSON export at `path`, or None when the file is not JSON (CoNLL).
+    """The tasks of a Label Studio JSON export at `path`, or None when the file is not a JSON list.
 
-    A file whose first character (after blanks) is `[` and that parses as JSON is an export; a `.json`
-    file that is not a JSON list is an error, so an entity.json given as --data is not read as CoNLL."""
+    A file whose first character (after blanks) is `[` and that parses as JSON is an export; a malformed
+    `.json` file is an error, any other file that fails to parse is None (a CoNLL file whose first token
+    is "["), and so is a `.json` file holding something else (read_dataset says what it takes)."""
     with path.open(encoding="utf-8-sig") as f:
         head = f.read(4096).lstrip()
-    is_json = path.suffix.lower() == ".json"
     if not head.startswith("["):
-        if is_json:
-            raise DataError(f"{path}: expected a Label Studio JSON export, a list of tasks [...]")
         return None
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        if is_json:
+        if path.suffix.lower() == ".json":
             raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}") from None
-        return None  # a CoNLL file whose first token is "["
-    return tasks
+        return None
+
+
+def other_export(path: Path, first: str) -> None:
+    """Label Studio's other exports of a text file, by their first line: CSV and TSV (a header naming
+    annotation_id and annotator) are refused, CONLL2003 (`-DOCSTART- -X- O`) reads as plain CoNLL and is
+    warned about. They drop the sample ids, the boxes and the relation from a box to its entity."""
+    header = {name.strip().strip('"') for name in re.split(r"[,\t]", first)}
+    if {"annotation_id", "annotator"} <= header:
+        kind = "TSV" if "\t" in first else "CSV"
+        raise DataError(f"{path}: this is Label Studio's {kind} export, whose rows {WANTS_JSON}")
+    if first.split() == ["-DOCSTART-", "-X-", "O"]:
+        warnings.warn(
+            f"{path}: Label Studio's CONLL2003 export, read as plain CoNLL: no sample ids (they are numbered "
+            'from 0), images or boxes; export the project as "JSON" to keep them',
+            stacklevel=3,
+        )
 
 
 def read_labelstudio(path: str | Path, tasks: list, image_dirs: list[str | Path] | None = None) -> Dataset:
@@ -199,6 +252,11 @@ def read_labelstudio(path: str | Path, tasks: list, image_dirs: list[str | Path]
     Images are looked up by sample id in `image_dirs`, else in `images/` beside the export, else in the
     run's `suggested/images/` (an export saved in OUT/labelstudio/ next to the tasks it came from)."""
     path = Path(path)
+    if tasks and is_json_min(tasks[0]):
+        raise DataError(
+            f"{path}: this is Label Studio's minimal JSON export (JSON-MIN, exportType=JSON_MIN), whose flat "
+            f"objects {WANTS_JSON}"
+        )
     types, type_text, generic = export_types(path)
     dirs = [Path(d) for d in image_dirs or []] or [
         path.parent / "images",
@@ -262,12 +320,9 @@ def parse_export(
     seen: dict[str, int] = {}
     samples = []
     for i, task in enumerate(tasks):
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise DataError(
-                f'{path}: task {i}: expected a Label Studio task {{"data": {{...}}, "annotations": [...]}}'
-            )
+        data = task_data(task, f"{path}: task {i}")
         where = f"{path}: task {i} (Label Studio id {task.get('id')})"
-        sid = task["data"].get("sample_id")
+        sid = data.get("sample_id")
         if not isinstance(sid, str) or not ID_RE.fullmatch(sid):
             raise DataError(f"{where}: expected data.sample_id, a plain name (images/<id>.jpg), got {sid!r}")
         if sid in seen:
@@ -280,14 +335,29 @@ def parse_export(
     return samples
 
 
+def is_json_min(task: object) -> bool:
+    """A record of Label Studio's JSON-MIN export: the task's data, its labels and the annotation's id at
+    the top level, no `data` and no `annotations`."""
+    flat = isinstance(task, dict) and "data" not in task and "annotations" not in task
+    return flat and ("annotation_id" in task or "sample_id" in task)
+
+
+def task_data(task: object, where: str) -> dict:
+    """The `data` of one task, which must be an object."""
+    if not isinstance(task, dict):
+        raise DataError(
+            f'{where}: expected a Label Studio task, an object {{"data": {{...}}, "annotations": [...]}}, '
+            f"got {shown(task)}"
+        )
+    return field(task, "data", "an object", where, "{sample_id, text, image, ...}")
+
+
 def read_task(
     task: dict, where: str, types: list[str], dirs: list[Path], counts: ImportCounts
 ) -> Sample | None:
     """The sample of one task from its chosen annotation; None (counted) when it has none."""
-    text = task["data"].get("text")
-    if not isinstance(text, str):
-        raise DataError(f"{where}: expected data.text, the tokens joined by spaces, got {text!r}")
-    annotation = chosen_annotation(task.get("annotations"), where, counts)
+    text = field(task["data"], "text", "a string", where, "the tokens joined by spaces")
+    annotation = chosen_annotation(field(task, "annotations", "a list", where, default=[]), where, counts)
     if annotation is None:
         return None
     sid = task["data"]["sample_id"]
@@ -298,17 +368,21 @@ def read_task(
     tokens = [m.group() for m in matches]
     offsets = [m.span() for m in matches]
     size = size_or_none(image)
-    entities = annotation_entities(annotation.get("result"), offsets, types, size, where, counts)
+    result = field(annotation, "result", "a list", where, "of regions")
+    entities = annotation_entities(result, offsets, types, size, where, counts)
     return Sample(sid, tokens, image, entities)
 
 
-def chosen_annotation(annotations: object, where: str, counts: ImportCounts) -> dict | None:
+def chosen_annotation(annotations: list, where: str, counts: ImportCounts) -> dict | None:
     """The one rule for a task's annotations: cancelled ones never count; of the others, a ground-truth
     one (a reviewer's mark) before any other, then the most recently updated, then the highest id."""
-    if annotations is None:
-        annotations = []
-    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
-        raise DataError(f"{where}: expected annotations, a list of objects, got {annotations!r}")
+    for k, a in enumerate(annotations):
+        at = f"{where}, annotations[{k}]"
+        if not isinstance(a, dict):
+            raise DataError(f'{at}: expected an annotation, an object {{"result": [...]}}, got {shown(a)}')
+        field(a, "id", "an integer or a string", at, default=0)
+        field(a, "was_cancelled", "true or false", at, default=False)
+        field(a, "ground_truth", "true or false", at, default=False)
     kept = [a for a in annotations if not a.get("was_cancelled")]
     if not kept:
         if annotations:
@@ -318,7 +392,13 @@ def chosen_annotation(annotations: object, where: str, counts: ImportCounts) -> 
         return None
     if len(kept) > 1:
         counts.several += 1
-    return max(kept, key=lambda a: (bool(a.get("ground_truth")), when(a, where), a.get("id") or 0))
+    return max(kept, key=lambda a: (bool(a.get("ground_truth")), when(a, where), id_order(a)))
+
+
+def id_order(annotation: dict) -> str:
+    """An annotation id as a sort key: digits padded to one width, so 9 < 10 whether the export wrote ids as
+    numbers or (as Label Studio's documentation shows) as strings."""
+    return str(annotation.get("id") or 0).zfill(20)
 
 
 def when(annotation: dict, where: str) -> datetime:
@@ -334,7 +414,7 @@ def when(annotation: dict, where: str) -> datetime:
 
 
 def annotation_entities(
-    result: object,
+    result: list,
     offsets: list[tuple[int, int]],
     types: list[str],
     size: tuple[int, int] | None,
@@ -342,8 +422,6 @@ def annotation_entities(
     counts: ImportCounts,
 ) -> list[Entity]:
     """The entities of one annotation's result: spans, each with the boxes related to it, or none."""
-    if not isinstance(result, list):
-        raise DataError(f"{where}: expected result, a list of regions, got {result!r}")
     spans, rects, choices, relations = regions(result, where)
     entities = {
         rid: span_entity(v, offsets, types, f"{where}, region {rid!r}", counts) for rid, v in spans.items()
@@ -376,29 +454,49 @@ def regions(result: list, where: str) -> tuple[dict, dict, dict, list]:
     """The result's items by kind: spans, rectangles and per-region choices by region id, and relations."""
     spans, rects, choices, relations = {}, {}, {}, []
     for j, item in enumerate(result):
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: result {j}: expected an object, got {item!r}")
-        kind = (item.get("from_name"), item.get("type"))
-        if item.get("type") == "relation":
+        kind = region_kind(item, f"{where}, result {j}")
+        if kind == "relation":
             relations.append(item)
-        elif kind == (SPAN, "labels"):
-            spans[item.get("id")] = item
-        elif kind == (BOX, "rectanglelabels"):
-            rects[item.get("id")] = item
-        elif kind == (CHOICE, "choices"):
-            choices[item.get("id")] = (item.get("value") or {}).get("choices") or []
+            continue
+        rid = field(item, "id", "a string", f"{where}, result {j}", "a region id")
+        at = f"{where}, region {rid!r}"
+        value = field(item, "value", "an object", at, "{start, end, labels, ...} or {x, y, ...}")
+        if kind == "span":
+            spans[rid] = item
+        elif kind == "box":
+            rects[rid] = item
         else:
-            raise DataError(
-                f"{where}: result {j}: from_name {kind[0]!r} of type {kind[1]!r} is not in the labelling "
-                f"config ({SPAN}, {BOX}, {CHOICE}, relations): was the project made with its config.xml?"
-            )
+            choices[rid] = field(value, "choices", "a list of strings", at)
     return spans, rects, choices, relations
 
 
+def region_kind(item: object, where: str) -> str:
+    """What one result item is: "span", "box", "choice" (the config's three controls) or "relation" (whose
+    two ends must be region ids)."""
+    if not isinstance(item, dict):
+        raise DataError(
+            f'{where}: expected a region, an object {{"id", "type", "value", ...}}, got {shown(item)}'
+        )
+    typ = field(item, "type", "a string", where)
+    if typ == "relation":
+        field(item, "from_id", "a string", where, "a region id")
+        field(item, "to_id", "a string", where, "a region id")
+        return "relation"
+    name = field(item, "from_name", "a string", where, "the name of a control of the labelling config")
+    kinds = {(SPAN, "labels"): "span", (BOX, "rectanglelabels"): "box", (CHOICE, "choices"): "choice"}
+    if (name, typ) not in kinds:
+        raise DataError(
+            f"{where}: from_name {name!r} of type {typ!r} is not in the labelling "
+            f"config ({SPAN}, {BOX}, {CHOICE}, relations): was the project made with its config.xml?"
+        )
+    return kinds[name, typ]
+
+
 def one_label(item: dict, key: str, types: list[str], where: str) -> str:
-    labels = (item.get("value") or {}).get(key)
-    if not isinstance(labels, list) or len(labels) != 1:
-        raise DataError(f"{where}: expected one label, got {labels!r}")
+    """The one label of a region (its `value`'s `labels` or `rectanglelabels`), which must be a type."""
+    labels = field(item["value"], key, "a list of strings", where, "one label")
+    if len(labels) != 1:
+        raise DataError(f"{where}: expected {key}, one label, got {shown(labels)}")
     if labels[0] not in types:
         raise DataError(f"{where}: label {labels[0]!r} is not in types.txt {types}")
     return labels[0]
@@ -410,9 +508,9 @@ def span_entity(
     """A text region as an entity over the tokens it touches (a span off token boundaries is widened to
     them, counted)."""
     typ = one_label(item, "labels", types, where)
-    start = item["value"].get("start")
-    end = item["value"].get("end")
-    if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start < end:
+    start = field(item["value"], "start", "an integer", where, "a character offset into data.text")
+    end = field(item["value"], "end", "an integer", where, "a character offset into data.text")
+    if not 0 <= start < end:
         raise DataError(f"{where}: expected character offsets 0 <= start < end, got {start!r}, {end!r}")
     touched = [k for k, (a, b) in enumerate(offsets) if a < end and b > start]
     if not touched:
@@ -442,13 +540,14 @@ def box_owners(relations: list, spans: dict, rects: dict, where: str) -> dict[st
 def rect_box(item: dict, types: list[str], size: tuple[int, int] | None, where: str) -> tuple[Box, str]:
     """A rectangle in percentages of original_width x original_height as a Box in pixels, and its label."""
     label = one_label(item, "rectanglelabels", types, where)
-    w, h = item.get("original_width"), item.get("original_height")
+    w, h = [
+        field(item, k, "a positive integer", where, "pixels") for k in ("original_width", "original_height")
+    ]
     v = item["value"]
-    xywh = [v.get(k) for k in ("x", "y", "width", "height")]
-    if not all(is_count(n) for n in (w, h)) or not all(is_number(n) for n in xywh):
-        raise DataError(
-            f"{where}: expected original_width, original_height and x, y, width, height, got {item!r}"
-        )
+    xywh = [
+        field(v, k, "a number", where, "a percentage of the image") for k in ("x", "y", "width", "height")
+    ]
+    field(v, "rotation", "a number", where, "degrees", default=0)
     if v.get("rotation", 0) != 0:
         raise DataError(f"{where}: a rotated box (rotation {v['rotation']}) is not an axis-aligned box")
     if size and size != (w, h):

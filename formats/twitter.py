@@ -42,7 +42,10 @@ TWITTER_TYPE_TEXT = (
 
 
 def read_conll(path: str | Path) -> Dataset:
-    """Two-column CoNLL (token TAB tag), blank line between sentences, optional `IMGID:` lines."""
+    """Two-column CoNLL (token TAB tag), blank line between sentences, optional `IMGID:` lines.
+
+    A sentence's id is its IMGID, else its index among the file's sentences (0, 1, 2, ...). CoNLL 2003's
+    `-DOCSTART-` lines mark documents: they are skipped, end the sentence before them and shift no id."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -64,7 +67,7 @@ def read_conll(path: str | Path) -> Dataset:
                 flush()
                 sid = line[len("IMGID:") :].strip()
                 continue
-            if not line.strip():
+            if not line.strip() or line.split()[0] == "-DOCSTART-":
                 flush()
                 sid = None
                 continue

@@ -2,16 +2,23 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import refineg
 from data import Box, DataError
 from formats import read_dataset, stats
 from formats.ccks import read_ccks, read_ccks_predictions, write_ccks
 
 ROOT = Path(__file__).resolve().parent.parent
+ACCEPTED = (  # what a dataset flag takes, as the error for a .json file that is none of them says it
+    "expected a CCKS folder (text.json, entity.json, images/, types.txt), a Twitter-GMNER or CoNLL file, "
+    "or a Label Studio JSON export (a list of tasks [...])"
+)
 
 
 TYPES = (
@@ -270,3 +277,47 @@ def test_ccks_predictions_reject_unknown_ids(tmp_path):
         read_ccks_predictions(tmp_path / "pred.json", data.samples)
     (tmp_path / "pred.json").write_text(json.dumps({"1": []}))  # absent ids are empty predictions
     assert all(s.entities == [] for s in read_ccks_predictions(tmp_path / "pred.json", data.samples)[0])
+
+
+def test_a_ccks_file_given_for_its_folder_says_what_is_read_and_to_pass_the_folder(tmp_path):
+    folder = make_ccks(tmp_path / "ccks", TEXTS, LABELS, images=False)
+    for name in ("text.json", "entity.json"):
+        done = subprocess.run(
+            [sys.executable, "-m", "formats", str(folder / name)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2
+        assert done.stderr == (
+            f"error: {folder / name}: {ACCEPTED}; got the {name} of the CCKS folder {folder}: "
+            f"pass the folder {folder}\n"
+        )
+
+
+def test_a_json_file_that_is_no_dataset_says_what_the_flags_accept(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps({"1": []}))
+    with pytest.raises(DataError, match=r"labels\.json: expected a CCKS folder .*; got a JSON object$"):
+        read_dataset(tmp_path / "labels.json")
+    (tmp_path / "coco.json").write_text(json.dumps({"images": [], "categories": [], "annotations": []}))
+    with pytest.raises(
+        DataError, match=r"; got a COCO file \(Label Studio's COCO export has no text\): export"
+    ):
+        read_dataset(tmp_path / "coco.json")
+
+
+def test_unlabelled_given_a_ccks_text_json_is_one_error_line_naming_the_flag(tmp_path, capsys):
+    """The flag comes first, as in its other errors ("--unlabelled PATH: no such file or folder"); the run
+    directory is not made."""
+    text = make_ccks(tmp_path / "pool", TEXTS, None, images=False) / "text.json"
+    argv = [
+        "--data",
+        str(ROOT / "examples" / "demo"),
+        "--unlabelled",
+        str(text),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert refineg.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: --unlabelled {text}: {ACCEPTED}; got the text.json of the CCKS folder {text.parent}: "
+        f"pass the folder {text.parent}\n"
+    )
+    assert not (tmp_path / "run").exists()

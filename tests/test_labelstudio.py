@@ -288,6 +288,128 @@ def test_bad_exports_are_one_error_naming_file_and_task(tmp_path, tasks, message
             read_dataset(path)
 
 
+def third(bad_task: object) -> list:
+    """Two good tasks (t0, t1) and a bad third one: an error must name the third, never the last one read."""
+    return [task("t0", [span("a", 0, 4)]), task("t1", [span("a", 0, 4)]), bad_task]
+
+
+def region(**change) -> dict:
+    """The span region 'a' (Anna, PER) with fields replaced; `value_` replaces fields of its value."""
+    item = span("a", 0, 4)
+    item["value"] |= change.pop("value_", {})
+    return item | change
+
+
+RECT = rect("r", (10, 20, 50, 30))
+T2 = r"task 2 \(Label Studio id 7\) sample 't2'"
+
+
+@pytest.mark.parametrize(
+    "bad_task, message",
+    [
+        (
+            task("t2", [region(value="Anna")]),
+            f"{T2}, annotation 1, region 'a': expected value, an object .*got 'Anna'",
+        ),
+        (
+            task("t2", [region(value=[0, 4])]),
+            f"{T2}, annotation 1, region 'a': expected value, an object .*got \\[0, 4\\]",
+        ),
+        (
+            task("t2", [region(id=["a"])]),
+            f"{T2}, annotation 1, result 0: expected id, a string \\(a region id\\), got \\['a'\\]",
+        ),
+        ("t2", r"task 2: expected a Label Studio task, an object .*, got 't2'"),
+        ({"id": 9, "data": ["t2"]}, r"task 2: expected data, an object .*, got \['t2'\]"),
+        (
+            task("t2") | {"annotations": {"result": []}},
+            f"{T2}: expected annotations, a list, got {{'result': \\[\\]}}",
+        ),
+        (task("t2") | {"annotations": ["x"]}, f"{T2}, annotations\\[0\\]: expected an annotation, .*got 'x'"),
+        (
+            task("t2", [], id=[1]),
+            f"{T2}, annotations\\[0\\]: expected id, an integer or a string, got \\[1\\]",
+        ),
+        (
+            task("t2", [], was_cancelled="no"),
+            f"{T2}, annotations\\[0\\]: expected was_cancelled, true or false",
+        ),
+        (
+            task("t2", [], result={}),
+            f"{T2}, annotation 1: expected result, a list \\(of regions\\), got {{}}",
+        ),
+        (task("t2", ["a"]), f"{T2}, annotation 1, result 0: expected a region, an object .*got 'a'"),
+        (
+            task("t2", [{"id": "a", "value": {}}]),
+            f"{T2}, annotation 1, result 0: expected type, a string, got nothing",
+        ),
+        (
+            task("t2", [region(value_={"labels": "PER"})]),
+            "region 'a': expected labels, a list of strings .*got 'PER'",
+        ),
+        (
+            task("t2", [region(value_={"labels": [["PER"]]})]),
+            "region 'a': expected labels, a list of strings",
+        ),
+        (task("t2", [region(value_={"labels": []})]), r"region 'a': expected labels, one label, got \[\]"),
+        (task("t2", [region(value_={"start": "0"})]), "region 'a': expected start, an integer .*got '0'"),
+        (task("t2", [region(value_={"end": 4.0})]), "region 'a': expected end, an integer .*got 4.0"),
+        (task("t2", [region(value_={"end": True})]), "region 'a': expected end, an integer .*got True"),
+        (
+            task("t2", [region(), RECT | {"original_width": "200"}]),
+            "box 'r': expected original_width, a positive",
+        ),
+        (
+            task("t2", [region(), RECT | {"value": RECT["value"] | {"x": "10"}}]),
+            "box 'r': expected x, a number",
+        ),
+        (
+            task("t2", [region(), RECT | {"value": RECT["value"] | {"rotation": "0"}}]),
+            "box 'r': expected rotation",
+        ),
+        (
+            task("t2", [region(), RECT, rel(["a"], "r")]),
+            r"result 2: expected from_id, a string \(a region id\), got \['a'\]",
+        ),
+        (
+            task("t2", [region(), not_in_image("a", 0, 4) | {"value": {"choices": "not in the image"}}]),
+            "expected choices",
+        ),
+        (task("t2", [], text=["Anna"]), f"{T2}: expected text, a string .*got \\['Anna'\\]"),
+    ],
+)
+def test_a_field_of_the_wrong_json_type_is_one_error_naming_the_task_that_holds_it(
+    tmp_path, bad_task, message
+):
+    path = export(tmp_path, third(bad_task))
+    with pytest.raises(DataError, match=f"^{path}: .*{message}"):
+        read_dataset(path)
+
+
+def test_python_m_formats_names_the_third_task_of_three_when_it_is_the_bad_one(tmp_path):
+    """value a string, value a list, id a list: each one `error:` line naming task 2 and sample t2, exit 2
+    (these were tracebacks, exit 1, and the application named the last sample read, t1)."""
+    for bad_region in [region(value="Anna"), region(value=["Anna"]), region(id=["a"])]:
+        path = export(tmp_path, third(task("t2", [bad_region])))
+        done = subprocess.run(
+            [sys.executable, "-m", "formats", str(path)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.startswith(
+            f"error: {path}: task 2 (Label Studio id 7) sample 't2', annotation 1, "
+        )
+        assert done.stderr.count("\n") == 1 and "'t1'" not in done.stderr
+
+
+def test_refineg_data_names_the_failing_task_after_the_flag_and_exits_2(tmp_path, capsys):
+    """The application's view of the same export: the flag, then the reader's message; no run directory."""
+    path = export(tmp_path, third(task("t2", [region(value="Anna")])))
+    assert refineg.main(["--data", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data {path}: task 2 (Label Studio id 7) sample 't2', annotation 1, ")
+    assert err.count("\n") == 1 and "'t1'" not in err and not (tmp_path / "run").exists()
+
+
 def test_an_export_beside_a_config_that_is_not_its_types_is_refused(tmp_path):
     path = export(tmp_path, [task("t1", [])], config=["PER", "ORG"])
     with pytest.raises(
@@ -314,10 +436,56 @@ def test_python_m_formats_reads_an_export_and_says_a_bad_one_in_one_line(tmp_pat
         text=True,
     )
     assert no.returncode == 2
-    assert (
-        no.stderr
-        == f"error: {tmp_path / 'bad.json'}: expected a Label Studio JSON export, a list of tasks [...]\n"
+    assert no.stderr.startswith(f"error: {tmp_path / 'bad.json'}: expected a CCKS folder")
+    assert no.stderr.endswith("or a Label Studio JSON export (a list of tasks [...]); got a JSON object\n")
+
+
+def formats_says(path: Path) -> subprocess.CompletedProcess:
+    """`python -m formats PATH`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "formats", str(path)], cwd=ROOT, capture_output=True, text=True
     )
+
+
+def test_a_json_min_export_is_named_and_json_asked_for_even_without_types_beside_it(tmp_path):
+    """Label Studio's JSON-MIN export: one flat object per annotation, the data fields and each control's
+    regions (without their ids; no relations) at the top level."""
+    label = [{"start": 0, "end": 4, "text": "Anna", "labels": ["PER"]}]
+    record = {"image": "", "sample_id": "t1", "text": TEXT, "doubt": 0.5, "rank": 1, "round": 1, "id": 7}
+    record |= {"label": label, "annotator": 1, "annotation_id": 3, "lead_time": 4.2}
+    (tmp_path / "min.json").write_text(json.dumps([record]))
+    done = formats_says(tmp_path / "min.json")
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {tmp_path / 'min.json'}: this is Label Studio's minimal JSON export (JSON-MIN, "
+        "exportType=JSON_MIN), whose flat objects drop the regions' ids and the relations from entities to "
+        'their boxes, which this reader needs: export the project as "JSON" instead\n'
+    )
+
+
+@pytest.mark.parametrize("sep, kind", [(",", "CSV"), ("\t", "TSV")])
+def test_label_studio_csv_and_tsv_exports_are_named_and_json_asked_for(tmp_path, sep, kind):
+    """Their header: the data fields, the controls and the annotation's fields (csv.QUOTE_NONNUMERIC)."""
+    header = ["annotation_id", "annotator", "created_at", "id", "label", "lead_time", "sample_id", "text"]
+    path = tmp_path / f"export.{kind.lower()}"
+    path.write_text(sep.join(f'"{h}"' for h in header) + "\n" + sep.join(["3", "1", '"x"', "7"]) + "\n")
+    done = formats_says(path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {path}: this is Label Studio's {kind} export, whose rows drop the regions' ids and the "
+        "relations from entities to their boxes, which this reader needs: "
+        'export the project as "JSON" instead\n'
+    )
+
+
+def test_label_studio_conll2003_export_reads_as_conll_and_warns_what_it_lacks(tmp_path):
+    path = tmp_path / "result.conll"
+    path.write_text("-DOCSTART- -X- O\nAnna -X- _ B-PER\nmet -X- _ O\n\nBob -X- _ B-PER\n\n")
+    with pytest.warns(
+        UserWarning, match="Label Studio's CONLL2003 export, read as plain CoNLL: no sample ids"
+    ):
+        dataset = read_dataset(path)
+    assert [(s.id, s.tokens) for s in dataset.samples] == [("0", ["Anna", "met"]), ("1", ["Bob"])]
 
 
 # ---------------------------------------------------------------- the annotation loop through refineg.py

@@ -35,6 +35,31 @@ def test_conll_with_and_without_imgid(tmp_path):
     assert (tmp_path / "c.txt").read_text() == (tmp_path / "a.txt").read_text()
 
 
+def test_conll_2003_docstart_lines_are_skipped_and_shift_no_id(tmp_path):
+    """CoNLL 2003 (a -DOCSTART- line, a blank line, then sentences; a second document) reads as its
+    three sentences 0, 1, 2; so does Label Studio's CONLL2003 export (no blank line after -DOCSTART-)."""
+    (tmp_path / "a.txt").write_text(
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n\n"
+        "-DOCSTART- -X- -X- O\n\nBonn NNP B-NP B-LOC\n"
+    )
+    a = read_conll(tmp_path / "a.txt")
+    assert [(s.id, s.tokens) for s in a.samples] == [
+        ("0", ["EU", "rejects"]),
+        ("1", ["Peter"]),
+        ("2", ["Bonn"]),
+    ]
+    assert [[(e.start, e.end, e.type) for e in s.entities] for s in a.samples] == [
+        [(0, 1, "ORG")],
+        [(0, 1, "PER")],
+        [(0, 1, "LOC")],
+    ]
+    (tmp_path / "b.conll").write_text(
+        "-DOCSTART- -X- O\nAnna -X- _ B-PER\nmet -X- _ O\n\nBob -X- _ B-PER\n\n"
+    )
+    b = read_conll(tmp_path / "b.conll")
+    assert [(s.id, s.tokens) for s in b.samples] == [("0", ["Anna", "met"]), ("1", ["Bob"])]
+
+
 @pytest.mark.parametrize("line", ["York\tX-LOC", "York"])
 def test_conll_bad_line_names_the_line(tmp_path, line):
     (tmp_path / "a.txt").write_text(f"IMGID:1\nObama\tB-PER\n\nNew\tB-LOC\n{line}\n")
