@@ -81,7 +81,8 @@ def is_number(v: object) -> bool:
 
 @dataclass
 class Box:
-    """An axis-aligned box in pixels of the original image (x2 > x1, y2 > y1)."""
+    """An axis-aligned box in pixels of the original image (x2 > x1, y2 > y1), upright: the frame the image
+    is shown in once its EXIF orientation is applied (images.py), as in browsers and Label Studio."""
 
     x1: float
     y1: float

@@ -7,7 +7,7 @@ entities, or none (ungroundable): grounding by analogy with solved examples.
 
 Inputs: predicted samples (entities, boxes ignored), labelled demos (gold
 entities with boxes), the Dataset (type descriptions) and an llm.Client.
-Output: new samples whose entities carry boxes in ORIGINAL image pixels, a
+Output: new samples whose entities carry boxes in ORIGINAL image pixels (upright, images.py), a
 dict of counts (calls, skipped samples, malformed and dropped answers), and a
 `GroundingTrace` per sample id (what was asked, the worked examples shown with
 their similarity parts, the boxes answered, whether the call failed).

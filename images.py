@@ -6,14 +6,22 @@ original size to map the model's boxes back. Input: an image path. Output: a dec
 size actually sent. For boxes in pixels (Qwen2.5-VL's `abs`) the size sent is already the one the model
 resizes to (`smart_resize`), so its pixels are those of the image sent.
 
+One frame for the whole project: the upright image, its EXIF orientation tag applied, as browsers,
+Label Studio and transformers' `load_image` show it. Every pixel and every size the project reads comes
+from here in that frame (`open_image`, `image_size`, `copy_upright`), so a phone photo stored on its side
+gets boxes where a person sees the object, and the image sent carries no tag a server could apply twice.
+
     python -c "import images; print(images.image_part('examples/demo/images/001.jpg', max_side=512)[1])"
 
-Left out on purpose: EXIF rotation (boxes are in the stored pixel grid, so images are sent in it too).
+Left out on purpose: orientation kept only in XMP metadata or a camera's maker notes (ignored by
+Pillow's `exif_transpose` too).
 """
 
 import base64
 import io
 import math
+import shutil
+from pathlib import Path
 
 from PIL import Image
 
@@ -28,15 +36,59 @@ class ImageError(OSError):
     """An image file that cannot be used: missing, not an image, truncated, or too many pixels."""
 
 
+# ---------------------------------------------------------------- the upright frame
+
+ORIENTATION = 0x0112  # the EXIF tag that says how to turn the stored pixels to show the image upright
+UPRIGHT = {  # orientation -> the transpose that shows the stored pixels upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SIDEWAYS = (5, 6, 7, 8)  # orientations whose upright image swaps the stored width and height
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1 (stored upright) when it has none or none of 1..8.
+    Read from the header (a PNG whose eXIf chunk follows its pixels is decoded to find it)."""
+    if im.format == "TIFF":  # Pillow's TIFF reader turns it upright itself: the size on open, pixels on load
+        return 1
+    try:
+        k = im.getexif().get(ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: browsers, and so Label Studio, show the pixels as stored
+        return 1
+    return k if isinstance(k, int) and k in UPRIGHT else 1
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as shown upright: 640x480 stored, orientation 6 -> (480, 640)."""
+    return (im.height, im.width) if orientation(im) in SIDEWAYS else im.size
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The loaded image's pixels turned upright (itself when stored upright), without its EXIF block."""
+    k = orientation(im)
+    if k not in UPRIGHT:
+        return im
+    out = im.transpose(UPRIGHT[k])
+    for key in ("exif", "Raw profile type exif"):  # transpose copies info: the tag would turn it again
+        out.info.pop(key, None)
+    return out
+
+
 def open_image(path: str) -> Image.Image:
-    """A decoded image as RGB, or ImageError. Every image file is untrusted input: an empty file, text
-    named .jpg, a truncated JPEG or a header claiming more than PIL's MAX_IMAGE_PIXELS (a decompression
+    """A decoded image as RGB, upright, or ImageError. Every image file is untrusted input: an empty file,
+    text named .jpg, a truncated JPEG or a header claiming more than PIL's MAX_IMAGE_PIXELS (a decompression
     bomb, refused before decoding) all become one exception type the stages count and fall back on."""
     try:
         with Image.open(path) as im:
             if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
                 raise ImageError(f"{im.width}x{im.height} pixels, more than {Image.MAX_IMAGE_PIXELS}")
             im.load()
+            im = upright(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")  # transparent pixels become white, not whatever colour they hide
                 out = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -64,12 +116,30 @@ def image_problem(path: str) -> str:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the header alone, or ImageError."""
+    """(width, height) of the upright image from the header alone, or ImageError."""
     try:
         with Image.open(path) as im:
-            return im.size
+            return upright_size(im)
     except Exception as e:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def copy_upright(src: str, dest: Path) -> None:
+    """`src` copied to `dest` in the upright frame: the file itself when stored upright, else its pixels
+    turned upright and saved in its own format with no orientation tag (JPEG at quality 95, ICC profile
+    kept). A file that cannot be decoded is copied as it is: a viewer turns it by its tag as `image_size`
+    does, and the stages count it as unreadable."""
+    try:
+        with Image.open(src) as im:
+            k = orientation(im)
+            if k in UPRIGHT:
+                fmt = "JPEG" if im.format == "MPO" else im.format  # a phone's MPO is a JPEG plus depth frames
+                im.load()
+                upright(im).save(dest, format=fmt, quality=95, icc_profile=im.info.get("icc_profile"))
+                return
+    except Exception:  # PIL raises OSError, ValueError, SyntaxError, ... by format: fall back to the bytes
+        pass
+    shutil.copyfile(src, dest)
 
 
 def smart_resize(

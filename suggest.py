@@ -31,7 +31,6 @@ import dataclasses
 import heapq
 import json
 import random
-import shutil
 from dataclasses import dataclass
 from math import ceil, floor
 from pathlib import Path
@@ -44,6 +43,7 @@ import uncertainty
 from data import Box, DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags, without_spaces
 from encoding import embed_texts
 from formats.ccks import write_ccks_folder
+from images import copy_upright
 
 STRATEGIES = ("entity", "mnlp", "missed", "random")
 
@@ -191,14 +191,17 @@ def diverse(candidates: list[Suggestion], n: int, config: SuggestConfig) -> list
 
 def write_suggestions(chosen: list[Suggestion], labelled: Dataset, folder: Path) -> None:
     """`folder` in the CCKS layout, its entity.json pre-filled with the tagger's entities (to correct) and
-    the MLLM's boxes in whole pixels, as in the gold files an annotator edits."""
+    the MLLM's boxes in whole pixels, as in the gold files an annotator edits; its images/ upright copies
+    of the samples' images."""
     samples = [whole_pixels(c.sample) for c in chosen]
     write_ccks_folder(samples, labelled, folder)
     with_image = [s for s in samples if s.image]
     if with_image:
         (folder / "images").mkdir()
         for s in with_image:
-            shutil.copyfile(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
+            # Upright copies without the tag: whatever a viewer does with EXIF, Label Studio then shows the
+            # pixels the boxes (and tasks.json's original_width/height) are in, and so does any other tool.
+            copy_upright(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
 
 
 def whole_pixels(sample: Sample) -> Sample:

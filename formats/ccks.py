@@ -20,8 +20,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from data import (
     Box,
     DataError,
@@ -34,6 +32,7 @@ from data import (
     tokenize,
     without_spaces,
 )
+from images import ImageError, image_size
 
 ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
 CONTROL_HINT = " (a tab or line break inside a string must be written \\t or \\n)"
@@ -97,11 +96,11 @@ def _load_json(path: Path) -> dict:
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    """The size from the image header; None when it cannot be read (grounding reports that image)."""
+    """The upright size from the image header (boxes are in that frame); None when it cannot be read
+    (grounding reports that image)."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # any unreadable file: no clipping to its size here; the stages count it
+        return image_size(str(path))
+    except ImageError:  # any unreadable file: no clipping to its size here; the stages count it
         return None
 
 

@@ -95,8 +95,9 @@ def write_labelstudio(
 
 
 def size_or_none(path: str | None) -> tuple[int, int] | None:
-    """An image's (width, height), or None when there is none or it cannot be read (boxes then are not
-    offered: a box needs the image's size to become Label Studio's percentages)."""
+    """An image's upright (width, height), or None when there is none or it cannot be read (boxes then are
+    not offered: a box needs the image's size to become Label Studio's percentages). Upright, the frame
+    Label Studio shows and records original_width/height in, since the browser applies the EXIF tag."""
     try:
         return image_size(path) if path else None
     except ImageError:
@@ -139,7 +140,7 @@ def relation(span: str, box: str) -> dict:
 
 
 def rectangle(rid: str, b: Box, typ: str, size: tuple[int, int]) -> dict:
-    """A box in pixels as a Label Studio rectangle: percentages of the original width and height."""
+    """A box in pixels as a Label Studio rectangle: percentages of the upright image's width and height."""
     w, h = size
     value = {
         "x": 100 * b.x1 / w,
@@ -538,7 +539,9 @@ def box_owners(relations: list, spans: dict, rects: dict, where: str) -> dict[st
 
 
 def rect_box(item: dict, types: list[str], size: tuple[int, int] | None, where: str) -> tuple[Box, str]:
-    """A rectangle in percentages of original_width x original_height as a Box in pixels, and its label."""
+    """A rectangle in percentages of original_width x original_height as a Box in pixels, and its label.
+    Both are the upright frame (`size` is images.image_size), so a box on a rotated photo reads back where
+    it was drawn."""
     label = one_label(item, "rectanglelabels", types, where)
     w, h = [
         field(item, k, "a positive integer", where, "pixels") for k in ("original_width", "original_height")

@@ -18,8 +18,6 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from data import (
     Box,
     DataError,
@@ -31,6 +29,7 @@ from data import (
     spans_to_tags,
     tags_to_spans,
 )
+from images import ImageError, image_size
 
 TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]
 TWITTER_TYPE_TEXT = (
@@ -179,12 +178,11 @@ def write_twitter(samples: list[Sample], txt: str | Path, xml_dir: str | Path) -
         ET.SubElement(root, "filename").text = f"{s.id}.jpg"
         if s.image:  # the dataset's own files state the image size; ours do when we know it
             try:
-                with Image.open(s.image) as img:
-                    w, h = img.size
+                w, h = image_size(s.image)  # upright, the frame of the boxes
                 size = ET.SubElement(root, "size")
                 ET.SubElement(size, "width").text = str(w)
                 ET.SubElement(size, "height").text = str(h)
-            except OSError:  # an unreadable image only costs the <size> element
+            except ImageError:  # an unreadable image only costs the <size> element
                 pass
         for name, b in objs:
             obj = ET.SubElement(root, "object")

@@ -4,7 +4,8 @@ tests/test_labelstudio.py reads hand-written exports; here Label Studio itself t
 `write_labelstudio` writes (it validates the labelling config against the tasks on import), serves the
 images through its local-file serving, stores annotations made through its API, and exports them as JSON;
 `formats.read_dataset` must read that export back into the samples the annotations say. Oracle: the demo's
-gold samples, with the changes the test's annotator made.
+gold samples, with the changes the test's annotator made; for rotated photos (EXIF orientation), the
+upright image of test_orientation.py with its red rectangle.
 
     make label-studio       # once: Label Studio in a venv of its own in ~/.cache/refineg-labelstudio (~4 min)
     python -m pytest -q -m labelstudio tests/test_labelstudio_real.py
@@ -16,6 +17,7 @@ and exports exactly what the front end sends), PostgreSQL.
 """
 
 import copy
+import io
 import json
 import os
 import shutil
@@ -26,8 +28,12 @@ from pathlib import Path
 import pytest
 import requests
 from llama_server import _die_with_parent, free_port
+from PIL import Image
+from test_orientation import RED, TYPES, drawn_upright, is_upright, rotated, untagged
 
-from data import Box, DataError, Entity
+import images
+import suggest
+from data import Box, DataError, Entity, Sample
 from formats import labelstudio, read_dataset
 
 CACHE = os.environ.get("REFINEG_LABELSTUDIO_CACHE", os.path.expanduser("~/.cache/refineg-labelstudio"))
@@ -213,3 +219,41 @@ def test_a_label_label_studio_accepts_but_types_txt_lacks_is_refused_on_reading(
     path = export(studio, pid, tmp_path)
     with pytest.raises(DataError, match=r"task 2 .*sample '003'.*label 'helicopter' is not in types.txt"):
         read_dataset(path)
+
+
+def test_a_rotated_photo_is_served_upright_and_its_boxes_read_back_where_they_were_drawn(studio, tmp_path):
+    """Two phone photos, tagged 6 (stored sideways) and 3 (upside down), go through suggest's copies and
+    Label Studio: it serves them upright and untagged (so any browser shows the frame the boxes are in); the
+    prediction on the first is accepted unchanged, the rectangle on the second drawn by the annotator in
+    the upright frame; both read back on the oracle's red rectangle (test_orientation.py)."""
+    shot = tmp_path / "camera"
+    shot.mkdir()
+    rows = []
+    for k in (6, 3):
+        image = str(rotated(shot, k, name=f"r{k}"))
+        entities = [Entity(0, 1, "PER", [Box(*RED)] if k == 6 else [])]
+        rows.append((Sample(f"r{k}", ["Anna"], image, entities), 0.5, "Anna"))
+    folder = tmp_path / "suggested"
+    suggest.write_suggestions([suggest.Suggestion(s, d, w) for s, d, w in rows], TYPES, folder)
+    prefix = labelstudio.image_prefix("", folder / "images")
+    labelstudio.write_labelstudio(rows, TYPES, tmp_path / "labelstudio", 1, prefix)
+    config = (tmp_path / "labelstudio" / "config.xml").read_text()
+    pid = studio.call("POST", "/api/projects", 201, json={"title": "rotated", "label_config": config}).json()
+    storage = {"project": pid["id"], "path": str(folder / "images"), "title": "up", "use_blob_urls": False}
+    studio.call("POST", "/api/storages/localfiles", 201, json=storage)
+    tasks = json.loads((tmp_path / "labelstudio" / "tasks.json").read_text())
+    studio.call("POST", f"/api/projects/{pid['id']}/import", 201, json=tasks)
+    listed = studio.call("GET", "/api/tasks", params={"project": pid["id"]}).json()["tasks"]
+    for t in listed:
+        with Image.open(io.BytesIO(studio.call("GET", t["data"]["image"]).content)) as served:
+            assert is_upright(served) and untagged(served)
+        sid = t["data"]["sample_id"]
+        offered = next(w for w in tasks if w["data"]["sample_id"] == sid)["predictions"][0]["result"]
+        annotate(studio, t["id"], offered if sid == "r6" else drawn_upright(sid)["annotations"][0]["result"])
+    back = read_dataset(export(studio, pid["id"], tmp_path))
+    assert [s.id for s in back.samples] == ["r6", "r3"]
+    for s in back.samples:
+        box = s.entities[0].boxes[0]
+        assert len(s.entities[0].boxes) == 1 and vars(box) == pytest.approx(vars(Box(*RED)))
+        centre = images.open_image(s.image).getpixel(((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2))
+        assert centre[0] > 180 and max(centre[1:]) < 80  # the colour under the box: the rectangle's
