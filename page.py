@@ -436,7 +436,7 @@ def legend(r: dict, keys: dict[tuple[int, int], int], colours: dict[str, str]) -
         unboxed = " ".join(mark(e, colours) for e in ents if not e["boxes"])
         if unboxed:
             parts.append(f'<p class="nobox"><b>{who} without a box:</b> {unboxed}</p>')
-    return "".join(parts)
+    return f'<div class="keys">{"".join(parts)}</div>' if parts else ""
 
 
 def tagger_table(r: dict, colours: dict[str, str]) -> str:
@@ -568,8 +568,13 @@ th{background:#eee;font-weight:600}
 .boxkey{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
 .swatch{display:inline-block;width:1.6em;height:.8em;vertical-align:middle;background:#fff}
 .swatch.p{border:2px solid #cd1919}.swatch.g{border:2px dashed #007832}
-@media (max-width:760px){.card{flex-direction:column}}
-.body{flex:1;min-width:0}.line{margin:.25em 0;line-height:2.3;overflow-wrap:anywhere}
+/* narrow: the text gets the card's full width, the legend goes beside the thumbnail */
+@media (max-width:900px){.card{flex-direction:column}
+ .card figure{flex:none;display:flex;flex-wrap:wrap;gap:0 16px}
+ .card figure>a{flex:0 0 320px;max-width:100%}.keys{flex:1 1 240px}}
+/* a table wider than its column scrolls, not the page */
+.body{flex:1;min-width:0;overflow-x:auto}
+.line{margin:.25em 0;line-height:2.3;overflow-wrap:anywhere}
 mark{padding:.2em .4em;margin:0 .1em;border-radius:.35em;line-height:1;color:#111}
 mark .t{font-size:.68em;font-weight:700;text-transform:uppercase;margin-left:.5em;vertical-align:middle}
 blockquote{margin:.4em 0;padding:.3em .8em;border-left:3px solid #aa9cfc;background:#f7f5ff;
