@@ -7,7 +7,8 @@ the worked examples of its grounding call (demo ids and similarity parts) and th
 the final entities; and, with gold, what is wrong against it by the scorer's matching (eval.mistakes).
 The page, in the spirit of spaCy's displaCy, is drawn from the trace and the run's metrics.json and
 usage.json: the scores per stage, MLLM calls, tokens and seconds, then per sample a thumbnail with
-predicted (red) and gold (green) boxes (report.picture), the text with entities marked by type, and
+predicted (red, solid) and gold (green, dashed) boxes numbered (report.picture), linked to the full image,
+a legend of those numbers and of the entities without a box, the text with entities marked by type, and
 the decisions. Input: the samples after each stage and the stages' traces (refineg.py hands them over).
 Output: OUT/trace.jsonl, OUT/report.html and its thumbnails in OUT/report/.
 
@@ -19,8 +20,10 @@ in a run of more than --report-samples samples, the page shows only those with t
 """
 
 import json
+import os
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 import eval as scorer
 from data import Box, Entity, Sample
@@ -192,7 +195,9 @@ def write_page(out: Path, n: int) -> None:
     with atomic(out / "report") as folder:
         folder.mkdir()
         for k, r in enumerate(shown):
-            cards.append(card(r, thumbnail(r, folder, f"{k:05d}.jpg"), colours))
+            keys = box_keys(r)
+            thumb = thumbnail(r, folder, f"{k:05d}.jpg", keys)
+            cards.append(card(r, figure(r, thumb, keys, out, colours), colours))
     sim = simulated(metrics, usage, model)
     title = f"ReFineG run {out.name}" + (" (SIMULATION)" if sim else "")
     body = header(title, metrics, usage, sim) + shown_line(len(shown), records) + "".join(cards)
@@ -241,15 +246,25 @@ def type_colours(records: list[dict]) -> dict[str, str]:
     return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(types)}
 
 
-def thumbnail(r: dict, folder: Path, name: str) -> str:
-    """The sample's picture with predicted and gold boxes, long side THUMB_SIDE, saved in `folder`; its
-    path relative to report.html, or "" when there is no usable image."""
+def box_keys(r: dict) -> dict[tuple[int, int], int]:
+    """A number per entity span with a box, the prediction's first, then gold's: the tag drawn on its boxes
+    in the thumbnail and the key of the legend under it. Prediction (0, 1), (3, 5) and gold (3, 5), (6, 7),
+    all boxed -> {(0, 1): 1, (3, 5): 2, (6, 7): 3}."""
+    keys: dict[tuple[int, int], int] = {}
+    for e in r["final"] + (r["gold"] or []):
+        if e["boxes"]:
+            keys.setdefault((e["start"], e["end"]), len(keys) + 1)
+    return keys
+
+
+def thumbnail(r: dict, folder: Path, name: str, keys: dict[tuple[int, int], int]) -> str:
+    """The sample's picture with predicted and gold boxes tagged by their `keys`, long side THUMB_SIDE,
+    saved in `folder`; its path relative to report.html, or "" when there is no usable image."""
     if not r["image"]:
         return ""
+    gold = sample_of(r, "gold") if r["gold"] is not None else None
     try:
-        img = picture(
-            sample_of(r, "final"), sample_of(r, "gold") if r["gold"] is not None else None, THUMB_SIDE
-        )
+        img = picture(sample_of(r, "final"), gold, THUMB_SIDE, keys)
     except ImageError:
         return ""
     img.save(folder / name, quality=THUMB_QUALITY)
@@ -337,7 +352,7 @@ def shown_line(n: int, records: list[dict]) -> str:
         what = f"No sample shown (--report-samples 0); trace.jsonl holds all {total}"
     else:
         what = f"The {n} of {total} samples with the most mistakes; trace.jsonl holds all {total}"
-    return f"<h2>Samples</h2><p>{what}. Boxes: prediction red, gold green.</p>\n"
+    return f"<h2>Samples</h2><p>{what}.</p>{BOX_KEY if n else ''}\n"
 
 
 def mark(e: dict, colours: dict[str, str]) -> str:
@@ -361,12 +376,11 @@ def marked(tokens: list[str], ents: list[dict], colours: dict[str, str]) -> str:
     return " ".join(out)
 
 
-def card(r: dict, thumb: str, colours: dict[str, str]) -> str:
-    """One sample: its thumbnail, its text marked (prediction, gold), then each stage's decisions."""
+def card(r: dict, fig: str, colours: dict[str, str]) -> str:
+    """One sample: its figure (`figure`), its text marked (prediction, gold), then each stage's decisions."""
     n = mistake_count(r)
     said = "no mistake" if n == 0 else "1 mistake" if n == 1 else f"{n} mistakes"
     badge = "" if r["mistakes"] is None else f' <span class="{"bad" if n else "ok"}">{said}</span>'
-    fig = f'<img src="{escape(thumb)}" alt="">' if thumb else '<p class="muted">no image</p>'
     parts = [f"<h3>{escape(r['id'])}{badge}</h3>"]
     parts.append(f'<p class="line"><b>prediction</b> {marked(r["tokens"], r["final"], colours)}</p>')
     if r["gold"] is not None:
@@ -378,6 +392,51 @@ def card(r: dict, thumb: str, colours: dict[str, str]) -> str:
         mistakes_html(r["mistakes"], colours),
     ]
     return f'<section class="card"><figure>{fig}</figure><div class="body">{"".join(parts)}</div></section>\n'
+
+
+def figure(r: dict, thumb: str, keys: dict[tuple[int, int], int], out: Path, colours: dict[str, str]) -> str:
+    """A card's left column: the thumbnail as a link to the full image, then its legend; "no image" when
+    there is no thumbnail."""
+    if not thumb:
+        return '<p class="noimg">no image</p>'
+    href = escape(image_link(r["image"], out))
+    alt = escape(f"{r['id']}: the image with its boxes")
+    img = f'<a href="{href}" title="open the full image"><img src="{escape(thumb)}" alt="{alt}"></a>'
+    return img + legend(r, keys, colours)
+
+
+def image_link(image: str, out: Path) -> str:
+    """The href from OUT/report.html to the original image, which is not copied: a relative path, so that
+    the run and its data can move together; a file URI where there is none (another drive on Windows)."""
+    path = Path(image).resolve()
+    try:
+        rel = os.path.relpath(path, out.resolve())
+    except ValueError:
+        return path.as_uri()
+    return quote(Path(rel).as_posix())
+
+
+def legend(r: dict, keys: dict[tuple[int, int], int], colours: dict[str, str]) -> str:
+    """Under a thumbnail: each number drawn, its entity marked by type and whose boxes carry it (gold's
+    type named when it differs); then the predicted and the gold entities without a box."""
+    rows = []
+    for (start, end), k in keys.items():
+        pred = [e for e in r["final"] if (e["start"], e["end"]) == (start, end) and e["boxes"]]
+        gold = [e for e in r["gold"] or [] if (e["start"], e["end"]) == (start, end) and e["boxes"]]
+        whose = ['<span class="by p">prediction</span>'] if pred else []
+        if gold and pred and gold[0]["type"] != pred[0]["type"]:
+            whose.append(f'<span class="by g">gold: {escape(gold[0]["type"])}</span>')
+        elif gold:
+            whose.append('<span class="by g">gold</span>')
+        rows.append(
+            f'<li><span class="key">{k}</span> {mark((pred or gold)[0], colours)} {" ".join(whose)}</li>'
+        )
+    parts = [f'<ul class="legend">{"".join(rows)}</ul>'] if rows else []
+    for who, ents in [("Predicted", r["final"]), ("Gold", r["gold"] or [])]:
+        unboxed = " ".join(mark(e, colours) for e in ents if not e["boxes"])
+        if unboxed:
+            parts.append(f'<p class="nobox"><b>{who} without a box:</b> {unboxed}</p>')
+    return f'<div class="keys">{"".join(parts)}</div>' if parts else ""
 
 
 def tagger_table(r: dict, colours: dict[str, str]) -> str:
@@ -479,6 +538,12 @@ def mistakes_html(m: dict | None, colours: dict[str, str]) -> str:
     return '<ul class="bad">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
+BOX_KEY = (  # the page's legend of the thumbnails' boxes, drawn by report.picture
+    '<p class="boxkey">Boxes on the thumbnails: <span class="swatch p"></span> <b>prediction</b>: red, '
+    'solid, its number in red at the top-left corner; <span class="swatch g"></span> <b>gold</b>: green and '
+    "white dashes just outside the box, its number in green at the bottom-right corner. Under each "
+    "thumbnail, what each number names; click a thumbnail for the full image.</p>"
+)
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;background:#f6f6f6;
  max-width:1250px;margin:0 auto;padding:12px 20px}
@@ -489,8 +554,27 @@ th,td{border-bottom:1px solid #e3e3e3;padding:3px 9px;text-align:left;vertical-a
 th{background:#eee;font-weight:600}
 .card{display:flex;gap:18px;background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;
  margin:12px 0}
-.card figure{margin:0;flex:0 0 320px}.card img{max-width:320px;display:block;border:1px solid #ccc}
-.body{flex:1;min-width:0}.line{margin:.25em 0;line-height:2.3;overflow-wrap:anywhere}
+.card figure{margin:0;flex:0 0 320px;max-width:100%}
+.card img{max-width:100%;display:block;border:1px solid #ccc}.card a:hover img{outline:2px solid #3367d6}
+.legend{list-style:none;padding:0;margin:.5em 0 0;font-size:.92em}.legend li{margin:.25em 0;line-height:1.9}
+.key{display:inline-block;min-width:1.4em;text-align:center;background:#333;color:#fff;border-radius:3px;
+ font-weight:700}
+.by{font-size:.8em;font-weight:600;padding:.05em .4em;border-radius:3px;color:#fff;white-space:nowrap}
+.by.p{background:#cd1919}.by.g{background:#007832}
+.nobox{margin:.35em 0;font-size:.92em;line-height:1.9}
+.card figure mark{display:inline-block;line-height:1.3}  /* an entity wraps whole under the thumbnail */
+.noimg{width:320px;max-width:100%;box-sizing:border-box;padding:1.5em 0;margin:0;text-align:center;color:#444;
+ background:#eee;border:1px dashed #aaa}
+.boxkey{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
+.swatch{display:inline-block;width:1.6em;height:.8em;vertical-align:middle;background:#fff}
+.swatch.p{border:2px solid #cd1919}.swatch.g{border:2px dashed #007832}
+/* narrow: the text gets the card's full width, the legend goes beside the thumbnail */
+@media (max-width:900px){.card{flex-direction:column}
+ .card figure{flex:none;display:flex;flex-wrap:wrap;gap:0 16px}
+ .card figure>a{flex:0 0 320px;max-width:100%}.keys{flex:1 1 240px}}
+/* a table wider than its column scrolls, not the page */
+.body{flex:1;min-width:0;overflow-x:auto}
+.line{margin:.25em 0;line-height:2.3;overflow-wrap:anywhere}
 mark{padding:.2em .4em;margin:0 .1em;border-radius:.35em;line-height:1;color:#111}
 mark .t{font-size:.68em;font-weight:700;text-transform:uppercase;margin-left:.5em;vertical-align:middle}
 blockquote{margin:.4em 0;padding:.3em .8em;border-left:3px solid #aa9cfc;background:#f7f5ff;

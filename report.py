@@ -5,8 +5,8 @@ the run's metrics, notes and usage dicts, and predicted (and gold) samples. Outp
 text (a SIMULATION warning under its title when the MLLM was simulated, how many samples and gold
 entities were scored, scores per stage, how many entities went to the MLLM, calls and tokens per
 stage, what was skipped and why, which files were written), the one line each MLLM stage prints,
-and JPEGs with predicted (red) and gold (green) boxes (`picture`, which also draws report.html's
-thumbnails).
+and JPEGs with predicted (red, solid) and gold (green, dashed) boxes named on filled tags (`picture`,
+which also draws report.html's thumbnails, with numbers for names).
 
     python refineg.py --data examples/demo --out runs/demo-tagger --viz 5    # the summary; pictures in viz/
 
@@ -16,13 +16,17 @@ Left out on purpose: the per-sample page (page.py writes trace.jsonl and report.
 
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 import data
 import images
 from rundir import NO_LLM, Run
 
 TASKS = ("mner", "eeg", "gmner")
+PRED = (205, 25, 25)  # a prediction's box and tag: red; white text on it has a contrast of 5 to 1
+GOLD = (0, 120, 50)  # a gold box's dashes and tag: green, dark enough for white text on it
+WHITE = (255, 255, 255)
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont  # load_default's, by Pillow's build
 
 
 def summary_text(run: Run, warn_share: float = 0.1) -> str:
@@ -219,23 +223,84 @@ def draw(pred: list[data.Sample], gold: list[data.Sample] | None, folder: Path, 
     print(f"viz: {done} pictures in {folder} (prediction red, gold green)")
 
 
-def picture(s: data.Sample, gold: data.Sample | None, max_side: int = 0) -> Image.Image:
-    """The sample's image with its predicted boxes, names and types (red) and gold ones (green), its long
-    side shrunk to `max_side` when that is given and smaller; images.ImageError when it cannot be used."""
+def picture(
+    s: data.Sample,
+    gold: data.Sample | None,
+    max_side: int = 0,
+    keys: dict[tuple[int, int], int] | None = None,
+) -> Image.Image:
+    """The sample's image with its predicted boxes (red, solid) and gold ones (green and white dashes, just
+    outside the box), each tagged on a filled ground (prediction at its top-left corner, gold at its
+    bottom-right) with its name and type, or with `keys` ({(start, end): number}, page.py's legend) with its
+    number; unkeyed, a black band at the bottom names the predictions without a box. The long side is shrunk
+    to `max_side` when that is given and smaller; images.ImageError when the image cannot be used."""
     img = images.open_image(s.image)
-    scale = 1.0
-    if max_side and max(img.size) > max_side:
-        scale = max_side / max(img.size)
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.LANCZOS)
+    img, scale = shrunk(img, max_side)
     pen = ImageDraw.Draw(img)
-    for sample, colour, dy in [(gold, (40, 200, 40), 0), (s, (230, 30, 30), 12)]:
-        for e in sample.entities if sample is not None else []:
+    side = max(img.size)
+    font = ImageFont.load_default(size=max(16, round(side / 40)))  # Pillow's own TrueType font, any machine
+    width = max(2, round(side / 300))
+    for sample, is_gold in [(gold, True), (s, False)]:
+        for e in [e for e in sample.entities if e.boxes] if sample is not None else []:
+            text = str(keys[(e.start, e.end)]) if keys is not None else f"{sample.name(e)} ({e.type})"
             for b in e.boxes:
                 xyxy = [v * scale for v in (b.x1, b.y1, b.x2, b.y2)]
-                pen.rectangle(xyxy, outline=colour, width=2)
-                pen.text((xyxy[0] + 2, xyxy[1] + 2 + dy), f"{sample.name(e)} ({e.type})", fill=colour)
+                if is_gold:
+                    dashed(pen, xyxy, width)
+                else:
+                    pen.rectangle(xyxy, outline=PRED, width=width)
+                tag(pen, img.size, xyxy, text, font, is_gold)
     unboxed = [f"{s.name(e)} ({e.type})" for e in s.entities if not e.boxes]
-    if unboxed:
-        pen.text((4, img.height - 14), "no box: " + ", ".join(unboxed), fill=(230, 30, 30))
+    if unboxed and keys is None:
+        band(pen, img.size, "no box: " + ", ".join(unboxed), font)
     return img
+
+
+def shrunk(img: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+    """The image with its long side at most `max_side` (0: as it is), and the scale applied."""
+    if not max_side or max(img.size) <= max_side:
+        return img, 1.0
+    scale = max_side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS), scale
+
+
+def dashed(pen: ImageDraw.ImageDraw, xyxy: list[float], width: int) -> None:
+    """A gold box: green and white dashes `width` thick just outside `xyxy`, so a prediction drawn on the same
+    box (inside its edges) leaves it whole, and the white shows it on dark or green ground alike."""
+    x1, y1, x2, y2 = (round(v) for v in xyxy)
+    x1, y1, x2, y2 = x1 - width, y1 - width, x2 + width, y2 + width
+    dash = 3 * width
+    for x in range(x1, x2 + 1, dash):
+        colour = GOLD if (x - x1) // dash % 2 == 0 else WHITE
+        pen.rectangle([x, y1, min(x + dash, x2), y1 + width - 1], fill=colour)  # top
+        pen.rectangle([x, y2 - width + 1, min(x + dash, x2), y2], fill=colour)  # bottom
+    for y in range(y1, y2 + 1, dash):
+        colour = GOLD if (y - y1) // dash % 2 == 0 else WHITE
+        pen.rectangle([x1, y, x1 + width - 1, min(y + dash, y2)], fill=colour)  # left
+        pen.rectangle([x2 - width + 1, y, x2, min(y + dash, y2)], fill=colour)  # right
+
+
+def tag(
+    pen: ImageDraw.ImageDraw, size: tuple[int, int], xyxy: list[float], text: str, font: Font, gold: bool
+) -> None:
+    """`text` in white on the box's colour, inside its top-left corner (prediction) or bottom-right (gold),
+    so the tags of a prediction and its gold on one box do not cover each other; kept inside the image."""
+    left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+    pad = max(2, (bottom - top) // 5)
+    w, h = right - left + 2 * pad, bottom - top + 2 * pad
+    x, y = (xyxy[2] - w, xyxy[3] - h) if gold else (xyxy[0], xyxy[1])
+    x = min(max(x, 0), size[0] - w)
+    y = min(max(y, 0), size[1] - h)
+    pen.rectangle([x, y, x + w - 1, y + h - 1], fill=GOLD if gold else PRED)
+    pen.text((x + pad - left, y + pad - top), text, fill=WHITE, font=font)
+
+
+def band(pen: ImageDraw.ImageDraw, size: tuple[int, int], text: str, font: Font) -> None:
+    """`text` in white on a black band across the bottom of the image."""
+    left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+    pad = max(2, (bottom - top) // 4)
+    width, height = size
+    y = height - (bottom - top) - 2 * pad
+    pen.rectangle([0, y, width, height], fill=(0, 0, 0))
+    pen.text((pad - left, y + pad - top), text, fill=WHITE, font=font)

@@ -6,13 +6,16 @@ by turn, so the stages have known work: the unsure ones (uncertainty > tau) go t
 MLLM (servers/simulated_mllm.py, accuracy 0.6), which keeps, changes or rejects them and draws
 boxes, some wrong. The trace must agree with predictions.json (entities and boxes per sample) and
 metrics.json (what was delegated, decided, and the GMNER false negatives); the page must show every
-sample (or the N with the most mistakes), escape hostile text, and say SIMULATION when it was one.
+sample (or the N with the most mistakes), escape hostile text, and say SIMULATION when it was one. Its
+thumbnails link to the full images, number their boxes as the legend under them says, and keep a gold box
+visible under the prediction drawn on it.
 """
 
 import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from PIL import Image
 import data
 import page
 import refineg
+import report
 from data import Box, Entity, Sample
 from formats import ccks
 from grounding import GroundingTrace, WorkedExample
@@ -149,12 +153,88 @@ def test_the_page_shows_every_sample_with_its_boxes_and_says_simulation(runs):
             assert max(im.size) == page.THUMB_SIDE
     cards = html.split('<section class="card">')[1:]
     for r, c in zip(trace, cards):  # in trace order, one card each, its lines marking each entity once
-        assert f"<h3>{r['id']} " in c
-        prediction = c.split('<p class="line"><b>prediction</b>')[1].split("</p>")[0]
-        gold = c.split('<p class="line"><b>gold</b>')[1].split("</p>")[0]
+        fig, body = c.split('<div class="body">')
+        assert f"<h3>{r['id']} " in body
+        prediction = body.split('<p class="line"><b>prediction</b>')[1].split("</p>")[0]
+        gold = body.split('<p class="line"><b>gold</b>')[1].split("</p>")[0]
         assert (prediction.count("<mark "), gold.count("<mark ")) == (len(r["final"]), len(r["gold"]))
-        assert c.count("<li>") == page.mistake_count(r)
-    assert "MLLM reasoning" in html and "Worked examples" in html
+        assert body.count("<li>") == page.mistake_count(r)
+        figure_says_what_is_drawn(sim, r, fig)
+    assert page.BOX_KEY in html and "MLLM reasoning" in html and "Worked examples" in html
+    both = '<span class="by p">prediction</span> <span class="by g">gold</span>'
+    assert both in html and '<span class="by p">prediction</span></li>' in html  # a wrong box: no gold
+
+
+def figure_says_what_is_drawn(out: Path, r: dict, fig: str) -> None:
+    """A card's figure: its thumbnail links to the original image by a path relative to report.html, its
+    legend lists each number drawn once, in order, and the entities without a box are named."""
+    href = fig.split('<a href="')[1].split('"')[0]
+    assert not href.startswith(("/", "file:")) and (out / unquote(href)).resolve() == Path(r["image"])
+    legend = fig.split('<ul class="legend">')[1].split("</ul>")[0] if page.box_keys(r) else ""
+    assert legend.count("<li>") == len(page.box_keys(r))
+    numbers = [int(li.split("</span>")[0]) for li in legend.split('<li><span class="key">')[1:]]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert ("<b>Predicted without a box:</b>" in fig) == any(not e["boxes"] for e in r["final"])
+    assert ("<b>Gold without a box:</b>" in fig) == any(not e["boxes"] for e in r["gold"])
+
+
+def test_box_keys_number_spans_with_a_box_prediction_first():
+    """The docstring's example: prediction (0, 1), (3, 5) boxed and (8, 9) not; gold (3, 5), (6, 7)."""
+    boxed = {"boxes": [[1, 2, 3, 4]]}
+    final = [
+        {"start": 0, "end": 1, **boxed},
+        {"start": 3, "end": 5, **boxed},
+        {"start": 8, "end": 9, "boxes": []},
+    ]
+    gold = [{"start": 3, "end": 5, **boxed}, {"start": 6, "end": 7, **boxed}]
+    assert page.box_keys({"final": final, "gold": gold}) == {(0, 1): 1, (3, 5): 2, (6, 7): 3}
+    assert page.box_keys({"final": final, "gold": None}) == {(0, 1): 1, (3, 5): 2}
+
+
+def test_image_link_is_relative_to_the_report_and_a_file_uri_when_it_cannot_be(tmp_path, monkeypatch):
+    image = tmp_path / "data" / 'a b"<x>.jpg'
+    out = tmp_path / "runs" / "r1"
+    assert page.image_link(str(image), out) == "../../data/a%20b%22%3Cx%3E.jpg"
+    monkeypatch.setattr(page.os.path, "relpath", lambda *a: (_ for _ in ()).throw(ValueError("drive")))
+    assert page.image_link(str(image), out) == image.as_uri()
+
+
+def test_a_gold_box_stays_visible_under_the_prediction_drawn_on_it(tmp_path):
+    """One entity predicted on exactly its gold box, on a dark grey image: the prediction's solid red edge
+    is on the box, gold's green and white dashes just outside it; each carries its number on a filled tag
+    (red top-left, green bottom-right) at least 10 px high in white; unkeyed, the names are drawn instead and
+    a black band names the predictions without a box."""
+    path = tmp_path / "dark.png"
+    Image.new("RGB", (400, 300), (40, 40, 40)).save(path)
+    box = Box(100, 80, 300, 220)
+    pred = Sample("s", ["Leopard", "2", "and", "Puma"], str(path), [Entity(0, 2, "vehicle", [box])])
+    gold = Sample("s", pred.tokens, str(path), [Entity(0, 2, "vehicle", [box])])
+    img = report.picture(pred, gold, keys={(0, 2): 1})
+    px = img.load()
+    assert px[100, 150] == report.PRED and px[101, 150] == report.PRED  # the left edge, 2 px
+    outside = {px[98, y] for y in range(100, 200)}
+    assert outside == {report.GOLD, report.WHITE}  # dashes just outside, both colours
+    assert white_rows(img, (100, 80, 130, 110), report.PRED) >= 10  # the top-left tag: the number
+    assert white_rows(img, (270, 190, 300, 220), report.GOLD) >= 10  # the bottom-right tag
+    pred.entities.append(Entity(3, 4, "vehicle"))
+    named = report.picture(pred, gold)
+    assert named.load()[200, 299] == (0, 0, 0) and white_rows(named, (0, 260, 400, 300), (0, 0, 0)) >= 10
+    assert red_inside(named) > 4 * red_inside(img)  # "Leopard 2 (vehicle)" on a tag much wider than "1"
+
+
+def red_inside(img: Image.Image) -> int:
+    """The red pixels inside the test's box, its edges left out: the prediction's tag."""
+    px = img.load()
+    return sum(px[x, y] == report.PRED for x in range(102, 298) for y in range(82, 218))
+
+
+def white_rows(img: Image.Image, area: tuple[int, int, int, int], ground: tuple[int, int, int]) -> int:
+    """How many rows of `area` hold white text on `ground`: the height of the tag's text in pixels."""
+    x1, y1, x2, y2 = area
+    px = img.load()
+    rows = [[px[x, y] for x in range(x1, x2)] for y in range(y1, y2)]
+    tags = [row for row in rows if ground in row and any(min(p) > 200 for p in row)]
+    return len(tags)
 
 
 def test_without_an_mllm_the_page_shows_the_tagger_and_says_the_stages_were_skipped(runs):
