@@ -325,7 +325,7 @@ def train_or_reuse(
     return model, how
 
 
-def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | None) -> list[Sample]:
+def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | None = None) -> list[Sample]:
     """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest (with
     --suggest, without the samples already labelled: each round may pass the same pool). None of it may
     be in a scored --test (`scored`)."""

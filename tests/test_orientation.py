@@ -94,7 +94,7 @@ def test_the_pixels_sent_to_the_mllm_are_upright_untagged_and_map_boxes_back(tmp
 def test_thumbnails_and_viz_pictures_are_upright(tmp_path, k):
     path = str(rotated(tmp_path, k))
     record = {"id": "x", "tokens": ["Anna"], "image": path, "final": [], "gold": None}
-    assert page.thumbnail(record, tmp_path, "thumb.jpg") == "report/thumb.jpg"
+    assert page.thumbnail(record, tmp_path, "thumb.jpg", {}) == "report/thumb.jpg"
     report.draw([Sample("x", ["Anna"], path)], None, tmp_path / "viz", 1)
     for drawn in (tmp_path / "thumb.jpg", tmp_path / "viz" / "x.jpg"):
         with Image.open(drawn) as im:

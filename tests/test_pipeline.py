@@ -487,7 +487,7 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
         code = refineg.main(
             [
                 "--data",
-                str(DEMO),
+                str(other_copy(DEMO, tmp_path / "data")),
                 "--test",
                 str(DEMO),
                 "--tagger",
@@ -541,6 +541,22 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
             assert b is None or 0 <= b["xmin"] < b["xmax"] <= w and 0 <= b["ymin"] < b["ymax"] <= h
     _, unplaced = ccks.read_ccks_predictions(tmp_path / "predictions.json", test, ccks.read_ccks(DEMO).types)
     assert unplaced == []  # the scorer reads every record back onto its text
+
+
+def other_copy(folder: Path, to: Path) -> Path:
+    """The CCKS folder's samples as other samples (other ids, a word more): labelled data that shares no
+    sample with a --test of `folder` (refineg refuses a scored --test that overlaps --data)."""
+    texts = json.loads((folder / "text.json").read_text(encoding="utf-8-sig"))
+    entities = json.loads((folder / "entity.json").read_text(encoding="utf-8-sig"))
+    (to / "images").mkdir(parents=True)
+    for sid in texts:
+        (to / "images" / f"d{sid}.jpg").symlink_to(folder / "images" / f"{sid}.jpg")
+    (to / "text.json").write_text(
+        json.dumps({f"d{k}": {"text": v["text"] + " here"} for k, v in texts.items()})
+    )
+    (to / "entity.json").write_text(json.dumps({f"d{k}": v for k, v in entities.items()}))
+    shutil.copyfile(folder / "types.txt", to / "types.txt")
+    return to
 
 
 def tiny_twitter(folder: Path, images: bool) -> Path:
