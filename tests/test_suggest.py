@@ -196,7 +196,11 @@ def test_a_reused_tagger_is_never_scored_on_what_it_learnt(tmp_path, capsys):
     for s in seen:
         for image in (labelled / "images").glob(f"{s.id}.*"):
             shutil.copy(image, mixed / "images" / image.name)
-    third = again[:-1] + [str(tmp_path / "third"), "--test", str(mixed)]
+    rest = shutil.copytree(labelled, tmp_path / "rest")  # --data without them: a --test in --data is refused
+    for name in ("text.json", "entity.json"):
+        kept = {i: v for i, v in json.loads((labelled / name).read_text()).items() if i not in texts}
+        (rest / name).write_text(json.dumps(kept))
+    third = ["--data", str(rest), *again[2:-1], str(tmp_path / "third"), "--test", str(mixed)]
     assert refineg.main(third) == 0
     assert "3 samples of --test" in capsys.readouterr().out
     assert json.loads((tmp_path / "third" / "metrics.json").read_text())["scored"]["samples"] == 4
@@ -286,8 +290,16 @@ def test_suggest_ground_predraws_the_mllm_boxes_and_counts_its_calls(tmp_path, c
             scaled = [
                 [b[0] * w / sent_w, b[1] * h / sent_h, b[2] * w / sent_w, b[3] * h / sent_h] for b in answer
             ]
-            got = [[b.x1, b.y1, b.x2, b.y2] for b in e.boxes]
-            assert np.allclose(got, scaled, atol=0.5) if scaled else got == []
+            got = [[b.x1, b.y1, b.x2, b.y2] for b in e.boxes]  # whole pixels, enclosing the answer's box
+            assert all(v == int(v) for b in got for v in b)
+            assert np.allclose(got, scaled, atol=1.0) if scaled else got == []
+            for g, a in zip(got, scaled):
+                assert (
+                    g[0] <= a[0] + 1e-6
+                    and g[1] <= a[1] + 1e-6
+                    and g[2] >= a[2] - 1e-6
+                    and g[3] >= a[3] - 1e-6
+                )
     assert any(e.boxes for s in asked for e in s.entities)  # not only empty answers
     ranks = [json.loads(line) for line in (out / "suggested.jsonl").read_text().splitlines()]
     by_id = {s.id: s for s in suggested}
