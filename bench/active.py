@@ -5,6 +5,8 @@
     python -m bench active --only mnlp --max-labelled 1400  # the first round only
     python -m bench active --device cuda --cache DIR        # the tagger on a GPU, rounds kept in DIR
     python -m bench active --report                         # the table of the rounds finished, no training
+    R=entity+diversity+self-training                        # its three choosers, the first round:
+    python -m bench active --only $R,$R-chooser-self-trained,$R-chooser-pool-out --seeds 0 --max-labelled 1400
     bash bench/active_gpu.sh                                # rows and seeds side by side on one GPU
 
 Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool is the other 6,300
@@ -14,8 +16,13 @@ round the tagger is trained as refineg.py trains it (default settings, no dev se
 epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies, chosen
 by that same tagger (trained on every label, as refineg.py --suggest trains it); the "chooser on
 70 %" row chooses with a second tagger trained on the 70 % that a held-out split leaves (what
-refineg.py --suggest did before it trained on all labels). The "+ self-training" row trains on the
-chosen labels plus the rest of the pool as unlabelled text. Each finished round is appended to
+refineg.py --suggest did before it trained on all labels). The "+self-training" rows train (and score) on
+the chosen labels plus the rest of the pool as unlabelled text; their chooser is the tagger before
+self-training (refineg.py's), the self-trained tagger itself (-chooser-self-trained: refineg.py before
+it kept the chooser apart), or, with the pool left out of the chooser's self-training (-chooser-pool-out),
+each half of the pool ranked by a tagger self-trained on the other half. A chosen round also records
+how hard its tweets are for the tagger scored (its F1 on them against its F1 on the whole pool) and how
+many were chosen with a doubt of 0. Each finished round is appended to
 --cache/rounds.jsonl (default /tmp/refineg_bench_active), and a rerun skips what is there (delete
 the folder to measure again). Real data is read from ../shared/data/.
 """
