@@ -26,6 +26,7 @@ Left out on purpose: multi-GPU training, a web UI.
 """
 
 import dataclasses
+import json
 import random
 import sys
 import traceback
@@ -64,8 +65,8 @@ def pipeline(cfg: dict, run: Run) -> int:
     run.start({stage: dataclasses.asdict(c) for stage, c in cfg.items()})  # only now: the inputs were read
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
-        model = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
-        suggestion_stage(run, cfg, model, pool, labelled)
+        model, chooser = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
+        suggestion_stage(run, cfg, chooser, pool, labelled)
         tagged, tau = prediction_stage(run, cfg["uncertainty"], model, test, gold)
         pred = refinement_stage(run, cfg, tagged, labelled, tau, model.tags, gold)
         run.write_predictions(pred, "predictions.refined.json")  # kept if grounding fails or is interrupted
@@ -281,42 +282,81 @@ def synthesize_or_reuse(
 
 def tagger_stage(
     run: Run, cfg: dict, train: list[Sample], types: list[str], pool: list[Sample]
-) -> tagger.Tagger:
-    """The tagger of --tagger, or one trained (self-trained on the --unlabelled pool) or reused."""
+) -> tuple[tagger.Tagger, tagger.Tagger]:
+    """The tagger of --tagger, or one trained (self-trained on the --unlabelled pool) or reused; and the
+    chooser that ranks the pool for --suggest: the same tagger, except after self-training. A tagger
+    self-trained on the pool is sure of its own pseudo labels there, so the tagger before self-training
+    (OUT/chooser/, also where self-training starts) ranks it; --test is predicted by the self-trained one."""
     settings: RunConfig = cfg["run"]
+    config: tagger.TaggerConfig = cfg["tagger"]
     with run.stage("tagger"):
         if settings.tagger_dir:
-            model, how = tagger.load(settings.tagger_dir), f"loaded from {settings.tagger_dir}"
-        else:
-            model, how = train_or_reuse(cfg["tagger"], train, types, pool, run.out)
+            model = tagger.load(settings.tagger_dir)
+            print(f"tagger: loaded from {settings.tagger_dir}")
+            if settings.suggest:
+                warn_self_trained(settings.tagger_dir)
+            return model, model
+        chooser = None
+        if pool and settings.suggest and config.self_train_rounds:
+            plain = dataclasses.replace(config, int8=False)  # self-training continues from its float weights
+            chooser, how = train_or_reuse(plain, train, types, [], run.out / "chooser")
             if how != REUSED:
-                run.written.append("tagger/")
+                run.written.append("chooser/")
+            print(f"chooser (ranks the pool, before self-training on it): {how}")
+        model, how = train_or_reuse(config, train, types, pool, run.out / "tagger", start=chooser)
+        if how != REUSED:
+            run.written.append("tagger/")
         print(f"tagger: {how}")
-    return model
+    return model, chooser or model
+
+
+def warn_self_trained(directory: str) -> None:
+    """--suggest with a --tagger that was self-trained: if on this pool, it ranks the pool by doubts that
+    its own pseudo labels took away; say which saved tagger has none."""
+    stage = Path(directory) / "stage.json"  # written beside a tagger that refineg.py trained
+    if not stage.is_file():
+        return
+    try:
+        rounds = json.loads(stage.read_text(encoding="utf-8")).get("self_training") or []
+    except (json.JSONDecodeError, AttributeError) as err:
+        print(f"warning: {stage}: not the JSON refineg.py writes ({err}): whether it self-trained is unknown")
+        return
+    if any(r.get("pseudo_sentences") for r in rounds):
+        print(
+            f"warning: --tagger {directory} was self-trained on unlabelled text: if that was this pool, it "
+            "is sure of its own pseudo labels there and ranks the pool by little doubt; the same run's "
+            "chooser/ folder holds the tagger before self-training (pass it as --tagger to rank with it)"
+        )
 
 
 REUSED = "reused (same settings and data)"  # how the tagger came about when out/tagger was reused
 
 
 def train_or_reuse(
-    config: tagger.TaggerConfig, train: list[Sample], types: list[str], unlabelled: list[Sample], out: Path
+    config: tagger.TaggerConfig,
+    train: list[Sample],
+    types: list[str],
+    unlabelled: list[Sample],
+    folder: Path,
+    start: tagger.Tagger | None = None,
 ) -> tuple[tagger.Tagger, str]:
-    """Train the tagger, or reuse out/tagger when it was trained with the same settings on the same data."""
+    """Train the tagger (self-trained on `unlabelled`, from `start` when given), or reuse `folder` when it was
+    trained with the same settings on the same data (`start` is trained from those too)."""
     key = fingerprint(
         dataclasses.replace(config, progress=True),  # showing bars does not change the model
         types,
         [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train],
         [s.tokens for s in unlabelled],
     )
-    if read_stamp(out / "tagger" / "stage.json", key):
-        return tagger.load(str(out / "tagger")), REUSED
+    if read_stamp(folder / "stage.json", key):
+        return tagger.load(str(folder)), REUSED
     if unlabelled:
-        model, rounds = selftrain.self_train(train, unlabelled, types, config)
+        model, rounds = selftrain.self_train(train, unlabelled, types, config, start=start)
         history = rounds[-1]["history"]
     else:
         model, history = tagger.train_tagger(train, types, config)
         rounds = []
-    with atomic(out / "tagger") as tmp:
+    with atomic(folder) as tmp:
         tagger.save(model, str(tmp), trained_on=train)
         write_json(tmp / "stage.json", {"key": key, "history": history, "self_training": rounds})
     how = f"trained on {len(train)} sentences"
@@ -345,14 +385,15 @@ def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | Non
 
 
 def suggestion_stage(
-    run: Run, cfg: dict, model: tagger.Tagger, pool: list[Sample], labelled: Dataset
+    run: Run, cfg: dict, chooser: tagger.Tagger, pool: list[Sample], labelled: Dataset
 ) -> None:
-    """With --suggest N: the N pool samples to label next, pre-annotated, in OUT/suggested/."""
+    """With --suggest N: the N pool samples to label next, ranked and pre-annotated by `chooser`, in
+    OUT/suggested/."""
     n = cfg["run"].suggest
     if not n:
         return
     with run.stage("suggestion"):
-        chosen = suggest.suggest(model, pool, n, cfg["suggest"], progress=cfg["tagger"].progress)
+        chosen = suggest.suggest(chooser, pool, n, cfg["suggest"], progress=cfg["tagger"].progress)
         boxes = {c.sample.id: NULL_BOXES for c in chosen}
         if cfg["suggest"].ground:
             chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
@@ -366,7 +407,7 @@ def suggestion_stage(
             "pool": len(pool),
             "chosen": n,
             "strategy": cfg["suggest"].strategy,
-            "chooser": chooser(cfg["run"], labelled),
+            "chooser": who_chose(cfg, labelled),
             "entities_prefilled": sum(len(c.sample.entities) for c in chosen),
         }
         by = run.notes["suggestion"]["chooser"]
@@ -398,10 +439,14 @@ def write_labelstudio(run: Run, cfg: dict, chosen: list[suggest.Suggestion], lab
         labelstudio.write_labelstudio(rows, labelled, tmp, round_, images)
 
 
-def chooser(settings: RunConfig, labelled: Dataset) -> str:
-    if settings.tagger_dir:
-        return f"the tagger of --tagger {settings.tagger_dir}"
-    return f"the tagger trained on all {len(labelled.samples)} labelled samples"
+def who_chose(cfg: dict, labelled: Dataset) -> str:
+    """Which tagger ranked the pool, in words (tagger_stage says why)."""
+    if cfg["run"].tagger_dir:
+        return f"the tagger of --tagger {cfg['run'].tagger_dir}"
+    how = f"the tagger trained on all {len(labelled.samples)} labelled samples"
+    if cfg["tagger"].self_train_rounds:
+        how += ", before its self-training on the pool (chooser/)"
+    return how
 
 
 def ground_suggestions(

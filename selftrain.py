@@ -19,6 +19,8 @@ TaggerConfig (its `self_train_*` fields: the flags --tagger-self-train-rounds, -
 marginals' (uncertainty.estimate's default): --unc-method and the other --unc-* flags set only the
 refinement stage's.
 Output: the last round's Tagger and one row per round (sentences kept, seconds, its epoch history).
+With `start`, round 0 is a tagger trained before: refineg.py --suggest keeps it to rank the pool,
+since the self-trained tagger has learnt the pool's pseudo labels and is sure of them.
 
     python refineg.py --data lowres/10GMNER/train.txt --unlabelled train.txt ...
     python -m bench labels        # Twitter-GMNER: 10 % labelled, with and without the other 90 % as text
@@ -72,15 +74,18 @@ def self_train(
     types: list[str],
     config: tagger.TaggerConfig | None = None,
     dev: list[Sample] | None = None,
+    start: tagger.Tagger | None = None,
 ) -> tuple[tagger.Tagger, list[dict]]:
-    """Train on `train`, then `config.self_train_rounds` times: pseudo-label `unlabelled`, retrain on both."""
+    """Train on `train` (or begin from `start`, a float tagger already trained on it, left unchanged), then
+    `config.self_train_rounds` (>= 1 with `start`) times: pseudo-label `unlabelled`, retrain on both."""
     config = config or tagger.TaggerConfig()
     if config.self_train_rounds < 0:
         raise ValueError(f"expected self_train_rounds >= 0, got {config.self_train_rounds}")
+    assert start is None or config.self_train_rounds >= 1, "with 0 rounds `start` itself would be returned"
     unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]  # labels ignored, never read
     plain = replace(config, int8=False)  # int8 layers cannot train on: only the last tagger is quantized
     t0 = time.perf_counter()
-    model, history = tagger.train_tagger(train, types, plain, dev)
+    model, history = (start, []) if start else tagger.train_tagger(train, types, plain, dev)
     rounds = [{"round": 0, "pseudo_sentences": 0, "seconds": time.perf_counter() - t0, "history": history}]
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()

@@ -14,8 +14,10 @@ bounded by the number asked for, not by the pool. Then `n` are picked greedily: 
 the candidate whose score minus `diversity` x (its highest cosine similarity to a sample already
 picked, on the encoder's sentence embeddings) is highest, so ten tweets about the same uncertain
 name do not all come first. The tagger that scores the pool is trained on every labelled sample
-(refineg.py holds none out when suggesting, unless --tagger brings one), and pool samples already
-labelled are left out, so each round passes the same --unlabelled. Boxes: with `ground`
+(refineg.py holds none out when suggesting, unless --tagger brings one) and has not self-trained on the
+pool (refineg.py ranks with the tagger before self-training: one that learnt the pool's pseudo labels is
+sure of them, and its doubts there fall to ties); pool samples already labelled are left out, so each
+round passes the same --unlabelled. Boxes: with `ground`
 (--suggest-ground) the MLLM draws the suggested entities' boxes as the grounding stage would; without
 it every "bnd" is null, which reads back as "not in the image" unless the annotator draws a box.
 

@@ -5,6 +5,8 @@
     python -m bench active --only mnlp --max-labelled 1400  # the first round only
     python -m bench active --device cuda --cache DIR        # the tagger on a GPU, rounds kept in DIR
     python -m bench active --report                         # the table of the rounds finished, no training
+    R=entity+diversity+self-training                        # its three choosers, the first round:
+    python -m bench active --only $R,$R-chooser-self-trained,$R-chooser-pool-out --seeds 0 --max-labelled 1400
     bash bench/active_gpu.sh                                # rows and seeds side by side on one GPU
 
 Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool is the other 6,300
@@ -14,8 +16,13 @@ round the tagger is trained as refineg.py trains it (default settings, no dev se
 epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies, chosen
 by that same tagger (trained on every label, as refineg.py --suggest trains it); the "chooser on
 70 %" row chooses with a second tagger trained on the 70 % that a held-out split leaves (what
-refineg.py --suggest did before it trained on all labels). The "+ self-training" row trains on the
-chosen labels plus the rest of the pool as unlabelled text. Each finished round is appended to
+refineg.py --suggest did before it trained on all labels). The "+self-training" rows train (and score) on
+the chosen labels plus the rest of the pool as unlabelled text; their chooser is the tagger before
+self-training (refineg.py's), the self-trained tagger itself (-chooser-self-trained: refineg.py before
+it kept the chooser apart), or, with the pool left out of the chooser's self-training (-chooser-pool-out),
+each half of the pool ranked by a tagger self-trained on the other half. A chosen round also records
+how hard its tweets are for the tagger scored (its F1 on them against its F1 on the whole pool) and how
+many were chosen with a doubt of 0. Each finished round is appended to
 --cache/rounds.jsonl (default /tmp/refineg_bench_active), and a rerun skips what is there (delete
 the folder to measure again). Real data is read from ../shared/data/.
 """
@@ -31,14 +38,16 @@ from bench import TWITTER, have
 CACHE = Path("/tmp/refineg_bench_active")
 DEVICE = "cpu"  # the tagger's torch device (--device)
 ROUND = 700
-ROWS = {  # row -> (strategy, diversity, self-training, share of the labels the choosing tagger sees)
-    "random": ("random", 0.0, False, 1.0),
-    "entity": ("entity", 0.0, False, 1.0),
-    "entity+diversity": ("entity", 0.5, False, 1.0),
-    "entity+diversity-chooser70": ("entity", 0.5, False, 0.7),
-    "mnlp": ("mnlp", 0.0, False, 1.0),
-    "missed": ("missed", 0.0, False, 1.0),
-    "entity+diversity+self-training": ("entity", 0.5, True, 1.0),
+ROWS = {  # row -> (strategy, diversity, self-training, share of the labels the chooser sees, the chooser)
+    "random": ("random", 0.0, False, 1.0, "scored"),
+    "entity": ("entity", 0.0, False, 1.0, "scored"),
+    "entity+diversity": ("entity", 0.5, False, 1.0, "scored"),
+    "entity+diversity-chooser70": ("entity", 0.5, False, 0.7, "scored"),
+    "mnlp": ("mnlp", 0.0, False, 1.0, "scored"),
+    "missed": ("missed", 0.0, False, 1.0, "scored"),
+    "entity+diversity+self-training": ("entity", 0.5, True, 1.0, "supervised"),
+    "entity+diversity+self-training-chooser-self-trained": ("entity", 0.5, True, 1.0, "scored"),
+    "entity+diversity+self-training-chooser-pool-out": ("entity", 0.5, True, 1.0, "pool-out"),
 }
 
 
@@ -84,7 +93,7 @@ def record(result: dict) -> None:
 
 def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) -> None:
     """One row's rounds for one seed: train, score, choose the next 700, reveal their labels."""
-    strategy, _, self_training, _ = ROWS[row]
+    strategy, _, self_training, _, _ = ROWS[row]
     by_id = {s.id: s for s in full.samples}
     labelled = list(start.samples)
     chosen_ids: list[str] = []
@@ -97,17 +106,19 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
             chosen_ids = done[key]["next_ids"]
         else:  # not measured, or measured as a last round and now to be continued
             t0 = time.perf_counter()
-            model = None
+            models = None
             if key not in done or strategy != "random":  # random chooses without a model
                 unlabelled = pool if self_training else []
-                model = train(labelled, unlabelled, full.types, seed, size == len(start.samples))
+                models = train(labelled, unlabelled, full.types, seed, size == len(start.samples))
             train_s = time.perf_counter() - t0
-            f1 = score(model, dev) if model is not None else done[key]["f1"]
-            chosen_ids, select_s = [], 0.0
+            f1 = score(models[0], dev) if models is not None else done[key]["f1"]
+            chosen_ids, select_s, hard = [], 0.0, {}
             if not last:
                 t0 = time.perf_counter()
-                chosen_ids = choose(row, seed, model, labelled, pool, full.types)
+                chosen = choose(row, seed, models, labelled, pool, full.types)
                 select_s = time.perf_counter() - t0
+                chosen_ids = [c.sample.id for c in chosen]
+                hard = how_hard(models[0] if models else None, chosen, by_id, pool)
             entities = sum(len(s.entities) for s in labelled)
             record(
                 {
@@ -118,24 +129,70 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
                     "f1": f1,
                     "train_seconds": round(train_s) if key not in done else done[key]["train_seconds"],
                     "select_seconds": round(select_s, 1),
+                    **hard,
                     "next_ids": chosen_ids,
                 }
             )
-            del model
+            del models
         if not chosen_ids:
             return
         labelled = labelled + [by_id[i] for i in chosen_ids]  # the labels are revealed once chosen
         size = len(labelled)
 
 
-def choose(row: str, seed: int, model, labelled: list, pool: list, types: list[str]) -> list[str]:
-    """The ids of the next ROUND tweets the row's strategy picks from the pool."""
+def choose(row: str, seed: int, models: tuple | None, labelled: list, pool: list, types: list[str]) -> list:
+    """The next ROUND tweets the row's strategy picks from the pool (suggest.Suggestion, best first).
+    The chooser: the tagger scored, the tagger before self-training, one trained on `share` of the labels,
+    or, for "pool-out", each half of the pool ranked by a tagger self-trained on the other half."""
     import suggest
 
-    strategy, diversity, _, share = ROWS[row]
+    strategy, diversity, _, share, by = ROWS[row]
     config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)
-    chooser = model if share == 1.0 else train(held_in(labelled, share, seed), [], types, seed)
-    return [p.sample.id for p in suggest.suggest(chooser, pool, ROUND, config, progress=False)]
+    if strategy == "random":
+        return suggest.suggest(None, pool, ROUND, config, progress=False)
+    scored, supervised = models
+    if by == "pool-out":
+        return pool_out(supervised, labelled, pool, types, seed, config)
+    chooser = {"scored": scored, "supervised": supervised}[by]
+    if share < 1.0:
+        chooser = train(held_in(labelled, share, seed), [], types, seed)[0]
+    return suggest.suggest(chooser, pool, ROUND, config, progress=False)
+
+
+def pool_out(supervised, labelled: list, pool: list, types: list[str], seed: int, config) -> list:
+    """Two-fold: each seeded half of the pool is scored by the tagger self-trained (from `supervised`) on
+    the other half, so no chooser has learnt the pseudo labels of what it ranks; then the same greedy pick."""
+    import selftrain
+    import suggest
+    import tagger
+
+    order = np.random.default_rng(seed).permutation(len(pool))
+    halves = [[pool[i] for i in sorted(order[k::2])] for k in (0, 1)]
+    keep = config.pool_factor * ROUND
+    candidates = []
+    for scored_half, other in (halves, halves[::-1]):
+        cfg = tagger.TaggerConfig(progress=False, seed=seed, device=DEVICE)
+        chooser, _ = selftrain.self_train(labelled, other, types, cfg, start=supervised)
+        candidates += suggest.score_pool(chooser, scored_half, keep, config)
+        del chooser
+    candidates = sorted(candidates, key=lambda c: c.score, reverse=True)[:keep]
+    return suggest.diverse(candidates, ROUND, config)
+
+
+def how_hard(model, chosen: list, by_id: dict, pool: list) -> dict:
+    """How much the chosen tweets teach the tagger scored this round: its MNER F1 on them against their
+    revealed gold (lower = more of its errors chosen) beside its F1 on the whole pool (a random pick's
+    expectation), and how many were chosen with a doubt of 0 (a tie, not a choice)."""
+    import tagger
+    from eval import evaluate
+
+    if model is None:
+        return {}
+    gold = [by_id[c.sample.id] for c in chosen]
+    chosen_f1 = evaluate(gold, tagger.predict(model, gold))["mner"]["f1"]
+    pool_f1 = evaluate(pool, tagger.predict(model, pool))["mner"]["f1"]
+    zero = sum(c.score < 5e-4 and c.why != "random" for c in chosen)  # what suggested.jsonl prints as 0.0
+    return {"chosen_f1": round(chosen_f1, 4), "pool_f1": round(pool_f1, 4), "zero_doubt": zero}
 
 
 def held_in(labelled: list, share: float, seed: int) -> list:
@@ -145,21 +202,36 @@ def held_in(labelled: list, share: float, seed: int) -> list:
     return split(labelled, 1 - share, seed)[0]
 
 
-def train(labelled: list, pool: list, types: list[str], seed: int, shareable: bool = False):
-    """refineg.py's training: default settings, the last epoch, self-trained on `pool` when given."""
+def train(labelled: list, pool: list, types: list[str], seed: int, shareable: bool = False) -> tuple:
+    """refineg.py's training: default settings, the last epoch, self-trained on `pool` when given (from the
+    supervised tagger, as refineg.py does). Returns (the tagger scored, the tagger before self-training)."""
     import selftrain
     import tagger
 
     config = tagger.TaggerConfig(progress=False, seed=seed, device=DEVICE)
-    cached = CACHE / f"start-seed{seed}"
-    if shareable and not pool and (cached / "config.json").is_file():  # every row starts from the same 700
-        return tagger.load(str(cached))
-    if pool:
-        model, _ = selftrain.self_train(labelled, pool, types, config)
-    else:
-        model, _ = tagger.train_tagger(labelled, types, config)
-    if shareable and not pool:
-        tagger.save(model, str(cached))
+    supervised = cached(
+        CACHE / f"start-seed{seed}" if shareable else None,
+        lambda: tagger.train_tagger(labelled, types, config)[0],
+    )
+    if not pool:
+        return supervised, supervised
+    model = cached(
+        CACHE / f"start-self-trained-seed{seed}" if shareable else None,
+        lambda: selftrain.self_train(labelled, pool, types, config, start=supervised)[0],
+    )
+    return model, supervised
+
+
+def cached(folder: Path | None, trained):
+    """The tagger saved in `folder` (every row of a seed starts from the same 700 and the same pool), or
+    `trained()`, saved there."""
+    import tagger
+
+    if folder is not None and (folder / "config.json").is_file():
+        return tagger.load(str(folder), DEVICE)
+    model = trained()
+    if folder is not None:
+        tagger.save(model, str(folder))
     return model
 
 
@@ -194,6 +266,27 @@ def report(done: dict, rows: list[str], seeds: list[int]) -> None:
         mean_select = f"{np.mean(select):.0f}" if select else "-"
         print(f"| {row} | {len(measured)} | " + " | ".join(cells) + f" | {mean_select} |")
     labels_saved(done, rows, seeds)
+    choices(done, rows, seeds)
+
+
+def choices(done: dict, rows: list[str], seeds: list[int]) -> None:
+    """Per round chosen: the scored tagger's F1 on the chosen tweets (lower: more of its errors chosen)
+    against its F1 on the whole pool, and how many were chosen with a doubt of 0."""
+    measured = [done[k] for k in sorted(done) if k[0] in rows and k[1] in seeds and "chosen_f1" in done[k]]
+    if not measured:
+        return
+    print("\n| row | seed | labelled | tagger F1 on the 700 chosen | on the pool | chosen with doubt 0 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in measured:
+        cells = [
+            r["row"],
+            r["seed"],
+            r["labelled"],
+            f"{r['chosen_f1']:.3f}",
+            f"{r['pool_f1']:.3f}",
+            r["zero_doubt"],
+        ]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 def random_curve(done: dict, seeds: list[int]) -> tuple[list[int], list[float]]:

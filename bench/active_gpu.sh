@@ -5,6 +5,7 @@
 # /tmp/refineg_bench_active/ and `python -m bench active --report --only ROWS --seeds 0,1,2` prints the table.
 # From the project root, after `bash ../shared/tools/gpu-trip.sh` here (the device tool carries .gpu/):
 #     source .gpu/setup.sh && BUDGET=450 bash bench/active_gpu.sh
+# ROWS="..." (space-separated) measures other rows, e.g. the three self-training choosers.
 set -u
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1
 C=/tmp/active; mkdir -p $C
@@ -16,7 +17,7 @@ for s in 0 1 2; do
 done
 wait
 for s in 0 1 2; do grep '"row"' $C/start-$s.log | cut -c1-120; done
-for row in random entity+diversity entity+diversity-chooser70; do
+for row in ${ROWS:-random entity+diversity entity+diversity-chooser70}; do
   for s in 0 1 2; do
     mkdir -p "$C/$row-$s"
     [ -d "$C/$row-$s/start-seed$s" ] || cp -r $C/random-$s/start-seed$s "$C/$row-$s/"

@@ -141,6 +141,40 @@ def test_suggest_then_label_then_retrain_round_trip(tmp_path, capsys):
     assert len(joined.samples) == 24
 
 
+def ranks(out: Path) -> list[tuple[str, float]]:
+    """(id, doubt) of each suggestion of a run, best first."""
+    rows = [json.loads(line) for line in (out / "suggested.jsonl").read_text().splitlines()]
+    return [(r["id"], r["score"]) for r in rows]
+
+
+def test_the_pool_is_ranked_by_the_tagger_before_it_self_trained_on_the_pool(tmp_path, capsys):
+    """A tagger self-trained on the pool is sure of its own pseudo labels there, so it cannot rank the pool.
+    Oracle: the same run without self-training (0 rounds) trains the very tagger self-training starts from
+    (same seed, same data), so both runs must suggest the same samples with the same doubts; and so must
+    that run's chooser/ passed as --tagger, while its self-trained tagger/ is said to be the wrong one."""
+    labelled, pool = split_demo(tmp_path)
+    base = ["--data", str(labelled), "--unlabelled", str(pool), "--suggest", "4"]
+    base += ["--tagger-epochs", "1", "--tagger-min-steps", "1"]
+    keep_all = ["--tagger-self-train-rounds", "1", "--tagger-self-train-epochs", "1"]
+    keep_all += ["--tagger-self-train-tau", "1", "--tagger-self-train-missed", "1"]
+    plain, selftrained = tmp_path / "plain", tmp_path / "self"
+    assert refineg.main(base + ["--out", str(plain), "--tagger-self-train-rounds", "0"]) == 0
+    assert not (plain / "chooser").exists()  # no self-training: the tagger itself chooses
+    assert refineg.main(base + ["--out", str(selftrained), *keep_all]) == 0
+    rounds = json.loads((selftrained / "tagger" / "stage.json").read_text())["self_training"]
+    assert rounds[-1]["pseudo_sentences"] == 12  # it did learn all 12 pool samples' pseudo labels
+    assert ranks(selftrained) == ranks(plain) and any(score > 0 for _, score in ranks(plain))
+    assert "before its self-training on the pool (chooser/)" in capsys.readouterr().out
+    assert refineg.main(base + ["--out", str(selftrained), *keep_all]) == 0
+    assert capsys.readouterr().out.count("reused (same settings and data)") == 2  # the chooser and tagger
+    assert ranks(selftrained) == ranks(plain)
+    for which, warned in (("tagger", True), ("chooser", False)):
+        again = [*base[:6], "--tagger", str(selftrained / which), "--out", str(tmp_path / which)]
+        assert refineg.main(again) == 0
+        assert ("was self-trained on unlabelled text" in capsys.readouterr().out) == warned
+    assert ranks(tmp_path / "chooser") == ranks(plain)
+
+
 def annotate(suggested: Path, folder: Path) -> Path:
     """The annotator's part: the suggested folder with its entities replaced by the demo's gold."""
     shutil.copytree(suggested, folder)
