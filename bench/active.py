@@ -140,7 +140,7 @@ def choose(row: str, seed: int, model, labelled: list, pool: list, types: list[s
 
 def held_in(labelled: list, share: float, seed: int) -> list:
     """The labels a tagger trained beside a held-out split sees: refineg.py's own seeded split."""
-    from refineg import split
+    from app.inputs import split
 
     return split(labelled, 1 - share, seed)[0]
 

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 from test_suggest import split_demo
 
-import cli
 import refineg
 import suggest
+from app import cli, inputs, suggestion
+from app.rundir import Run
 from data import Box, DataError, Entity, Sample
 from formats import join, labelstudio, read_dataset
-from rundir import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
@@ -505,8 +505,8 @@ def accept_all(tasks_json: Path, export_json: Path) -> None:
 
 
 def suggestion_round(args: list[str], monkeypatch) -> Path:
-    """refineg.py's suggestion stage for `args`, as main() runs it, with a tagger that predicts the demo's
-    gold (entities and boxes): the stage's own work is writing the files, not training."""
+    """The suggestion stage (app/suggestion.py) for `args`, as refineg.main() runs it, with a tagger that
+    predicts the demo's gold (entities and boxes): the stage's own work is writing the files, not training."""
     gold = {s.id: s for s in read_dataset(DEMO).samples}
 
     def perfect(model, pool, n, config, progress=True):
@@ -515,13 +515,13 @@ def suggestion_round(args: list[str], monkeypatch) -> Path:
             for k, s in enumerate(pool[:n])
         ]
 
-    monkeypatch.setattr(refineg.suggest, "suggest", perfect)
+    monkeypatch.setattr(suggest, "suggest", perfect)
     cfg = cli.parse_configs(args)
     settings = cfg["run"]
     labelled = join([read_dataset(p) for p in settings.data], settings.data)
-    pool = refineg.read_pool(settings, labelled)
+    pool = inputs.read_pool(settings, labelled)
     Path(settings.out).mkdir(parents=True)
-    refineg.suggestion_stage(Run(Path(settings.out), cfg["llm"]), cfg, None, pool, labelled)
+    suggestion.suggestion_stage(Run(Path(settings.out), cfg["llm"]), cfg, None, pool, labelled)
     return Path(settings.out)
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("formats", "client", "servers", "bench")
+PACKAGES = ("formats", "client", "servers", "bench", "app")
 
 # The stages of the method, each a group of modules; one stage may not import another's modules.
 # Everything else they use is a foundation (data, crf, encoding, images, llm, client/, formats/,
-# eval, uncertainty) or the orchestration on top (refineg, cli, rundir, report).
+# eval, uncertainty) or the orchestration on top (refineg and the application, app/).
 STAGES = {
     "training": {"synth", "tagger", "selftrain"},
     "refinement": {"refinement"},

@@ -20,9 +20,8 @@ import pytest
 from PIL import Image, ImageOps
 
 import images
-import page
-import report
 import suggest
+from app import page, report
 from data import Box, DataError, Dataset, Entity, Sample
 from formats import ccks, labelstudio, twitter
 from grounding import from_model
