@@ -23,7 +23,8 @@ costs). A finished run that a new one replaces waits in OUT/previous/ until the 
 The method's modules sit beside this file; the application around it is in app/: the flags (cli.py),
 reading and checking the inputs (inputs.py), the bookkeeping of a run (rundir.py: timers, clients, skips,
 the files written), the summary and the --viz pictures (report.py), trace.jsonl and report.html (page.py),
-and the --suggest stage (suggestion.py), which ranks with suggest.py (not in the paper).
+and the --suggest stage (suggestion.py), which ranks with the labelling loop of labelling/ (not in the
+paper).
 
 Left out on purpose: multi-GPU training, a web UI.
 """

@@ -4,7 +4,8 @@
 predict: --test, or a seeded held-out split of --data (`split`), without the samples a reused --tagger
 was trained on (`unseen`); a scored sample that is also trained on or in the pool is refused
 (`refuse_overlap`). `read_pool` gives the --unlabelled text. Each path goes through
-`formats.read_dataset`, and an error in it starts with its flag. `describe_inputs` prints what
+`formats.read_dataset` with the layouts formats/ knows and the ones the application adds (`READERS`:
+Label Studio's JSON export), and an error in it starts with its flag. `describe_inputs` prints what
 was read and refuses MLLM stages that could see no image, before any call is paid.
 
     python refineg.py --data examples/demo --test examples/demo     # an overlap: refused, nothing written
@@ -17,11 +18,13 @@ import random
 from pathlib import Path
 
 import formats
-import suggest
 import tagger
 from app.cli import RunConfig
 from app.rundir import Run
 from data import DataError, Dataset, Sample
+from labelling import labelstudio, suggest
+
+READERS = [labelstudio.EXPORT]  # the layouts every dataset flag reads besides formats/' own
 
 
 def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bool]:
@@ -120,7 +123,7 @@ def read_flag(flag: str, path: str, images: list[str]) -> Dataset:
     """The dataset a flag names; an error in it starts with the flag, as the flag's other errors do
     ("--unlabelled DIR/text.json: expected ..."): formats names the file, not the flag it came from."""
     try:
-        return formats.read_dataset(path, images)
+        return formats.read_dataset(path, images, READERS)
     except DataError as err:
         if str(err).startswith("--"):  # already names its flag (--images)
             raise

@@ -1,11 +1,11 @@
 """The suggestion stage of refineg.py (--suggest N): the pool samples to label next, written into the run.
 
-Not in the ReFineG paper: the application's side of the labelling loop. The tagger ranks
-the --unlabelled pool (suggest.py); with --suggest-ground the MLLM draws the chosen samples'
+Not in the ReFineG paper: the application's side of the labelling loop (labelling/). The tagger ranks
+the --unlabelled pool (labelling/suggest.py); with --suggest-ground the MLLM draws the chosen samples'
 boxes after worked examples, as the grounding stage would (`ground_suggestions`). Output, in OUT:
 suggested/ (a CCKS folder of the chosen samples, the tagger's entities to correct), suggested.jsonl
 (their ranks, doubts and what their boxes are) and labelstudio/ (the same samples as a Label Studio
-project: formats/labelstudio.py).
+project: labelling/labelstudio.py).
 
     python refineg.py --data LABELLED --test TEST --unlabelled POOL --suggest 700 --out runs/round1
 
@@ -15,12 +15,11 @@ Left out on purpose: sending the project to a Label Studio server (docs/labellin
 import dataclasses
 
 import grounding
-import suggest
 import tagger
 from app.cli import RunConfig
 from app.rundir import Run, atomic
 from data import DataError, Dataset, Sample
-from formats import labelstudio
+from labelling import labelstudio, suggest
 
 
 def suggestion_stage(

@@ -1,4 +1,4 @@
-"""Which tweets to label next (suggest.py) against random labelling, on Twitter-GMNER.
+"""Which tweets to label next (labelling/suggest.py) against random labelling, on Twitter-GMNER.
 
     python -m bench active                                  # every row, seeds 0 1 2
     python -m bench active --only random,entity --seeds 0   # some rows
@@ -11,7 +11,7 @@ Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool i
 tweets of train.txt with their labels hidden. Each round adds 700 tweets, chosen by the row's
 strategy, whose labels are then revealed from train.txt; up to --max-labelled (2,800). After each
 round the tagger is trained as refineg.py trains it (default settings, no dev selection, the last
-epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies, chosen
+epoch) and scored on the full dev.txt. Rows: random selection, and labelling/suggest.py's strategies, chosen
 by that same tagger (trained on every label, as refineg.py --suggest trains it); the "chooser on
 70 %" row chooses with a second tagger trained on the 70 % that a held-out split leaves (what
 refineg.py --suggest did before it trained on all labels). The "+ self-training" row trains on the
@@ -130,7 +130,7 @@ def curve(row: str, seed: int, start, full, dev, done: dict, max_labelled: int) 
 
 def choose(row: str, seed: int, model, labelled: list, pool: list, types: list[str]) -> list[str]:
     """The ids of the next ROUND tweets the row's strategy picks from the pool."""
-    import suggest
+    from labelling import suggest
 
     strategy, diversity, _, share = ROWS[row]
     config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)

@@ -1,4 +1,4 @@
-"""suggest.py: the doubt scores against hand-worked marginals, streaming, diversity, and the round trip."""
+"""labelling/suggest.py: doubt scores against hand-worked marginals, streaming, diversity, the round trip."""
 
 import json
 import shutil
@@ -10,10 +10,10 @@ from PIL import Image
 
 import formats
 import refineg
-import suggest
 from data import Entity, Sample
 from formats import read_dataset
 from images import smart_resize
+from labelling import suggest
 
 TAGS = ["O", "B-PER", "I-PER"]
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
