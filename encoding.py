@@ -6,7 +6,7 @@ word is the core of exactly one window). Each word's shape (capitalised, ALL CAP
 kept too: the default encoder is uncased, so case cues must come from here. Input: tokenised sentences
 and a tokenizer. Output: `Encoded` sentences, length-sorted batches, and padded tensors (`collate`).
 The same encoder, frozen and mean-pooled, embeds whole texts (`embed_texts`) for demo selection
-(demos.py) and for choosing which samples to label (suggest.py).
+(demos.py) and for choosing which samples to label (labelling/suggest.py).
 
     python -m pytest -q tests/test_tagger.py
 
@@ -213,7 +213,8 @@ def load_encoder(name: str, progress: bool = True):
 @lru_cache(maxsize=2)
 def frozen_encoder(name: str):
     """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained; without
-    a loading bar (demo selection and suggest.py have no progress setting, and the load takes a moment)."""
+    a loading bar (demo selection and labelling/suggest.py have no progress setting, and the load takes a
+    moment)."""
     tokenizer, model = load_encoder(name, progress=False)
     return tokenizer, model.eval()
 

@@ -293,11 +293,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the command line reads --gold as every dataset flag does: also a Label Studio export (the scorer never)
+    from labelling.labelstudio import EXPORT
+
     args = parser().parse_args(argv)
     one_line_warnings()
     try:  # the I/O boundary: bad files end the run with one line naming them, exit code 2
         check_paths(args.gold, args.pred, args.json)
-        gold_data = read_dataset(args.gold)
+        gold_data = read_dataset(args.gold, readers=[EXPORT])
         gold = gold_data.samples
         pred, unplaced = read_prediction(args.pred, gold_data)
         missing = unpredicted(args.pred, gold, pred)

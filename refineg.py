@@ -15,39 +15,42 @@ predicted) and scored (eval.py) when gold exists.
         --ground-box-format abs
 
 Only this file knows the order of the stages. A rerun of the same command resumes: synthesis and the
-tagger are reused when their settings and inputs match (rundir.fingerprint); prediction, refinement,
-demo selection and grounding run again and take every answer given before from the cache, so no answered
-MLLM call is paid twice (a failed answer is not cached; docs/running.md says what a rerun costs). A finished
-run that a new one replaces waits in OUT/previous/ until the new one finishes. The bookkeeping of a run
-(timers, clients, skips, the files written) is rundir.py's; the flags are cli.py's; the summary and the
---viz pictures are report.py's.
+tagger are reused when their settings and inputs match (app/rundir.py: fingerprint); prediction,
+refinement, demo selection and grounding run again and take every answer given before from the cache, so
+no answered MLLM call is paid twice (a failed answer is not cached; docs/running.md says what a rerun
+costs). A finished run that a new one replaces waits in OUT/previous/ until the new one finishes.
+
+The method's modules sit beside this file; the application around it is in app/: the flags (cli.py),
+reading and checking the inputs (inputs.py), the bookkeeping of a run (rundir.py: timers, clients, skips,
+the files written), the summary and the --viz pictures (report.py), trace.jsonl and report.html (page.py),
+and the --suggest stage (suggestion.py), which ranks with the labelling loop of labelling/ (not in the
+paper).
 
 Left out on purpose: multi-GPU training, a web UI.
 """
 
 import dataclasses
 import json
-import random
 import sys
 import traceback
 from pathlib import Path
 
-import formats
 import grounding
 import llm
-import page
 import refinement
 import selftrain
-import suggest
 import synth
 import tagger
 import uncertainty
-from cli import RunConfig, parse_configs
+from app import page
+from app.cli import RunConfig, parse_configs
+from app.inputs import describe_inputs, read_inputs, read_pool
+from app.report import draw, grounding_line, mllm_line, refinement_line, summary_text
+from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
+from app.suggestion import suggestion_stage
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
-from formats import ccks, labelstudio, twitter
-from report import draw, grounding_line, mllm_line, refinement_line, summary_text
-from rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
+from formats import ccks, twitter
 
 
 def pipeline(cfg: dict, run: Run) -> int:
@@ -85,157 +88,6 @@ def pipeline(cfg: dict, run: Run) -> int:
     run.finish()
     print(summary_text(run, settings.warn_failed_share))
     return 0
-
-
-# ---------------------------------------------------------------- the inputs
-
-
-def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bool]:
-    """The labelled dataset, its training part, the data to predict, and whether that has gold."""
-    labelled = formats.join(
-        [read_nonempty(p, settings.images, "--data") for p in settings.data], settings.data
-    )
-    if not settings.test:
-        if settings.suggest:  # the tagger that chooses learns from every label: none is left to score
-            return labelled, labelled.samples, dataclasses.replace(labelled, samples=[]), False
-        train, test = split(labelled.samples, settings.test_share, settings.seed)
-        return labelled, train, unseen(settings, dataclasses.replace(labelled, samples=test)), True
-    target = read_nonempty(settings.test, settings.images, "--test")
-    check_types(settings.test, target, labelled)
-    if not formats.has_labels(settings.test):  # predicted, not scored: the tagger may have seen them
-        return labelled, labelled.samples, target, False
-    refuse_overlap(target.samples, labelled.samples, f"--test {settings.test}", "--data")
-    return labelled, labelled.samples, unseen(settings, target), True
-
-
-def refuse_overlap(scored: list[Sample], other: list[Sample], scored_flag: str, other_flag: str) -> None:
-    """A scored sample that is also in `other` (same id or same text) is an error: trained on, it inflates
-    the score (--data); suggested, it would be labelled and then scored (--unlabelled)."""
-    ids = {s.id for s in other}
-    texts = {tagger.text_digest(s) for s in other}
-    both = [s.id for s in scored if s.id in ids or tagger.text_digest(s) in texts]
-    if both:
-        raise DataError(
-            f"{scored_flag}: {len(both)} of its {len(scored)} samples are also in {other_flag} (same id or "
-            f"same text), e.g. {both[:3]}: a scored sample must not be {OVERLAP[other_flag]}; take them out "
-            f"of one of the two"
-        )
-
-
-OVERLAP = {
-    "--data": "trained on",
-    "--unlabelled": "in the pool (it would be suggested, labelled, then scored)",
-}
-
-
-def unseen(settings: RunConfig, target: Dataset) -> Dataset:
-    """The gold data to score without the samples a reused --tagger was trained on (its trained_on.json):
-    a tagger scored on its own training data would look better than it is."""
-    seen = tagger.trained_on(settings.tagger_dir) if settings.tagger_dir else set()
-    kept = [s for s in target.samples if tagger.text_digest(s) not in seen]
-    if len(kept) == len(target.samples):
-        return target
-    where = f"--test {settings.test}" if settings.test else "the held-out split of --data"
-    if not kept:
-        raise DataError(
-            f"--tagger {settings.tagger_dir} was trained on every sample of {where}, so nothing is left "
-            "to score it on: pass --test with samples it has not seen"
-        )
-    print(
-        f"--tagger {settings.tagger_dir}: {len(target.samples) - len(kept)} samples of {where} are left "
-        "out: the tagger was trained on them"
-    )
-    return dataclasses.replace(target, samples=kept)
-
-
-def check_types(path: str, target: Dataset, labelled: Dataset) -> None:
-    """--test must use the labelled types: an error when it shares none, a warning when some differ."""
-    if Path(path).is_dir() and target.types and not set(target.types) & set(labelled.types):
-        raise DataError(
-            f"--test {path}: its types {target.types} share none with the labelled data's "
-            f"{labelled.types}: the predictions would have the wrong types"
-        )
-    unknown = {e.type for s in target.samples for e in s.entities} - set(labelled.types)
-    if unknown:
-        raise DataError(
-            f"--test {path}: types {sorted(unknown)} are not in the labelled data's types {labelled.types}"
-        )
-    if Path(path).is_dir() and target.types and target.types != labelled.types:  # its own types.txt
-        print(
-            f"warning: --test {path}: types.txt lists {target.types}, the labelled data {labelled.types}: "
-            "the labelled data's types and descriptions are used"
-        )
-
-
-def read_nonempty(path: str, images: list[str], flag: str) -> Dataset:
-    """A dataset that exists and has samples (a labelled one: entity types too)."""
-    if not Path(path).exists():
-        raise DataError(f"{flag} {path}: no such file or folder")
-    dataset = read_flag(flag, path, images)
-    if not dataset.samples:
-        raise DataError(f"{flag} {path}: no sample found (an empty dataset)")
-    if flag == "--data" and not dataset.types:
-        what = (
-            "no entity.json and no types.txt" if Path(path).is_dir() else "no token has an entity tag (B-X)"
-        )
-        raise DataError(f"--data {path}: {what}, so there is nothing to learn (--data is labelled data)")
-    return dataset
-
-
-def read_flag(flag: str, path: str, images: list[str]) -> Dataset:
-    """The dataset a flag names; an error in it starts with the flag, as the flag's other errors do
-    ("--unlabelled DIR/text.json: expected ..."): formats names the file, not the flag it came from."""
-    try:
-        return formats.read_dataset(path, images)
-    except DataError as err:
-        if str(err).startswith("--"):  # already names its flag (--images)
-            raise
-        raise DataError(f"{flag} {err}") from None
-
-
-def split(samples: list[Sample], share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """A seeded hold-out of `share` of the labelled samples as the test split."""
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    n_test = max(1, round(share * len(samples)))
-    return [samples[i] for i in sorted(order[n_test:])], [samples[i] for i in sorted(order[:n_test])]
-
-
-def describe_inputs(
-    run: Run, settings: RunConfig, train: list[Sample], test: list[Sample], types: list[str], gold_known: bool
-) -> None:
-    """Print what was read, record what will be scored, and refuse MLLM stages that could see no image."""
-    print(
-        f"data: {len(train)} labelled training samples, {len(test)} to predict "
-        f"({'with' if gold_known else 'without'} gold); types {types}"
-    )
-    if not test:
-        print(
-            "--suggest without --test: the tagger that chooses trains on every labelled sample, so none is "
-            "held out and nothing is scored (pass the same --test every round to follow a curve)"
-        )
-    with_image = sum(1 for s in test if s.image)
-    missing = len(test) - with_image
-    if test:
-        print(
-            f"images: {with_image} of {len(test)} samples to predict have one"
-            + (f" ({missing} missing: text-only, their entities ungroundable)" if missing else "")
-        )
-    gold_entities = sum(len(s.entities) for s in test) if gold_known else None
-    run.scope = {
-        "samples": len(test),
-        "gold_entities": gold_entities,
-        "test": settings.test or None,
-        "test_share": settings.test_share if not settings.test and not settings.suggest else None,
-    }
-    if not test:
-        return
-    if run.uses_llm and (settings.refine or settings.ground) and not with_image:  # before any call is paid
-        raise DataError(
-            f"none of the {len(test)} samples to predict has an image, so refinement and grounding "
-            "cannot see anything: pass --images DIR [DIR ...] (folders of <id>.jpg, .png or .jpeg; "
-            "default: images/ beside the data), or turn the stages off with --no-refine --no-ground"
-        )
 
 
 # ---------------------------------------------------------------- 1. training: synthesis and the tagger
@@ -365,122 +217,10 @@ def train_or_reuse(
     return model, how
 
 
-def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | None = None) -> list[Sample]:
-    """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest (with
-    --suggest, without the samples already labelled: each round may pass the same pool). None of it may
-    be in a scored --test (`scored`)."""
-    if not settings.unlabelled:
-        return []
-    if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
-        raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
-    pool = read_flag("--unlabelled", settings.unlabelled, settings.images).samples
-    if scored is not None and settings.test:
-        refuse_overlap(scored, pool, f"--test {settings.test}", "--unlabelled")
-    if settings.suggest:
-        fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)
-        if len(fresh) < len(pool):
-            print(f"--unlabelled: {len(pool) - len(fresh)} pool samples are already labelled (left out)")
-        pool = fresh
-    return pool
-
-
-def suggestion_stage(
-    run: Run, cfg: dict, chooser: tagger.Tagger, pool: list[Sample], labelled: Dataset
-) -> None:
-    """With --suggest N: the N pool samples to label next, ranked and pre-annotated by `chooser`, in
-    OUT/suggested/."""
-    n = cfg["run"].suggest
-    if not n:
-        return
-    with run.stage("suggestion"):
-        chosen = suggest.suggest(chooser, pool, n, cfg["suggest"], progress=cfg["tagger"].progress)
-        boxes = {c.sample.id: NULL_BOXES for c in chosen}
-        if cfg["suggest"].ground:
-            chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
-        with atomic(run.out / "suggested") as tmp:
-            suggest.write_suggestions(chosen, labelled, tmp)
-        with atomic(run.out / "suggested.jsonl") as tmp:
-            suggest.write_ranks(chosen, tmp, boxes)
-        write_labelstudio(run, cfg, chosen, labelled)
-        run.written += ["suggested/", "suggested.jsonl", "labelstudio/"]
-        run.notes["suggestion"] = {
-            "pool": len(pool),
-            "chosen": n,
-            "strategy": cfg["suggest"].strategy,
-            "chooser": who_chose(cfg, labelled),
-            "entities_prefilled": sum(len(c.sample.entities) for c in chosen),
-        }
-        by = run.notes["suggestion"]["chooser"]
-        print(
-            f"suggested: {n} of {len(pool)} pool samples to label next in {run.out / 'suggested'} (and as a "
-            f"Label Studio project in {run.out / 'labelstudio'}), chosen by {by} (ranked in suggested.jsonl; "
-            f"the tagger's entities to correct; boxes: {box_summary(boxes)})"
-        )
+# ---------------------------------------------------------------- 2. prediction with uncertainty, refinement
 
 
 NOTHING_TO_PREDICT = "nothing to predict (--suggest without --test holds no sample out)"
-NULL_BOXES = 'not drawn: a "bnd" left null says "not in the image"; draw the box where the entity is visible'
-
-
-def box_summary(boxes: dict[str, str]) -> str:
-    """The suggestions' boxes in a few words; each sample's own line is in suggested.jsonl."""
-    drawn = sum(why.startswith("drawn by the MLLM") for why in boxes.values())
-    if not drawn:
-        return NULL_BOXES
-    return f"drawn by the MLLM for {drawn} of {len(boxes)} samples (each sample's in suggested.jsonl)"
-
-
-def write_labelstudio(run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset) -> None:
-    """OUT/labelstudio/: the same suggestions as a Label Studio project (docs/labelling.md)."""
-    with atomic(run.out / "labelstudio") as tmp:
-        rows = [(c.sample, c.score, c.why) for c in chosen]
-        round_ = cfg["run"].suggest_round or len(cfg["run"].data)  # each round adds one --data
-        images = labelstudio.image_prefix(cfg["run"].labelstudio_images, run.out / "suggested" / "images")
-        labelstudio.write_labelstudio(rows, labelled, tmp, round_, images)
-
-
-def who_chose(cfg: dict, labelled: Dataset) -> str:
-    """Which tagger ranked the pool, in words (tagger_stage says why)."""
-    if cfg["run"].tagger_dir:
-        return f"the tagger of --tagger {cfg['run'].tagger_dir}"
-    how = f"the tagger trained on all {len(labelled.samples)} labelled samples"
-    if cfg["tagger"].self_train_rounds:
-        how += ", before its self-training on the pool (chooser/)"
-    return how
-
-
-def ground_suggestions(
-    run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset
-) -> tuple[list[suggest.Suggestion], dict[str, str]]:
-    """--suggest-ground: the MLLM draws the suggestions' boxes after the same worked examples as the
-    grounding stage (chosen from every labelled sample); per sample, what its boxes are (from the trace)."""
-    if not any(c.sample.image for c in chosen):  # before a call is paid: every answer would be "no image"
-        raise DataError(
-            "--suggest-ground: none of the suggested samples has an image to draw on: pass --images DIR "
-            "(folders of <id>.jpg, .png or .jpeg; default: images/ beside --unlabelled)"
-        )
-    client = run.client("suggestion grounding")
-    samples, notes, traces = grounding.ground(
-        [c.sample for c in chosen], labelled.samples, labelled, client, cfg["grounding"], cfg["demos"]
-    )
-    run.notes["suggestion grounding"] = notes
-    run.check_calls("suggestion grounding", "no suggestion was written")
-    boxed = [dataclasses.replace(c, sample=s) for c, s in zip(chosen, samples, strict=True)]
-    return boxed, {s.id: drawn(traces[s.id]) for s in samples}
-
-
-def drawn(trace: grounding.GroundingTrace) -> str:
-    """What a suggested sample's boxes are, for the annotator."""
-    if trace.outcome == "answered":
-        shown = ", ".join(e.id for e in trace.examples)
-        return f'drawn by the MLLM after worked examples {shown}; a null "bnd" says it saw no such entity'
-    if trace.outcome == "no_entity":
-        return "no entity to box (none predicted, or only types never grounded)"
-    why = trace.outcome.replace("_", " ") + (f": {trace.error}" if trace.error else "")
-    return f'not drawn ({why}): a "bnd" left null says "not in the image"; draw the box where it is visible'
-
-
-# ---------------------------------------------------------------- 2. prediction with uncertainty, refinement
 
 
 def prediction_stage(
@@ -639,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def kept(run: Run) -> str:
-    """What a failed run leaves: its own files, and the finished run it was replacing (rundir.set_aside)."""
+    """What a failed run leaves: its own files, and the finished run it replaces (app.rundir.set_aside)."""
     files = f" Kept in {run.out}: {', '.join(run.written)}." if run.written else ""
     earlier = run.out / PREVIOUS
     if run.written and earlier.is_dir():

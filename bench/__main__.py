@@ -19,7 +19,7 @@ SECTIONS = {
     "memory": "peak memory of training on a long text and of grounding",
     "gmner": "the whole method on Twitter-GMNER with a simulated MLLM of known accuracy",
     "synth": "synth.py with a real 0.5B LLM (llama-server), then the tagger",
-    "active": "which tweets to label next (suggest.py) against random labelling (Twitter-GMNER)",
+    "active": "which tweets to label next (labelling/suggest.py) against random labelling (Twitter-GMNER)",
 }
 
 

@@ -1,4 +1,4 @@
-"""Which tweets to label next (suggest.py) against random labelling, on Twitter-GMNER.
+"""Which tweets to label next (labelling/suggest.py) against random labelling, on Twitter-GMNER.
 
     python -m bench active                                  # every row, seeds 0 1 2
     python -m bench active --only random,entity --seeds 0   # some rows
@@ -13,7 +13,7 @@ Protocol: start from lowres/10GMNER/train.txt (700 tweets, labelled); the pool i
 tweets of train.txt with their labels hidden. Each round adds 700 tweets, chosen by the row's
 strategy, whose labels are then revealed from train.txt; up to --max-labelled (2,800). After each
 round the tagger is trained as refineg.py trains it (default settings, no dev selection, the last
-epoch) and scored on the full dev.txt. Rows: random selection, and suggest.py's strategies, chosen
+epoch) and scored on the full dev.txt. Rows: random selection, and labelling/suggest.py's strategies, chosen
 by that same tagger (trained on every label, as refineg.py --suggest trains it); the "chooser on
 70 %" row chooses with a second tagger trained on the 70 % that a held-out split leaves (what
 refineg.py --suggest did before it trained on all labels). The "+self-training" rows train (and score) on
@@ -144,7 +144,7 @@ def choose(row: str, seed: int, models: tuple | None, labelled: list, pool: list
     """The next ROUND tweets the row's strategy picks from the pool (suggest.Suggestion, best first).
     The chooser: the tagger scored, the tagger before self-training, one trained on `share` of the labels,
     or, for "pool-out", each half of the pool ranked by a tagger self-trained on the other half."""
-    import suggest
+    from labelling import suggest
 
     strategy, diversity, _, share, by = ROWS[row]
     config = suggest.SuggestConfig(strategy=strategy, diversity=diversity, seed=seed)
@@ -163,8 +163,8 @@ def pool_out(supervised, labelled: list, pool: list, types: list[str], seed: int
     """Two-fold: each seeded half of the pool is scored by the tagger self-trained (from `supervised`) on
     the other half, so no chooser has learnt the pseudo labels of what it ranks; then the same greedy pick."""
     import selftrain
-    import suggest
     import tagger
+    from labelling import suggest
 
     order = np.random.default_rng(seed).permutation(len(pool))
     halves = [[pool[i] for i in sorted(order[k::2])] for k in (0, 1)]
@@ -197,7 +197,7 @@ def how_hard(model, chosen: list, by_id: dict, pool: list) -> dict:
 
 def held_in(labelled: list, share: float, seed: int) -> list:
     """The labels a tagger trained beside a held-out split sees: refineg.py's own seeded split."""
-    from refineg import split
+    from app.inputs import split
 
     return split(labelled, 1 - share, seed)[0]
 

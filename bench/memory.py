@@ -11,8 +11,8 @@
    0-latency fake server that keeps no request bodies, with requests built lazily in the workers
    (now) and all built before the first call (as before, emulated by building every request before
    map_chat). The claim: the lazy peak does not grow with the number of samples.
-3. Suggestion (suggest.py): peak RSS of scoring a pool of 10,000 and 100,000 synthetic texts (20 words
-   drawn from the demo's) and choosing 700, against the peak after only reading the pool; and the
+3. Suggestion (labelling/suggest.py): peak RSS of scoring a pool of 10,000 and 100,000 synthetic texts
+   (20 words drawn from the demo's) and choosing 700, against the peak after only reading the pool; and the
    pool's scoring speed. The claim: the pool's marginals are never all kept, so the peak above the
    pool itself does not grow with it.
 
@@ -109,10 +109,10 @@ def _grounding_case(spec: dict) -> dict:
 def _suggest_case(spec: dict) -> dict:
     import random
 
-    import suggest
     import tagger
     from data import Sample
     from formats import ccks
+    from labelling import suggest
 
     demo = ccks.read_ccks(DEMO)
     cfg = tagger.TaggerConfig(epochs=1, min_steps=0, progress=False, threads=1)

@@ -2,10 +2,17 @@
 
 - `ccks.py`: the CCKS-2025 folder (text.json, entity.json, images/, types.txt).
 - `twitter.py`: Twitter-GMNER (IMGID + CoNLL, Pascal-VOC xml/) and plain two-column CoNLL.
-- `labelstudio.py`: a Label Studio JSON export of the --suggest tasks (and the project it came from).
 Every reader returns a `data.Dataset`; names become spans and gold boxes are checked by the rules
 in data.py, so the formats differ only in how they store the same thing. An image file that is not a
 readable image counts as no image (`Dataset.bad_images`, one warning line).
+
+Other layouts are passed in, not hard-wired: `read_dataset(path, images, readers)` also tries each
+`Reader` of the plain list `readers`, in order, on a file (not a folder) before the CoNLL readers. A
+`Reader` is a pair: `read(path, images)` returns the file's Dataset, or None when the file is not in its
+layout (a file that is, or that is a known relative of it, and cannot be read is a DataError); `accepts`
+names the layout in the error for a `.json` file that no reader takes ("expected a CCKS folder ..., or
+<accepts>"). The application passes Label Studio's export reader (labelling/labelstudio.py: EXPORT), as
+`python -m formats` does.
 
     python -m formats examples/demo     # reads a dataset and prints its statistics
 
@@ -15,26 +22,36 @@ Left out on purpose: other layouts (convert them to one of these: docs/data-form
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from data import DataError, Dataset, attach_images
 from formats.ccks import read_ccks
-from formats.labelstudio import export_tasks, other_export, read_labelstudio
 from formats.twitter import read_conll, read_twitter
 from images import image_problem
 
-ACCEPTED = (  # what every dataset flag takes, said when a file is none of them
-    "a CCKS folder (text.json, entity.json, images/, types.txt), a Twitter-GMNER or CoNLL file, "
-    "or a Label Studio JSON export (a list of tasks [...])"
-)
+LAYOUTS = [  # what read_dataset reads with no reader passed in, said when a file is none of it
+    "a CCKS folder (text.json, entity.json, images/, types.txt)",
+    "a Twitter-GMNER or CoNLL file",
+]
 
 
-def read_dataset(path: str | Path, images: list[str | Path] | None = None) -> Dataset:
+class Reader(NamedTuple):
+    """A layout the application adds to LAYOUTS (the module docstring says how read_dataset uses it)."""
+
+    accepts: str  # the layout, as the error for a file no reader takes names it
+    read: Callable[[Path, list[str | Path] | None], Dataset | None]  # None: not a file of this layout
+
+
+def read_dataset(
+    path: str | Path, images: list[str | Path] | None = None, readers: list[Reader] | None = None
+) -> Dataset:
     """Any supported input (see read_any); a file that is not UTF-8 or nests too deep is a DataError.
     An image file that is not an image makes its sample text-only (drop_bad_images)."""
     try:
-        dataset = read_any(Path(path), images)
+        dataset = read_any(Path(path), images, readers or [])
     except UnicodeDecodeError:
         raise DataError(not_utf8(Path(path))) from None
     except RecursionError:
@@ -74,9 +91,9 @@ def not_utf8(path: Path) -> str:
     return f"{path}: expected UTF-8 text"
 
 
-def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
-    """Any supported input: a CCKS folder, a Label Studio JSON export (a file holding a JSON list of tasks),
-    a Twitter txt (xml/ beside it or up to two folders up) or CoNLL.
+def read_any(path: Path, images: list[str | Path] | None, readers: list[Reader]) -> Dataset:
+    """Any supported input: a CCKS folder, a file one of `readers` takes, a Twitter txt (xml/ beside it or up
+    to two folders up) or CoNLL; a `.json` file none of them takes is an error saying what is read.
 
     Images: `<dir>/<id>.jpg` (.png, .jpeg) in the folders `images` when given; else a
     CCKS folder's own images/, or an `images/` folder beside a Twitter or IMGID-CoNLL
@@ -89,13 +106,13 @@ def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
         return read_ccks(path, images or None)
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
-    tasks = export_tasks(path)
-    if tasks is not None:
-        return read_labelstudio(path, tasks, images or None)
+    for reader in readers:
+        dataset = reader.read(path, images)
+        if dataset is not None:
+            return dataset
     if path.suffix.lower() == ".json":  # a JSON file read as CoNLL would fail on its first line, unexplained
-        raise DataError(not_a_dataset(path))
+        raise DataError(not_a_dataset(path, readers))
     first = first_line(path)
-    other_export(path, first)  # Label Studio's CSV or TSV export is refused, its CONLL2003 export warned
     dirs = [Path(d) for d in images or []] or [path.parent / "images"]
     has_imgid = first.startswith("IMGID:")
     # xml/ beside the txt or up to two folders above it: the benchmark keeps one xml/ for txt/{train,dev}.txt
@@ -109,7 +126,7 @@ def read_any(path: Path, images: list[str | Path] | None = None) -> Dataset:
     return dataset
 
 
-def not_a_dataset(path: Path) -> str:
+def not_a_dataset(path: Path, readers: list[Reader]) -> str:
     """Why a `.json` file that is not a JSON list is no dataset: what the dataset flags accept, and, for the
     text.json or entity.json of a CCKS folder, to pass the folder."""
     try:
@@ -118,11 +135,15 @@ def not_a_dataset(path: Path) -> str:
         return f"{path}:{err.lineno}:{err.colno}: malformed JSON: {err.msg}"
     if path.name in ("text.json", "entity.json") and (path.parent / "text.json").is_file():
         got = f"the {path.name} of the CCKS folder {path.parent}: pass the folder {path.parent}"
-    elif isinstance(value, dict) and {"images", "categories"} <= value.keys():
-        got = 'a COCO file (Label Studio\'s COCO export has no text): export the project as "JSON"'
     else:
         got = "a JSON object" if isinstance(value, dict) else f"the JSON value {json.dumps(value)[:40]}"
-    return f"{path}: expected {ACCEPTED}; got {got}"
+    return f"{path}: expected {accepted(readers)}; got {got}"
+
+
+def accepted(readers: list[Reader]) -> str:
+    """What the dataset flags take: LAYOUTS, then each reader's layout, e.g. "A, B, or C"."""
+    names = LAYOUTS + [r.accepts for r in readers]
+    return ", ".join(names[:-1]) + ", or " + names[-1]
 
 
 def join(datasets: list[Dataset], paths: list[str]) -> Dataset:

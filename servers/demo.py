@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 
 import refineg
-from cli import field_help
+from app.cli import field_help
 from data import DataError
 from servers.simulated_mllm import SimConfig, SimulatedMLLM, load_world
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from PIL import Image
 
 import formats
-from cli import field_help
+from app.cli import field_help
 from data import Box, DataError, Entity, Sample, failed_rules, find_name, without_spaces
 from images import ImageError, image_size
 from llm import SIMULATED

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import refineg
+from app.inputs import READERS
 from data import Box, DataError
 from formats import read_dataset, stats
 from formats.ccks import read_ccks, read_ccks_predictions, write_ccks
@@ -293,14 +294,25 @@ def test_a_ccks_file_given_for_its_folder_says_what_is_read_and_to_pass_the_fold
 
 
 def test_a_json_file_that_is_no_dataset_says_what_the_flags_accept(tmp_path):
+    """formats' own layouts, then the layouts of the readers passed in (the application passes Label
+    Studio's, which also names a COCO file)."""
     (tmp_path / "labels.json").write_text(json.dumps({"1": []}))
-    with pytest.raises(DataError, match=r"labels\.json: expected a CCKS folder .*; got a JSON object$"):
+    with pytest.raises(DataError) as own:
         read_dataset(tmp_path / "labels.json")
+    assert str(own.value) == (
+        f"{tmp_path / 'labels.json'}: expected a CCKS folder (text.json, entity.json, images/, types.txt), "
+        "or a Twitter-GMNER or CoNLL file; got a JSON object"
+    )
+    with pytest.raises(DataError) as flags:
+        read_dataset(tmp_path / "labels.json", readers=READERS)
+    assert str(flags.value) == f"{tmp_path / 'labels.json'}: {ACCEPTED}; got a JSON object"
     (tmp_path / "coco.json").write_text(json.dumps({"images": [], "categories": [], "annotations": []}))
-    with pytest.raises(
-        DataError, match=r"; got a COCO file \(Label Studio's COCO export has no text\): export"
-    ):
-        read_dataset(tmp_path / "coco.json")
+    with pytest.raises(DataError) as coco:
+        read_dataset(tmp_path / "coco.json", readers=READERS)
+    assert str(coco.value) == (
+        f"{tmp_path / 'coco.json'}: {ACCEPTED}; got a COCO file (Label Studio's COCO export has no text): "
+        'export the project as "JSON"'
+    )
 
 
 def test_unlabelled_given_a_ccks_text_json_is_one_error_line_naming_the_flag(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""refineg.py's command line (cli.py): every invalid setting ends with one `error:` line and exit code 2,
+"""refineg.py's command line (app/cli.py): every invalid setting ends with one `error:` line and exit code 2,
 before any stage.
 
 Each case goes through main(), as a user's command does; the data folder is the shipped demo, so a case that
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import cli
 import refineg
 import synth
 import tagger
+from app import cli
 
 DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
 

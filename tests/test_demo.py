@@ -17,8 +17,8 @@ import requests
 
 import llm
 import refineg
-from report import simulation_lines
-from rundir import Run, served_model
+from app.report import simulation_lines
+from app.rundir import Run, served_model
 from servers import demo
 from servers.simulated_mllm import SimConfig, model_id
 

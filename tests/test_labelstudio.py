@@ -1,4 +1,4 @@
-"""formats/labelstudio.py offline: the project it writes, the export it reads, its rules and its errors.
+"""labelling/labelstudio.py offline: the project it writes, the export it reads, its rules and its errors.
 
 Exports here are written by hand in Label Studio's JSON export layout (the shape the real tool's export
 has; tests/test_labelstudio_real.py checks that against Label Studio itself). Hand-worked numbers: a box
@@ -16,17 +16,23 @@ import pytest
 from PIL import Image
 from test_suggest import split_demo
 
-import cli
+import formats
 import refineg
-import suggest
-from data import Box, DataError, Entity, Sample
-from formats import join, labelstudio, read_dataset
-from rundir import Run
+from app import cli, inputs, suggestion
+from app.rundir import Run
+from data import Box, DataError, Dataset, Entity, Sample
+from formats import join
+from labelling import labelstudio, suggest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
 TYPES = ["PER", "LOC"]
 TEXT = "Anna met Bob in Paris ."  # Anna [0, 4) met [5, 8) Bob [9, 12) in [13, 15) Paris [16, 21) . [22, 23)
+
+
+def read_dataset(path: Path, images: list[Path] | None = None) -> Dataset:
+    """formats.read_dataset as every dataset flag calls it: with labelling's export reader."""
+    return formats.read_dataset(path, images, inputs.READERS)
 
 
 def span(rid: str, start: int, end: int, label: str = "PER") -> dict:
@@ -234,6 +240,19 @@ def test_a_conll_file_starting_with_a_bracket_is_still_conll(tmp_path):
     conll = tmp_path / "a.txt"
     conll.write_text("[\tO\nBob\tB-PER\n]\tO\n")
     assert read_dataset(conll).samples[0].tokens == ["[", "Bob", "]"]
+
+
+def test_formats_reads_an_export_only_through_the_reader_passed_in(tmp_path):
+    """formats/ does not know Label Studio: without the reader an export is a JSON file of no layout it
+    reads; the reader gives None for a file that is not an export, so formats' own readers take it."""
+    path = export(tmp_path, [task("t1", [span("a", 0, 4), not_in_image("a", 0, 4)])])
+    with pytest.raises(DataError, match=r"or a Twitter-GMNER or CoNLL file; got the JSON value \[\{"):
+        formats.read_dataset(path)
+    with pytest.warns(UserWarning, match="1 missing images"):
+        assert [s.id for s in formats.read_dataset(path, readers=[labelstudio.EXPORT]).samples] == ["t1"]
+    conll = tmp_path / "a.txt"
+    conll.write_text("Bob\tB-PER\n")
+    assert labelstudio.EXPORT.read(conll, None) is None
 
 
 # ---------------------------------------------------------------- reading: the errors
@@ -505,8 +524,8 @@ def accept_all(tasks_json: Path, export_json: Path) -> None:
 
 
 def suggestion_round(args: list[str], monkeypatch) -> Path:
-    """refineg.py's suggestion stage for `args`, as main() runs it, with a tagger that predicts the demo's
-    gold (entities and boxes): the stage's own work is writing the files, not training."""
+    """The suggestion stage (app/suggestion.py) for `args`, as refineg.main() runs it, with a tagger that
+    predicts the demo's gold (entities and boxes): the stage's own work is writing the files, not training."""
     gold = {s.id: s for s in read_dataset(DEMO).samples}
 
     def perfect(model, pool, n, config, progress=True):
@@ -515,13 +534,13 @@ def suggestion_round(args: list[str], monkeypatch) -> Path:
             for k, s in enumerate(pool[:n])
         ]
 
-    monkeypatch.setattr(refineg.suggest, "suggest", perfect)
+    monkeypatch.setattr(suggest, "suggest", perfect)
     cfg = cli.parse_configs(args)
     settings = cfg["run"]
     labelled = join([read_dataset(p) for p in settings.data], settings.data)
-    pool = refineg.read_pool(settings, labelled)
+    pool = inputs.read_pool(settings, labelled)
     Path(settings.out).mkdir(parents=True)
-    refineg.suggestion_stage(Run(Path(settings.out), cfg["llm"]), cfg, None, pool, labelled)
+    suggestion.suggestion_stage(Run(Path(settings.out), cfg["llm"]), cfg, None, pool, labelled)
     return Path(settings.out)
 
 

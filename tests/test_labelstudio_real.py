@@ -1,11 +1,11 @@
-"""formats/labelstudio.py against the real Label Studio (test infrastructure, not the paper).
+"""labelling/labelstudio.py against the real Label Studio (test infrastructure, not the paper).
 
 tests/test_labelstudio.py reads hand-written exports; here Label Studio itself takes the project that
 `write_labelstudio` writes (it validates the labelling config against the tasks on import), serves the
 images through its local-file serving, stores annotations made through its API, and exports them as JSON;
-`formats.read_dataset` must read that export back into the samples the annotations say. Oracle: the demo's
-gold samples, with the changes the test's annotator made; for rotated photos (EXIF orientation), the
-upright image of test_orientation.py with its red rectangle.
+`formats.read_dataset` with labelling's export reader must read that export back into the samples the
+annotations say. Oracle: the demo's gold samples, with the changes the test's annotator made; for rotated
+photos (EXIF orientation), the upright image of test_orientation.py with its red rectangle.
 
     make label-studio       # once: Label Studio in a venv of its own in ~/.cache/refineg-labelstudio (~4 min)
     python -m pytest -q -m labelstudio tests/test_labelstudio_real.py
@@ -31,15 +31,20 @@ from llama_server import _die_with_parent, free_port
 from PIL import Image
 from test_orientation import RED, TYPES, drawn_upright, is_upright, rotated, untagged
 
+import formats
 import images
-import suggest
-from data import Box, DataError, Entity, Sample
-from formats import labelstudio, read_dataset
+from data import Box, DataError, Dataset, Entity, Sample
+from labelling import labelstudio, suggest
 
 CACHE = os.environ.get("REFINEG_LABELSTUDIO_CACHE", os.path.expanduser("~/.cache/refineg-labelstudio"))
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
 TOKEN = "refineg-test-token"  # label-studio ignores a --user-token of 5 characters or fewer
 START_S = 600  # a first start migrates a new SQLite database: minutes on a busy 2-core machine
+
+
+def read_dataset(path: Path) -> Dataset:
+    """formats.read_dataset as every dataset flag calls it: with labelling's export reader."""
+    return formats.read_dataset(path, readers=[labelstudio.EXPORT])
 
 
 def _info() -> dict | None:

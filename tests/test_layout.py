@@ -1,4 +1,5 @@
-"""The shape of the code: no import cycles, stages that meet only through the shared foundations.
+"""The shape of the code: the method at the top level, no import cycles, stages that meet only through the
+shared foundations, and the folders around the method importing one way (app/ -> labelling/ -> the method).
 
 Every import counts: at the top, inside functions and under `if TYPE_CHECKING:`, since each one
 is a dependency a reader has to follow.
@@ -10,11 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("formats", "client", "servers", "bench")
+PACKAGES = ("formats", "client", "servers", "bench", "app", "labelling")
+METHOD = {  # the top level: the paper's parts (and self-training, marked as not in the paper)
+    *("refineg", "data", "crf", "encoding", "tagger", "synth", "selftrain", "uncertainty", "refinement"),
+    *("demos", "grounding", "images", "eval", "llm"),
+}
 
 # The stages of the method, each a group of modules; one stage may not import another's modules.
 # Everything else they use is a foundation (data, crf, encoding, images, llm, client/, formats/,
-# eval, uncertainty) or the orchestration on top (refineg, cli, rundir, report).
+# eval, uncertainty) or the orchestration on top (refineg and the application, app/).
 STAGES = {
     "training": {"synth", "tagger", "selftrain"},
     "refinement": {"refinement"},
@@ -129,5 +134,28 @@ def test_the_method_imports_no_benchmark_or_test_infrastructure(outside):
 
 
 def test_the_top_level_holds_only_the_method():
-    top = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert not [name for name in top if name.startswith(("bench", "test", "fake", "simulated"))]
+    assert {p.stem for p in ROOT.glob("*.py")} == METHOD
+
+
+def outside(edges: dict[str, set[str]], modules: set[str], folders: tuple[str, ...]) -> set[tuple[str, str]]:
+    """The imports from `modules` into the packages `folders`."""
+    return {(m, d) for m in modules for d in edges[m] if d.split(".")[0] in folders}
+
+
+def test_the_method_imports_the_application_and_the_labelling_loop_only_where_stated():
+    """Only refineg.py imports app/ (in this step of issue 36 it still runs the application's parts), and
+    eval.py's command line imports labelling's export reader (its --gold reads an export, as every dataset
+    flag does; the scorer itself does not): any other import of the product from the method fails here."""
+    edges = graph()
+    found = outside(edges, METHOD, ("app", "labelling"))
+    assert {(m, d.split(".")[0]) for m, d in found} == {("refineg", "app"), ("eval", "labelling")}
+
+
+def test_the_folders_import_one_way():
+    """app/ uses labelling/, never the reverse; formats/ knows no other layout's reader, and only its command
+    line (`python -m formats`) passes labelling's, so the package formats/ stays below labelling/."""
+    edges = graph()
+    package = {m for m in edges if m.split(".")[0] in ("labelling", "formats") and m != "formats.__main__"}
+    assert outside(edges, package, ("app",)) == set()
+    formats = {m for m in edges if m.split(".")[0] == "formats" and m != "formats.__main__"}
+    assert outside(edges, formats, ("labelling",)) == set()

@@ -20,12 +20,11 @@ import pytest
 from PIL import Image, ImageOps
 
 import images
-import page
-import report
-import suggest
+from app import page, report
 from data import Box, DataError, Dataset, Entity, Sample
-from formats import ccks, labelstudio, twitter
+from formats import ccks, twitter
 from grounding import from_model
+from labelling import labelstudio, suggest
 
 W, H = 64, 48  # the upright size
 RED = (8, 6, 28, 20)  # the rectangle, upright pixels x1, y1, x2, y2

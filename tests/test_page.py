@@ -1,4 +1,4 @@
-"""page.py: a run's trace.jsonl and report.html against what the run wrote and scored.
+"""app/page.py: a run's trace.jsonl and report.html against what the run wrote and scored.
 
 A tiny tagger (a 2-layer BERT built here, one step) stands behind refineg.py; its predictions are
 replaced by the held-out gold with every third entity dropped (missed), the others sure or unsure
@@ -23,9 +23,8 @@ from hostile import write_bad_image
 from PIL import Image
 
 import data
-import page
 import refineg
-import report
+from app import page, report
 from data import Box, Entity, Sample
 from formats import ccks
 from grounding import GroundingTrace, WorkedExample

@@ -20,6 +20,8 @@ import data
 import formats
 import llm
 import refineg
+from app import inputs
+from app.cli import RunConfig
 from formats import ccks
 from servers.fake_mllm import FakeServer, chaos, reply
 
@@ -101,7 +103,7 @@ def test_demo_without_server(trained: Path, capsys):
     out = trained
     pred = json.loads((out / "predictions.json").read_text())
     gold = ccks.read_ccks(DEMO)
-    _, test = refineg.split(gold.samples, 0.3, 0)
+    _, test = inputs.split(gold.samples, 0.3, 0)
     assert sorted(pred) == sorted(s.id for s in test)  # every test id, [] for none
     assert all(r["bnd"] is None for recs in pred.values() for r in recs)  # no grounding without a server
     metrics = json.loads((out / "metrics.json").read_text())
@@ -423,7 +425,7 @@ def test_test_folder_with_other_types_warns(tmp_path, capsys):
     test.mkdir()
     (test / "text.json").write_text(json.dumps({"x1": {"text": "A Leopard 2 drives."}}))
     (test / "types.txt").write_text("1. vehicle: tanks\n2. ship: boats\n")
-    refineg.read_inputs(refineg.RunConfig(data=[str(DEMO)], test=str(test)))
+    inputs.read_inputs(RunConfig(data=[str(DEMO)], test=str(test)))
     printed = capsys.readouterr().out.splitlines()
     assert [line for line in printed if line.startswith("warning:")] == [
         f"warning: --test {test}: types.txt lists ['vehicle', 'ship'], the labelled data "
@@ -438,7 +440,7 @@ def test_test_folder_sharing_no_type_is_an_error(tmp_path):
     (test / "text.json").write_text(json.dumps({"x1": {"text": "A Leopard 2 drives."}}))
     (test / "types.txt").write_text("1. PER: people\n2. ORG: organisations\n")
     with pytest.raises(refineg.DataError, match=r"--test .*share none with the labelled data"):
-        refineg.read_inputs(refineg.RunConfig(data=[str(DEMO)], test=str(test)))
+        inputs.read_inputs(RunConfig(data=[str(DEMO)], test=str(test)))
 
 
 def without_reasks(body: dict) -> dict:

@@ -27,6 +27,7 @@ import grounding
 import refineg
 import refinement
 import synth
+from app import inputs
 from client.structured import validate
 from formats import ccks
 from llm import Client, LLMError
@@ -316,7 +317,7 @@ def test_pipeline_on_demo_then_a_rerun_asks_only_the_failed_calls(server, tmp_pa
         assert refineg.main([*tiny, "--llm-url", proxy.url]) == 0
         again = json.loads((out / "usage.json").read_text())["llm"]
         assert proxy.errors == []
-    _, test = refineg.split(ccks.read_ccks(DEMO).samples, 0.2, 0)
+    _, test = inputs.split(ccks.read_ccks(DEMO).samples, 0.2, 0)
     assert sorted(pred) == sorted(s.id for s in test)
     assert metrics["skipped"] == {} and set(usage) == {"synthesis", "refinement", "grounding"}
     for stage, u in usage.items():

@@ -1,6 +1,6 @@
 """The run folder and the inputs' checks: a scored --test that overlaps --data or --unlabelled, a pool
 without types.txt, an --out that cannot be written, and a failing run that never mixes its records with
-those of the finished run it replaces (rundir.set_aside)."""
+those of the finished run it replaces (app.rundir.set_aside)."""
 
 import json
 import shutil
@@ -10,7 +10,7 @@ import pytest
 
 import formats
 import refineg
-import rundir
+from app import rundir
 from formats import ccks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""suggest.py: the doubt scores against hand-worked marginals, streaming, diversity, and the round trip."""
+"""labelling/suggest.py: doubt scores against hand-worked marginals, streaming, diversity, the round trip."""
 
 import json
 import shutil
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import formats
 import refineg
-import suggest
 from data import Entity, Sample
 from formats import read_dataset
 from images import smart_resize
+from labelling import suggest
 
 TAGS = ["O", "B-PER", "I-PER"]
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -137,7 +138,7 @@ def test_suggest_then_label_then_retrain_round_trip(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nothing scored: with --suggest and no --test" in printed
     assert "chosen by the tagger trained on all 20 labelled samples" in printed
-    joined = refineg.formats.join([read_dataset(labelled), suggested], ["labelled", "suggested"])
+    joined = formats.join([read_dataset(labelled), suggested], ["labelled", "suggested"])
     assert len(joined.samples) == 24
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import data
 import images
-from rundir import NO_LLM, Run
+from app.rundir import NO_LLM, Run
 
 TASKS = ("mner", "eeg", "gmner")
 PRED = (205, 25, 25)  # a prediction's box and tag: red; white text on it has a contrast of 5 to 1

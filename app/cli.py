@@ -25,11 +25,11 @@ import demos
 import grounding
 import llm
 import refinement
-import suggest
 import synth
 import tagger
 import uncertainty
 from data import failed_rules
+from labelling import suggest
 
 
 @dataclasses.dataclass

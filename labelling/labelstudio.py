@@ -10,6 +10,8 @@ boxes in one task, so one pass corrects an entity, its type and its boxes.
 - Reading (`read_labelstudio`): a Label Studio JSON export of those tasks, types from the `types.txt` (or
   `config.xml`) beside it. Only annotations are gold; the rules for several annotations, boxes without a
   relation, entities without a box or a choice and spans off token boundaries are in docs/labelling.md.
+  `EXPORT` is the `formats.Reader` the application passes to `formats.read_dataset`, so every dataset flag
+  reads an export (`read_export` also recognises the other exports below).
 
     python -m formats runs/round1/labelstudio/export.json     # reads an export back, prints its statistics
 
@@ -30,6 +32,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from data import Box, DataError, Dataset, Entity, Sample, find_image, is_number
+from formats import Reader, accepted, first_line
 from formats.ccks import ID_RE, read_types, types_text
 from images import ImageError, image_size
 
@@ -213,6 +216,37 @@ class ImportCounts:
     missing_images: int = 0  # samples read as text-only because their image is not found
 
 
+def read_export(path: Path, images: list[str | Path] | None = None) -> Dataset | None:
+    """`EXPORT`'s read: the dataset of a Label Studio JSON export, or None for a file that is none of Label
+    Studio's exports (its CONLL2003 export is one: read as plain CoNLL, warned about); its JSON-MIN, CSV,
+    TSV and COCO exports are refused, saying to export "JSON"."""
+    tasks = export_tasks(path)
+    if tasks is not None:
+        return read_labelstudio(path, tasks, images or None)
+    if path.suffix.lower() == ".json":
+        refuse_coco(path)
+        return None
+    other_export(path, first_line(path))  # Label Studio's CSV or TSV export is refused, CONLL2003 warned
+    return None
+
+
+EXPORT = Reader("a Label Studio JSON export (a list of tasks [...])", read_export)
+
+
+def refuse_coco(path: Path) -> None:
+    """A COCO file (images and categories, no text) is refused; any other JSON is left to read_dataset's
+    error, which says what the dataset flags take (a malformed one too, with its line and column)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError:
+        return
+    if isinstance(value, dict) and {"images", "categories"} <= value.keys():
+        raise DataError(
+            f"{path}: expected {accepted([EXPORT])}; got a COCO file (Label Studio's COCO export has no "
+            'text): export the project as "JSON"'
+        )
+
+
 def export_tasks(path: Path) -> list | None:
     """The tasks of a Label Studio JSON export at `path`, or None when the file is not a JSON list.
 
@@ -302,7 +336,7 @@ def config_types(xml: Path) -> list[str]:
         node = root.find(f".//{tag}[@name='{name}']")
         if node is None:
             raise DataError(
-                f'{xml}: expected <{tag} name="{name}">: not the labelling config of formats/labelstudio.py'
+                f'{xml}: expected <{tag} name="{name}">: not the labelling config of labelling/labelstudio.py'
             )
         found[tag] = [label.get("value") for label in node.iter("Label")]
     if found["Labels"] != found["RectangleLabels"]:

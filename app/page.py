@@ -26,13 +26,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import eval as scorer
+from app.report import picture, scope_line
+from app.rundir import atomic
 from data import Box, Entity, Sample
 from grounding import GroundingTrace
 from images import ImageError, image_size
 from llm import SIMULATED
 from refinement import RefinementTrace
-from report import picture, scope_line
-from rundir import atomic
 
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails

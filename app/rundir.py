@@ -198,13 +198,13 @@ class Run:
 
 
 # What one run writes into its folder, apart from the caches that later runs reuse by their fingerprints
-# (synthetic*.json*, tagger/) or append to (llm_cache.jsonl).
+# (synthetic*.json*, chooser/, tagger/) or append to (llm_cache.jsonl).
 RECORDS = [
     *("config.json", "metrics.json", "usage.json", "trace.jsonl", "report.html", "report", "error.log"),
     *("predictions.json", "predictions.refined.json", "predictions.txt", "xml", "predictions.conll"),
     *("gold", "gold.conll", "suggested", "suggested.jsonl", "labelstudio", "viz"),
 ]
-REUSED = ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl", "tagger"]
+REUSED = ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl", "chooser", "tagger"]
 PREVIOUS = "previous"  # OUT/previous/: the finished run that the running one replaces, until it finishes
 
 
