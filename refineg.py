@@ -32,6 +32,7 @@ Left out on purpose: multi-GPU training, a web UI.
 import dataclasses
 import json
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except Exception as err:  # a bug: one line naming the stage and sample; the traceback goes to a file
-        log = run.out / "error.log"
+        started = "config.json" in run.written  # else --out may hold a finished run: leave it as it is
+        log = run.out / "error.log" if started else Path(tempfile.gettempdir()) / "refineg-error.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(traceback.format_exc(), encoding="utf-8")
         sample = sample_of(err.__traceback__)

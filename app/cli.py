@@ -28,6 +28,7 @@ import refinement
 import synth
 import tagger
 import uncertainty
+from app.rundir import PREVIOUS, RECORDS
 from data import failed_rules
 from labelling import suggest
 
@@ -68,6 +69,12 @@ def check_run(c: RunConfig) -> list[tuple[str, str]]:
                 "a folder of its own (it holds the input data; runs would write into it)",
             ),
             (
+                "out",
+                not in_run_records(c),
+                "a folder whose run files hold no input (an input lies in OUT/suggested, OUT/labelstudio, "
+                "OUT/previous or another folder a run replaces: move it out, or pass another --out)",
+            ),
+            (
                 "tagger_dir",
                 not c.tagger_dir or is_tagger_dir(c.tagger_dir),
                 "a trained tagger's folder with config.json and weights.pt (OUT/tagger of an earlier run)",
@@ -90,6 +97,15 @@ def holds_input(c: RunConfig) -> bool:
     out = Path(c.out).resolve()
     inputs = [Path(p).resolve() for p in [*c.data, c.test, c.unlabelled] if p]
     return any(out == p or p in out.parents for p in inputs if p.is_dir())
+
+
+def in_run_records(c: RunConfig) -> bool:
+    """Whether an input lies in a folder or file of --out that a new run moves or removes (rundir.RECORDS,
+    previous/): it would vanish under the run reading it."""
+    out = Path(c.out).resolve()
+    held = [out / name for name in [*RECORDS, PREVIOUS]]
+    inputs = [Path(p).resolve() for p in [*c.data, c.test, c.unlabelled, c.tagger_dir, *c.images] if p]
+    return any(p == h or h in p.parents for p in inputs for h in held)
 
 
 # (name in the settings dict, settings class, flag prefix, its check, the help group's title)

@@ -46,17 +46,27 @@ def read_inputs(settings: RunConfig) -> tuple[Dataset, list[Sample], Dataset, bo
 
 
 def refuse_overlap(scored: list[Sample], other: list[Sample], scored_flag: str, other_flag: str) -> None:
-    """A scored sample that is also in `other` (same id or same text) is an error: trained on, it inflates
-    the score (--data); suggested, it would be labelled and then scored (--unlabelled)."""
-    ids = {s.id for s in other}
-    texts = {tagger.text_digest(s) for s in other}
-    both = [s.id for s in scored if s.id in ids or tagger.text_digest(s) in texts]
+    """A scored sample that is also in `other` is an error: trained on, it inflates the score (--data);
+    suggested, it would be labelled and then scored (--unlabelled). One sample = the same text (spaces
+    aside) under the same id, or with the same image file content: a retweet shares its text with another
+    tweet (another id, another image), and a CoNLL file numbers its sentences 0, 1, ..."""
+    by_text: dict[str, list[Sample]] = {}
+    for s in other:
+        by_text.setdefault(tagger.text_digest(s), []).append(s)
+    both = [s.id for s in scored if any(same_sample(s, o) for o in by_text.get(tagger.text_digest(s), []))]
     if both:
         raise DataError(
-            f"{scored_flag}: {len(both)} of its {len(scored)} samples are also in {other_flag} (same id or "
-            f"same text), e.g. {both[:3]}: a scored sample must not be {OVERLAP[other_flag]}; take them out "
-            f"of one of the two"
+            f"{scored_flag}: {len(both)} of its {len(scored)} samples are also in {other_flag} (the same "
+            f"text, id or image), e.g. {both[:3]}: a scored sample must not be {OVERLAP[other_flag]}; take "
+            "them out of one of the two"
         )
+
+
+def same_sample(a: Sample, b: Sample) -> bool:
+    """Whether two samples of one text are one sample: the same id, or images with the same bytes."""
+    if a.id == b.id:
+        return True
+    return bool(a.image and b.image) and Path(a.image).read_bytes() == Path(b.image).read_bytes()
 
 
 OVERLAP = {
@@ -178,13 +188,13 @@ def describe_inputs(
 def read_pool(settings: RunConfig, labelled: Dataset, scored: list[Sample] | None = None) -> list[Sample]:
     """The --unlabelled text (labels ignored): self-training's data and the pool of --suggest (with
     --suggest, without the samples already labelled: each round may pass the same pool). None of it may
-    be in a scored --test (`scored`)."""
+    be in a scored --test (`scored`) when it is suggested from."""
     if not settings.unlabelled:
         return []
     if not Path(settings.unlabelled).exists():  # an empty pool is suggest.py's to refuse, with its reason
         raise DataError(f"--unlabelled {settings.unlabelled}: no such file or folder")
     pool = read_flag("--unlabelled", settings.unlabelled, settings.images).samples
-    if scored is not None and settings.test:
+    if settings.suggest and scored is not None and settings.test:  # self-training may read test text
         refuse_overlap(scored, pool, f"--test {settings.test}", "--unlabelled")
     if settings.suggest:
         fresh = suggest.not_yet_labelled(pool, labelled.samples, settings.suggest)

@@ -209,23 +209,46 @@ PREVIOUS = "previous"  # OUT/previous/: the finished run that the running one re
 
 
 def set_aside(out: Path) -> None:
-    """Before a run writes into `out`: a finished run there moves whole into out/previous/ (its reusable
-    files as hard links, so they stay in out too) and stays there until the new run finishes; the records
-    of a run that did not finish are removed (a rerun replays its MLLM answers from the cache)."""
-    config = out / "config.json"
-    if not config.is_file():
+    """Before a run writes into `out` where refineg.py ran before: a finished run moves whole into
+    out/previous/ (its reusable files as hard links, so they stay in out too) and stays there until the new
+    run finishes; the records of a run that did not finish are removed (a rerun replays its MLLM answers
+    from the cache). Only the names of RECORDS move, config.json last, so an interrupted move is redone."""
+    config = read_json(out / "config.json")
+    if not {"run", "llm"} <= config.keys():  # no run of refineg.py's: nothing here is a record
         return
-    if read_json(out / "metrics.json").get("finished"):
+    edited = changed_after(out)
+    if edited:
+        raise SettingsError(
+            f"--out {out}: {len(edited)} files in the earlier run's folders were changed after it ended, "
+            f"e.g. {edited[:3]} (an annotator's work?): move them out of {out}, or pass another --out"
+        )
+    metrics = out / "metrics.json"
+    finished = metrics.is_file() and read_json(metrics).get("finished", True)  # older runs did not say
+    names = [n for n in RECORDS if n != "config.json"] + ["config.json"]
+    if finished:
         remove(out / PREVIOUS)
         (out / PREVIOUS).mkdir()
         for name in REUSED:
             if (out / name).exists():
                 link_copy(out / name, out / PREVIOUS / name)
-        for name in RECORDS:
+        for name in names:
             if (out / name).exists():
                 (out / name).replace(out / PREVIOUS / name)
-    for name in RECORDS:
+    for name in names:
         remove(out / name)
+
+
+def changed_after(out: Path) -> list[str]:
+    """Files in the record folders of `out` (suggested/, labelstudio/, ...) newer than the run's last
+    metrics.json: edited or added after the run, so not the run's to move or remove."""
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        return []
+    ended = metrics.stat().st_mtime
+    folders = [out / name for name in RECORDS if (out / name).is_dir()]
+    return [
+        str(p) for d in folders for p in sorted(d.rglob("*")) if p.is_file() and p.stat().st_mtime > ended
+    ]
 
 
 def link_copy(src: Path, dst: Path) -> None:

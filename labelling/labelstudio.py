@@ -584,9 +584,9 @@ def rect_box(item: dict, types: list[str], size: tuple[int, int] | None, where: 
     xywh = [
         field(v, k, "a number", where, "a percentage of the image") for k in ("x", "y", "width", "height")
     ]
-    field(v, "rotation", "a number", where, "degrees", default=0)
-    if v.get("rotation", 0) != 0:
-        raise DataError(f"{where}: a rotated box (rotation {v['rotation']}) is not an axis-aligned box")
+    rotation = field(v, "rotation", "a number", where, "degrees", default=0)
+    if rotation != 0:
+        raise DataError(f"{where}: a rotated box (rotation {rotation}) is not an axis-aligned box")
     if size and size != (w, h):
         raise DataError(f"{where}: drawn on a {w}x{h} image, but the sample's image is {size[0]}x{size[1]}")
     x, y, bw, bh = xywh

@@ -10,7 +10,7 @@ import pytest
 
 import formats
 import refineg
-from app import rundir
+from app import inputs, rundir
 from formats import ccks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,18 +47,37 @@ def test_a_scored_test_that_overlaps_data_is_an_error(tmp_path, capsys):
     assert refineg.main(["--data", str(DEMO), "--test", str(test), "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.startswith(
-        f"error: --test {test}: 8 of its 8 samples are also in --data (same id or same text)"
+        f"error: --test {test}: 8 of its 8 samples are also in --data (the same text, id or image)"
     )
     assert repr(ids[:3])[1:-1] in err and "trained on" in err
     assert not out.exists()  # refused before anything is written
-    # the same text under other ids is the same sample
-    ccks_text = json.loads((test / "text.json").read_text())
-    (test / "text.json").write_text(json.dumps({f"new{k}": v for k, v in ccks_text.items()}))
-    (test / "entity.json").write_text(
-        json.dumps({f"new{k}": v for k, v in json.loads((test / "entity.json").read_text()).items()})
-    )
+    # the same text and image under other ids is the same sample; with another image (a retweet) it is not,
+    # nor without images to compare
+    texts = json.loads((test / "text.json").read_text())
+    labels = json.loads((test / "entity.json").read_text())
+    for name, obj in (("text.json", texts), ("entity.json", labels)):
+        (test / name).write_text(json.dumps({f"new{k}": v for k, v in obj.items()}))
+    (test / "images").unlink()
+    (test / "images").mkdir()
+    for k in texts:
+        shutil.copy(DEMO / "images" / f"{k}.jpg", test / "images" / f"new{k}.jpg")
     assert refineg.main(["--data", str(DEMO), "--test", str(test), "--out", str(out), *FAST]) == 2
     assert "8 of its 8 samples are also in --data" in capsys.readouterr().err
+    for k in texts:  # each text now with another sample's picture
+        shutil.copy(DEMO / "images" / "001.jpg", test / "images" / f"new{k}.jpg")
+    settings = refineg.RunConfig(data=[str(DEMO)], test=str(test))
+    assert len(inputs.read_inputs(settings)[2].samples) == 8
+
+
+def test_conll_files_numbering_their_sentences_do_not_overlap_by_number(tmp_path):
+    """Plain CoNLL ids are sentence numbers (0, 1, ...): two disjoint files share ids, not samples."""
+    (tmp_path / "train.conll").write_text("Leopard B-vehicle\ndrives O\n\nKiel B-location\nport O\n")
+    (tmp_path / "test.conll").write_text("Boxer B-vehicle\nrolls O\n")
+    settings = refineg.RunConfig(data=[str(tmp_path / "train.conll")], test=str(tmp_path / "test.conll"))
+    assert [s.id for s in inputs.read_inputs(settings)[2].samples] == ["0"]
+    shutil.copy(tmp_path / "train.conll", tmp_path / "test.conll")  # the same file: the same sentences
+    with pytest.raises(formats.DataError, match=r"2 of its 2 samples are also in --data"):
+        inputs.read_inputs(settings)
 
 
 def test_a_scored_test_that_overlaps_the_pool_is_an_error(tmp_path, capsys):
@@ -67,7 +86,7 @@ def test_a_scored_test_that_overlaps_the_pool_is_an_error(tmp_path, capsys):
     test = demo_subset(tmp_path / "test", ids[20:26])
     pool = demo_subset(tmp_path / "pool", ids[24:], labelled=False)
     argv = ["--data", str(data), "--test", str(test), "--unlabelled", str(pool), "--out", str(tmp_path / "o")]
-    assert refineg.main([*argv, *FAST]) == 2
+    assert refineg.main([*argv, "--suggest", "2", *FAST]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --test {test}: 2 of its 6 samples are also in --unlabelled")
     assert repr(ids[24]) in err and "suggested, labelled, then scored" in err
@@ -150,3 +169,44 @@ def test_an_interrupted_run_leaves_no_records_of_an_unfinished_one(finished, tmp
     assert refineg.main(["--data", str(DEMO), "--out", str(out), "--unc-target-rate", "0.3", *FAST]) == 130
     assert not (out / "predictions.refined.json").exists()
     assert snapshot(out / "previous") == before
+
+
+def test_an_annotators_edit_in_a_run_folder_stops_the_next_run(finished, tmp_path, capsys):
+    """A file of suggested/ or labelstudio/ changed after the run ended is someone's work: the next run
+    into that folder refuses to start instead of moving it away (and removing it when it finishes)."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    (out / "gold" / "export.json").write_text("[]")  # newer than the run's metrics.json
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *OTHER, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "1 files in the earlier run's folders were changed after it ended" in err and "export.json" in err
+    assert (out / "gold" / "export.json").is_file() and not (out / "previous").exists()
+
+
+def test_an_input_inside_a_folder_the_run_replaces_is_refused(finished, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    argv = ["--data", str(DEMO), "--test", str(out / "gold"), "--out", str(out), *FAST]
+    with pytest.raises(SystemExit) as stop:  # a settings error, before anything is read
+        refineg.main(argv)
+    assert stop.value.code == 2
+    assert "--out: expected a folder whose run files hold no input" in capsys.readouterr().err
+
+
+def test_set_aside_leaves_folders_that_are_not_refineg_runs_alone(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')  # e.g. a Hugging Face model folder
+    (tmp_path / "gold").mkdir()
+    (tmp_path / "gold" / "mine.txt").write_text("keep")
+    rundir.set_aside(tmp_path)
+    assert (tmp_path / "gold" / "mine.txt").read_text() == "keep" and (tmp_path / "config.json").is_file()
+
+
+def test_a_run_from_before_the_finished_flag_is_set_aside_not_removed(finished, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    del metrics["finished"]
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    before = snapshot(out)
+    rundir.set_aside(out)
+    assert snapshot(out / "previous") == before and not (out / "predictions.json").exists()
