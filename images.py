@@ -124,6 +124,15 @@ def image_size(path: str) -> tuple[int, int]:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
+def size_or_none(path: str | None) -> tuple[int, int] | None:
+    """An image's upright (width, height), or None when there is none or it cannot be read: a caller that
+    only clips or converts boxes with it goes without, and the stages count the unreadable image."""
+    try:
+        return image_size(path) if path else None
+    except ImageError:
+        return None
+
+
 def copy_upright(src: str, dest: Path) -> None:
     """`src` copied to `dest` in the upright frame: the file itself when stored upright, else its pixels
     turned upright and saved in its own format with no orientation tag (JPEG at quality 95, ICC profile

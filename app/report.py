@@ -268,8 +268,8 @@ def shrunk(img: Image.Image, max_side: int) -> tuple[Image.Image, float]:
 def dashed(pen: ImageDraw.ImageDraw, xyxy: list[float], width: int) -> None:
     """A gold box: green and white dashes `width` thick just outside `xyxy`, so a prediction drawn on the same
     box (inside its edges) leaves it whole, and the white shows it on dark or green ground alike."""
-    x1, y1, x2, y2 = (round(v) for v in xyxy)
-    x1, y1, x2, y2 = x1 - width, y1 - width, x2 + width, y2 + width
+    x1, y1 = (round(v) - width for v in xyxy[:2])  # the corners pushed out by the line's width
+    x2, y2 = (round(v) + width for v in xyxy[2:])
     dash = 3 * width
     for x in range(x1, x2 + 1, dash):
         colour = GOLD if (x - x1) // dash % 2 == 0 else WHITE
@@ -289,9 +289,9 @@ def tag(
     left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
     pad = max(2, (bottom - top) // 5)
     w, h = right - left + 2 * pad, bottom - top + 2 * pad
-    x, y = (xyxy[2] - w, xyxy[3] - h) if gold else (xyxy[0], xyxy[1])
-    x = min(max(x, 0), size[0] - w)
-    y = min(max(y, 0), size[1] - h)
+    corner = (xyxy[2] - w, xyxy[3] - h) if gold else (xyxy[0], xyxy[1])
+    x = min(max(corner[0], 0), size[0] - w)
+    y = min(max(corner[1], 0), size[1] - h)
     pen.rectangle([x, y, x + w - 1, y + h - 1], fill=GOLD if gold else PRED)
     pen.text((x + pad - left, y + pad - top), text, fill=WHITE, font=font)
 

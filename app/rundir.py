@@ -70,13 +70,8 @@ def write_json(path: Path, obj: object) -> None:
 
 def read_stamp(path: Path, key: str) -> dict | None:
     """The JSON a finished stage left at `path`, when its fingerprint is `key`; else None."""
-    if not path.is_file():
-        return None
-    try:
-        done = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    return done if isinstance(done, dict) and done.get("key") == key else None
+    done = read_json(path)
+    return done if done.get("key") == key else None
 
 
 class Run:

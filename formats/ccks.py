@@ -32,7 +32,7 @@ from data import (
     tokenize,
     without_spaces,
 )
-from images import ImageError, image_size
+from images import size_or_none
 
 ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
 CONTROL_HINT = " (a tab or line break inside a string must be written \\t or \\n)"
@@ -95,13 +95,17 @@ def _load_json(path: Path) -> dict:
     return obj
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """The upright size from the image header (boxes are in that frame); None when it cannot be read
-    (grounding reports that image)."""
-    try:
-        return image_size(str(path))
-    except ImageError:  # any unreadable file: no clipping to its size here; the stages count it
-        return None
+def folder_types(folder: Path, labelled: bool) -> tuple[list[str], str, list[str]]:
+    """The folder's types.txt read (read_types); none for an unlabelled folder without one (a pool takes
+    the labelled data's types), an error for a labelled one."""
+    if (folder / "types.txt").is_file():
+        return read_types(folder / "types.txt")
+    if labelled:
+        raise DataError(
+            f"{folder}: missing types.txt (a labelled folder needs it: the types of entity.json's labels "
+            "and the descriptions every prompt uses)"
+        )
+    return [], "", []
 
 
 def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) -> Dataset:
@@ -115,14 +119,7 @@ def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) ->
     if not (folder / "text.json").is_file():
         raise DataError(f"{folder}: missing text.json")
     labels = _load_json(folder / "entity.json") if (folder / "entity.json").is_file() else None
-    types, type_text, generic = [], "", []  # an unlabelled folder (a pool) takes the labelled data's types
-    if (folder / "types.txt").is_file():
-        types, type_text, generic = read_types(folder / "types.txt")
-    elif labels is not None:
-        raise DataError(
-            f"{folder}: missing types.txt (a labelled folder needs it: the types of entity.json's labels "
-            "and the descriptions every prompt uses)"
-        )
+    types, type_text, generic = folder_types(folder, labelled=labels is not None)
     texts = _load_json(folder / "text.json")
     images = (folder / "images").resolve()
     samples = []
@@ -137,7 +134,7 @@ def read_ccks(folder: str | Path, image_dirs: list[str | Path] | None = None) ->
         tokens = tokenize(rec["text"])
         entities = []
         if labels is not None:
-            size = _image_size(Path(image)) if image and labels.get(sid) else None
+            size = size_or_none(image) if labels.get(sid) else None  # None: no clipping here
             entities, _ = _ccks_entities(
                 labels.get(sid, []), tokens, types, f"{folder / 'entity.json'}: record {sid!r}", size, clipped
             )

@@ -34,7 +34,7 @@ from xml.sax.saxutils import quoteattr
 from data import Box, DataError, Dataset, Entity, Sample, find_image, is_number
 from formats import Reader, accepted, first_line
 from formats.ccks import ID_RE, read_types, types_text
-from images import ImageError, image_size
+from images import size_or_none
 
 SPAN, BOX, CHOICE = "label", "box", "grounding"  # the names of the config's three controls
 NOT_IN_IMAGE = "not in the image"  # the per-entity choice that makes a missing box a decision
@@ -95,16 +95,6 @@ def write_labelstudio(
         )
     text = json.dumps(tasks, ensure_ascii=False, indent=1)
     (folder / "tasks.json").write_text(text + "\n", encoding="utf-8")
-
-
-def size_or_none(path: str | None) -> tuple[int, int] | None:
-    """An image's upright (width, height), or None when there is none or it cannot be read (boxes then are
-    not offered: a box needs the image's size to become Label Studio's percentages). Upright, the frame
-    Label Studio shows and records original_width/height in, since the browser applies the EXIF tag."""
-    try:
-        return image_size(path) if path else None
-    except ImageError:
-        return None
 
 
 def token_offsets(tokens: list[str]) -> list[tuple[int, int]]:
