@@ -593,3 +593,22 @@ def test_the_round_and_the_image_prefix_can_be_given(tmp_path, monkeypatch):
     assert [(t["data"]["round"], t["data"]["image"]) for t in tasks] == [
         (5, f"http://host:8081/{t['data']['sample_id']}.jpg") for t in tasks
     ]
+
+
+def test_a_box_whose_rotation_is_null_or_absent_is_unrotated_and_a_turned_one_is_refused(tmp_path):
+    boxes = []
+    for rotation in (None, "absent", 0, 15):
+        box = rect("b", (10, 20, 50, 30))
+        if rotation == "absent":
+            del box["value"]["rotation"]
+        else:
+            box["value"]["rotation"] = rotation
+        boxes.append(box)
+    for box in boxes[:3]:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        path = export(folder, [task("t1", [span("a", 0, 4), box, rel("a", "b")])])
+        assert read_dataset(path).samples[0].entities[0].boxes == [Box(20.0, 20.0, 120.0, 50.0)]
+    path = export(tmp_path, [task("t1", [span("a", 0, 4), boxes[3], rel("a", "b")])])
+    with pytest.raises(DataError, match=r"a rotated box \(rotation 15\)"):
+        read_dataset(path)

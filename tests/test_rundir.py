@@ -210,3 +210,17 @@ def test_a_run_from_before_the_finished_flag_is_set_aside_not_removed(finished, 
     before = snapshot(out)
     rundir.set_aside(out)
     assert snapshot(out / "previous") == before and not (out / "predictions.json").exists()
+
+
+def test_a_bug_before_the_run_starts_leaves_a_finished_run_as_it_was(finished, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = snapshot(out)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("reading broke")
+
+    monkeypatch.setattr(refineg, "read_inputs", broken)
+    assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 1
+    assert "refineg-error.log" in capsys.readouterr().err
+    assert snapshot(out) == before
