@@ -55,9 +55,6 @@ START_HINT = (
     "Is the server running? Start one (e.g. `vllm serve MODEL` or `llama-server -m MODEL.gguf "
     "--mmproj MMPROJ.gguf`) and point --llm-url (ClientConfig.base_url) at its /v1."
 )
-# The model-id prefix of servers/simulated_mllm.py (answers derived from gold): a run against such a server
-# records that its MLLM was simulated, judged from the server's own /models answer, never from a flag.
-SIMULATED = "simulated-mllm"
 NO_SERVER = (
     "no LLM server configured: set ClientConfig.base_url (refineg.py --llm-url), "
     "e.g. http://127.0.0.1:8080/v1"

@@ -27,17 +27,15 @@ from urllib.parse import quote
 
 import eval as scorer
 from app.report import picture, scope_line
-from app.rundir import atomic
+from app.rundir import atomic, read_json, simulated
 from data import Box, Entity, Sample
 from grounding import GroundingTrace
 from images import ImageError, image_size
-from llm import SIMULATED
 from refinement import RefinementTrace
 
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
-SIM = SIMULATED  # the model id prefix of servers/simulated_mllm.py: a run against it is a SIMULATION
 SCORES = ("p", "r", "f1", "tp", "fp", "fn")  # the columns of the scores table (eval.prf's keys)
 USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
 OUTCOMES = {  # GroundingTrace.outcome, said to a person
@@ -188,7 +186,6 @@ def write_page(out: Path, n: int) -> None:
     records = read_trace(out / "trace.jsonl")
     metrics = read_json(out / "metrics.json")
     usage = read_json(out / "usage.json")
-    model = str(read_json(out / "config.json").get("llm", {}).get("model", ""))
     shown = chosen(records, n)
     colours = type_colours(records)
     cards = []
@@ -198,30 +195,13 @@ def write_page(out: Path, n: int) -> None:
             keys = box_keys(r)
             thumb = thumbnail(r, folder, f"{k:05d}.jpg", keys)
             cards.append(card(r, figure(r, thumb, keys, out, colours), colours))
-    sim = simulated(metrics, usage, model)
+    sim = simulated(metrics.get("mllm"))
     title = f"ReFineG run {out.name}" + (" (SIMULATION)" if sim else "")
     body = header(title, metrics, usage, sim) + shown_line(len(shown), records) + "".join(cards)
     html = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
     html += f"<style>{CSS}</style></head>\n<body>{body}</body></html>\n"
     with atomic(out / "report.html") as tmp:
         tmp.write_text(html, encoding="utf-8")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        got = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return got if isinstance(got, dict) else {}
-
-
-def simulated(metrics: dict, usage: dict, model: str) -> bool:
-    """Whether the MLLM was a simulation: the run says so ("mllm": {"simulated": true}), or the model id
-    is the simulated server's."""
-    for said in (metrics.get("mllm"), usage.get("mllm")):
-        if isinstance(said, dict) and (said.get("simulated") or str(said.get("model", "")).startswith(SIM)):
-            return True
-    return model.startswith(SIM)
 
 
 def mistake_count(r: dict) -> int:

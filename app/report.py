@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import data
 import images
-from app.rundir import NO_LLM, Run
+from app.rundir import NO_LLM, Run, simulated
 
 TASKS = ("mner", "eeg", "gmner")
 PRED = (205, 25, 25)  # a prediction's box and tag: red; white text on it has a contrast of 5 to 1
@@ -62,7 +62,7 @@ def headline(usage: dict, warn_share: float) -> str:
 def simulation_lines(run: Run) -> list[str]:
     """The summary's warning, right under its title, when the MLLM was simulated (rundir.served_model)."""
     m = run.mllm
-    if not m.get("simulated"):
+    if not simulated(m):
         return []
     a = m.get("accuracy")
     how = f"right {a:.0%} of the time" if a is not None else f"right as often as its name says ({m['model']})"
@@ -78,7 +78,7 @@ def simulation_lines(run: Run) -> list[str]:
 def mllm_line(mllm: dict, url: str) -> str:
     """What answers the MLLM calls, printed before any stage runs."""
     name = mllm["model"] or f"one of {mllm['listed']}"
-    if not mllm["simulated"]:
+    if not simulated(mllm):
         return f"mllm: {name} at {url}"
     return (
         f"mllm: {name} at {url}: SIMULATED, its answers are derived from the gold (servers/simulated_mllm.py)"

@@ -270,6 +270,17 @@ def read_json(path: Path) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
+# The model-id prefix of servers/simulated_mllm.py (answers derived from gold): a run against such a server
+# records that its MLLM was simulated, judged from the server's own /models answer, never from a flag.
+SIMULATED = "simulated-mllm"
+
+
+def simulated(mllm: object) -> bool:
+    """Whether a run's MLLM was simulated, from the record served_model made of what the server listed
+    (metrics.json's "mllm"): the one test the summary, the first line and the page ask."""
+    return isinstance(mllm, dict) and bool(mllm.get("simulated"))
+
+
 def served_model(model: str, names: list[str]) -> dict:
     """Which MLLM a run talks to, from --llm-model and the names the server lists (llm.check_server).
 
@@ -279,10 +290,10 @@ def served_model(model: str, names: list[str]) -> dict:
     "simulated": True, "accuracy": 0.8}. `model` is None when neither says it (several models listed).
     """
     name = model or (names[0] if len(names) == 1 else None)
-    simulated = [n for n in names if n.startswith(llm.SIMULATED)]
-    out = {"model": name, "listed": names[:10], "simulated": bool(simulated)}
-    if simulated:
-        acc = re.search(r"-acc(\d+(?:\.\d+)?)$", simulated[0])
+    sims = [n for n in names if n.startswith(SIMULATED)]
+    out = {"model": name, "listed": names[:10], "simulated": bool(sims)}
+    if sims:
+        acc = re.search(r"-acc(\d+(?:\.\d+)?)$", sims[0])
         out["accuracy"] = float(acc.group(1)) if acc else None  # None: accuracies per stage, in the name
     return out
 

@@ -51,9 +51,9 @@ from PIL import Image
 
 import formats
 from app.cli import field_help
+from app.rundir import SIMULATED
 from data import Box, DataError, Entity, Sample, failed_rules, find_name, without_spaces
 from images import ImageError, image_size
-from llm import SIMULATED
 from servers.simulated_writer import write
 
 BOX_FORMATS = ("abs", "norm1000", "norm1")  # grounding.FORMATS (a server does not import a stage)
