@@ -108,6 +108,7 @@ class Entity:
     boxes: list[Box] = field(default_factory=list)  # [] = ungroundable
     uncertainty: float | None = None  # the tagger's doubt in [0, 1], higher = less sure (uncertainty.py)
     source: str = "gold"  # gold | synth | tagger | mllm: who produced this entity
+    delegated: bool | None = None  # goes to the MLLM? set once by uncertainty.route; None = never routed
 
     @property
     def span(self) -> tuple[int, int]:

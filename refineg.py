@@ -78,7 +78,7 @@ def pipeline(cfg: dict, run: Run) -> int:
         pred = grounding_stage(run, cfg, pred, train, labelled)
         scoring_stage(run, pred, gold, target, held_out=not settings.test)
         run.check_calls("grounding", "predictions.json holds the entities without boxes")
-        trace_stage(run, tagged, pred, gold, tau)
+        trace_stage(run, tagged, pred, gold)
     finally:  # what ran, also when a stage failed or was interrupted
         run.save()
     if settings.viz:
@@ -231,19 +231,20 @@ def prediction_stage(
     test: list[Sample],
     gold: list[Sample] | None,
 ) -> tuple[list[Sample], float]:
-    """The tagger's entities, each with its uncertainty, and the one tau that decides which are delegated."""
+    """The tagger's entities, each with its uncertainty and marked delegated or not by the one tau chosen."""
     with run.stage("prediction"):
         passes = config.mc_passes if config.method == "mc_dropout" else 0
         pred = tagger.predict(model, test, mc_passes=passes)
         uncertainty.estimate(pred, model.tags, config)
         score_mner(run, "tagger", gold, pred)
         tau, how = uncertainty.choose_threshold(pred, config)
-        values = uncertainty.uncertainties(pred)
+        uncertainty.route(pred, tau)
+        entities = [e for s in pred for e in s.entities]
         run.notes["uncertainty"] = {
             "tau": tau,
             "how": how,
-            "entities": len(values),
-            "delegated": sum(x > tau for x in values),
+            "entities": len(entities),
+            "delegated": sum(e.delegated for e in entities),
         }
     return pred, tau
 
@@ -257,15 +258,17 @@ def refinement_stage(
     tags: list[str],
     gold: list[Sample] | None,
 ) -> list[Sample]:
-    """The entities above tau checked by the MLLM (the tagger's predictions when the stage is off)."""
+    """The entities marked delegated checked by the MLLM (the tagger's predictions when the stage is off);
+    `tau`, which marked them, is recorded beside what came of them."""
     with run.stage("refinement"):
         if not pred:
             run.skip("refinement", NOTHING_TO_PREDICT)
         elif run.wants("refinement", cfg["run"].refine):
             client = run.client("refinement")
-            pred, run.notes["refinement"], run.traces["refinement"] = refinement.refine(
-                pred, labelled, client, tau, cfg["refinement"], tags
+            pred, counts, run.traces["refinement"] = refinement.refine(
+                pred, labelled, client, cfg["refinement"], tags
             )
+            run.notes["refinement"] = {"tau": tau, **counts}
             print(refinement_line(run.notes["refinement"]))
             score_mner(run, "refinement", gold, pred)
     return pred
@@ -329,12 +332,10 @@ def write_conll_pair(run: Run, pred: list[Sample], gold: list[Sample] | None) ->
         run.written.append("gold.conll")
 
 
-def trace_stage(
-    run: Run, tagged: list[Sample], pred: list[Sample], gold: list[Sample] | None, tau: float
-) -> None:
+def trace_stage(run: Run, tagged: list[Sample], pred: list[Sample], gold: list[Sample] | None) -> None:
     """trace.jsonl: every decision per sample, from the tagger's predictions to the final ones."""
     with run.stage("report"):
-        page.write_trace(run.out, tagged, pred, gold, tau, run.traces)
+        page.write_trace(run.out, tagged, pred, gold, run.traces)
     run.written.append("trace.jsonl")
 
 

@@ -1,16 +1,16 @@
 """Refinement Stage of ReFineG: the tagger keeps what it is sure of, the MLLM judges the rest.
 
-The entities whose uncertainty (uncertainty.py) is above tau go, with the image and the text, to a
-multimodal LLM that keeps, re-spans, re-types or rejects each of them. Confident entities are never
+The entities uncertainty.py marked delegated (uncertainty above tau) go, with the image and the text,
+to a multimodal LLM that keeps, re-spans, re-types or rejects each of them. Confident entities are never
 touched, so the MLLM's own notion of "entity", which differs from the dataset's annotation guidelines
 (the paper's "domain knowledge conflict", synth.py), cannot overwrite them, and only samples with an
 uncertain entity cost a call (the authors' released code sends every sample with an entity, with four
 images each). A failed call keeps the tagger's entities of its sample (counted).
 
-Inputs: predicted Samples with uncertainties, the Dataset (types and their descriptions), an
-llm.Client and tau. Outputs: new Samples whose entities say where they came from (`source` =
-"tagger" | "mllm"), a dict of counts (calls, decisions, fallbacks), and per sample id asked a
-`RefinementTrace` (each delegated entity's decision, the added ones, the call's reasoning).
+Inputs: predicted Samples routed by uncertainty.route (each entity's `delegated` set), the Dataset
+(types and their descriptions) and an llm.Client. Outputs: new Samples whose entities say where they
+came from (`source` = "tagger" | "mllm"), a dict of counts (calls, decisions, fallbacks), and per
+sample id asked a `RefinementTrace` (each delegated entity's decision, the added ones, the call's reasoning).
 
     python -m pytest -q tests/test_refinement.py     # the stage against a scripted fake MLLM
 
@@ -26,7 +26,7 @@ import numpy as np
 from data import Dataset, Entity, Sample, failed_rules, find_name
 from images import ImageError, image_part
 from llm import Client, LLMError, text_part
-from uncertainty import missed_entity_score, route
+from uncertainty import delegated, missed_entity_score
 
 ACTIONS = ["keep", "change_span", "change_type", "reject"]
 
@@ -301,23 +301,23 @@ def refine(
     samples: list[Sample],
     dataset: Dataset,
     client: Client,
-    tau: float,
     config: RefinementConfig | None = None,
     tags: list[str] | None = None,
 ) -> tuple[list[Sample], dict, dict[str, RefinementTrace]]:
-    """Delegate the entities above `tau` (uncertainty.choose_threshold) to the MLLM, one call per sample.
+    """Send the entities marked `delegated` to the MLLM, one call per sample. The samples come routed:
+    `uncertainty.route(samples, tau)` first; an entity never routed (`delegated` None) is an error.
 
     Returns the refined samples, the counts, and a RefinementTrace per id of a sample asked (samples
     without a call have none). `tags` (the tagger's tag names) is needed only to send whole samples by
     their missed-entity score, which happens only with `config.allow_add`.
     """
     config = config or RefinementConfig()
-    delegated = route(samples, tau)
+    unsure = [delegated(s) for s in samples]
     counts = Counter()
-    asked = [i for i, (s, unc) in enumerate(zip(samples, delegated)) if unc or missed(s, tags, config)]
-    counts["missed_routed"] += sum(1 for i in asked if not delegated[i])
+    asked = [i for i, (s, unc) in enumerate(zip(samples, unsure)) if unc or missed(s, tags, config)]
+    counts["missed_routed"] += sum(1 for i in asked if not unsure[i])
     image_errors: dict[str, str] = {}  # sample id -> why its image cannot be used
-    jobs = [request_builder(samples[i], delegated[i], dataset, config, image_errors) for i in asked]
+    jobs = [request_builder(samples[i], unsure[i], dataset, config, image_errors) for i in asked]
     replies = client.map_chat(jobs, desc="refine") if jobs else []
     for sid, why in image_errors.items():
         print(f"refinement: sample {sid}: {why}; text-only call")
@@ -329,14 +329,13 @@ def refine(
     for i, reply in zip(asked, replies):
         answer = reply if isinstance(reply, LLMError) else reply.content
         out[i], c, traces[samples[i].id] = merge(
-            samples[i], delegated[i], answer, dataset.types, config.allow_add
+            samples[i], unsure[i], answer, dataset.types, config.allow_add
         )
         counts.update(c)
     summary = {
-        "tau": tau,
         "samples": len(samples),
         "entities": sum(len(s.entities) for s in samples),
-        "delegated": sum(map(len, delegated)),
+        "delegated": sum(map(len, unsure)),
         "calls": len(asked),
         "calls_per_sample": len(asked) / max(len(samples), 1),
         "authors_calls": sum(1 for s in samples if s.entities),

@@ -2,12 +2,13 @@
 
 The first half of ReFineG's Refinement Stage. The tagger (tagger.py) predicts entities with the CRF
 marginals P(tag_t = k | text); from them every predicted entity gets an uncertainty in [0, 1]
-(`Entity.uncertainty`, higher = less sure). The entities above a threshold tau go to the MLLM
-(refinement.py); self-training (selftrain.py) learns only from sentences whose entities are all sure;
-`missed_entity_score` says how likely the tagger missed an entity outside its predictions.
+(`Entity.uncertainty`, higher = less sure). The entities above a threshold tau are marked once
+(`Entity.delegated`, `route`) and go to the MLLM (refinement.py); self-training (selftrain.py)
+learns only from sentences whose entities are all sure; `missed_entity_score` says how likely the
+tagger missed an entity outside its predictions.
 
 Inputs: predicted Samples (Viterbi entities, `.marginals` (T, K) in `tags` order). Outputs: the
-uncertainty of every entity (set in place), a threshold, and per sample the entities to delegate.
+uncertainty of every entity and whether it is delegated (both set in place), and the threshold.
 
     python -m bench uncertainty     # AUROC and risk-coverage of the uncertainty, CCKS + Twitter-GMNER
 
@@ -158,10 +159,23 @@ def tau_for(desc: list[float], k: int) -> float:
     return (upper + lower) / 2
 
 
-def route(samples: list[Sample], tau: float) -> list[list[Entity]]:
-    """Per sample, the entities to delegate: those with uncertainty strictly above tau."""
+def route(samples: list[Sample], tau: float) -> None:
+    """Mark every predicted entity `delegated` (uncertainty strictly above tau) or not, in place.
+
+    The one place the routing is decided: refinement, the counts and the run's page read the mark.
+    [0.9, 0.2] with tau 0.5 -> delegated [True, False].
+    """
     uncertainties(samples)
-    return [[e for e in s.entities if e.uncertainty > tau] for s in samples]
+    for s in samples:
+        for e in s.entities:
+            e.delegated = e.uncertainty > tau
+
+
+def delegated(sample: Sample) -> list[Entity]:
+    """The entities of one sample that route() marked for the MLLM; an error when it was never routed."""
+    if any(e.delegated is None for e in sample.entities):
+        raise ValueError(f"sample {sample.id}: an entity was never routed: call uncertainty.route() first")
+    return [e for e in sample.entities if e.delegated]
 
 
 def uncertainties(samples: list[Sample]) -> list[float]:

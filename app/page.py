@@ -1,7 +1,8 @@
 """One page per run: every decision ReFineG made about each sample, in OUT/trace.jsonl and OUT/report.html.
 
 The trace is one JSON object per sample (`record` says its keys): its text and image; the tagger's
-entities with their uncertainty and whether they went to the MLLM (uncertainty > tau); the MLLM's
+entities with their uncertainty, whether routing delegated them (`Entity.delegated`, set by
+uncertainty.route) and whether a refinement call sent them; the MLLM's
 refinement decision per delegated entity (keep, change to what, reject) with the call's reasoning;
 the worked examples of its grounding call (demo ids and similarity parts) and the boxes per entity;
 the final entities; and, with gold, what is wrong against it by the scorer's matching (eval.mistakes).
@@ -63,7 +64,6 @@ def record(
     tagged: Sample,
     final: Sample,
     gold: Sample | None,
-    tau: float,
     refined: RefinementTrace | None,
     grounded: GroundingTrace | None,
 ) -> dict:
@@ -74,7 +74,7 @@ def record(
         {
             **entity(tagged, e),
             "uncertainty": None if e.uncertainty is None else round(e.uncertainty, 4),
-            "above_tau": e.uncertainty is not None and e.uncertainty > tau,
+            "above_tau": bool(e.delegated),
             "to_mllm": (e.start, e.end, e.type) in sent,
         }
         for e in tagged.entities
@@ -156,7 +156,6 @@ def write_trace(
     tagged: list[Sample],
     final: list[Sample],
     gold: list[Sample] | None,
-    tau: float,
     traces: dict[str, dict],
 ) -> None:
     """OUT/trace.jsonl: one `record` per sample, in the order predicted. `traces` is rundir.Run.traces:
@@ -166,9 +165,7 @@ def write_trace(
     refined, grounded = traces.get("refinement", {}), traces.get("grounding", {})
     with atomic(out / "trace.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
         for s in final:
-            r = record(
-                tagged_by_id[s.id], s, gold_by_id.get(s.id), tau, refined.get(s.id), grounded.get(s.id)
-            )
+            r = record(tagged_by_id[s.id], s, gold_by_id.get(s.id), refined.get(s.id), grounded.get(s.id))
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 

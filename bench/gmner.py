@@ -148,7 +148,8 @@ def bench_gmner(args) -> None:
             with SimulatedMLLM(world, sizes, SimConfig(refine_accuracy=a)) as sim:
                 c = client(sim)
                 tau, _ = uncertainty.choose_threshold(pred, cfg)
-                out, summary, _ = refinement.refine(pred, test_data, c, tau)
+                uncertainty.route(pred, tau)
+                out, summary, _ = refinement.refine(pred, test_data, c)
             assert not summary.get("failed_call"), summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)
@@ -179,7 +180,8 @@ def bench_gmner(args) -> None:
         with SimulatedMLLM(world, sizes, SimConfig(refine_accuracy=0.8, ground_accuracy=0.8)) as sim:
             c = client(sim)
             tau, _ = uncertainty.choose_threshold(pred)
-            out, _, _ = refinement.refine(pred, test_data, c, tau)
+            uncertainty.route(pred, tau)
+            out, _, _ = refinement.refine(pred, test_data, c)
             out, _, _ = grounding.ground(out, demos, test_data, c)
         row("whole method: refine top 20 % + grounding", "0.8", out, c.usage.as_dict())
     print(

@@ -126,7 +126,8 @@ def bench_uncertainty(args) -> None:
         authors = sum(1 for s in pred if s.entities) / len(pred)
         default = methods["marginal (default)"]
         for label, (tau, how) in rules:
-            calls = sum(1 for r in unc.route(scored, tau) if r) / len(pred)
+            unc.route(scored, tau)
+            calls = sum(1 for s in scored if unc.delegated(s)) / len(pred)
             print(
                 f"calls per sample, {label}: {calls:.3f} (tau {tau:.4f}; delegates "
                 f"{(default > tau).mean():.1%} "

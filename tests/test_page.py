@@ -270,7 +270,7 @@ def test_hostile_text_is_escaped_everywhere(tmp_path):
     bomb = tmp_path / "bomb.jpg"
     write_bad_image(bomb, "bomb")
     tokens = ["Leopard", *HOSTILE, "."]
-    e = Entity(1, 2, "<i>type</i>", uncertainty=0.9)
+    e = Entity(1, 2, "<i>type</i>", uncertainty=0.9, delegated=True)
     tagged = Sample('id"<b>', tokens, str(bomb), [e])
     final = Sample(tagged.id, tokens, str(bomb), [Entity(1, 3, "<i>type</i>", [Box(1, 2, 3, 4)])])
     gold = Sample(tagged.id, tokens, str(bomb), [Entity(0, 1, HOSTILE[1])])
@@ -279,7 +279,7 @@ def test_hostile_text_is_escaped_everywhere(tmp_path):
         "failed_call", {HOSTILE[1]: "x"}, [WorkedExample(HOSTILE[0], 1.0, None, 0.5, 0.7)], {}, HOSTILE[0]
     )
     traces = {"refinement": {tagged.id: refined}, "grounding": {tagged.id: grounded}}
-    page.write_trace(tmp_path, [tagged], [final], [gold], 0.5, traces)
+    page.write_trace(tmp_path, [tagged], [final], [gold], traces)
     page.write_page(tmp_path, 5)
     html = html_of(tmp_path)
     for bad in ["<script", "<img src=x", 'id"<b>', "<i>", "&amp; </table>"]:

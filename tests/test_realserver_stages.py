@@ -27,6 +27,7 @@ import grounding
 import refineg
 import refinement
 import synth
+import uncertainty
 from app import inputs
 from client.structured import validate
 from formats import ccks
@@ -146,7 +147,8 @@ def test_refinement_on_demo_predictions(server):
     config = refinement.RefinementConfig(max_reasoning=40)
     c = client(server.url, workers=4, max_tokens=600)
     seen = record(c)
-    out, counts, _ = refinement.refine(pred, demo, c, 0.5, config)
+    uncertainty.route(pred, 0.5)
+    out, counts, _ = refinement.refine(pred, demo, c, config)
     delegated = [[e for e in s.entities if e.uncertainty > 0.5] for s in pred]
     routed = [i for i, d in enumerate(delegated) if d]
     assert [s.id for s in pred if any(e.uncertainty > 0.5 for e in s.entities)] == ["001", "005", "009"]

@@ -245,7 +245,8 @@ def test_refine_end_to_end_on_the_demo_data():
         client = llm.Client(
             llm.ClientConfig(base_url=srv.url, model="fake", backoff_base=0.0, max_retries=1, workers=2)
         )
-        out, counts, traces = ref.refine(preds, data, client, tau=0.3)
+        unc.route(preds, 0.3)
+        out, counts, traces = ref.refine(preds, data, client)
         bodies = list(srv.requests)
     assert counts["delegated"] == planted and counts["calls"] == planted >= 20
     # one trace per sample asked, one decision per delegated entity; the broken answer says why it failed
@@ -289,7 +290,8 @@ def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
     write_bad_image(routed[0].image, kind)
     with FakeServer(oracle_mllm(gold, None)) as srv:
         client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
-        out, counts, _ = ref.refine(routed, data, client, tau=-1.0)
+        unc.route(routed, -1.0)
+        out, counts, _ = ref.refine(routed, data, client)
     assert counts["image_errors"] == counts["text_only_calls"] == counts["calls"] == len(srv.requests) == 1
     assert "no image for this text" in json.dumps(srv.requests[0]["messages"])
 
@@ -328,6 +330,7 @@ def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add()
         "decisions": [],
         "added": [{"span": "Leopard 2", "type": "vehicle"}],
     }
+    unc.route(samples, 0.5)
     on = ref.RefinementConfig(allow_add=True, missed_tau=0.5)
     for config, tags_given, calls in [
         (on, tags, 1),
@@ -336,7 +339,7 @@ def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add()
     ]:
         with FakeServer(lambda body: reply(answer)) as srv:
             client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
-            out, counts, _ = ref.refine(samples, data, client, 0.5, config, tags=tags_given)
+            out, counts, _ = ref.refine(samples, data, client, config, tags=tags_given)
         assert counts["calls"] == len(srv.requests) == counts.get("missed_routed", 0) == calls
         assert counts["delegated"] == 0
         if calls:
@@ -346,3 +349,14 @@ def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add()
                 and counts["added"] == 1
             )
         assert spans(out[-1]) == spans(samples[-1]) == [(5, 6, "location", "tagger")]
+
+
+def test_refine_refuses_samples_never_routed():
+    """refine sends what uncertainty.route marked: a porter who skips routing gets an error, not 0 calls."""
+    unrouted = Entity(0, 2, "vehicle", uncertainty=0.9, source="tagger")
+    samples = [Sample("a", ["Leopard", "2"], None, [unrouted])]
+    with FakeServer(lambda body: reply({"reasoning": "", "decisions": []})) as srv:
+        client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
+        with pytest.raises(ValueError, match="call uncertainty.route"):
+            ref.refine(samples, read_ccks(DEMO), client)
+    assert not srv.requests

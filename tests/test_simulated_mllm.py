@@ -18,6 +18,7 @@ import eval as scorer
 import grounding
 import refinement
 import synth
+import uncertainty
 from data import Entity, Sample
 from formats.ccks import read_ccks
 from llm import Client, ClientConfig
@@ -112,7 +113,8 @@ def test_refinement_right_and_wrong(demo, accuracy):
     data, sizes = demo
     pred = perturbed(data.samples)
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
-        out, summary, _ = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)), tau=0.5)
+        uncertainty.route(pred, 0.5)
+        out, summary, _ = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)))
     assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary.get("failed_call")
     got = scorer.evaluate(data.samples, out)["mner"]
     overlapped = sum(

@@ -100,13 +100,23 @@ def scored(*rows: list[float]) -> list[Sample]:
     ]
 
 
-def test_route_sends_exactly_the_entities_above_tau():
+def test_route_marks_exactly_the_entities_above_tau():
     samples = scored([0.1, 0.5, 0.3], [0.3, 0.9], [])
-    out = unc.route(samples, 0.3)
+    unc.route(samples, 0.3)
+    assert [[e.delegated for e in s.entities] for s in samples] == [[False, True, False], [False, True], []]
+    out = [unc.delegated(s) for s in samples]
     assert [[e.uncertainty for e in r] for r in out] == [[0.5], [0.9], []]  # 0.3 itself stays: strictly above
     assert out[0][0] is samples[0].entities[1]
+    unc.route(samples, 0.05)  # routed again with another tau: every mark is decided anew
+    assert [len(unc.delegated(s)) for s in samples] == [3, 2, 0]
     with pytest.raises(ValueError, match="no uncertainty"):
         unc.route([Sample("x", ["a"], entities=[Entity(0, 1, "PER")])], 0.5)
+
+
+def test_delegated_refuses_a_sample_never_routed():
+    with pytest.raises(ValueError, match="sample 0: an entity was never routed"):
+        unc.delegated(scored([0.9])[0])
+    assert unc.delegated(Sample("x", ["a"])) == []  # no entity: nothing to route, nothing to send
 
 
 def test_choose_threshold_hits_a_target_rate():
