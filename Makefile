@@ -29,18 +29,18 @@ real-server: setup-dev
 	PY=$(PY) bash tests/realserver/build.sh
 
 test-real: real-server
-	$(PY) -m pytest -q -m realserver tests/test_realserver.py tests/test_realserver_stages.py
+	$(PY) -m pytest -q -m realserver tests/real/test_realserver.py tests/real/test_realserver_stages.py
 
 .PHONY: real-server test-real
 
-# The real Label Studio that tests/test_labelstudio_real.py drives (test infrastructure only): the pinned PyPI
-# package in a virtual environment of its own (~1 GB, it pins Django and ~150 packages), cached outside the
-# repository in $REFINEG_LABELSTUDIO_CACHE (default ~/.cache/refineg-labelstudio): minutes the first time,
+# The real Label Studio that tests/real/test_labelstudio_real.py drives (test infrastructure only): the pinned
+# PyPI package in a virtual environment of its own (~1 GB, it pins Django and ~150 packages), cached outside
+# the repository in $REFINEG_LABELSTUDIO_CACHE (default ~/.cache/refineg-labelstudio): minutes the first time,
 # a second after. `make test` runs that test too once it is built, and skips it (naming this target) when not.
 label-studio:
 	PY=$(PY) bash tests/labelstudio/build.sh
 
 test-labelstudio: setup-dev label-studio
-	$(PY) -m pytest -q -m labelstudio tests/test_labelstudio_real.py
+	$(PY) -m pytest -q -m labelstudio tests/real/test_labelstudio_real.py
 
 .PHONY: label-studio test-labelstudio

@@ -6,7 +6,7 @@ Inputs: emissions (B, T, K) float and a (B, T) bool mask, True on tokens, paddin
 row; gold tags (B, T) long for training. Outputs: log-likelihoods (B,), marginals (B, T, K), Viterbi
 paths. The tag scheme's illegal moves (O -> I-X, B-X -> I-Y, ...) are forbidden everywhere.
 
-    python -m pytest -q tests/test_crf.py      # against brute-force enumeration of every path
+    python -m pytest -q tests/method/test_crf.py      # against brute-force enumeration of every path
 
 Left out on purpose: k-best decoding, higher-order CRFs, a CUDA kernel (T is at most a few hundred).
 """

@@ -8,7 +8,7 @@ and a tokenizer. Output: `Encoded` sentences, length-sorted batches, and padded 
 The same encoder, frozen and mean-pooled, embeds whole texts (`embed_texts`) for demo selection
 (demos.py) and for choosing which samples to label (labelling/suggest.py).
 
-    python -m pytest -q tests/test_tagger.py
+    python -m pytest -q tests/method/test_tagger.py
 
 Left out on purpose: character-level features and sub-token pooling other than the first piece.
 """

@@ -12,7 +12,7 @@ dict of counts (calls, skipped samples, malformed and dropped answers), and a
 `GroundingTrace` per sample id (what was asked, the worked examples shown with
 their similarity parts, the boxes answered, whether the call failed).
 
-    python -m pytest -q tests/test_grounding.py   # the stage against a scripted fake MLLM
+    python -m pytest -q tests/method/test_grounding.py   # the stage against a scripted fake MLLM
     python -m bench selection                     # demo selection quality and speed on Twitter-GMNER
 
 Choices:

@@ -12,7 +12,7 @@ Inputs: predicted Samples routed by uncertainty.route (each entity's `delegated`
 came from (`source` = "tagger" | "mllm"), a dict of counts (calls, decisions, fallbacks), and per
 sample id asked a `RefinementTrace` (each delegated entity's decision, the added ones, the call's reasoning).
 
-    python -m pytest -q tests/test_refinement.py     # the stage against a scripted fake MLLM
+    python -m pytest -q tests/method/test_refinement.py     # the stage against a scripted fake MLLM
 
 Left out on purpose: adding missed entities is off by default (`allow_add`: adding is where the
 MLLM's notion of "entity" leaks in, the domain knowledge conflict); one image per call (not four).

@@ -339,7 +339,7 @@ def span_f1(gold: list[Sample], pred: list[Sample]) -> float:
     """MNER micro F1 of exact (span, type) matches: the dev score that picks the best epoch.
 
     A tag sequence holds each span once, so the set overlap is the one-to-one matching eval.py
-    computes for any predictions (tests/test_tagger.py checks the two agree).
+    computes for any predictions (tests/method/test_tagger.py checks the two agree).
     """
 
     def items(samples: list[Sample]) -> set:

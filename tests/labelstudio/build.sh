@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the real Label Studio that tests/test_labelstudio_real.py talks to: the PyPI package `label-studio`
-# (pinned) in a virtual environment of its own, since it pins Django and ~150 other packages that must not
-# meet the project's Python.
+# Build the real Label Studio that tests/real/test_labelstudio_real.py talks to: the PyPI package
+# `label-studio` (pinned) in a virtual environment of its own, since it pins Django and ~150 other packages
+# that must not meet the project's Python.
 #
 #   make label-studio            # = PY=python3 bash tests/labelstudio/build.sh
 #

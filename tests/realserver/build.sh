@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the real llama-server that tests/test_realserver.py talks to: llama.cpp's `llama-server` serving a tiny
-# random-weight Qwen2-VL (text GGUF + mmproj GGUF). Its text is noise; the HTTP protocol, image decoding, vision
-# encoder, context limits, JSON-schema decoding and error codes are the real server's.
+# Build the real llama-server that tests/real/test_realserver.py talks to: llama.cpp's `llama-server` serving
+# a tiny random-weight Qwen2-VL (text GGUF + mmproj GGUF). Its text is noise; the HTTP protocol, image
+# decoding, vision encoder, context limits, JSON-schema decoding and error codes are the real server's.
 #
 #   make real-server            # = PY=python3 bash tests/realserver/build.sh
 #

@@ -3,7 +3,7 @@
 
 Not part of the paper: test infrastructure. ReFineG talks to a multimodal LLM over the OpenAI
 protocol; no trained vision-language model can be installed on our machines, so the integration
-tests (tests/test_realserver.py) run a real `llama-server` on this model instead. Its text is
+tests (tests/real/test_realserver.py) run a real `llama-server` on this model instead. Its text is
 noise; what is real is the architecture (transformers' Qwen2VLForConditionalGeneration), the
 tokenizer (the Qwen2.5 BPE tokenizer read out of a Qwen2.5 GGUF) and the image preprocessing
 (Qwen2-VL: patch 14, merge 2, CLIP mean/std), hence the real request path of the server.

@@ -17,7 +17,7 @@ import synth
 import tagger
 from app import cli
 
-DEMO = str(Path(__file__).resolve().parent.parent / "examples" / "demo")
+DEMO = str(Path(__file__).resolve().parents[2] / "examples" / "demo")
 
 
 @pytest.mark.parametrize(

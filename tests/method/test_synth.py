@@ -27,7 +27,7 @@ TYPE_TEXT = (
     "2. aircraft: named aircraft models, e.g. F-35\n"
     "DO NOT extract generic words (e.g.: ship, aircraft carrier, jet)"
 )
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
 def seed(sid: str, text: str, names: list[tuple[str, str]]) -> Sample:

@@ -10,7 +10,7 @@ usage, and a server that dies mid-run. Oracles: the server's own counters (/metr
 Each stage and the whole pipeline against the same server: test_realserver_stages.py.
 
     make real-server        # once: builds the server and model into ~/.cache/refineg-realserver (~6 min)
-    python -m pytest -q -m realserver tests/test_realserver.py tests/test_realserver_stages.py
+    python -m pytest -q -m realserver tests/real/test_realserver.py tests/real/test_realserver_stages.py
 
 Without the build every test here is skipped with a reason naming `make real-server`. One server is started
 per session on a free loopback port (`-c 16384`: its 4 slots share one KV cache, see llama_server.CTX)

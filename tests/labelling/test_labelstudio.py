@@ -1,7 +1,7 @@
 """labelling/labelstudio.py offline: the project it writes, the export it reads, its rules and its errors.
 
 Exports here are written by hand in Label Studio's JSON export layout (the shape the real tool's export
-has; tests/test_labelstudio_real.py checks that against Label Studio itself). Hand-worked numbers: a box
+has; tests/real/test_labelstudio_real.py checks that against Label Studio itself). Hand-worked numbers: a box
 x=10, y=20, width=50, height=30 (percent) on a 200 x 100 image is pixels (20, 20) to (120, 50).
 """
 
@@ -24,7 +24,7 @@ from data import Box, DataError, Dataset, Entity, Sample
 from formats import join
 from labelling import labelstudio, suggest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
 TYPES = ["PER", "LOC"]
 TEXT = "Anna met Bob in Paris ."  # Anna [0, 4) met [5, 8) Bob [9, 12) in [13, 15) Paris [16, 21) . [22, 23)

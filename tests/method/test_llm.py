@@ -20,7 +20,7 @@ from images import image_part
 from llm import LLMError, text_part
 from servers.fake_mllm import FakeServer, reply
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- structured output

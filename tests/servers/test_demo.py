@@ -22,7 +22,7 @@ from app.rundir import Run, served_model
 from servers import demo
 from servers.simulated_mllm import SimConfig, model_id
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
 FAST = ["--tagger-epochs", "1", "--tagger-min-steps", "0", "--no-tagger-progress"]  # 6 training steps
 

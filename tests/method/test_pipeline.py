@@ -25,7 +25,7 @@ from app.cli import RunConfig
 from formats import ccks
 from servers.fake_mllm import FakeServer, chaos, reply
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
 FAST = ["--tagger-epochs", "3", "--no-tagger-progress"]
 

@@ -18,7 +18,7 @@ from data import Entity, Sample, spans_to_tags
 from formats.ccks import read_ccks
 from servers.fake_mllm import FakeServer, reply
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
 # ---------------------------------------------------------------- merging answers

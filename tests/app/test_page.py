@@ -31,7 +31,7 @@ from grounding import GroundingTrace, WorkedExample
 from refinement import Decision, RefinementTrace
 from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 TAU = 0.3  # the stand-in's unsure entities (marginal 0.5) are above it, the sure ones (0.95) below
 
 

@@ -16,7 +16,7 @@ from images import smart_resize
 from labelling import suggest
 
 TAGS = ["O", "B-PER", "I-PER"]
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
 def sample(sid: str, marginals: list[list[float]], entities: list[Entity]) -> Sample:

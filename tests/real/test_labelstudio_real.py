@@ -1,14 +1,14 @@
 """labelling/labelstudio.py against the real Label Studio (test infrastructure, not the paper).
 
-tests/test_labelstudio.py reads hand-written exports; here Label Studio itself takes the project that
-`write_labelstudio` writes (it validates the labelling config against the tasks on import), serves the
+tests/labelling/test_labelstudio.py reads hand-written exports; here Label Studio itself takes the project
+that `write_labelstudio` writes (it validates the labelling config against the tasks on import), serves the
 images through its local-file serving, stores annotations made through its API, and exports them as JSON;
 `formats.read_dataset` with labelling's export reader must read that export back into the samples the
 annotations say. Oracle: the demo's gold samples, with the changes the test's annotator made; for rotated
 photos (EXIF orientation), the upright image of test_orientation.py with its red rectangle.
 
     make label-studio       # once: Label Studio in a venv of its own in ~/.cache/refineg-labelstudio (~4 min)
-    python -m pytest -q -m labelstudio tests/test_labelstudio_real.py
+    python -m pytest -q -m labelstudio tests/real/test_labelstudio_real.py
 
 Without the build every test here is skipped with a reason naming `make label-studio`. One server per
 module on a free 127.0.0.1 port, its database and media in a temporary folder, stopped by its PID at the
@@ -37,7 +37,7 @@ from data import Box, DataError, Dataset, Entity, Sample
 from labelling import labelstudio, suggest
 
 CACHE = os.environ.get("REFINEG_LABELSTUDIO_CACHE", os.path.expanduser("~/.cache/refineg-labelstudio"))
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 TOKEN = "refineg-test-token"  # label-studio ignores a --user-token of 5 characters or fewer
 START_S = 600  # a first start migrates a new SQLite database: minutes on a busy 2-core machine
 

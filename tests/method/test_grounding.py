@@ -28,7 +28,7 @@ from images import image_part, smart_resize
 from llm import Client, ClientConfig
 from servers.fake_mllm import FakeServer, reply
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 FORMATS = ["abs", "norm1000", "norm1"]
 
 

@@ -10,7 +10,7 @@ from data import Box, DataError
 from formats import read_dataset
 from formats.twitter import read_conll, read_twitter, write_conll, write_twitter
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 TWITTER = ROOT.parent / "shared" / "data" / "twitter-gmner"

@@ -15,7 +15,7 @@ from data import Box, DataError
 from formats import read_dataset, stats
 from formats.ccks import read_ccks, read_ccks_predictions, write_ccks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACCEPTED = (  # what a dataset flag takes, as the error for a .json file that is none of them says it
     "expected a CCKS folder (text.json, entity.json, images/, types.txt), a Twitter-GMNER or CoNLL file, "
     "or a Label Studio JSON export (a list of tasks [...])"

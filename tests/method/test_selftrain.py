@@ -93,7 +93,7 @@ def test_rounds_continue_from_the_teacher(teacher_and_text):
 
 
 def test_pipeline_unlabelled_flag(encoder_dir, tmp_path: Path, capsys):  # noqa: F811
-    demo = Path(__file__).resolve().parent.parent / "examples" / "demo"
+    demo = Path(__file__).resolve().parents[2] / "examples" / "demo"
     argv = [
         "--data",
         str(demo),

@@ -6,7 +6,7 @@ the recorded answers and the requests the server received. The client against th
 test_realserver.py.
 
     make real-server        # once: builds the server and model into ~/.cache/refineg-realserver (~6 min)
-    python -m pytest -q -m realserver tests/test_realserver_stages.py
+    python -m pytest -q -m realserver tests/real/test_realserver_stages.py
 
 Without the build every test here is skipped with a reason naming `make real-server`. The tests share the
 session's one server (the `server` fixture in conftest.py) with test_realserver.py.
@@ -47,7 +47,9 @@ pytestmark = REALSERVER
 # -3333333333333333:
 # the client's own validation catches them and re-asks (counted in usage.reasks).
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "demo")
+DEMO = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples", "demo"
+)
 REJECT_REASONS = {
     "empty_text",
     "too_short",

@@ -24,7 +24,7 @@ from formats.ccks import read_ccks
 from llm import Client, ClientConfig
 from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
 @pytest.fixture(scope="module")

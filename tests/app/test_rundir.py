@@ -13,7 +13,7 @@ import refineg
 from app import inputs, rundir
 from formats import ccks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
 FAST = ["--tagger-epochs", "3", "--no-tagger-progress"]
 

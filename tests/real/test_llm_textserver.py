@@ -2,7 +2,7 @@
 real server accepts and constrains, and its refusal of an image becomes the "no vision" error.
 
     LLAMA_SERVER=/path/llama-server REFINEG_TEST_GGUF=/path/model.gguf python -m pytest -q
-    tests/test_llm_textserver.py
+    tests/real/test_llm_textserver.py
 
 Skipped (with the reason) when either variable is unset. The model's words are not checked: only
 that the answer is valid JSON fitting the schema, and the usage the server reports.

@@ -15,7 +15,7 @@ from eval import evaluate, main, max_matching, mistakes, region_ok
 from formats.ccks import read_ccks
 from tagger import span_f1
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 DEMO = ROOT / "examples" / "demo"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("formats", "client", "servers", "bench", "app", "labelling")
 METHOD = {  # the top level: the paper's parts (and self-training, marked as not in the paper)
     *("refineg", "data", "crf", "encoding", "tagger", "synth", "selftrain", "uncertainty", "refinement"),
