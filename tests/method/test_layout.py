@@ -6,6 +6,7 @@ is a dependency a reader has to follow.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,16 @@ def test_the_folders_import_one_way():
     assert outside(edges, package, ("app",)) == set()
     formats = {m for m in edges if m.split(".")[0] == "formats" and m != "formats.__main__"}
     assert outside(edges, formats, ("labelling",)) == set()
+
+
+def test_the_readmes_reading_order_names_every_method_file_with_its_line_count():
+    """The README's reading order ("`data.py` 294 and ...") is a reader's map: each method file once, with
+    the number of lines it has now."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("The method is the 14 files of the top level")
+    order = text[start : text.index("which calls the stages in that order", start)]
+    counted = dict(re.findall(r"`(\w+\.py)` (\d+)", order))
+    method = {p.name for p in ROOT.glob("*.py")}
+    assert set(counted) == method
+    for name, lines in counted.items():
+        assert int(lines) == len((ROOT / name).read_text(encoding="utf-8").splitlines()), name
