@@ -18,8 +18,8 @@ name becomes a span (gold, predictions, the scorer's name mode, MLLM answers,
 synthetic sentences) it matches the tokens whose concatenation equals the name
 without whitespace (`find_name`), so "Jay-Z" is found in `Jay - Z` and `Jay-Z`.
 Gold boxes follow one policy in every format (`gold_box`), and images are found
-by id in one or more folders (`find_image`). Settings are checked by one rule
-for every stage (`failed_rules`, `require_valid`).
+by id in one or more folders (`find_image`). Every stage's settings are a dataclass
+whose fields carry their help (`setting`) and which checks itself when built (`require_valid`).
 
     python -m formats examples/demo     # reads a folder and prints its statistics
 
@@ -45,23 +45,37 @@ class SettingsError(ValueError):
     """Settings a stage cannot work with; the message names each field, what was expected and what it got."""
 
 
-def failed_rules(rules: list[tuple[str, bool, str]]) -> list[tuple[str, str]]:
-    """(field, what was expected) of every rule (field, holds, what is expected) that does not hold."""
-    return [(name, expected) for name, holds, expected in rules if not holds]
+class InvalidSettings(SettingsError):
+    """A settings dataclass refused when built: `problems` holds (field, what was expected) for each
+    broken rule, so that the command line can name them by their flags."""
 
-
-def require_valid(config: object, problems: list[tuple[str, str]]) -> None:
-    """Raise SettingsError naming every problem as `Class.field: expected X, got Y` (the command line
-    reports the same problems under their flag names before anything runs). Another field named in
-    backticks in X (`max_tokens`) is written as Class.max_tokens here, as its flag there."""
-    if problems:
+    def __init__(self, config: object, problems: list[tuple[str, str]]):
+        self.config, self.problems = config, problems
         name = type(config).__name__
-        raise SettingsError(
+        super().__init__(
             "; ".join(
                 f"{name}.{f}: expected {as_fields(what, name)}, got {getattr(config, f)!r}"
                 for f, what in problems
             )
         )
+
+
+def setting(default: object, help: str, main: bool = False):
+    """A field of a stage's settings with its help beside it (refineg.py --help shows it); `main` = one of the
+    flags a user of the method sets, shown by --help (the rest only by --help-all)."""
+    meta = {"help": help, "main": main}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def require_valid(config: object, rules: list[tuple[str, bool, str]]) -> None:
+    """Refuse settings when built (called by their __post_init__): rules are (field, holds, what is expected);
+    InvalidSettings names every one that does not hold. Another field named in backticks in what is expected
+    (`max_tokens`) is written as Class.max_tokens here, as its flag on the command line."""
+    problems = [(name, expected) for name, holds, expected in rules if not holds]
+    if problems:
+        raise InvalidSettings(config, problems)
 
 
 def as_fields(what: str, cls: str) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data import Sample, failed_rules
+from data import Sample, require_valid, setting
 from encoding import embed_texts
 from images import ImageError, open_image
 
@@ -37,26 +37,27 @@ ENTITY_SIMS = ("mean", "sum")
 
 @dataclass
 class DemoConfig:
-    k: int = 3  # worked examples per query (the authors: top-3)
-    w_text: float = 0.4  # weight of text similarity (the authors' code)
-    w_image: float = 0.2  # weight of image similarity (the authors' code)
-    w_entity: float = 0.6  # weight of entity similarity (the authors' code)
-    entity_sim: str = "mean"  # mean over entity pairs | sum (the authors' variant, favours many entities)
-    type_bonus: float = 0.8  # added to a pair's name cosine when the types agree (the authors' code)
-    encoder: str = ""  # text encoder name/path; "" = the offline all-MiniLM-L6-v2 package
-    image_encoder: str = ""  # local CLIP folder; "" = a weak pixel descriptor
-    batch_size: int = 64  # encoder batch size
-
-
-def check_config(c: DemoConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            ("k", c.k >= 0, "0 or more worked examples"),
-            ("entity_sim", c.entity_sim in ENTITY_SIMS, " or ".join(ENTITY_SIMS)),
-            ("batch_size", c.batch_size >= 1, "at least 1"),
-        ]
+    k: int = setting(3, "worked examples per query (the authors: top-3)", main=True)
+    w_text: float = setting(0.4, "weight of text similarity (the authors' code)")
+    w_image: float = setting(0.2, "weight of image similarity (the authors' code)")
+    w_entity: float = setting(0.6, "weight of entity similarity (the authors' code)")
+    entity_sim: str = setting(
+        "mean", "mean over entity pairs | sum (the authors' variant, favours many entities)"
     )
+    type_bonus: float = setting(0.8, "added to a pair's name cosine when the types agree (the authors' code)")
+    encoder: str = setting("", 'text encoder name/path; "" = the offline all-MiniLM-L6-v2 package')
+    image_encoder: str = setting("", 'local CLIP folder; "" = a weak pixel descriptor')
+    batch_size: int = setting(64, "encoder batch size")
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("k", self.k >= 0, "0 or more worked examples"),
+                ("entity_sim", self.entity_sim in ENTITY_SIMS, " or ".join(ENTITY_SIMS)),
+                ("batch_size", self.batch_size >= 1, "at least 1"),
+            ],
+        )
 
 
 # ---------------------------------------------------------------- embeddings
@@ -185,8 +186,6 @@ def similarity_parts(q: Features, d: Features, config: DemoConfig) -> dict[str, 
     entity = q.ent_mean @ d.ent_mean.T + config.type_bonus * (q.type_freq @ d.type_freq.T)  # (Nq, Nd)
     if config.entity_sim == "sum":
         entity = entity * np.outer(q.n_ent, d.n_ent)
-    elif config.entity_sim != "mean":
-        raise ValueError(f"DemoConfig.entity_sim: expected 'mean' or 'sum', got {config.entity_sim!r}")
     entity = _minmax(entity, self_pair)
     total = config.w_text * text + config.w_entity * entity
     image = np.full_like(total, np.nan)

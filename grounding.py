@@ -40,10 +40,10 @@ invents (ignored and counted).
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from data import Box, Dataset, Entity, Sample, failed_rules, is_number, require_valid, without_spaces
+from data import Box, Dataset, Entity, Sample, is_number, require_valid, setting, without_spaces
 from demos import DemoConfig, Pick, choose_demos
 from images import ImageError, image_part, image_size
 from llm import Client, LLMError, text_part
@@ -63,22 +63,26 @@ FORMATS = {
 
 @dataclass
 class GroundingConfig:
-    max_side: int = 1000  # longest side of images sent to the MLLM, pixels
-    box_format: str = "abs"  # the MLLM's boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1
-    never_ground: list[str] = field(default_factory=lambda: ["location"])  # types never boxed (authors' rule)
-    # (the flag given with no type boxes every type)
-    max_boxes: int = 10  # boxes per entity the answer schema allows
-
-
-def check_config(c: GroundingConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            ("max_side", c.max_side >= 1, "pixels >= 1"),
-            ("box_format", c.box_format in FORMATS, " or ".join(FORMATS)),
-            ("max_boxes", c.max_boxes >= 1, "at least 1"),
-        ]
+    max_side: int = setting(1000, "longest side of images sent to the MLLM, pixels")
+    box_format: str = setting(
+        "abs", "the MLLM's boxes: abs (Qwen2.5-VL) | norm1000 (Qwen2/3-VL, GLM-V) | norm1", main=True
     )
+    never_ground: list[str] = setting(
+        ["location"],
+        "types never boxed (authors' rule) (the flag given with no type boxes every type)",
+        main=True,
+    )
+    max_boxes: int = setting(10, "boxes per entity the answer schema allows")
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("max_side", self.max_side >= 1, "pixels >= 1"),
+                ("box_format", self.box_format in FORMATS, " or ".join(FORMATS)),
+                ("max_boxes", self.max_boxes >= 1, "at least 1"),
+            ],
+        )
 
 
 class Shown(NamedTuple):
@@ -309,7 +313,6 @@ def ground(
     """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`; also the
     counts, and a GroundingTrace per sample id."""
     config = config or GroundingConfig()
-    require_valid(config, check_config(config))
     never = [t for t in dataset.types if t.lower() in {n.lower() for n in config.never_ground}]
     never_l = {t.lower() for t in never}
     counts = Counter(samples=len(samples))

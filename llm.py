@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from client import cache
 from client.structured import SCHEMA_NOTE, content_text, extract_json, preview, validate, with_schema_note
-from data import failed_rules, is_number, require_valid
+from data import is_number, require_valid, setting
 
 RETRY_STATUS = {408, 409, 429}  # and every 5xx: the same request may well succeed later
 # What servers say when a text-only model is sent an image (llama-server without --mmproj, vLLM, OpenAI).
@@ -63,52 +63,75 @@ NO_SERVER = (
 
 @dataclass
 class ClientConfig:
-    base_url: str = ""  # an OpenAI-compatible /v1 URL, e.g. http://127.0.0.1:8000/v1; "" = no LLM
-    model: str = ""  # the served model name; "" = not sent (llama-server serves one model)
-    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key; unset is fine locally
-    connect_timeout: float = 10.0  # seconds to open a connection
-    read_timeout: float = 120.0  # seconds of silence before a try fails (raise it for slow local models)
-    max_retries: int = 4  # extra tries after a timeout, connection error, 408/409/429 or 5xx
-    call_budget: float = 240.0  # seconds one call may spend over all its tries: a hung server costs minutes
-    dead_after: int = 4  # calls in a row without any answer, after which the rest fail at once; 0 = never
-    max_answer_bytes: int = 2_000_000  # a longer HTTP answer is refused unread (a broken server)
-    backoff_base: float = 1.0  # seconds before the first retry; doubles per retry, times a 0.5-1 jitter
-    backoff_cap: float = 30.0  # seconds: no wait is longer, Retry-After included
-    temperature: float = 0.0  # always sent: server defaults differ (vLLM takes the model's, often 0.7)
-    max_tokens: int = 2048  # a longer answer is an error (truncated JSON), never a result
-    workers: int = 4  # parallel requests in map_chat; match the server's slots (llama-server -np)
-    cache_path: str | None = None  # JSONL of finished answers; None = none (refineg.py: OUT/llm_cache.jsonl)
-    structured: str = "json_schema"  # json_schema (vLLM >= 0.12, llama-server) | json_object (in prompt)
-    schema_retries: int = 2  # re-asks, with the error, when an answer does not parse or fit the schema
+    base_url: str = setting(
+        "", 'an OpenAI-compatible /v1 URL, e.g. http://127.0.0.1:8000/v1; "" = no LLM', main=True
+    )
+    model: str = setting(
+        "", 'the served model name; "" = not sent (llama-server serves one model)', main=True
+    )
+    api_key_env: str = setting(
+        "OPENAI_API_KEY", "environment variable holding the key; unset is fine locally"
+    )
+    connect_timeout: float = setting(10.0, "seconds to open a connection")
+    read_timeout: float = setting(
+        120.0, "seconds of silence before a try fails (raise it for slow local models)"
+    )
+    max_retries: int = setting(4, "extra tries after a timeout, connection error, 408/409/429 or 5xx")
+    call_budget: float = setting(
+        240.0, "seconds one call may spend over all its tries: a hung server costs minutes"
+    )
+    dead_after: int = setting(
+        4, "calls in a row without any answer, after which the rest fail at once; 0 = never"
+    )
+    max_answer_bytes: int = setting(2_000_000, "a longer HTTP answer is refused unread (a broken server)")
+    backoff_base: float = setting(
+        1.0, "seconds before the first retry; doubles per retry, times a 0.5-1 jitter"
+    )
+    backoff_cap: float = setting(30.0, "seconds: no wait is longer, Retry-After included")
+    temperature: float = setting(
+        0.0, "always sent: server defaults differ (vLLM takes the model's, often 0.7)"
+    )
+    max_tokens: int = setting(2048, "a longer answer is an error (truncated JSON), never a result")
+    workers: int = setting(
+        4, "parallel requests in map_chat; match the server's slots (llama-server -np)", main=True
+    )
+    cache_path: str | None = setting(
+        None, "JSONL of finished answers; None = none (refineg.py: OUT/llm_cache.jsonl)"
+    )
+    structured: str = setting(
+        "json_schema", "json_schema (vLLM >= 0.12, llama-server) | json_object (in prompt)"
+    )
+    schema_retries: int = setting(
+        2, "re-asks, with the error, when an answer does not parse or fit the schema"
+    )
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                (
+                    "base_url",
+                    self.base_url == "" or self.base_url.startswith(("http://", "https://")),
+                    "a URL starting with http:// or https://, e.g. http://127.0.0.1:8000/v1",
+                ),
+                ("connect_timeout", self.connect_timeout > 0, "seconds > 0"),
+                ("read_timeout", self.read_timeout > 0, "seconds > 0"),
+                ("max_retries", self.max_retries >= 0, "0 or more"),
+                ("call_budget", self.call_budget > 0, "seconds > 0"),
+                ("dead_after", self.dead_after >= 0, "0 (never) or more"),
+                ("max_answer_bytes", self.max_answer_bytes >= 1, "at least 1"),
+                ("backoff_base", self.backoff_base >= 0, "seconds >= 0"),
+                ("backoff_cap", self.backoff_cap >= 0, "seconds >= 0"),
+                ("temperature", self.temperature >= 0, "0 or more"),
+                ("max_tokens", self.max_tokens >= 1, "at least 1"),
+                ("workers", self.workers >= 1, "at least 1"),
+                ("structured", self.structured in STRUCTURED, " or ".join(STRUCTURED)),
+                ("schema_retries", self.schema_retries >= 0, "0 or more"),
+            ],
+        )
 
 
 STRUCTURED = ("json_schema", "json_object")
-
-
-def check_config(c: ClientConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            (
-                "base_url",
-                c.base_url == "" or c.base_url.startswith(("http://", "https://")),
-                "a URL starting with http:// or https://, e.g. http://127.0.0.1:8000/v1",
-            ),
-            ("connect_timeout", c.connect_timeout > 0, "seconds > 0"),
-            ("read_timeout", c.read_timeout > 0, "seconds > 0"),
-            ("max_retries", c.max_retries >= 0, "0 or more"),
-            ("call_budget", c.call_budget > 0, "seconds > 0"),
-            ("dead_after", c.dead_after >= 0, "0 (never) or more"),
-            ("max_answer_bytes", c.max_answer_bytes >= 1, "at least 1"),
-            ("backoff_base", c.backoff_base >= 0, "seconds >= 0"),
-            ("backoff_cap", c.backoff_cap >= 0, "seconds >= 0"),
-            ("temperature", c.temperature >= 0, "0 or more"),
-            ("max_tokens", c.max_tokens >= 1, "at least 1"),
-            ("workers", c.workers >= 1, "at least 1"),
-            ("structured", c.structured in STRUCTURED, " or ".join(STRUCTURED)),
-            ("schema_retries", c.schema_retries >= 0, "0 or more"),
-        ]
-    )
 
 
 class LLMError(RuntimeError):
@@ -204,7 +227,6 @@ class Client:
     """One client per stage, so `usage` is per stage; clients may share one cache file."""
 
     def __init__(self, config: ClientConfig):
-        require_valid(config, check_config(config))
         self.config = config
         self.usage = Usage()
         self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""  # never printed

@@ -44,7 +44,7 @@ import synth
 import tagger
 import uncertainty
 from app import page
-from app.cli import RunConfig, parse_configs
+from app.cli import RunConfig, Settings, parse_settings
 from app.inputs import describe_inputs, read_inputs, read_pool
 from app.report import draw, grounding_line, mllm_line, refinement_line, summary_text
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
@@ -54,9 +54,9 @@ from eval import evaluate
 from formats import ccks, twitter
 
 
-def pipeline(cfg: dict, run: Run) -> int:
+def pipeline(cfg: Settings, run: Run) -> int:
     """The stages in order; `run` records what each one cost, counted, skipped and wrote."""
-    settings: RunConfig = cfg["run"]
+    settings: RunConfig = cfg.run
     run.current = "reading the data"
     labelled, train, target, gold_known = read_inputs(settings)
     test = target.samples
@@ -64,14 +64,14 @@ def pipeline(cfg: dict, run: Run) -> int:
     describe_inputs(run, settings, train, test, labelled.types, gold_known)
     pool = read_pool(settings, labelled, gold)
     if run.uses_llm:
-        run.mllm = served_model(cfg["llm"].model, llm.check_server(run.client_config))
+        run.mllm = served_model(cfg.llm.model, llm.check_server(run.client_config))
         print(mllm_line(run.mllm, run.client_config.base_url))
-    run.start({stage: dataclasses.asdict(c) for stage, c in cfg.items()})  # only now: the inputs were read
+    run.start(dataclasses.asdict(cfg))  # only now: the inputs were read
     try:
         synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
         model, chooser = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
         suggestion_stage(run, cfg, chooser, pool, labelled)
-        tagged, tau = prediction_stage(run, cfg["uncertainty"], model, test, gold)
+        tagged, tau = prediction_stage(run, cfg.uncertainty, model, test, gold)
         pred = refinement_stage(run, cfg, tagged, labelled, tau, model.tags, gold)
         run.write_predictions(pred, "predictions.refined.json")  # kept if grounding fails or is interrupted
         run.check_calls("refinement", "predictions.refined.json holds the tagger's predictions")
@@ -94,13 +94,13 @@ def pipeline(cfg: dict, run: Run) -> int:
 # ---------------------------------------------------------------- 1. training: synthesis and the tagger
 
 
-def synthesis_stage(run: Run, cfg: dict, seeds: Dataset) -> list[Sample]:
+def synthesis_stage(run: Run, cfg: Settings, seeds: Dataset) -> list[Sample]:
     """Labelled sentences written by the LLM from the seeds (none when the stage is off)."""
     with run.stage("synthesis"):
-        if cfg["run"].tagger_dir:  # synthetic sentences only serve training
-            run.skip("synthesis", f"a trained tagger is reused (--tagger {cfg['run'].tagger_dir})")
+        if cfg.run.tagger_dir:  # synthetic sentences only serve training
+            run.skip("synthesis", f"a trained tagger is reused (--tagger {cfg.run.tagger_dir})")
             return []
-        if not run.wants("synthesis", cfg["run"].synthesize):
+        if not run.wants("synthesis", cfg.run.synthesize):
             return []
         samples, summary = synthesize_or_reuse(cfg, seeds, run.client("synthesis"), run.out)
         if not summary.get("reused"):
@@ -112,19 +112,19 @@ def synthesis_stage(run: Run, cfg: dict, seeds: Dataset) -> list[Sample]:
 
 
 def synthesize_or_reuse(
-    cfg: dict, seeds: Dataset, client: llm.Client, out: Path
+    cfg: Settings, seeds: Dataset, client: llm.Client, out: Path
 ) -> tuple[list[Sample], dict]:
     """Synthesise, or reuse synthetic.jsonl written with the same settings, model and seeds when no call
     failed (a failed seed is asked again; the answered ones come from the cache)."""
     key = fingerprint(
-        cfg["synth"],
-        cfg["llm"].model,
+        cfg.synth,
+        cfg.llm.model,
         [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in seeds.samples],
     )
     done = read_stamp(out / "synthetic.summary.json", key)
     if done and not done.get("failed_calls") and (out / "synthetic.jsonl").is_file():
         return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
-    samples, summary = synth.synthesize(seeds, client, cfg["synth"])
+    samples, summary = synth.synthesize(seeds, client, cfg.synth)
     with atomic(out / "synthetic.rejected.jsonl") as tmp:
         synth.write_rejected(summary.pop("rejected_examples"), tmp)
     with atomic(out / "synthetic.jsonl") as tmp:
@@ -134,14 +134,14 @@ def synthesize_or_reuse(
 
 
 def tagger_stage(
-    run: Run, cfg: dict, train: list[Sample], types: list[str], pool: list[Sample]
+    run: Run, cfg: Settings, train: list[Sample], types: list[str], pool: list[Sample]
 ) -> tuple[tagger.Tagger, tagger.Tagger]:
     """The tagger of --tagger, or one trained (self-trained on the --unlabelled pool) or reused; and the
     chooser that ranks the pool for --suggest: the same tagger, except after self-training. A tagger
     self-trained on the pool is sure of its own pseudo labels there, so the tagger before self-training
     (OUT/chooser/, also where self-training starts) ranks it; --test is predicted by the self-trained one."""
-    settings: RunConfig = cfg["run"]
-    config: tagger.TaggerConfig = cfg["tagger"]
+    settings: RunConfig = cfg.run
+    config: tagger.TaggerConfig = cfg.tagger
     with run.stage("tagger"):
         if settings.tagger_dir:
             model = tagger.load(settings.tagger_dir)
@@ -251,7 +251,7 @@ def prediction_stage(
 
 def refinement_stage(
     run: Run,
-    cfg: dict,
+    cfg: Settings,
     pred: list[Sample],
     labelled: Dataset,
     tau: float,
@@ -263,10 +263,10 @@ def refinement_stage(
     with run.stage("refinement"):
         if not pred:
             run.skip("refinement", NOTHING_TO_PREDICT)
-        elif run.wants("refinement", cfg["run"].refine):
+        elif run.wants("refinement", cfg.run.refine):
             client = run.client("refinement")
             pred, counts, run.traces["refinement"] = refinement.refine(
-                pred, labelled, client, cfg["refinement"], tags
+                pred, labelled, client, cfg.refinement, tags
             )
             run.notes["refinement"] = {"tau": tau, **counts}
             print(refinement_line(run.notes["refinement"]))
@@ -284,18 +284,18 @@ def score_mner(run: Run, stage: str, gold: list[Sample] | None, pred: list[Sampl
 
 
 def grounding_stage(
-    run: Run, cfg: dict, pred: list[Sample], train: list[Sample], labelled: Dataset
+    run: Run, cfg: Settings, pred: list[Sample], train: list[Sample], labelled: Dataset
 ) -> list[Sample]:
     """Boxes drawn by the MLLM after worked examples chosen from the labelled training samples."""
     with run.stage("grounding"):
         if not pred:
             run.skip("grounding", NOTHING_TO_PREDICT)
-        elif run.wants("grounding", cfg["run"].ground):
+        elif run.wants("grounding", cfg.run.ground):
             client = run.client("grounding")
             pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
-                pred, train, labelled, client, cfg["grounding"], cfg["demos"]
+                pred, train, labelled, client, cfg.grounding, cfg.demos
             )
-            print(grounding_line(run.notes["grounding"], pred, cfg["grounding"].never_ground))
+            print(grounding_line(run.notes["grounding"], pred, cfg.grounding.never_ground))
     return pred
 
 
@@ -351,9 +351,9 @@ def report_page(run: Run, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_configs(sys.argv[1:] if argv is None else argv)
+    cfg = parse_settings(sys.argv[1:] if argv is None else argv)
     one_line_warnings()
-    run = Run(Path(cfg["run"].out), cfg["llm"])
+    run = Run(Path(cfg.run.out), cfg.llm)
     try:
         return pipeline(cfg, run)
     except (DataError, SettingsError, llm.LLMError, FileNotFoundError) as err:

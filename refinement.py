@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from data import Dataset, Entity, Sample, failed_rules, find_name
+from data import Dataset, Entity, Sample, find_name, require_valid, setting
 from images import ImageError, image_part
 from llm import Client, LLMError, text_part
 from uncertainty import delegated, missed_entity_score
@@ -33,22 +33,29 @@ ACTIONS = ["keep", "change_span", "change_type", "reject"]
 
 @dataclass
 class RefinementConfig:
-    allow_add: bool = False  # may the MLLM add entities the tagger missed? off: its own notion of entity
-    # enters there (the paper's domain knowledge conflict)
-    missed_tau: float = 0.5  # with allow_add: also send a sample whose missed-entity score exceeds this
-    max_side: int = 1000  # longest image side sent to the MLLM, pixels
-    max_reasoning: int = 1500  # schema bound on the answer's reasoning, characters (keeps answers short)
-
-
-def check_config(c: RefinementConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            ("missed_tau", 0 <= c.missed_tau <= 1, "a score in [0, 1]"),
-            ("max_side", c.max_side >= 1, "pixels >= 1"),
-            ("max_reasoning", c.max_reasoning >= 1, "at least 1 character"),
-        ]
+    allow_add: bool = setting(
+        False,
+        "may the MLLM add entities the tagger missed? off: its own notion of entity enters there (the "
+        "paper's domain knowledge conflict)",
+        main=True,
     )
+    missed_tau: float = setting(
+        0.5, "with allow_add: also send a sample whose missed-entity score exceeds this"
+    )
+    max_side: int = setting(1000, "longest image side sent to the MLLM, pixels")
+    max_reasoning: int = setting(
+        1500, "schema bound on the answer's reasoning, characters (keeps answers short)"
+    )
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("missed_tau", 0 <= self.missed_tau <= 1, "a score in [0, 1]"),
+                ("max_side", self.max_side >= 1, "pixels >= 1"),
+                ("max_reasoning", self.max_reasoning >= 1, "at least 1 character"),
+            ],
+        )
 
 
 @dataclass

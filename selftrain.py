@@ -79,8 +79,6 @@ def self_train(
     """Train on `train` (or begin from `start`, a float tagger already trained on it, left unchanged), then
     `config.self_train_rounds` (>= 1 with `start`) times: pseudo-label `unlabelled`, retrain on both."""
     config = config or tagger.TaggerConfig()
-    if config.self_train_rounds < 0:
-        raise ValueError(f"expected self_train_rounds >= 0, got {config.self_train_rounds}")
     assert start is None or config.self_train_rounds >= 1, "with 0 rounds `start` itself would be returned"
     unlabelled = [Sample(s.id, list(s.tokens), s.image) for s in unlabelled]  # labels ignored, never read
     plain = replace(config, int8=False)  # int8 layers cannot train on: only the last tagger is quantized

@@ -37,7 +37,7 @@ model's judgement: every check here is an exact rule a reader can verify.
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,9 +46,9 @@ from data import (
     Dataset,
     Entity,
     Sample,
-    failed_rules,
     label_names,
     require_valid,
+    setting,
     tokenize,
     without_spaces,
 )
@@ -76,37 +76,46 @@ LEAKS = [
 
 @dataclass
 class SynthConfig:
-    per_seed: int = 30  # sentences asked per seed (paper: 30)
-    keep_share: float = 2 / 3  # share reusing the seed's entities; the rest get new names (paper: 20 of 30)
-    min_tokens: int = 4  # shorter sentences are rejected (tokens as data.tokenize counts them)
-    max_tokens: int = 64  # longer ones too; also bounds the schema's text length
-    max_entities: int = 10  # schema bound on entities per sentence
-    temperature: float = 0.8  # sampling temperature: diversity matters more than the single best sentence
-    answer_tokens: int = 4096  # max_tokens per call: 30 sentences with their JSON need about 3k tokens
-    seeds: int = 0  # use the first N seed samples only; 0 = all (a cheap trial run)
-    type_enum: bool = True  # types as a schema enum; off, an unknown type costs its sentence, not the answer
-    generic: list[str] = field(default_factory=list)  # extra generic words to reject, beside types.txt's list
-    strict: bool = True  # also reject known names given another type, generic heads, prompt leaks
-    rejected_examples: int = 20  # rejected sentences kept per reason in synthetic.rejected.jsonl (0 = none)
-
-
-def check_config(c: SynthConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            ("per_seed", c.per_seed >= 1, "at least 1"),
-            ("keep_share", 0 <= c.keep_share <= 1, "a share in [0, 1]"),
-            (
-                "min_tokens",
-                1 <= c.min_tokens <= c.max_tokens,
-                f"a number of tokens from 1 to `max_tokens` ({c.max_tokens})",
-            ),
-            ("max_entities", c.max_entities >= 1, "at least 1"),
-            ("answer_tokens", c.answer_tokens >= 1, "at least 1"),
-            ("seeds", c.seeds >= 0, "0 (all) or more"),
-            ("rejected_examples", c.rejected_examples >= 0, "0 or more"),
-        ]
+    per_seed: int = setting(30, "sentences asked per seed (paper: 30)", main=True)
+    keep_share: float = setting(
+        2 / 3, "share reusing the seed's entities; the rest get new names (paper: 20 of 30)"
     )
+    min_tokens: int = setting(4, "shorter sentences are rejected (tokens as data.tokenize counts them)")
+    max_tokens: int = setting(64, "longer ones too; also bounds the schema's text length")
+    max_entities: int = setting(10, "schema bound on entities per sentence")
+    temperature: float = setting(
+        0.8, "sampling temperature: diversity matters more than the single best sentence"
+    )
+    answer_tokens: int = setting(
+        4096, "max_tokens per call: 30 sentences with their JSON need about 3k tokens"
+    )
+    seeds: int = setting(0, "use the first N seed samples only; 0 = all (a cheap trial run)")
+    type_enum: bool = setting(
+        True, "types as a schema enum; off, an unknown type costs its sentence, not the answer"
+    )
+    generic: list[str] = setting([], "extra generic words to reject, beside types.txt's list")
+    strict: bool = setting(True, "also reject known names given another type, generic heads, prompt leaks")
+    rejected_examples: int = setting(
+        20, "rejected sentences kept per reason in synthetic.rejected.jsonl (0 = none)"
+    )
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("per_seed", self.per_seed >= 1, "at least 1"),
+                ("keep_share", 0 <= self.keep_share <= 1, "a share in [0, 1]"),
+                (
+                    "min_tokens",
+                    1 <= self.min_tokens <= self.max_tokens,
+                    f"a number of tokens from 1 to `max_tokens` ({self.max_tokens})",
+                ),
+                ("max_entities", self.max_entities >= 1, "at least 1"),
+                ("answer_tokens", self.answer_tokens >= 1, "at least 1"),
+                ("seeds", self.seeds >= 0, "0 (all) or more"),
+                ("rejected_examples", self.rejected_examples >= 0, "0 or more"),
+            ],
+        )
 
 
 # ---------------------------------------------------------------- the request
@@ -396,7 +405,6 @@ def synthesize(
 ) -> tuple[list[Sample], dict]:
     """One LLM call per seed (concurrent, cached); the valid synthetic samples and a summary."""
     config = config or SynthConfig()
-    require_valid(config, check_config(config))
     if not seeds.types:
         raise ValueError("expected a dataset with entity types (types.txt), got none")
     used = seeds.samples[: config.seeds] if config.seeds > 0 else seeds.samples

@@ -43,68 +43,92 @@ from data import (
     DataError,
     Entity,
     Sample,
-    failed_rules,
     require_valid,
+    setting,
     spans_to_tags,
     tags_to_spans,
     without_spaces,
 )
 from encoding import SHAPES, Encoded, collate, encode, length_batches, load_encoder
 
+# Fixed choices no run has needed to change (they were flags before): BERT's fine-tuning recipe.
+WEIGHT_DECAY = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
+WARMUP = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
+MAX_GRAD_NORM = 1.0  # gradient clipping (global L2 norm)
+SHAPE_DIM = 16  # size of one word-shape embedding
+RETIRED = {
+    "weight_decay": WEIGHT_DECAY,
+    "warmup": WARMUP,
+    "max_grad_norm": MAX_GRAD_NORM,
+    "shape_dim": SHAPE_DIM,
+}
+
 
 @dataclass
 class TaggerConfig:
-    encoder: str = ""  # HF name or local path; "" = the offline all-MiniLM-L6-v2 package
-    scheme: str = "BIOES"  # BIO | BIOES; BIOES makes the CRF model entity ends explicitly
-    max_length: int = 128  # sub-tokens per encoder window incl. special tokens; longer texts are windowed
-    lr_encoder: float = 5e-5  # AdamW lr of the pretrained encoder (small: it is already trained)
-    lr_head: float = 1e-3  # lr of the shape embeddings and the emission layer (trained from scratch)
-    lr_crf: float = 1e-2  # lr of the transition scores (few parameters that need to move far)
-    weight_decay: float = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
-    epochs: int = 10  # passes over the training data (or over epoch_size sentences)
-    min_steps: int = 60  # optimisation steps at least: small data gets more epochs than `epochs`
-    epoch_size: int = 2000  # sentences drawn afresh each epoch when there are more (bounds time); 0 = all
-    batch_size: int = 16  # sentences per step
-    train_chunk: int = 64  # words: longer training texts are cut between entities (bounds a batch's memory)
-    warmup: float = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
-    dropout: float = 0.1  # before the emission layer (the encoder keeps its own dropout)
-    shape_features: bool = True  # word-shape embeddings of the word and its two neighbours
-    shape_dim: int = 16  # size of one shape embedding
-    freeze_embeddings: bool = True  # keep the word-piece embeddings fixed: unseen words keep their place
-    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
-    seed: int = 0  # batches, dropout and head initialisation
-    device: str = "cpu"  # torch device to train and predict on (cpu, cuda, cuda:1, ...)
-    threads: int = 0  # torch.set_num_threads; 0 = leave torch's default
-    int8: bool = False  # the encoder's linear layers in int8 (CPU): faster prediction, a little less F1
-    progress: bool = True  # progress bars while loading the encoder and training (only on a terminal)
-    self_train_rounds: int = 2  # pseudo-label + retrain rounds on --unlabelled text (selftrain.py)
-    self_train_epochs: int = 3  # epochs of each round, continuing from the previous round's tagger
-    self_train_tau: float = 0.1  # keep a pseudo-labelled sentence when each entity's uncertainty is <= this
-    self_train_missed: float = 0.1  # and its missed-entity score (max 1 - P(O) off entities) is <= this
-
-
-def check_config(c: TaggerConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected); the device is checked on this machine."""
-    return failed_rules(
-        [
-            ("scheme", c.scheme in ("BIO", "BIOES"), "BIO or BIOES"),
-            ("max_length", c.max_length >= 8, "at least 8 sub-tokens"),
-            ("epochs", c.epochs >= 1, "at least 1"),
-            ("min_steps", c.min_steps >= 0, "0 or more"),
-            ("epoch_size", c.epoch_size >= 0, "0 (all) or more"),
-            ("batch_size", c.batch_size >= 1, "at least 1"),
-            ("train_chunk", c.train_chunk >= 1, "a positive number of words"),
-            ("warmup", 0 <= c.warmup <= 1, "a share in [0, 1]"),
-            ("dropout", 0 <= c.dropout < 1, "a probability in [0, 1)"),
-            ("device", device_problem(c.device) == "", device_problem(c.device)),
-            ("int8", not c.int8 or c.device.split(":")[0] == "cpu", "int8 only on the cpu device"),
-            ("threads", c.threads >= 0, "0 (torch's default) or more"),
-            ("self_train_rounds", c.self_train_rounds >= 0, "0 or more"),
-            ("self_train_epochs", c.self_train_epochs >= 1, "at least 1"),
-            ("self_train_tau", 0 <= c.self_train_tau <= 1, "an uncertainty in [0, 1]"),
-            ("self_train_missed", 0 <= c.self_train_missed <= 1, "a score in [0, 1]"),
-        ]
+    encoder: str = setting("", 'HF name or local path; "" = the offline all-MiniLM-L6-v2 package', main=True)
+    scheme: str = setting("BIOES", "BIO | BIOES; BIOES makes the CRF model entity ends explicitly")
+    max_length: int = setting(
+        128, "sub-tokens per encoder window incl. special tokens; longer texts are windowed"
     )
+    lr_encoder: float = setting(5e-5, "AdamW lr of the pretrained encoder (small: it is already trained)")
+    lr_head: float = setting(1e-3, "lr of the shape embeddings and the emission layer (trained from scratch)")
+    lr_crf: float = setting(1e-2, "lr of the transition scores (few parameters that need to move far)")
+    epochs: int = setting(10, "passes over the training data (or over epoch_size sentences)", main=True)
+    min_steps: int = setting(60, "optimisation steps at least: small data gets more epochs than `epochs`")
+    epoch_size: int = setting(
+        2000, "sentences drawn afresh each epoch when there are more (bounds time); 0 = all"
+    )
+    batch_size: int = setting(16, "sentences per step")
+    train_chunk: int = setting(
+        64, "words: longer training texts are cut between entities (bounds a batch's memory)"
+    )
+    dropout: float = setting(0.1, "before the emission layer (the encoder keeps its own dropout)")
+    shape_features: bool = setting(True, "word-shape embeddings of the word and its two neighbours")
+    freeze_embeddings: bool = setting(
+        True, "keep the word-piece embeddings fixed: unseen words keep their place"
+    )
+    seed: int = setting(0, "batches, dropout and head initialisation")
+    device: str = setting("cpu", "torch device to train and predict on (cpu, cuda, cuda:1, ...)", main=True)
+    threads: int = setting(0, "torch.set_num_threads; 0 = leave torch's default")
+    int8: bool = setting(
+        False, "the encoder's linear layers in int8 (CPU): faster prediction, a little less F1"
+    )
+    progress: bool = setting(
+        True, "progress bars while loading the encoder and training (only on a terminal)"
+    )
+    self_train_rounds: int = setting(
+        2, "pseudo-label + retrain rounds on --unlabelled text (selftrain.py)", main=True
+    )
+    self_train_epochs: int = setting(3, "epochs of each round, continuing from the previous round's tagger")
+    self_train_tau: float = setting(
+        0.1, "keep a pseudo-labelled sentence when each entity's uncertainty is <= this"
+    )
+    self_train_missed: float = setting(
+        0.1, "and its missed-entity score (max 1 - P(O) off entities) is <= this"
+    )
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("scheme", self.scheme in ("BIO", "BIOES"), "BIO or BIOES"),
+                ("max_length", self.max_length >= 8, "at least 8 sub-tokens"),
+                ("epochs", self.epochs >= 1, "at least 1"),
+                ("min_steps", self.min_steps >= 0, "0 or more"),
+                ("epoch_size", self.epoch_size >= 0, "0 (all) or more"),
+                ("batch_size", self.batch_size >= 1, "at least 1"),
+                ("train_chunk", self.train_chunk >= 1, "a positive number of words"),
+                ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
+                ("device", device_problem(self.device) == "", device_problem(self.device)),
+                ("int8", not self.int8 or self.device.split(":")[0] == "cpu", "int8 only on the cpu device"),
+                ("threads", self.threads >= 0, "0 (torch's default) or more"),
+                ("self_train_rounds", self.self_train_rounds >= 0, "0 or more"),
+                ("self_train_epochs", self.self_train_epochs >= 1, "at least 1"),
+                ("self_train_tau", 0 <= self.self_train_tau <= 1, "an uncertainty in [0, 1]"),
+                ("self_train_missed", 0 <= self.self_train_missed <= 1, "a score in [0, 1]"),
+            ],
+        )
 
 
 def device_problem(device: str) -> str:
@@ -136,8 +160,8 @@ class Tagger(nn.Module):
         self.encoder = encoder
         hidden = encoder.config.hidden_size
         if config.shape_features:
-            self.shape = nn.Embedding(len(SHAPES), config.shape_dim, padding_idx=0)
-            hidden += 3 * config.shape_dim
+            self.shape = nn.Embedding(len(SHAPES), SHAPE_DIM, padding_idx=0)
+            hidden += 3 * SHAPE_DIM
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(hidden, len(self.tags))
         self.crf = CRF(len(self.tags), *allowed_moves(self.tags, config.scheme))
@@ -174,8 +198,6 @@ def check_samples(samples: list[Sample], types: list[str]) -> None:
 def chunks(sample: Sample, size: int) -> list[Sample]:
     """The sample cut into pieces of at most `size` words, never inside an entity (a piece grows to the end
     of an entity longer than `size`). Prediction needs no cut: without gradients its memory is linear."""
-    if size <= 0:
-        raise ValueError(f"train_chunk: expected a positive number of words, got {size}")
     inside = np.zeros(len(sample.tokens) + 1, dtype=bool)  # inside[b]: a cut before word b splits an entity
     for e in sample.entities:
         inside[e.start + 1 : e.end] = True
@@ -222,12 +244,12 @@ def optimizer(model: Tagger, config: TaggerConfig, steps: int):
     head = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "crf."))]
     opt = torch.optim.AdamW(
         [
-            {"params": encoder, "lr": config.lr_encoder, "weight_decay": config.weight_decay},
-            {"params": head, "lr": config.lr_head, "weight_decay": config.weight_decay},
+            {"params": encoder, "lr": config.lr_encoder, "weight_decay": WEIGHT_DECAY},
+            {"params": head, "lr": config.lr_head, "weight_decay": WEIGHT_DECAY},
             {"params": list(model.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0},
         ]
     )
-    return opt, get_linear_schedule_with_warmup(opt, int(config.warmup * steps), steps)
+    return opt, get_linear_schedule_with_warmup(opt, int(WARMUP * steps), steps)
 
 
 def train_tagger(
@@ -244,7 +266,6 @@ def train_tagger(
     `init`: start from this (float) tagger's weights instead of the pretrained encoder and a fresh head.
     """
     config = config or TaggerConfig()
-    require_valid(config, check_config(config))
     check_samples(train + (dev or []), types)
     if dev and len({s.id for s in dev}) != len(dev):
         raise ValueError("expected distinct sample ids in the dev set (the scorer pairs samples by id)")
@@ -327,7 +348,7 @@ def train_epoch(model: Tagger, enc: list[Encoded], gold: list[list[int]], opt, s
         loss = -model.crf.log_likelihood(model.emissions(batch), batch["tags"], batch["mask"]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -465,16 +486,16 @@ def load(directory: str, device: str | None = None) -> Tagger:
     if not (d / "config.json").is_file() or not (d / "weights.pt").is_file():
         raise FileNotFoundError(f"{d}: expected config.json and weights.pt written by tagger.save")
     meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    # a setting this tagger.py does not know may change the model: refuse it (a missing one takes its default)
-    unknown = sorted(set(meta["tagger"]) - {f.name for f in fields(TaggerConfig)})
+    # a setting this tagger.py does not know may change the model: refuse it (a missing one takes its default;
+    # one that became a constant is dropped when it has the constant's value)
+    saved = {k: v for k, v in meta["tagger"].items() if RETIRED.get(k, object()) != v}
+    unknown = sorted(set(saved) - {f.name for f in fields(TaggerConfig)})
     if unknown:
         raise ValueError(
             f"{d}/config.json: unknown tagger settings {unknown}; expected a tagger saved by this "
             "version of tagger.py"
         )
-    config = TaggerConfig(**meta["tagger"])
-    if device is not None:
-        config.device = device
+    config = TaggerConfig(**{**saved, **({"device": device} if device else {})})
     encoder = AutoModel.from_config(AutoConfig.for_model(**meta["encoder"]))
     model = Tagger(config, meta["types"], encoder, AutoTokenizer.from_pretrained(str(d)))
     if model.tags != meta["tags"]:

@@ -20,33 +20,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data import Entity, Sample, failed_rules, spans_to_tags
+from data import Entity, Sample, require_valid, setting, spans_to_tags
 
 METHODS = ("marginal", "mc_dropout")
 
 
 @dataclass
 class UncertaintyConfig:
-    method: str = "marginal"  # marginal (CRF, one pass) | mc_dropout (mc_passes x slower)
-    tau: float | None = None  # delegate entities with uncertainty > tau; None = pick it by target_rate
-    target_rate: float | None = 0.2  # with tau None: share of entities to delegate (a call budget)
-    mc_passes: int = 10  # dropout passes T for mc_dropout
-
-
-def check_config(c: UncertaintyConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            ("method", c.method in METHODS, " or ".join(METHODS)),
-            ("tau", c.tau is None or c.tau >= 0, "none or an uncertainty >= 0"),
-            (
-                "target_rate",
-                c.target_rate is not None and 0 <= c.target_rate <= 1 or c.tau is not None,
-                "a share in [0, 1] (none only together with a fixed `tau`)",
-            ),
-            ("mc_passes", c.method != "mc_dropout" or c.mc_passes >= 1, "at least 1 with mc_dropout"),
-        ]
+    method: str = setting("marginal", "marginal (CRF, one pass) | mc_dropout (mc_passes x slower)")
+    tau: float | None = setting(
+        None, "delegate entities with uncertainty > tau; None = pick it by target_rate", main=True
     )
+    target_rate: float | None = setting(
+        0.2, "with tau None: share of entities to delegate (a call budget)", main=True
+    )
+    mc_passes: int = setting(10, "dropout passes T for mc_dropout")
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("method", self.method in METHODS, " or ".join(METHODS)),
+                ("tau", self.tau is None or self.tau >= 0, "none or an uncertainty >= 0"),
+                (
+                    "target_rate",
+                    self.target_rate is not None and 0 <= self.target_rate <= 1 or self.tau is not None,
+                    "a share in [0, 1] (none only together with a fixed `tau`)",
+                ),
+                (
+                    "mc_passes",
+                    self.method != "mc_dropout" or self.mc_passes >= 1,
+                    "at least 1 with mc_dropout",
+                ),
+            ],
+        )
 
 
 # ---------------------------------------------------------------- uncertainty from the marginals
@@ -95,8 +102,6 @@ def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig |
     over T dropout passes; the uncertainty is their normalised entropy over the span.
     """
     config = config or UncertaintyConfig()
-    if config.method not in METHODS:
-        raise ValueError(f"UncertaintyConfig.method: expected {' or '.join(METHODS)}, got {config.method!r}")
     for s in samples:
         if not s.entities:
             continue
@@ -140,10 +145,6 @@ def choose_threshold(samples: list[Sample], config: UncertaintyConfig | None = N
         return config.tau, f"tau = {config.tau} fixed by the configuration"
     if not desc:
         return 1.0, "no predicted entity: nothing to delegate"
-    if config.target_rate is None or not 0.0 <= config.target_rate <= 1.0:
-        raise ValueError(
-            f"UncertaintyConfig.target_rate: expected a share in [0, 1], got {config.target_rate}"
-        )
     tau = tau_for(desc, round(config.target_rate * len(desc)))
     rate = sum(x > tau for x in desc) / len(desc)
     return tau, (

@@ -1,13 +1,15 @@
-"""The command line of refineg.py: every stage's settings dataclass becomes a group of flags, checked at once.
+"""The command line of refineg.py: one `Settings` object, one flag per field of its parts.
 
-Each field of RunConfig and of the stages' settings (llm.ClientConfig, synth.SynthConfig,
+Each part is one stage's settings dataclass (RunConfig here, llm.ClientConfig, synth.SynthConfig,
 tagger.TaggerConfig, uncertainty.UncertaintyConfig, refinement.RefinementConfig, demos.DemoConfig,
-grounding.GroundingConfig) is one flag `--<prefix><field-name>`, with the field's comment as its help.
-`parse_configs` returns the settings of every stage, or ends the program with one line
-`error: --flag: expected X, got Y` per problem and exit code 2, before any stage runs: each stage's
-own `check_config` is asked, the same check its functions make for library callers.
+grounding.GroundingConfig, suggest.SuggestConfig); each field is one flag `--<prefix><field-name>`, its
+help and type the field's own (`data.setting`, the annotation). A part checks itself when built
+(its __post_init__), so `parse_settings` returns valid settings or ends the program with one line
+`error: --flag: expected X, got Y` per problem and exit code 2, before any stage runs. A porter
+builds the same object in Python: Settings(run=RunConfig(data=["DIR"]), tagger=TaggerConfig(epochs=5)).
 
-    python refineg.py --help
+    python refineg.py --help        # the flags a user of the method sets
+    python refineg.py --help-all    # every flag, by stage
 
 Left out on purpose: configuration files (the run directory's config.json records every setting, and a
 rerun with the same flags resumes).
@@ -15,76 +17,113 @@ rerun with the same flags resumes).
 
 import argparse
 import dataclasses
-import inspect
 import re
 import sys
-from dataclasses import field
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import demos
-import grounding
-import llm
-import refinement
-import synth
-import tagger
-import uncertainty
 from app.rundir import PREVIOUS, RECORDS
-from data import failed_rules
-from labelling import suggest
+from data import InvalidSettings, require_valid, setting
+from demos import DemoConfig
+from grounding import GroundingConfig
+from labelling.suggest import SuggestConfig
+from llm import ClientConfig
+from refinement import RefinementConfig
+from synth import SynthConfig
+from tagger import TaggerConfig
+from uncertainty import UncertaintyConfig
 
 
-@dataclasses.dataclass
+@dataclass
 class RunConfig:
-    data: list[str] = field(default_factory=list)  # labelled data: CCKS, Twitter-GMNER or CoNLL; several join
-    test: str = ""  # data to predict (labelled or not); "" = hold out --test-share of --data
-    out: str = "runs/refineg"  # run directory (config.json, predictions.json, metrics.json, ...)
-    unlabelled: str = ""  # in-domain text to self-train on and the pool of --suggest (labels ignored)
-    suggest: int = 0  # choose this many --unlabelled samples to label next (OUT/suggested/); 0 = off
-    suggest_round: int = 0  # the labelling round the --suggest tasks carry; 0 = the number of --data given
-    labelstudio_images: str = ""  # URL prefix of the images of OUT/labelstudio/tasks.json; "" = Label
-    # Studio's local-file serving of OUT/suggested/images (docs/labelling.md)
-    images: list[str] = field(default_factory=list)  # image folders; none = images/ beside the data
-    test_share: float = 0.3  # share of --data held out as the test split when --test is not given
-    tagger_dir: str = ""  # reuse a trained tagger from this directory instead of training one
-    synthesize: bool = True  # run the synthesis stage when an LLM is configured and a tagger is trained
-    refine: bool = True  # run the refinement stage when an LLM is configured
-    ground: bool = True  # run the grounding stage when an LLM is configured
-    viz: int = 0  # draw this many predictions (boxes, names, types; gold too) into viz/
-    report_samples: int = 200  # samples shown in report.html (the most mistakes first); 0 = scores only
-    warn_failed_share: float = 0.1  # a stage with more than this share of failed MLLM calls is flagged first
-    seed: int = 0  # the test split's shuffle
-
-
-def check_run(c: RunConfig) -> list[tuple[str, str]]:
-    return failed_rules(
-        [
-            ("data", bool(c.data), "a CCKS folder, a Twitter-GMNER txt or a CoNLL file (--data is required)"),
-            ("suggest", c.suggest >= 0, "a number of samples >= 0"),
-            ("suggest_round", c.suggest_round >= 0, "a round >= 1, or 0 for the number of --data"),
-            ("unlabelled", c.unlabelled or not c.suggest, "the pool to suggest from (--suggest needs it)"),
-            ("out", not Path(c.out).is_file(), "a folder for the run (it names an existing file)"),
-            (
-                "out",
-                not holds_input(c),
-                "a folder of its own (it holds the input data; runs would write into it)",
-            ),
-            (
-                "out",
-                not in_run_records(c),
-                "a folder whose run files hold no input (an input lies in OUT/suggested, OUT/labelstudio, "
-                "OUT/previous or another folder a run replaces: move it out, or pass another --out)",
-            ),
-            (
-                "tagger_dir",
-                not c.tagger_dir or is_tagger_dir(c.tagger_dir),
-                "a trained tagger's folder with config.json and weights.pt (OUT/tagger of an earlier run)",
-            ),
-            ("test_share", 0 < c.test_share < 1, "a share in (0, 1)"),
-            ("viz", c.viz >= 0, "a number of pictures >= 0"),
-            ("report_samples", c.report_samples >= 0, "a number of samples >= 0"),
-            ("warn_failed_share", 0 <= c.warn_failed_share <= 1, "a share in [0, 1]"),
-        ]
+    data: list[str] = setting([], "labelled data: CCKS, Twitter-GMNER or CoNLL; several join", main=True)
+    test: str = setting(
+        "", 'data to predict (labelled or not); "" = hold out --test-share of --data', main=True
     )
+    out: str = setting(
+        "runs/refineg", "run directory (config.json, predictions.json, metrics.json, ...)", main=True
+    )
+    unlabelled: str = setting(
+        "", "in-domain text to self-train on and the pool of --suggest (labels ignored)", main=True
+    )
+    suggest: int = setting(
+        0, "choose this many --unlabelled samples to label next (OUT/suggested/); 0 = off", main=True
+    )
+    suggest_round: int = setting(
+        0, "the labelling round the --suggest tasks carry; 0 = the number of --data given"
+    )
+    labelstudio_images: str = setting(
+        "",
+        'URL prefix of the images of OUT/labelstudio/tasks.json; "" = Label Studio\'s local-file serving of '
+        "OUT/suggested/images (docs/labelling.md)",
+    )
+    images: list[str] = setting([], "image folders; none = images/ beside the data", main=True)
+    test_share: float = setting(0.3, "share of --data held out as the test split when --test is not given")
+    tagger_dir: str = setting(
+        "", "reuse a trained tagger from this directory instead of training one", main=True
+    )
+    synthesize: bool = setting(
+        True, "run the synthesis stage when an LLM is configured and a tagger is trained", main=True
+    )
+    refine: bool = setting(True, "run the refinement stage when an LLM is configured", main=True)
+    ground: bool = setting(True, "run the grounding stage when an LLM is configured", main=True)
+    viz: int = setting(0, "draw this many predictions (boxes, names, types; gold too) into viz/", main=True)
+    report_samples: int = setting(
+        200, "samples shown in report.html (the most mistakes first); 0 = scores only"
+    )
+    warn_failed_share: float = setting(
+        0.1, "a stage with more than this share of failed MLLM calls is flagged first"
+    )
+    seed: int = setting(0, "the test split's shuffle")
+
+    def __post_init__(self):
+        require_valid(self, run_rules(self))
+
+
+def run_rules(c: RunConfig) -> list[tuple[str, bool, str]]:
+    return [
+        ("data", bool(c.data), "a CCKS folder, a Twitter-GMNER txt or a CoNLL file (--data is required)"),
+        ("suggest", c.suggest >= 0, "a number of samples >= 0"),
+        ("suggest_round", c.suggest_round >= 0, "a round >= 1, or 0 for the number of --data"),
+        ("unlabelled", c.unlabelled or not c.suggest, "the pool to suggest from (--suggest needs it)"),
+        ("out", not Path(c.out).is_file(), "a folder for the run (it names an existing file)"),
+        (
+            "out",
+            not holds_input(c),
+            "a folder of its own (it holds the input data; runs would write into it)",
+        ),
+        (
+            "out",
+            not in_run_records(c),
+            "a folder whose run files hold no input (an input lies in OUT/suggested, OUT/labelstudio, "
+            "OUT/previous or another folder a run replaces: move it out, or pass another --out)",
+        ),
+        (
+            "tagger_dir",
+            not c.tagger_dir or is_tagger_dir(c.tagger_dir),
+            "a trained tagger's folder with config.json and weights.pt (OUT/tagger of an earlier run)",
+        ),
+        ("test_share", 0 < c.test_share < 1, "a share in (0, 1)"),
+        ("viz", c.viz >= 0, "a number of pictures >= 0"),
+        ("report_samples", c.report_samples >= 0, "a number of samples >= 0"),
+        ("warn_failed_share", 0 <= c.warn_failed_share <= 1, "a share in [0, 1]"),
+    ]
+
+
+@dataclass
+class Settings:
+    """Every setting of a run, one part per stage, each checked when it was built."""
+
+    run: RunConfig
+    llm: ClientConfig = field(default_factory=ClientConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    tagger: TaggerConfig = field(default_factory=TaggerConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    suggest: SuggestConfig = field(default_factory=SuggestConfig)
 
 
 def is_tagger_dir(path: str) -> bool:
@@ -108,44 +147,23 @@ def in_run_records(c: RunConfig) -> bool:
     return any(p == h or h in p.parents for p in inputs for h in held)
 
 
-# (name in the settings dict, settings class, flag prefix, its check, the help group's title)
-STAGES = [
-    ("run", RunConfig, "", check_run, "the run"),
-    ("llm", llm.ClientConfig, "llm-", llm.check_config, "the MLLM server (llm.py)"),
-    ("synth", synth.SynthConfig, "synth-", synth.check_config, "synthesis (synth.py)"),
-    ("tagger", tagger.TaggerConfig, "tagger-", tagger.check_config, "tagger and self-training (tagger.py)"),
-    (
-        "uncertainty",
-        uncertainty.UncertaintyConfig,
-        "unc-",
-        uncertainty.check_config,
-        "uncertainty (uncertainty.py)",
-    ),
-    (
-        "refinement",
-        refinement.RefinementConfig,
-        "refine-",
-        refinement.check_config,
-        "refinement (refinement.py)",
-    ),
-    ("demos", demos.DemoConfig, "ground-", demos.check_config, "demo selection (demos.py)"),
-    ("grounding", grounding.GroundingConfig, "ground-", grounding.check_config, "grounding (grounding.py)"),
-    ("suggest", suggest.SuggestConfig, "suggest-", suggest.check_config, "what to label next (suggest.py)"),
-]
-# The flags most runs need, shown first in --help: (settings name, field)
-COMMON = [
-    ("run", "data"),
-    ("run", "test"),
-    ("run", "out"),
-    ("run", "unlabelled"),
-    ("run", "suggest"),
-    ("run", "images"),
-    ("llm", "base_url"),
-    ("llm", "model"),
-    ("grounding", "box_format"),
-    ("run", "viz"),
-]
+# part of Settings -> (its flags' prefix, the title of its group in --help-all)
+PARTS = {
+    "run": ("", "the run"),
+    "llm": ("llm-", "the MLLM server (llm.py)"),
+    "synth": ("synth-", "synthesis (synth.py)"),
+    "tagger": ("tagger-", "tagger and self-training (tagger.py, selftrain.py)"),
+    "uncertainty": ("unc-", "uncertainty (uncertainty.py)"),
+    "refinement": ("refine-", "refinement (refinement.py)"),
+    "demos": ("ground-", "demo selection (demos.py)"),
+    "grounding": ("ground-", "grounding (grounding.py)"),
+    "suggest": ("suggest-", "what to label next (labelling/suggest.py)"),
+}
 ALIASES = {"--llm-base-url": ["--llm-url"], "--tagger-dir": ["--tagger"]}  # shorter spellings, accepted too
+
+
+def part_class(name: str) -> type:
+    return typing.get_type_hints(Settings)[name]
 
 
 class Parser(argparse.ArgumentParser):
@@ -164,117 +182,97 @@ class ExtendFresh(argparse.Action):
         setattr(namespace, f"{self.dest}:given", True)
 
 
+class HelpAll(argparse.Action):
+    """--help-all: every flag, grouped by stage."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="show every flag, by stage, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        build_parser(every=True).print_help()
+        parser.exit()
+
+
 def flag(prefix: str, name: str) -> str:
     return "--" + prefix + name.replace("_", "-")
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """The comment after each field of a settings dataclass, joined with the comment-only lines that
-    continue it (so a long comment is never cut): the single source of --help."""
-    helps = {}
-    name = None
-    for line in inspect.getsource(cls).splitlines():
-        field_line = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
-        more = re.match(r"\s+#\s*(.+)$", line)
-        if field_line:
-            name = field_line[1]
-            helps[name] = field_line[2].strip()
-        elif more and name:
-            helps[name] += " " + more[1].strip()
-        else:
-            name = None
-    return helps
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(every: bool = False) -> argparse.ArgumentParser:
+    """All flags; --help shows those of the fields marked `main`, --help-all (every=True) all, by stage."""
     ap = Parser(
         prog="refineg.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="ReFineG end to end: synthesis -> tagger -> uncertainty + refinement -> demo "
         "selection + grounding -> scores.",
         usage="%(prog)s --data DATA [--test DATA] [--out DIR] [--llm-url URL --llm-model NAME] [...]",
-        epilog="Every flag sets the field of the same name in its stage's settings (cli.py).",
+        epilog=None if every else "Every stage's other settings: refineg.py --help-all (app/cli.py).",
     )
-    common = ap.add_argument_group("the flags most runs need")
-    for stage, cls, prefix, _, title in STAGES:
-        group = ap.add_argument_group(title)
-        helps = field_help(cls)
-        for f in dataclasses.fields(cls):
-            where = common if (stage, f.name) in COMMON else group
-            add_flag(where, stage, f, flag(prefix, f.name), helps.get(f.name, ""))
+    ap.add_argument("--help-all", action=HelpAll)
+    main = ap.add_argument_group("the flags a user of the method sets")
+    for part, (prefix, title) in PARTS.items():
+        group = ap.add_argument_group(title) if every else main
+        for f in dataclasses.fields(part_class(part)):
+            shown = every or f.metadata["main"]
+            add_flag(group, part, f, flag(prefix, f.name), shown)
     return ap
 
 
-def add_flag(group, stage: str, f: dataclasses.Field, name: str, text: str) -> None:
-    """One flag for one settings field: a switch for a bool, a list for a list, else one typed value."""
+def add_flag(group, part: str, f: dataclasses.Field, name: str, shown: bool) -> None:
+    """One flag for one settings field: a switch for a bool, a list for a list, else one value of its type."""
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    text = f.metadata["help"]
     if default not in ("", None, []) and not isinstance(default, bool):
         text += f" (default: {default})"
-    dest = f"{stage}.{f.name}"
-    if isinstance(default, bool):
-        group.add_argument(name, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
-    elif isinstance(default, list):
-        group.add_argument(
-            name,
-            dest=dest,
-            nargs="*",  # none at all is a value too: --ground-never-ground alone empties the default
-            action=ExtendFresh,
-            metavar="DIR" if f.name == "images" else f.name.upper(),
-            default=default,
-            help=text,
-        )
+    kind = typing.get_type_hints(part_class(part))[f.name]
+    common = {"dest": f"{part}.{f.name}", "default": default, "help": text if shown else argparse.SUPPRESS}
+    if kind is bool:
+        group.add_argument(name, action=argparse.BooleanOptionalAction, **common)
+    elif typing.get_origin(kind) is list:
+        metavar = "DIR" if f.name == "images" else f.name.upper()
+        # nargs *: none at all is a value too (--ground-never-ground alone empties the default)
+        group.add_argument(name, nargs="*", action=ExtendFresh, metavar=metavar, **common)
     else:
         group.add_argument(
-            name,
-            *ALIASES.get(name, []),
-            dest=dest,
-            type=converter(str(f.type)),
-            metavar=f.name.upper(),
-            default=default,
-            help=text,
+            name, *ALIASES.get(name, []), type=converter(kind), metavar=f.name.upper(), **common
         )
 
 
-def converter(annotation: str):
-    """str -> the field's type; `none` means None for optional fields."""
-    base = float if "float" in annotation else int if "int" in annotation else str
-    if "None" not in annotation:
-        return base
-    return lambda s: None if s.lower() == "none" else base(s)
+def converter(kind: object):
+    """str -> the field's type; `none` means None for an optional field (float | None)."""
+    options = [t for t in typing.get_args(kind) if t is not type(None)]
+    if not options:
+        return kind
+    return lambda s: None if s.lower() == "none" else options[0](s)
 
 
-def parse_configs(argv: list[str]) -> dict:
-    """The settings of every stage; invalid ones end the run here, one `error:` line each, exit code 2."""
+def parse_settings(argv: list[str]) -> Settings:
+    """The settings of the run; invalid ones end it here, one `error:` line each, exit code 2."""
     args = vars(build_parser().parse_args(argv))
-    cfg = {
-        stage: cls(**{f.name: args[f"{stage}.{f.name}"] for f in dataclasses.fields(cls)})
-        for stage, cls, *_ in STAGES
-    }
-    problems = settings_problems(cfg)
+    parts, problems = {}, []
+    for part, (prefix, _) in PARTS.items():
+        values = {f.name: args[f"{part}.{f.name}"] for f in dataclasses.fields(part_class(part))}
+        try:
+            parts[part] = part_class(part)(**values)
+        except InvalidSettings as err:
+            problems += [
+                f"{spellings(prefix, name)}: expected {as_flags(what, prefix)}, got {values[name]!r}"
+                for name, what in err.problems
+            ]
+    problems = problems or pair_problems(parts)
     if problems:
         sys.stderr.write("".join(f"error: {p}\n" for p in problems))
         sys.exit(2)
-    return cfg
+    return Settings(**parts)
 
 
-def settings_problems(cfg: dict) -> list[str]:
-    """Every setting no stage can work with, as "--flag: expected X, got Y", checked before any stage runs
-    (a stage finding it later would end the run after minutes of training)."""
-    return [
-        f"{spellings(prefix, name)}: expected {as_flags(what, prefix)}, got {getattr(cfg[stage], name)!r}"
-        for stage, _, prefix, check, _ in STAGES
-        for name, what in check(cfg[stage])
-    ] + pair_problems(cfg)
-
-
-def pair_problems(cfg: dict) -> list[str]:
+def pair_problems(parts: dict) -> list[str]:
     """Settings that are fine alone and cannot work together."""
-    if not cfg["suggest"].ground:
+    if not parts["suggest"].ground:
         return []
     problems = []
-    if not cfg["run"].suggest:
+    if not parts["run"].suggest:
         problems.append("--suggest-ground: expected --suggest N too (it draws the suggestions' boxes)")
-    if not cfg["llm"].base_url:
+    if not parts["llm"].base_url:
         problems.append("--suggest-ground: expected an MLLM to draw the boxes (--llm-url URL)")
     return problems
 

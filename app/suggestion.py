@@ -16,23 +16,24 @@ import dataclasses
 
 import grounding
 import tagger
+from app.cli import Settings
 from app.rundir import Run, atomic
 from data import DataError, Dataset, Sample
 from labelling import labelstudio, suggest
 
 
 def suggestion_stage(
-    run: Run, cfg: dict, chooser: tagger.Tagger, pool: list[Sample], labelled: Dataset
+    run: Run, cfg: Settings, chooser: tagger.Tagger, pool: list[Sample], labelled: Dataset
 ) -> None:
     """With --suggest N: the N pool samples to label next, ranked and pre-annotated by `chooser`, in
     OUT/suggested/."""
-    n = cfg["run"].suggest
+    n = cfg.run.suggest
     if not n:
         return
     with run.stage("suggestion"):
-        chosen = suggest.suggest(chooser, pool, n, cfg["suggest"], progress=cfg["tagger"].progress)
+        chosen = suggest.suggest(chooser, pool, n, cfg.suggest, progress=cfg.tagger.progress)
         boxes = {c.sample.id: NULL_BOXES for c in chosen}
-        if cfg["suggest"].ground:
+        if cfg.suggest.ground:
             chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
         with atomic(run.out / "suggested") as tmp:
             suggest.write_suggestions(chosen, labelled, tmp)
@@ -43,7 +44,7 @@ def suggestion_stage(
         run.notes["suggestion"] = {
             "pool": len(pool),
             "chosen": n,
-            "strategy": cfg["suggest"].strategy,
+            "strategy": cfg.suggest.strategy,
             "chooser": who_chose(cfg, labelled),
             "entities_prefilled": sum(len(c.sample.entities) for c in chosen),
         }
@@ -66,27 +67,27 @@ def box_summary(boxes: dict[str, str]) -> str:
     return f"drawn by the MLLM for {drawn} of {len(boxes)} samples (each sample's in suggested.jsonl)"
 
 
-def write_labelstudio(run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset) -> None:
+def write_labelstudio(run: Run, cfg: Settings, chosen: list[suggest.Suggestion], labelled: Dataset) -> None:
     """OUT/labelstudio/: the same suggestions as a Label Studio project (docs/labelling.md)."""
     with atomic(run.out / "labelstudio") as tmp:
         rows = [(c.sample, c.score, c.why) for c in chosen]
-        round_ = cfg["run"].suggest_round or len(cfg["run"].data)  # each round adds one --data
-        images = labelstudio.image_prefix(cfg["run"].labelstudio_images, run.out / "suggested" / "images")
+        round_ = cfg.run.suggest_round or len(cfg.run.data)  # each round adds one --data
+        images = labelstudio.image_prefix(cfg.run.labelstudio_images, run.out / "suggested" / "images")
         labelstudio.write_labelstudio(rows, labelled, tmp, round_, images)
 
 
-def who_chose(cfg: dict, labelled: Dataset) -> str:
+def who_chose(cfg: Settings, labelled: Dataset) -> str:
     """Which tagger ranked the pool, in words (tagger_stage says why)."""
-    if cfg["run"].tagger_dir:
-        return f"the tagger of --tagger {cfg['run'].tagger_dir}"
+    if cfg.run.tagger_dir:
+        return f"the tagger of --tagger {cfg.run.tagger_dir}"
     how = f"the tagger trained on all {len(labelled.samples)} labelled samples"
-    if cfg["tagger"].self_train_rounds:
+    if cfg.tagger.self_train_rounds:
         how += ", before its self-training on the pool (chooser/)"
     return how
 
 
 def ground_suggestions(
-    run: Run, cfg: dict, chosen: list[suggest.Suggestion], labelled: Dataset
+    run: Run, cfg: Settings, chosen: list[suggest.Suggestion], labelled: Dataset
 ) -> tuple[list[suggest.Suggestion], dict[str, str]]:
     """--suggest-ground: the MLLM draws the suggestions' boxes after the same worked examples as the
     grounding stage (chosen from every labelled sample); per sample, what its boxes are (from the trace)."""
@@ -97,7 +98,7 @@ def ground_suggestions(
         )
     client = run.client("suggestion grounding")
     samples, notes, traces = grounding.ground(
-        [c.sample for c in chosen], labelled.samples, labelled, client, cfg["grounding"], cfg["demos"]
+        [c.sample for c in chosen], labelled.samples, labelled, client, cfg.grounding, cfg.demos
     )
     run.notes["suggestion grounding"] = notes
     run.check_calls("suggestion grounding", "no suggestion was written")

@@ -125,7 +125,7 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
     per_epoch = min(cfg.epoch_size or len(train), len(train))
     total = cfg.epochs * math.ceil(per_epoch / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr_encoder)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)  # the same as tagger.py's
+    sched = get_linear_schedule_with_warmup(opt, int(tg.WARMUP * total), total)  # the same as tagger.py's
     history, best_f1, best_state = [], -1.0, None
     for epoch in range(cfg.epochs):
         model.train()
@@ -140,7 +140,7 @@ def _tagger_peer(train: list, dev: list | None, types: list[str], cfg):
             loss = model(input_ids=ids, attention_mask=attn, labels=lab).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tg.MAX_GRAD_NORM)
             opt.step()
             sched.step()
         row = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, "sentences": per_epoch}

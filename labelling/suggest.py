@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 import tagger
 import uncertainty
-from data import Box, DataError, Dataset, Sample, failed_rules, require_valid, spans_to_tags, without_spaces
+from data import Box, DataError, Dataset, Sample, require_valid, setting, spans_to_tags, without_spaces
 from encoding import embed_texts
 from formats.ccks import write_ccks_folder
 from images import copy_upright
@@ -52,25 +52,28 @@ STRATEGIES = ("entity", "mnlp", "missed", "random")
 
 @dataclass
 class SuggestConfig:
-    strategy: str = "entity"  # entity | mnlp | missed | random: the doubt that ranks the pool
-    diversity: float = 0.5  # weight of the similarity penalty (0 = pure doubt ranking)
-    pool_factor: int = 4  # candidates kept while scoring the pool, as a multiple of the number asked
-    chunk: int = 512  # pool samples predicted at a time (bounds the memory of marginals)
-    encoder: str = ""  # sentence encoder of the similarity; "" = all-MiniLM-L6-v2
-    seed: int = 0  # the random strategy's shuffle, and ties
-    ground: bool = False  # the MLLM draws the suggested entities' boxes (one grounding call per sample)
-
-
-def check_config(c: SuggestConfig) -> list[tuple[str, str]]:
-    """The settings that cannot work, as (field, what was expected)."""
-    return failed_rules(
-        [
-            ("strategy", c.strategy in STRATEGIES, " or ".join(STRATEGIES)),
-            ("diversity", c.diversity >= 0, "a weight >= 0"),
-            ("pool_factor", c.pool_factor >= 1, "at least 1"),
-            ("chunk", c.chunk >= 1, "at least 1 sample"),
-        ]
+    strategy: str = setting(
+        "entity", "entity | mnlp | missed | random: the doubt that ranks the pool", main=True
     )
+    diversity: float = setting(0.5, "weight of the similarity penalty (0 = pure doubt ranking)")
+    pool_factor: int = setting(4, "candidates kept while scoring the pool, as a multiple of the number asked")
+    chunk: int = setting(512, "pool samples predicted at a time (bounds the memory of marginals)")
+    encoder: str = setting("", 'sentence encoder of the similarity; "" = all-MiniLM-L6-v2')
+    seed: int = setting(0, "the random strategy's shuffle, and ties")
+    ground: bool = setting(
+        False, "the MLLM draws the suggested entities' boxes (one grounding call per sample)"
+    )
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("strategy", self.strategy in STRATEGIES, " or ".join(STRATEGIES)),
+                ("diversity", self.diversity >= 0, "a weight >= 0"),
+                ("pool_factor", self.pool_factor >= 1, "at least 1"),
+                ("chunk", self.chunk >= 1, "at least 1 sample"),
+            ],
+        )
 
 
 @dataclass
@@ -112,7 +115,6 @@ def suggest(
 ) -> list[Suggestion]:
     """The `n` pool samples to label next, best first."""
     config = config or SuggestConfig()
-    require_valid(config, check_config(config))
     if config.strategy == "random":
         order = random.Random(config.seed).sample(range(len(pool)), n)
         return [Suggestion(unlabelled(pool[i]), 0.0, "random") for i in order]

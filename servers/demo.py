@@ -18,27 +18,32 @@ import sys
 from dataclasses import dataclass
 
 import refineg
-from app.cli import field_help
-from data import DataError
+from data import DataError, setting
 from servers.simulated_mllm import SimConfig, SimulatedMLLM, load_world
 
 
 @dataclass
 class LaptopConfig:
-    data: str = "examples/demo"  # labelled data to run on; also the simulated MLLM's gold (its world)
-    out: str = "runs/demo"  # run directory
-    accuracy: float = 0.8  # chance that the simulated MLLM is right (refinement, grounding; synthesis faults)
-    synth_per_seed: int = 3  # synthetic sentences per seed (paper: 30); 3 keep the demo's tagger at its
-    # minimum of 60 training steps (the 22 seeds and the sentences kept fill about 5 batches an epoch)
+    data: str = setting(
+        "examples/demo", "labelled data to run on; also the simulated MLLM's gold (its world)"
+    )
+    out: str = setting("runs/demo", "run directory")
+    accuracy: float = setting(
+        0.8, "chance that the simulated MLLM is right (refinement, grounding; synthesis faults)"
+    )
+    synth_per_seed: int = setting(
+        3,
+        "synthetic sentences per seed (paper: 30); 3 keep the demo's tagger at its minimum of 60 training "
+        "steps (the 22 seeds and the sentences kept fill about 5 batches an epoch)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    """One flag per LaptopConfig field (its comment is the help); unknown flags go to refineg.py."""
+    """One flag per LaptopConfig field (its help beside it); unknown flags go to refineg.py."""
     ap = argparse.ArgumentParser(prog="python -m servers.demo", description=__doc__.split("\n\n")[0])
-    comments = field_help(LaptopConfig)  # the whole comment, continuation lines included
     for f in dataclasses.fields(LaptopConfig):
         flag = f"--{f.name.replace('_', '-')}"
-        ap.add_argument(flag, type=type(f.default), default=f.default, help=comments.get(f.name))
+        ap.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
     return ap
 
 

@@ -50,9 +50,18 @@ from pathlib import Path
 from PIL import Image
 
 import formats
-from app.cli import field_help
 from app.rundir import SIMULATED
-from data import Box, DataError, Entity, Sample, failed_rules, find_name, without_spaces
+from data import (
+    Box,
+    DataError,
+    Entity,
+    InvalidSettings,
+    Sample,
+    find_name,
+    require_valid,
+    setting,
+    without_spaces,
+)
 from images import ImageError, image_size
 from servers.simulated_writer import write
 
@@ -410,26 +419,32 @@ def _serve(sim: SimulatedMLLM, port: int) -> _Server:
 
 @dataclass
 class ServeConfig:
-    gold: str = ""  # the world the answers come from: a labelled dataset (CCKS folder, Twitter-GMNER, CoNLL)
-    accuracy: float = 0.8  # chance an answer is right (refinement, grounding) or no fault (synthesis)
-    box_format: str = "abs"  # the box convention to answer in: abs | norm1000 | norm1 (--ground-box-format)
-    seed: int = 0  # every draw is seeded by (seed, stage, text, name)
-    port: int = 0  # port on 127.0.0.1; 0 = a free one (printed)
-
-
-def check_serve(c: ServeConfig) -> list[tuple[str, str]]:
-    return failed_rules(
-        [
-            (
-                "gold",
-                bool(c.gold) and Path(c.gold).exists(),
-                "a labelled dataset that exists (--gold is required)",
-            ),
-            ("accuracy", 0 <= c.accuracy <= 1, "a probability in [0, 1]"),
-            ("box_format", c.box_format in BOX_FORMATS, " or ".join(BOX_FORMATS)),
-            ("port", 0 <= c.port <= 65535, "a port in [0, 65535]"),
-        ]
+    gold: str = setting(
+        "", "the world the answers come from: a labelled dataset (CCKS folder, Twitter-GMNER, CoNLL)"
     )
+    accuracy: float = setting(
+        0.8, "chance an answer is right (refinement, grounding) or no fault (synthesis)"
+    )
+    box_format: str = setting(
+        "abs", "the box convention to answer in: abs | norm1000 | norm1 (--ground-box-format)"
+    )
+    seed: int = setting(0, "every draw is seeded by (seed, stage, text, name)")
+    port: int = setting(0, "port on 127.0.0.1; 0 = a free one (printed)")
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                (
+                    "gold",
+                    bool(self.gold) and Path(self.gold).exists(),
+                    "a labelled dataset that exists (--gold is required)",
+                ),
+                ("accuracy", 0 <= self.accuracy <= 1, "a probability in [0, 1]"),
+                ("box_format", self.box_format in BOX_FORMATS, " or ".join(BOX_FORMATS)),
+                ("port", 0 <= self.port <= 65535, "a port in [0, 65535]"),
+            ],
+        )
 
 
 def load_world(path: str) -> tuple[list[Sample], dict[str, tuple[int, int]]]:
@@ -447,14 +462,13 @@ def load_world(path: str) -> tuple[list[Sample], dict[str, tuple[int, int]]]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """One flag per ServeConfig field; the field's comment is its help."""
+    """One flag per ServeConfig field, with the help beside the field."""
     ap = argparse.ArgumentParser(
         prog="python -m servers.simulated_mllm", description=__doc__.split("\n\n")[0]
     )
-    comments = field_help(ServeConfig)  # the whole comment, continuation lines included
     for f in dataclasses.fields(ServeConfig):
         ap.add_argument(
-            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=comments[f.name]
+            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"]
         )
     return ap
 
@@ -462,13 +476,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C (or SIGTERM); a bad flag, an unreadable --gold or a taken port is one error line
     and exit 2."""
-    c = ServeConfig(**vars(parser().parse_args(argv)))
-    problems = check_serve(c)
-    for name, want in problems:
-        print(
-            f"error: --{name.replace('_', '-')}: expected {want}, got {getattr(c, name)!r}", file=sys.stderr
-        )
-    if problems:
+    values = vars(parser().parse_args(argv))
+    try:
+        c = ServeConfig(**values)
+    except InvalidSettings as err:
+        for name, want in err.problems:
+            print(
+                f"error: --{name.replace('_', '-')}: expected {want}, got {values[name]!r}", file=sys.stderr
+            )
         return 2
     try:
         gold, sizes = load_world(c.gold)

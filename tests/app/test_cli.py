@@ -6,8 +6,6 @@ slipped through the check would start training (and the test would notice the mi
 """
 
 import dataclasses
-import inspect
-import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,9 @@ import pytest
 import refineg
 import synth
 import tagger
+import uncertainty
 from app import cli
+from data import InvalidSettings
 
 DEMO = str(Path(__file__).resolve().parents[2] / "examples" / "demo")
 
@@ -86,135 +86,62 @@ def test_every_problem_is_named_at_once(capsys):
 def test_a_list_flag_without_values_empties_its_list():
     """--ground-never-ground alone grounds every type (argparse's nargs="+" refused it); --data alone is the
     missing --data it looks like."""
-    cfg = cli.parse_configs(["--data", DEMO, "--ground-never-ground"])
-    assert cfg["grounding"].never_ground == []
-    cfg = cli.parse_configs(
+    assert cli.parse_settings(["--data", DEMO, "--ground-never-ground"]).grounding.never_ground == []
+    settings = cli.parse_settings(
         ["--data", DEMO, "--ground-never-ground", "location", "--ground-never-ground", "other"]
     )
-    assert cfg["grounding"].never_ground == ["location", "other"]
-    assert cli.parse_configs(["--data", DEMO])["grounding"].never_ground == ["location"]
+    assert settings.grounding.never_ground == ["location", "other"]
+    assert cli.parse_settings(["--data", DEMO]).grounding.never_ground == ["location"]
     with pytest.raises(SystemExit):
-        cli.parse_configs(["--data"])
+        cli.parse_settings(["--data"])
 
 
-def test_a_check_naming_another_field_names_its_flag_or_its_field():
-    """The same check text, `max_tokens` in backticks, reads as a flag on the command line and as
-    Class.field for a library caller."""
+def test_settings_are_checked_once_when_built():
+    """A porter's settings are refused where they are built, naming Class.field (and another field named in
+    the check as Class.field too), with no stage run; the command line names the same rule by its flag."""
     with pytest.raises(
-        refineg.SettingsError, match=r"SynthConfig\.min_tokens: expected .* to SynthConfig\.max_tokens"
+        InvalidSettings, match=r"SynthConfig\.min_tokens: expected .* to SynthConfig\.max_tokens"
     ):
-        synth.synthesize(None, None, synth.SynthConfig(min_tokens=80))
+        synth.SynthConfig(min_tokens=80)
+    with pytest.raises(InvalidSettings) as refused:
+        tagger.TaggerConfig(epochs=0, scheme="IOB")
+    assert refused.value.problems == [("scheme", "BIO or BIOES"), ("epochs", "at least 1")]
+    with pytest.raises(InvalidSettings):  # dataclasses.replace builds anew, so it is checked too
+        dataclasses.replace(tagger.TaggerConfig(), epochs=0)
     assert cli.as_flags("from 1 to `max_tokens` (64)", "synth-") == "from 1 to --synth-max-tokens (64)"
 
 
 def test_defaults_and_a_fixed_tau_are_valid():
-    assert cli.settings_problems(cli.parse_configs(["--data", DEMO])) == []
+    settings = cli.parse_settings(["--data", DEMO])
+    assert settings.uncertainty == uncertainty.UncertaintyConfig() and settings.run.data == [DEMO]
     # no target rate is fine when tau is fixed: nothing has to be chosen on labelled dev data
-    assert (
-        cli.settings_problems(
-            cli.parse_configs(["--data", DEMO, "--unc-target-rate", "none", "--unc-tau", "0.3"])
-        )
-        == []
-    )
+    fixed = cli.parse_settings(["--data", DEMO, "--unc-target-rate", "none", "--unc-tau", "0.3"])
+    assert fixed.uncertainty.tau == 0.3 and fixed.uncertainty.target_rate is None
 
 
-DANGLING = {
-    "the",
-    "a",
-    "an",
-    "of",
-    "to",
-    "and",
-    "or",
-    "with",
-    "in",
-    "per",
-    "than",
-    "by",
-    "for",
-    "on",
-    "at",
-    "from",
-    "into",
-    "as",
-    "is",
-    "are",
-    "be",
-    "when",
-    "if",
-    "that",
-    "which",
-    "its",
-    "their",
-    "not",
-    "but",
-    "so",
-    "e.g.",
-}
+def test_a_flags_type_is_its_fields_type():
+    settings = cli.parse_settings(["--data", DEMO, "--tagger-epochs", "3", "--unc-tau", "0.25", "--viz", "2"])
+    assert settings.tagger.epochs == 3 and type(settings.tagger.epochs) is int
+    assert settings.uncertainty.tau == 0.25 and settings.run.viz == 2
+    assert cli.parse_settings(["--data", DEMO, "--no-refine"]).run.refine is False
 
 
-def incomplete(text: str) -> str:
-    """Why a flag's help, read alone in --help, is not a complete phrase ("" when it is)."""
-    if len(re.findall(r"\w+", text)) < 3:
-        return "fewer than 3 words"
-    if text.startswith("..."):
-        return "continues another flag's sentence"
-    if text[-1] in ",;:(" or text.split()[-1].lower() in DANGLING:
-        return "ends mid-phrase"
-    depth = 0
-    for ch in text:
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth < 0:
-            return "a ')' before its '('"
-    return "an unclosed '('" if depth else ""
+def flags_in(text: str) -> set[str]:
+    return {w.rstrip(",") for line in text.splitlines() for w in line.split() if w.startswith("--")}
 
 
-def test_the_completeness_check_catches_cut_help():
-    """The cuts the old one-line comment reader made, and the other ways a help can stop short."""
-    assert (
-        incomplete("sentences drawn afresh each epoch when there are more; 0 = all. Bounds the")
-        == "ends mid-phrase"
-    )
-    assert incomplete("a stage with more than this share of") == "ends mid-phrase"
-    assert incomplete("the rest get new names (paper: 20 of 30") == "an unclosed '('"
-    assert incomplete("sampling temperature, like vLLM's,") == "ends mid-phrase"
-    assert incomplete("torch device") == "fewer than 3 words"
-    assert incomplete("... and its score is <= this") == "continues another flag's sentence"
-    assert incomplete("share of entities to delegate (a call budget; no labels needed)") == ""
-
-
-def test_every_flag_has_its_whole_comment_as_help():
-    """--help comes from the comment after each settings field, continuation lines included (so a long comment
-    is never cut): every field has one, and each is a complete phrase when read alone next to its flag."""
-    bad = []
-    for _stage, cls, prefix, *_ in cli.STAGES:
-        helps = cli.field_help(cls)
-        for f in dataclasses.fields(cls):
-            text = helps.get(f.name, "")
-            why = incomplete(text) if text else "no help"
-            if why:
-                bad.append(f"--{prefix}{f.name.replace('_', '-')}: {why}: {text!r}")
-    assert not bad, "\n".join(bad)
-    assert cli.field_help(Continued)["long"] == (
-        "a comment too long for one line goes on over the comment-only lines after it (never cut)"
-    )
-    assert cli.field_help(Continued)["short"] == "one line of help"
-    assert cli.field_help(tagger.TaggerConfig)["epoch_size"] == tagger_epoch_size_comment()
-    assert "--tagger-epoch-size" in (out := cli.build_parser().format_help()) and "(bounds time)" in out
-
-
-@dataclasses.dataclass
-class Continued:
-    """A settings class whose first comment goes on over comment-only lines, as a long one does."""
-
-    long: int = 1  # a comment too long for one line goes on over the
-    # comment-only lines after it (never cut)
-    short: int = 2  # one line of help
-
-
-def tagger_epoch_size_comment() -> str:
-    """The comment after TaggerConfig.epoch_size, read here independently of cli.field_help."""
-    line = next(
-        x for x in inspect.getsource(tagger.TaggerConfig).splitlines() if x.strip().startswith("epoch_size")
-    )
-    return line.split("#", 1)[1].strip()
+def test_help_shows_the_methods_flags_and_help_all_every_flag(capsys):
+    """--help: the flags a user of the method sets (the fields marked main), each with the help beside its
+    field; --help-all: every flag of every field, by stage."""
+    for argv in (["--help"], ["--help-all"]):
+        with pytest.raises(SystemExit) as ended:
+            cli.parse_settings(argv)
+        assert ended.value.code == 0
+    short, every = capsys.readouterr().out.split("usage:")[1:]
+    fields = [(part, f) for part in cli.PARTS for f in dataclasses.fields(cli.part_class(part))]
+    main = {cli.flag(cli.PARTS[p][0], f.name) for p, f in fields if f.metadata["main"]}
+    assert 20 <= len(main) <= 30
+    assert main <= flags_in(short) and "--tagger-lr-crf" not in short and "--help-all" in short
+    assert {cli.flag(cli.PARTS[p][0], f.name) for p, f in fields} <= flags_in(every)
+    assert all(f.metadata["help"].strip() for _, f in fields)
+    assert " ".join(tagger.TaggerConfig.__dataclass_fields__["lr_crf"].metadata["help"].split()[:4]) in every

@@ -535,12 +535,12 @@ def suggestion_round(args: list[str], monkeypatch) -> Path:
         ]
 
     monkeypatch.setattr(suggest, "suggest", perfect)
-    cfg = cli.parse_configs(args)
-    settings = cfg["run"]
+    cfg = cli.parse_settings(args)
+    settings = cfg.run
     labelled = join([read_dataset(p) for p in settings.data], settings.data)
     pool = inputs.read_pool(settings, labelled)
     Path(settings.out).mkdir(parents=True)
-    suggestion.suggestion_stage(Run(Path(settings.out), cfg["llm"]), cfg, None, pool, labelled)
+    suggestion.suggestion_stage(Run(Path(settings.out), cfg.llm), cfg, None, pool, labelled)
     return Path(settings.out)
 
 

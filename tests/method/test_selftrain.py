@@ -88,7 +88,7 @@ def test_rounds_continue_from_the_teacher(teacher_and_text):
     assert quantized.config.int8 and isinstance(
         quantized.encoder.encoder.layer[0].output.dense, torch.ao.nn.quantized.dynamic.Linear
     )
-    with pytest.raises(ValueError, match="self_train_rounds >= 0"):
+    with pytest.raises(ValueError, match="self_train_rounds: expected 0 or more"):
         selftrain.self_train(labelled, text, TYPES, replace(cfg, self_train_rounds=-1))
 
 
