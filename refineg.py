@@ -2,39 +2,35 @@
 
 The one straight pipeline of the paper (Tang et al., CCKS 2025, arXiv 2509.10975):
   1. training: an LLM writes labelled sentences from the labelled seeds (synth.py), and a small
-     encoder + CRF tagger is trained on seeds + synthetic sentences (tagger.py, selftrain.py);
+     encoder + CRF tagger is trained on seeds + synthetic sentences (tagger.py; selftrain.py, a lever
+     beyond the paper, when unlabelled text is given);
   2. refinement: the tagger predicts entities with CRF-marginal uncertainty (uncertainty.py);
      only the uncertain ones go to the MLLM (refinement.py);
   3. grounding: the k most similar labelled samples (demos.py) are shown to the MLLM as worked
      examples before it boxes the entities (grounding.py).
-Predictions are written in the CCKS layout (and in the Twitter-GMNER layout when that is the data
-predicted) and scored (eval.py) when gold exists.
+Then the three tasks are scored (eval.py) when gold is given.
+
+`pipeline` takes data and returns data: it reads no file, writes none and prints nothing. What happens
+around each stage is the caller's (`Hooks`): the application (app/run.py) times it, reuses what an earlier
+run trained with the same settings and inputs, and writes and prints each stage's result as it ends, so
+that an interrupted run keeps its finished stages. In Python:
+
+    result = refineg.pipeline(Inputs(labelled, test, gold), settings, {"refinement": client})
+
+On the command line, the application reads the flags' files, calls it, then writes and prints the result:
 
     python refineg.py --data examples/demo                       # supervised path, no server
-    python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \
+    python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \\
         --ground-box-format abs
-
-Only this file knows the order of the stages. A rerun of the same command resumes: synthesis and the
-tagger are reused when their settings and inputs match (app/rundir.py: fingerprint); prediction,
-refinement, demo selection and grounding run again and take every answer given before from the cache, so
-no answered MLLM call is paid twice (a failed answer is not cached; docs/running.md says what a rerun
-costs). A finished run that a new one replaces waits in OUT/previous/ until the new one finishes.
-
-The method's modules sit beside this file; the application around it is in app/: the flags (cli.py),
-reading and checking the inputs (inputs.py), the bookkeeping of a run (rundir.py: timers, clients, skips,
-the files written), the summary and the --viz pictures (report.py), trace.jsonl and report.html (page.py),
-and the --suggest stage (suggestion.py), which ranks with the labelling loop of labelling/ (not in the
-paper).
 
 Left out on purpose: multi-GPU training, a web UI.
 """
 
+import contextlib
 import dataclasses
-import json
 import sys
-import tempfile
-import traceback
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grounding
 import llm
@@ -43,362 +39,160 @@ import selftrain
 import synth
 import tagger
 import uncertainty
-from app import page
-from app.cli import RunConfig, Settings, parse_settings
-from app.inputs import describe_inputs, read_inputs, read_pool
-from app.report import draw, grounding_line, mllm_line, refinement_line, summary_text
-from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
-from app.suggestion import suggestion_stage
-from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
+from app import run
+from app.cli import Settings
+from data import Dataset, Sample
 from eval import evaluate
-from formats import ccks, twitter
+from tagger import Tagger
 
 
-def pipeline(cfg: Settings, run: Run) -> int:
-    """The stages in order; `run` records what each one cost, counted, skipped and wrote."""
-    settings: RunConfig = cfg.run
-    run.current = "reading the data"
-    labelled, train, target, gold_known = read_inputs(settings)
-    test = target.samples
-    gold = test if gold_known else None
-    describe_inputs(run, settings, train, test, labelled.types, gold_known)
-    pool = read_pool(settings, labelled, gold)
-    if run.uses_llm:
-        run.mllm = served_model(cfg.llm.model, llm.check_server(run.client_config))
-        print(mllm_line(run.mllm, run.client_config.base_url))
-    run.start(dataclasses.asdict(cfg))  # only now: the inputs were read
-    try:
-        synthetic = synthesis_stage(run, cfg, dataclasses.replace(labelled, samples=train))
-        model, chooser = tagger_stage(run, cfg, train + synthetic, labelled.types, pool)
-        suggestion_stage(run, cfg, chooser, pool, labelled)
-        tagged, tau = prediction_stage(run, cfg.uncertainty, model, test, gold)
-        pred = refinement_stage(run, cfg, tagged, labelled, tau, model.tags, gold)
-        run.write_predictions(pred, "predictions.refined.json")  # kept if grounding fails or is interrupted
-        run.check_calls("refinement", "predictions.refined.json holds the tagger's predictions")
-        pred = grounding_stage(run, cfg, pred, train, labelled)
-        scoring_stage(run, pred, gold, target, held_out=not settings.test)
-        run.check_calls("grounding", "predictions.json holds the entities without boxes")
-        trace_stage(run, tagged, pred, gold)
-    finally:  # what ran, also when a stage failed or was interrupted
-        run.save()
-    if settings.viz:
-        with run.stage("drawing"):
-            draw(pred, gold, run.out / "viz", settings.viz)
-        run.written.append("viz/")
-    report_page(run, settings.report_samples)
-    run.finish()
-    print(summary_text(run, settings.warn_failed_share))
-    return 0
+@dataclass
+class Inputs:
+    """What the method works on: read from the flags' files by the application (app/inputs.py)."""
+
+    labelled: Dataset  # the types, their descriptions and the labelled training samples
+    test: list[Sample]  # the samples to predict
+    gold: list[Sample] | None = None  # the test samples with their gold entities: scored when given
+    pool: list[Sample] = field(default_factory=list)  # unlabelled in-domain text to self-train on
+    tagger: Tagger | None = None  # a trained tagger, used instead of training one
 
 
-# ---------------------------------------------------------------- 1. training: synthesis and the tagger
+@dataclass
+class Result:
+    """What each stage returned; a stage that did not run leaves its defaults."""
+
+    synthetic: list[Sample] = field(default_factory=list)  # the LLM's labelled sentences
+    synthesis: dict = field(default_factory=dict)  # synth's summary: calls, kept, rejected by reason
+    tagger: Tagger | None = None
+    training: dict = field(default_factory=dict)  # its training history, self-training rounds, "before_pool"
+    tagged: list[Sample] = field(default_factory=list)  # its predictions, each entity's uncertainty and route
+    tau: float = 1.0  # the threshold that routed them
+    tau_how: str = ""  # how tau was chosen
+    refined: list[Sample] = field(
+        default_factory=list
+    )  # after refinement (the tagged ones when it did not run)
+    refinement: dict | None = None  # refinement's counts and traces (None: it did not run)
+    final: list[Sample] = field(default_factory=list)  # after grounding: entities with boxes
+    grounding: dict | None = None  # grounding's counts and traces (None: it did not run)
+    scores: dict[str, dict] = field(default_factory=dict)  # "tagger", "refinement": MNER; "final": all tasks
 
 
-def synthesis_stage(run: Run, cfg: Settings, seeds: Dataset) -> list[Sample]:
-    """Labelled sentences written by the LLM from the seeds (none when the stage is off)."""
-    with run.stage("synthesis"):
-        if cfg.run.tagger_dir:  # synthetic sentences only serve training
-            run.skip("synthesis", f"a trained tagger is reused (--tagger {cfg.run.tagger_dir})")
-            return []
-        if not run.wants("synthesis", cfg.run.synthesize):
-            return []
-        samples, summary = synthesize_or_reuse(cfg, seeds, run.client("synthesis"), run.out)
-        if not summary.get("reused"):
-            run.written += ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl"]
-        print(synth.format_summary(summary))
-        run.notes["synthesis"] = {k: v for k, v in summary.items() if k != "key"}
-    run.check_calls("synthesis")
-    return samples
+class Hooks:
+    """What the caller does around the stages; these do nothing, app/run.py's time, reuse, save and print."""
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager:
+        """Around each stage (the application times it and names it in an error)."""
+        return contextlib.nullcontext()
+
+    def reuse(self, name: str, key: tuple, make: Callable[[], tuple]) -> tuple:
+        """make(), or what an earlier make() of the same `key` (settings and inputs) returned."""
+        return make()
+
+    def finished(self, name: str, result: Result) -> None:
+        """After each stage, with everything returned so far."""
 
 
-def synthesize_or_reuse(
-    cfg: Settings, seeds: Dataset, client: llm.Client, out: Path
-) -> tuple[list[Sample], dict]:
-    """Synthesise, or reuse synthetic.jsonl written with the same settings, model and seeds when no call
-    failed (a failed seed is asked again; the answered ones come from the cache)."""
-    key = fingerprint(
-        cfg.synth,
-        cfg.llm.model,
-        [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in seeds.samples],
-    )
-    done = read_stamp(out / "synthetic.summary.json", key)
-    if done and not done.get("failed_calls") and (out / "synthetic.jsonl").is_file():
-        return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
-    samples, summary = synth.synthesize(seeds, client, cfg.synth)
-    with atomic(out / "synthetic.rejected.jsonl") as tmp:
-        synth.write_rejected(summary.pop("rejected_examples"), tmp)
-    with atomic(out / "synthetic.jsonl") as tmp:
-        synth.write_synthetic(samples, tmp)
-    write_json(out / "synthetic.summary.json", {**summary, "key": key})
-    return samples, summary
-
-
-def tagger_stage(
-    run: Run, cfg: Settings, train: list[Sample], types: list[str], pool: list[Sample]
-) -> tuple[tagger.Tagger, tagger.Tagger]:
-    """The tagger of --tagger, or one trained (self-trained on the --unlabelled pool) or reused; and the
-    chooser that ranks the pool for --suggest: the same tagger, except after self-training. A tagger
-    self-trained on the pool is sure of its own pseudo labels there, so the tagger before self-training
-    (OUT/chooser/, also where self-training starts) ranks it; --test is predicted by the self-trained one."""
-    settings: RunConfig = cfg.run
-    config: tagger.TaggerConfig = cfg.tagger
-    with run.stage("tagger"):
-        if settings.tagger_dir:
-            model = tagger.load(settings.tagger_dir)
-            print(f"tagger: loaded from {settings.tagger_dir}")
-            if settings.suggest:
-                warn_self_trained(settings.tagger_dir)
-            return model, model
-        chooser = None
-        if pool and settings.suggest and config.self_train_rounds:
-            plain = dataclasses.replace(config, int8=False)  # self-training continues from its float weights
-            chooser, how = train_or_reuse(plain, train, types, [], run.out / "chooser")
-            if how != REUSED:
-                run.written.append("chooser/")
-            print(f"chooser (ranks the pool, before self-training on it): {how}")
-        model, how = train_or_reuse(config, train, types, pool, run.out / "tagger", start=chooser)
-        if how != REUSED:
-            run.written.append("tagger/")
-        print(f"tagger: {how}")
-    return model, chooser or model
-
-
-def warn_self_trained(directory: str) -> None:
-    """--suggest with a --tagger that was self-trained: if on this pool, it ranks the pool by doubts that
-    its own pseudo labels took away; say which saved tagger has none."""
-    stage = Path(directory) / "stage.json"  # written beside a tagger that refineg.py trained
-    if not stage.is_file():
-        return
-    try:
-        rounds = json.loads(stage.read_text(encoding="utf-8")).get("self_training") or []
-    except (json.JSONDecodeError, AttributeError) as err:
-        print(f"warning: {stage}: not the JSON refineg.py writes ({err}): whether it self-trained is unknown")
-        return
-    if any(r.get("pseudo_sentences") for r in rounds):
-        print(
-            f"warning: --tagger {directory} was self-trained on unlabelled text: if that was this pool, it "
-            "is sure of its own pseudo labels there and ranks the pool by little doubt; the same run's "
-            "chooser/ folder holds the tagger before self-training (pass it as --tagger to rank with it)"
-        )
-
-
-REUSED = "reused (same settings and data)"  # how the tagger came about when out/tagger was reused
-
-
-def train_or_reuse(
-    config: tagger.TaggerConfig,
-    train: list[Sample],
-    types: list[str],
-    unlabelled: list[Sample],
-    folder: Path,
-    start: tagger.Tagger | None = None,
-) -> tuple[tagger.Tagger, str]:
-    """Train the tagger (self-trained on `unlabelled`, from `start` when given), or reuse `folder` when it was
-    trained with the same settings on the same data (`start` is trained from those too)."""
-    key = fingerprint(
-        dataclasses.replace(config, progress=True),  # showing bars does not change the model
-        types,
-        [(s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in train],
-        [s.tokens for s in unlabelled],
-    )
-    if read_stamp(folder / "stage.json", key):
-        return tagger.load(str(folder)), REUSED
-    if unlabelled:
-        model, rounds = selftrain.self_train(train, unlabelled, types, config, start=start)
-        history = rounds[-1]["history"]
-    else:
-        model, history = tagger.train_tagger(train, types, config)
-        rounds = []
-    with atomic(folder) as tmp:
-        tagger.save(model, str(tmp), trained_on=train)
-        write_json(tmp / "stage.json", {"key": key, "history": history, "self_training": rounds})
-    how = f"trained on {len(train)} sentences"
-    if rounds:
-        how += f", self-trained on {rounds[-1]['pseudo_sentences']} of {len(unlabelled)} unlabelled"
-    return model, how
-
-
-# ---------------------------------------------------------------- 2. prediction with uncertainty, refinement
-
-
-NOTHING_TO_PREDICT = "nothing to predict (--suggest without --test holds no sample out)"
-
-
-def prediction_stage(
-    run: Run,
-    config: uncertainty.UncertaintyConfig,
-    model: tagger.Tagger,
-    test: list[Sample],
-    gold: list[Sample] | None,
-) -> tuple[list[Sample], float]:
-    """The tagger's entities, each with its uncertainty and marked delegated or not by the one tau chosen."""
-    with run.stage("prediction"):
-        passes = config.mc_passes if config.method == "mc_dropout" else 0
-        pred = tagger.predict(model, test, mc_passes=passes)
-        uncertainty.estimate(pred, model.tags, config)
-        score_mner(run, "tagger", gold, pred)
-        tau, how = uncertainty.choose_threshold(pred, config)
-        uncertainty.route(pred, tau)
-        entities = [e for s in pred for e in s.entities]
-        run.notes["uncertainty"] = {
-            "tau": tau,
-            "how": how,
-            "entities": len(entities),
-            "delegated": sum(e.delegated for e in entities),
-        }
-    return pred, tau
-
-
-def refinement_stage(
-    run: Run,
-    cfg: Settings,
-    pred: list[Sample],
-    labelled: Dataset,
-    tau: float,
-    tags: list[str],
-    gold: list[Sample] | None,
-) -> list[Sample]:
-    """The entities marked delegated checked by the MLLM (the tagger's predictions when the stage is off);
-    `tau`, which marked them, is recorded beside what came of them."""
-    with run.stage("refinement"):
-        if not pred:
-            run.skip("refinement", NOTHING_TO_PREDICT)
-        elif run.wants("refinement", cfg.run.refine):
-            client = run.client("refinement")
-            pred, counts, run.traces["refinement"] = refinement.refine(
-                pred, labelled, client, cfg.refinement, tags
+def pipeline(
+    inputs: Inputs, settings: Settings, clients: dict[str, llm.Client], hooks: Hooks | None = None
+) -> Result:
+    """The stages in the paper's order. An MLLM stage runs when `clients` holds a client for it
+    ("synthesis", "refinement", "grounding"); synthesis only serves training, so not with a given tagger."""
+    r, labelled, gold, hooks = Result(), inputs.labelled, inputs.gold, hooks or Hooks()
+    with hooks.stage("synthesis"):
+        if "synthesis" in clients and inputs.tagger is None:
+            key = (settings.synth, settings.llm.model, [(s.id, s.tokens, spans(s)) for s in labelled.samples])
+            make = lambda: synth.synthesize(labelled, clients["synthesis"], settings.synth)  # noqa: E731
+            r.synthetic, r.synthesis = hooks.reuse("synthesis", key, make)
+    hooks.finished("synthesis", r)
+    with hooks.stage("tagger"):
+        r.tagger = inputs.tagger
+        if r.tagger is None:
+            r.tagger, r.training = train(
+                labelled.samples + r.synthetic, labelled.types, inputs.pool, settings, hooks
             )
-            run.notes["refinement"] = {"tau": tau, **counts}
-            print(refinement_line(run.notes["refinement"]))
-            score_mner(run, "refinement", gold, pred)
-    return pred
+    hooks.finished("tagger", r)
+    with hooks.stage("prediction"):
+        r.tagged, r.tau, r.tau_how = predict(r.tagger, inputs.test, settings.uncertainty)
+        score(r, "tagger", gold, r.tagged)
+    hooks.finished("prediction", r)
+    with hooks.stage("refinement"):
+        r.refined = r.tagged
+        if "refinement" in clients and r.tagged:
+            r.refined, counts, traces = refinement.refine(
+                r.tagged, labelled, clients["refinement"], settings.refinement, r.tagger.tags
+            )
+            r.refinement = {"counts": counts, "traces": traces}
+            score(r, "refinement", gold, r.refined)
+    hooks.finished("refinement", r)
+    with hooks.stage("grounding"):
+        r.final = r.refined
+        if "grounding" in clients and r.refined:
+            r.final, counts, traces = grounding.ground(
+                r.refined,
+                labelled.samples,
+                labelled,
+                clients["grounding"],
+                settings.grounding,
+                settings.demos,
+            )
+            r.grounding = {"counts": counts, "traces": traces}
+    hooks.finished("grounding", r)
+    if gold is not None:
+        r.scores["final"] = evaluate(gold, r.final)
+    return r
 
 
-def score_mner(run: Run, stage: str, gold: list[Sample] | None, pred: list[Sample]) -> None:
+def spans(s: Sample) -> list[tuple[int, int, str]]:
+    return [(e.start, e.end, e.type) for e in s.entities]
+
+
+def train(
+    samples: list[Sample], types: list[str], pool: list[Sample], settings: Settings, hooks: Hooks
+) -> tuple[tagger.Tagger, dict]:
+    """The tagger trained on `samples`, then self-trained on `pool` (when given and self-training is on),
+    continuing from the tagger before self-training (returned too, as "before_pool": it has not seen the
+    pool). The hooks may reuse either, trained before with the same settings on the same data."""
+    config = settings.tagger
+    pool = pool if config.self_train_rounds else []
+    labels = [(s.tokens, spans(s)) for s in samples]
+
+    def make() -> tuple[tagger.Tagger, dict]:
+        if not pool:
+            model, history = tagger.train_tagger(samples, types, config)
+            return model, {"history": history, "self_training": []}
+        plain = dataclasses.replace(config, int8=False)  # self-training goes on from its float weights
+        make_plain = lambda: tagger.train_tagger(samples, types, plain)  # noqa: E731
+        key = (dataclasses.replace(plain, progress=True), types, labels, [])
+        before, history = hooks.reuse("before self-training", key, make_plain)
+        model, rounds = selftrain.self_train(samples, pool, types, config, start=before)
+        rounds[0]["history"] = history  # round 0 is the tagger before self-training
+        return model, {"history": rounds[-1]["history"], "self_training": rounds, "before_pool": before}
+
+    key = (dataclasses.replace(config, progress=True), types, labels, [s.tokens for s in pool])
+    return hooks.reuse("tagger", key, make)
+
+
+def predict(
+    model: tagger.Tagger, test: list[Sample], config: uncertainty.UncertaintyConfig
+) -> tuple[list[Sample], float, str]:
+    """The tagger's entities, each with its uncertainty and marked delegated or not by the one tau chosen."""
+    passes = config.mc_passes if config.method == "mc_dropout" else 0
+    tagged = tagger.predict(model, test, mc_passes=passes)
+    uncertainty.estimate(tagged, model.tags, config)
+    tau, how = uncertainty.choose_threshold(tagged, config)
+    uncertainty.route(tagged, tau)
+    return tagged, tau, how
+
+
+def score(r: Result, stage: str, gold: list[Sample] | None, pred: list[Sample]) -> None:
     """MNER (span + type): the one task a stage before grounding can be scored on."""
     if gold is not None:
-        run.metrics[stage] = {"mner": evaluate(gold, pred)["mner"]}
-
-
-# ---------------------------------------------------------------- 3. grounding, then the scores
-
-
-def grounding_stage(
-    run: Run, cfg: Settings, pred: list[Sample], train: list[Sample], labelled: Dataset
-) -> list[Sample]:
-    """Boxes drawn by the MLLM after worked examples chosen from the labelled training samples."""
-    with run.stage("grounding"):
-        if not pred:
-            run.skip("grounding", NOTHING_TO_PREDICT)
-        elif run.wants("grounding", cfg.run.ground):
-            client = run.client("grounding")
-            pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
-                pred, train, labelled, client, cfg.grounding, cfg.demos
-            )
-            print(grounding_line(run.notes["grounding"], pred, cfg.grounding.never_ground))
-    return pred
-
-
-def scoring_stage(
-    run: Run, pred: list[Sample], gold: list[Sample] | None, target: Dataset, held_out: bool
-) -> None:
-    """All three tasks scored; the predictions written, also span-exact in the input's own layout when it is
-    Twitter-GMNER or CoNLL (a CCKS name labels every occurrence of it), and a held-out split's gold."""
-    with run.stage("scoring"):
-        if gold is not None:
-            run.metrics["final"] = evaluate(gold, pred)
-        run.write_predictions(pred, "predictions.json")
-        if held_out and gold is not None:  # what eval.py needs to score again: eval.py --gold OUT/gold ...
-            with atomic(run.out / "gold") as tmp:
-                ccks.write_ccks_folder(gold, target, tmp)
-            run.written.append("gold/")
-        if target.format == "twitter":
-            with atomic(run.out / "predictions.txt") as tmp:
-                remove(run.out / "xml")  # a stale box file would join a new prediction
-                twitter.write_twitter(pred, tmp, run.out / "xml")
-            run.written += ["predictions.txt", "xml/"]
-        elif target.format == "conll":
-            write_conll_pair(run, pred, gold if held_out else None)
-
-
-def write_conll_pair(run: Run, pred: list[Sample], gold: list[Sample] | None) -> None:
-    """predictions.conll (and gold.conll for a held-out split), scored exactly as the summary scored them."""
-    with atomic(run.out / "predictions.conll") as tmp:
-        twitter.write_conll(pred, tmp)
-    run.written.append("predictions.conll")
-    if gold is not None:
-        with atomic(run.out / "gold.conll") as tmp:
-            twitter.write_conll(gold, tmp)
-        run.written.append("gold.conll")
-
-
-def trace_stage(run: Run, tagged: list[Sample], pred: list[Sample], gold: list[Sample] | None) -> None:
-    """trace.jsonl: every decision per sample, from the tagger's predictions to the final ones."""
-    with run.stage("report"):
-        page.write_trace(run.out, tagged, pred, gold, run.traces)
-    run.written.append("trace.jsonl")
-
-
-def report_page(run: Run, n: int) -> None:
-    """report.html, drawn from what the run saved (trace.jsonl, metrics.json, usage.json); run.finish saves
-    again, so that metrics.json lists it and usage.json has its time."""
-    with run.stage("report"):
-        page.write_page(run.out, n)
-    run.written.append("report.html")
-
-
-# ---------------------------------------------------------------- the command line
+        r.scores[stage] = {"mner": evaluate(gold, pred)["mner"]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_settings(sys.argv[1:] if argv is None else argv)
-    one_line_warnings()
-    run = Run(Path(cfg.run.out), cfg.llm)
-    try:
-        return pipeline(cfg, run)
-    except (DataError, SettingsError, llm.LLMError, FileNotFoundError) as err:
-        print(f"error: {err}{kept(run)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: finished stages and every answered MLLM call are kept; rerun the same command "
-            f"to resume.{kept(run)}",
-            file=sys.stderr,
-        )
-        return 130
-    except Exception as err:  # a bug: one line naming the stage and sample; the traceback goes to a file
-        started = "config.json" in run.written  # else --out may hold a finished run: leave it as it is
-        log = run.out / "error.log" if started else Path(tempfile.gettempdir()) / "refineg-error.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc(), encoding="utf-8")
-        sample = sample_of(err.__traceback__)
-        where = f" on sample {sample!r}" if sample else ""
-        print(
-            f"error: the {run.current} stage failed{where}: {type(err).__name__}: {err}.{kept(run)} "
-            f"Traceback in {log}; please report it.",
-            file=sys.stderr,
-        )
-        return 1
-
-
-def kept(run: Run) -> str:
-    """What a failed run leaves: its own files, and the finished run it replaces (app.rundir.set_aside)."""
-    files = f" Kept in {run.out}: {', '.join(run.written)}." if run.written else ""
-    earlier = run.out / PREVIOUS
-    if run.written and earlier.is_dir():
-        files += f" The finished run it was to replace is whole in {earlier}."
-    return files
-
-
-def sample_of(tb) -> str | None:
-    """The id of the innermost data.Sample a failing frame was working on (a local variable), if any."""
-    found = None
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if isinstance(value, Sample):
-                found = value.id
-        tb = tb.tb_next
-    return found
+    """python refineg.py: the application (app/run.py) reads the inputs, calls `pipeline`, writes, prints."""
+    return run.main(sys.argv[1:] if argv is None else argv, pipeline, Inputs)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 import formats
 import refineg
-from app import inputs, rundir
+from app import cli, inputs, rundir
 from formats import ccks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def test_a_scored_test_that_overlaps_data_is_an_error(tmp_path, capsys):
     assert "8 of its 8 samples are also in --data" in capsys.readouterr().err
     for k in texts:  # each text now with another sample's picture
         shutil.copy(DEMO / "images" / "001.jpg", test / "images" / f"new{k}.jpg")
-    settings = refineg.RunConfig(data=[str(DEMO)], test=str(test))
+    settings = cli.RunConfig(data=[str(DEMO)], test=str(test))
     assert len(inputs.read_inputs(settings)[2].samples) == 8
 
 
@@ -73,7 +73,7 @@ def test_conll_files_numbering_their_sentences_do_not_overlap_by_number(tmp_path
     """Plain CoNLL ids are sentence numbers (0, 1, ...): two disjoint files share ids, not samples."""
     (tmp_path / "train.conll").write_text("Leopard B-vehicle\ndrives O\n\nKiel B-location\nport O\n")
     (tmp_path / "test.conll").write_text("Boxer B-vehicle\nrolls O\n")
-    settings = refineg.RunConfig(data=[str(tmp_path / "train.conll")], test=str(tmp_path / "test.conll"))
+    settings = cli.RunConfig(data=[str(tmp_path / "train.conll")], test=str(tmp_path / "test.conll"))
     assert [s.id for s in inputs.read_inputs(settings)[2].samples] == ["0"]
     shutil.copy(tmp_path / "train.conll", tmp_path / "test.conll")  # the same file: the same sentences
     with pytest.raises(formats.DataError, match=r"2 of its 2 samples are also in --data"):

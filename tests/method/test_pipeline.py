@@ -5,6 +5,7 @@ every delegated entity, grounding answers the gold boxes of the asked names (in 
 pixels of the image as sent, which for the demo's <= 640 px images is the original).
 """
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -439,7 +440,7 @@ def test_test_folder_sharing_no_type_is_an_error(tmp_path):
     test.mkdir()
     (test / "text.json").write_text(json.dumps({"x1": {"text": "A Leopard 2 drives."}}))
     (test / "types.txt").write_text("1. PER: people\n2. ORG: organisations\n")
-    with pytest.raises(refineg.DataError, match=r"--test .*share none with the labelled data"):
+    with pytest.raises(data.DataError, match=r"--test .*share none with the labelled data"):
         inputs.read_inputs(RunConfig(data=[str(DEMO)], test=str(test)))
 
 
@@ -652,3 +653,36 @@ def test_twitter_data_gets_twitter_predictions_that_eval_reads(tmp_path: Path, c
         "\nscored on 4 held-out samples with 8 gold entities (a seeded 50% of --data" in printed
     )  # 2 per tweet
     assert "scores alone" not in printed and "none sent" not in printed  # refinement and grounding ran
+
+
+def test_the_pipeline_returns_data_and_writes_and_prints_nothing(
+    trained: Path, tmp_path, monkeypatch, capsys
+):
+    """A porter's call: refineg.pipeline on data in memory, with its own client, writes no file, prints
+    nothing, and returns what the command line scored and recorded for the same tagger and data."""
+    from app.cli import RunConfig, Settings
+    from tagger import load
+
+    labelled = ccks.read_ccks(DEMO)
+    test = [
+        s
+        for s in labelled.samples
+        if s.id in {p["id"] for p in json.loads((trained / "predictions.json").read_text())}
+    ]
+    train = [s for s in labelled.samples if s not in test]
+    monkeypatch.chdir(tmp_path)
+    with FakeServer(oracle) as srv:
+        settings = Settings(
+            run=RunConfig(data=[str(DEMO)]), llm=llm.ClientConfig(base_url=srv.url, cache_path="")
+        )
+        client = llm.Client(settings.llm)
+        inputs = refineg.Inputs(
+            dataclasses.replace(labelled, samples=train), test, test, [], load(str(trained / "tagger"))
+        )
+        capsys.readouterr()
+        result = refineg.pipeline(inputs, settings, {"refinement": client, "grounding": client})
+    assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
+    assert result.refinement is not None and result.grounding is not None and result.synthetic == []
+    assert result.scores["tagger"] == json.loads((trained / "metrics.json").read_text())["metrics"]["tagger"]
+    assert set(result.scores) == {"tagger", "refinement", "final"}
+    assert all(e.delegated is not None for s in result.tagged for e in s.entities)
