@@ -77,7 +77,7 @@ def write_labelstudio(run: Run, cfg: Settings, chosen: list[suggest.Suggestion],
 
 
 def who_chose(cfg: Settings, labelled: Dataset) -> str:
-    """Which tagger ranked the pool, in words (tagger_stage says why)."""
+    """Which tagger ranked the pool, in words (app/run.py: RunHooks.chooser says why)."""
     if cfg.run.tagger_dir:
         return f"the tagger of --tagger {cfg.run.tagger_dir}"
     how = f"the tagger trained on all {len(labelled.samples)} labelled samples"

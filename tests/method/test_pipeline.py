@@ -660,27 +660,22 @@ def test_the_pipeline_returns_data_and_writes_and_prints_nothing(
 ):
     """A porter's call: refineg.pipeline on data in memory, with its own client, writes no file, prints
     nothing, and returns what the command line scored and recorded for the same tagger and data."""
-    from app.cli import RunConfig, Settings
+    from app.cli import Settings
     from tagger import load
 
-    labelled = ccks.read_ccks(DEMO)
-    test = [
-        s
-        for s in labelled.samples
-        if s.id in {p["id"] for p in json.loads((trained / "predictions.json").read_text())}
-    ]
-    train = [s for s in labelled.samples if s not in test]
+    labelled, train, target, _ = inputs.read_inputs(RunConfig(data=[str(DEMO)]))  # the run's own split
+    test = target.samples
     monkeypatch.chdir(tmp_path)
     with FakeServer(oracle) as srv:
         settings = Settings(
             run=RunConfig(data=[str(DEMO)]), llm=llm.ClientConfig(base_url=srv.url, cache_path="")
         )
         client = llm.Client(settings.llm)
-        inputs = refineg.Inputs(
+        given = refineg.Inputs(
             dataclasses.replace(labelled, samples=train), test, test, [], load(str(trained / "tagger"))
         )
         capsys.readouterr()
-        result = refineg.pipeline(inputs, settings, {"refinement": client, "grounding": client})
+        result = refineg.pipeline(given, settings, {"refinement": client, "grounding": client})
     assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
     assert result.refinement is not None and result.grounding is not None and result.synthetic == []
     assert result.scores["tagger"] == json.loads((trained / "metrics.json").read_text())["metrics"]["tagger"]
