@@ -308,7 +308,7 @@ def scoring_stage(
         if gold is not None:
             run.metrics["final"] = evaluate(gold, pred)
         run.write_predictions(pred, "predictions.json")
-        if held_out and gold is not None:  # what eval.py needs to score again: eval.py --gold OUT/gold ...
+        if held_out and gold is not None:  # what scoring again needs: python -m app.score --gold OUT/gold ...
             with atomic(run.out / "gold") as tmp:
                 ccks.write_ccks_folder(gold, target, tmp)
             run.written.append("gold/")

@@ -191,7 +191,7 @@ WRITTEN_NOTES = {
     "predictions.json": "final",
     "predictions.txt": "Twitter-GMNER layout",
     "suggested/": "to label next",
-    "gold/": "the held-out gold, for eval.py",
+    "gold/": "the held-out gold, for python -m app.score",
     "llm_cache.jsonl": "appended",
     "trace.jsonl": "every decision per sample",
     "report.html": "open it in a browser; thumbnails in report/",
