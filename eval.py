@@ -47,6 +47,8 @@ from data import Box, DataError, Sample, without_spaces
 
 IOU_THRESHOLD = 0.5  # the GMNER benchmark's threshold; exactly 0.5 counts
 TASKS = ("gmner", "mner", "eeg")
+RATES = ("p", "r", "f1")  # prf's keys: the rates, then the counts they come from
+COUNTS = ("tp", "fp", "fn")
 USES = {"mner": (True, False), "eeg": (False, True), "gmner": (True, True)}  # task -> (type, region)
 
 Item = tuple[object, str, list[Box]]  # (identity: span tuple or name string, type, boxes)
@@ -95,7 +97,7 @@ def max_matching(cands: list[list[int]], n_gold: int) -> list[int]:
 
 
 def _counts() -> dict:
-    return {"tp": 0, "fp": 0, "fn": 0}
+    return dict.fromkeys(COUNTS, 0)
 
 
 def prf(c: dict) -> dict:

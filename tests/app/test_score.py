@@ -1,5 +1,6 @@
 """app/score.py, the scorer's command line, end to end: files in, the table and --json out, one error line
-and exit code 2 for a bad input, unplaceable predictions counted as false positives."""
+and exit code 2 for a bad input, unplaceable predictions counted as false positives. And the scores the
+run shows (the summary's tasks, report.html's table), which take eval's own names for tasks and columns."""
 
 import json
 import shutil
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import eval as scorer
+from app import page, report
 from app.score import main
+from data import Entity, Sample
 from formats.ccks import read_ccks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,3 +108,14 @@ def test_unplaceable_predictions_are_false_positives_not_errors(tmp_path):
     (gold / "entity.json").write_text(json.dumps(labels))
     out = run_cli("--gold", str(gold), "--pred", str(tmp_path / "pred.json"))
     assert out.returncode != 0 and "Traceback" not in out.stderr
+
+
+def test_the_summary_and_the_page_show_each_task_eval_scores_in_the_order_the_stages_earn_it():
+    """One gold entity predicted right: each task scores 1 of 1, one row per task, text before boxes."""
+    gold = [Sample("1", ["Paris", "is", "nice"], None, [Entity(0, 1, "LOC")])]
+    assert report.TASKS == ["mner", "eeg", "gmner"] and set(report.TASKS) == set(scorer.TASKS)
+    html = page.scores_table({"final": scorer.evaluate(gold, gold)}, {})
+    head = "".join(f"<th>{h}</th>" for h in ("stage", "task", "P", "R", "F1", "TP", "FP", "FN"))
+    row = "<td>1.000</td><td>1.000</td><td>1.000</td><td>1</td><td>0</td><td>0</td></tr>"
+    rows = [f"<tr><td>final</td><td>{task}</td>{row}" for task in ("MNER", "EEG", "GMNER")]
+    assert html == "<h2>Scores</h2><table><tr>" + head + "</tr>" + "".join(rows) + "</table>"
