@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import eval as scorer
-from app.report import picture, scope_line
+from app.report import TASKS, picture, scope_line
 from app.rundir import atomic, read_json, simulated
 from data import Box, Entity, Sample
 from grounding import GroundingTrace
@@ -37,7 +37,6 @@ from refinement import RefinementTrace
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
-SCORES = ("p", "r", "f1", "tp", "fp", "fn")  # the columns of the scores table (eval.prf's keys)
 USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
 OUTCOMES = {  # GroundingTrace.outcome, said to a person
     "answered": "answered",
@@ -284,16 +283,18 @@ def scores_table(metrics: dict, scope: dict) -> str:
         [
             escape(stage),
             task.upper(),
-            *(f"{m[task][k]:.3f}" if k in ("p", "r", "f1") else str(m[task][k]) for k in SCORES),
+            *(f"{m[task][k]:.3f}" for k in scorer.RATES),
+            *(str(m[task][k]) for k in scorer.COUNTS),
         ]
         for stage, m in metrics.items()
-        for task in ("mner", "eeg", "gmner")
+        for task in TASKS
         if isinstance(m, dict) and task in m
     ]
     if not rows:  # the summary's own words: no gold, or nothing held out (--suggest without --test)
         said = scope_line(scope) if {"samples", "gold_entities", "test"} <= set(scope) else "not scored"
         return f"<p>{escape(said[0].upper() + said[1:])}.</p>"
-    return "<h2>Scores</h2>" + table(["stage", "task", "P", "R", "F1", "TP", "FP", "FN"], rows)
+    head = ["stage", "task", *(k.upper() for k in scorer.RATES + scorer.COUNTS)]
+    return "<h2>Scores</h2>" + table(head, rows)
 
 
 def usage_table(usage: dict) -> str:

@@ -19,10 +19,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 import data
+import eval as scorer
 import images
 from app.rundir import NO_LLM, Run, simulated
 
-TASKS = ("mner", "eeg", "gmner")
+# eval's tasks in the order the stages earn them: the text (MNER), the boxes (EEG), both (GMNER); a task
+# eval renames or adds fails here, at import, instead of leaving the summary and the page without its line
+TASKS = sorted(scorer.TASKS, key=["mner", "eeg", "gmner"].index)
 PRED = (205, 25, 25)  # a prediction's box and tag: red; white text on it has a contrast of 5 to 1
 GOLD = (0, 120, 50)  # a gold box's dashes and tag: green, dark enough for white text on it
 WHITE = (255, 255, 255)
@@ -191,7 +194,7 @@ WRITTEN_NOTES = {
     "predictions.json": "final",
     "predictions.txt": "Twitter-GMNER layout",
     "suggested/": "to label next",
-    "gold/": "the held-out gold, for eval.py",
+    "gold/": "the held-out gold, for python -m app.score",
     "llm_cache.jsonl": "appended",
     "trace.jsonl": "every decision per sample",
     "report.html": "open it in a browser; thumbnails in report/",

@@ -1,17 +1,13 @@
-"""eval.py against hand-worked counts, one test per scoring rule, and the command line end to end."""
+"""eval.py against hand-worked counts, one test per scoring rule; its command line is tested in tests/app/."""
 
 import itertools
-import json
 import random
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data import Box, DataError, Entity, Sample, tokenize
-from eval import evaluate, main, max_matching, mistakes, region_ok
+from eval import evaluate, max_matching, mistakes, region_ok
 from formats.ccks import read_ccks
 from tagger import span_f1
 
@@ -264,95 +260,6 @@ def test_max_matching_against_brute_force():
             if len(used) == len(set(used)):
                 best = max(best, len(used))
         assert sum(j >= 0 for j in owner) == best
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-
-
-def test_cli_end_to_end(tmp_path):
-    gold = tmp_path / "demo"
-    shutil.copytree(DEMO, gold)
-    out = run_cli("--gold", str(gold), "--pred", str(gold), "--json", str(tmp_path / "m.json"))
-    assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.strip()}
-    for task in ("GMNER", "MNER", "EEG"):
-        assert rows[task][:3] == ["1.000", "1.000", "1.000"]
-    saved = json.loads((tmp_path / "m.json").read_text())
-    assert saved["gmner"]["f1"] == 1.0 and saved["match"] == "span" and saved["samples"] == 32
-
-    # a prediction file: one sample dropped (empty prediction), one box moved far away
-    labels = json.loads((gold / "entity.json").read_text())
-    first_boxed = next(sid for sid, recs in labels.items() if len(recs) == 1 and recs[0]["bnd"])
-    dropped = next(sid for sid, recs in labels.items() if len(recs) == 2)
-    labels[first_boxed][0]["bnd"] = {"xmin": 0, "ymin": 0, "xmax": 1, "ymax": 1}
-    del labels[dropped]
-    (tmp_path / "pred.json").write_text(json.dumps(labels))
-    out = run_cli(
-        "--gold", str(gold), "--pred", str(tmp_path / "pred.json"), "--json", str(tmp_path / "m2.json")
-    )
-    assert out.returncode == 0, out.stderr
-    m = json.loads((tmp_path / "m2.json").read_text())
-    samples = {s.id: s for s in read_ccks(gold).samples}
-    total, nd = sum(len(s.entities) for s in samples.values()), len(samples[dropped].entities)
-    assert len(samples[first_boxed].entities) == 1 and nd > 0
-    assert (m["mner"]["tp"], m["mner"]["fp"], m["mner"]["fn"]) == (total - nd, 0, nd)
-    assert (m["gmner"]["tp"], m["gmner"]["fp"], m["gmner"]["fn"]) == (total - nd - 1, 1, nd + 1)
-    assert (m["eeg"]["tp"], m["eeg"]["fp"], m["eeg"]["fn"]) == (total - nd - 1, 1, nd + 1)
-
-    labels["no-such-id"] = []
-    (tmp_path / "bad.json").write_text(json.dumps(labels))
-    out = run_cli("--gold", str(gold), "--pred", str(tmp_path / "bad.json"))
-    assert out.returncode != 0 and "no-such-id" in out.stderr and "Traceback" not in out.stderr
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--pred", "{tmp}/nope.json"], "error: --pred {tmp}/nope.json: no such file or folder"),
-        (["--pred", "{demo}", "--json", "{tmp}/no/m.json"], "error: --json {tmp}/no/m.json: its folder"),
-        (["--pred", "{demo}", "--json", "{tmp}"], "error: --json {tmp}: is a folder"),
-    ],
-)
-def test_a_missing_input_or_json_folder_is_one_error_line_before_anything_runs(
-    tmp_path, capsys, args, message
-):
-    """No traceback, exit code 2, one line naming the flag and the path, and no score printed."""
-    argv = ["--gold", str(DEMO), *(a.format(tmp=tmp_path, demo=DEMO) for a in args)]
-    assert main(argv) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1 and err.startswith(message.format(tmp=tmp_path)), err
-
-
-def test_unplaceable_predictions_are_false_positives_not_errors(tmp_path):
-    """An invented name and a label outside the gold types are each one FP in every task,
-    reported in one warning line; the same records in a gold file are still refused."""
-    gold = tmp_path / "demo"
-    shutil.copytree(DEMO, gold)
-    labels = json.loads((gold / "entity.json").read_text())
-    sid = next(iter(labels))
-    labels[sid] = labels[sid] + [
-        {"name": "Zorblax Prime", "label": labels[sid][0]["label"], "bnd": None},
-        {"name": "Zorblax Prime", "label": labels[sid][0]["label"], "bnd": None},  # once
-        {"name": labels[sid][0]["name"], "label": "spaceship", "bnd": None},
-    ]
-    (tmp_path / "pred.json").write_text(json.dumps(labels))
-    out = run_cli(
-        "--gold", str(gold), "--pred", str(tmp_path / "pred.json"), "--json", str(tmp_path / "m.json")
-    )
-    assert out.returncode == 0, out.stderr
-    warning = [line for line in out.stderr.splitlines() if "warning" in line]
-    assert len(warning) == 1 and "2 predicted records" in warning[0] and "Zorblax Prime" in warning[0]
-    m = json.loads((tmp_path / "m.json").read_text())
-    total = sum(len(s.entities) for s in read_ccks(gold).samples)
-    for task in ("mner", "eeg", "gmner"):
-        assert (m[task]["tp"], m[task]["fp"], m[task]["fn"]) == (total, 2, 0)
-    assert m["mner"]["per_type"]["spaceship"]["fp"] == 1 and m["unplaced_predictions"] == 2
-    (gold / "entity.json").write_text(json.dumps(labels))
-    out = run_cli("--gold", str(gold), "--pred", str(tmp_path / "pred.json"))
-    assert out.returncode != 0 and "Traceback" not in out.stderr
 
 
 TWITTER = ROOT.parent / "shared" / "data" / "twitter-gmner"

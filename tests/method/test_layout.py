@@ -144,12 +144,18 @@ def outside(edges: dict[str, set[str]], modules: set[str], folders: tuple[str, .
 
 
 def test_the_method_imports_the_application_and_the_labelling_loop_only_where_stated():
-    """Only refineg.py imports app/ (in this step of issue 36 it still runs the application's parts), and
-    eval.py's command line imports labelling's export reader (its --gold reads an export, as every dataset
-    flag does; the scorer itself does not): any other import of the product from the method fails here."""
+    """Only refineg.py imports app/ (in this step of issue 36 it still runs the application's parts): any
+    other import of the product from the method fails here."""
     edges = graph()
     found = outside(edges, METHOD, ("app", "labelling"))
-    assert {(m, d.split(".")[0]) for m, d in found} == {("refineg", "app"), ("eval", "labelling")}
+    assert {(m, d.split(".")[0]) for m, d in found} == {("refineg", "app")}
+
+
+def test_the_scorer_vendors_with_the_data_model_alone():
+    """eval.py scores samples and reads no file: its command line (app/score.py) reads them with formats/
+    and labelling's export reader, so a porter copying the scorer copies data.py with it and nothing else."""
+    edges = graph()
+    assert edges["eval"] == {"data"} and edges["data"] == set()
 
 
 def test_the_folders_import_one_way():

@@ -23,6 +23,7 @@ import llm
 import refineg
 from app import inputs
 from app.cli import RunConfig
+from app.score import read_prediction
 from formats import ccks
 from servers.fake_mllm import FakeServer, chaos, reply
 
@@ -138,8 +139,8 @@ def test_demo_without_server(trained: Path, capsys):
     assert "; none sent, refinement was skipped\n" in printed
     assert printed.endswith(  # what this rerun wrote: the reused tagger is not among them
         f"\nwritten in {out}: config.json, predictions.refined.json (before grounding), predictions.json "
-        "(final), gold/ (the held-out gold, for eval.py), trace.jsonl (every decision per sample), "
-        "metrics.json, usage.json, report.html (open it in a browser; thumbnails in report/)\n"
+        "(final), gold/ (the held-out gold, for python -m app.score), trace.jsonl (every decision per "
+        "sample), metrics.json, usage.json, report.html (open it in a browser; thumbnails in report/)\n"
     )
 
 
@@ -227,9 +228,9 @@ def test_all_stages_with_fake_server_then_zero_calls(tmp_path: Path, capsys):
         assert capsys.readouterr().out.endswith(
             f"\nwritten in {tmp_path}: config.json, synthetic.jsonl, synthetic.summary.json, "
             "synthetic.rejected.jsonl, tagger/, predictions.refined.json (before grounding), "
-            "predictions.json (final), gold/ (the held-out gold, for eval.py), trace.jsonl (every decision "
-            "per sample), metrics.json, usage.json, llm_cache.jsonl (appended), report.html (open it in a "
-            "browser; thumbnails in report/)\n"
+            "predictions.json (final), gold/ (the held-out gold, for python -m app.score), trace.jsonl "
+            "(every decision per sample), metrics.json, usage.json, llm_cache.jsonl (appended), report.html "
+            "(open it in a browser; thumbnails in report/)\n"
         )
 
         assert refineg.main(argv) == 0  # the same command again: everything reused
@@ -611,9 +612,9 @@ def test_twitter_data_gets_twitter_predictions_that_eval_reads(tmp_path: Path, c
     import eval as scorer
 
     gold = formats.read_dataset(txt)
-    pred_twitter, _ = scorer.read_prediction(str(out / "predictions.txt"), gold)
+    pred_twitter, _ = read_prediction(str(out / "predictions.txt"), gold)
     ids = {s.id for s in pred_twitter}
-    pred_ccks = [s for s in scorer.read_prediction(str(out / "predictions.json"), gold)[0] if s.id in ids]
+    pred_ccks = [s for s in read_prediction(str(out / "predictions.json"), gold)[0] if s.id in ids]
     assert len(ids) == 4
     test = [s for s in gold.samples if s.id in ids]
     saved = json.loads((out / "metrics.json").read_text())["metrics"]["final"]
