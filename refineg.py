@@ -52,6 +52,7 @@ from app.suggestion import suggestion_stage
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
 from eval import evaluate
 from formats import ccks, twitter
+from levers import synth_filters
 
 
 def pipeline(cfg: dict, run: Run) -> int:
@@ -124,7 +125,8 @@ def synthesize_or_reuse(
     done = read_stamp(out / "synthetic.summary.json", key)
     if done and not done.get("failed_calls") and (out / "synthetic.jsonl").is_file():
         return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
-    samples, summary = synth.synthesize(seeds, client, cfg["synth"])
+    filters = synth_filters.filters(seeds, cfg["synth"])  # checks beyond the paper, in levers/
+    samples, summary = synth.synthesize(seeds, client, cfg["synth"], filters)
     with atomic(out / "synthetic.rejected.jsonl") as tmp:
         synth.write_rejected(summary.pop("rejected_examples"), tmp)
     with atomic(out / "synthetic.jsonl") as tmp:
