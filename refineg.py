@@ -43,6 +43,7 @@ from app import run
 from app.cli import Settings
 from data import Dataset, Sample
 from eval import evaluate
+from levers import synth_filters
 from tagger import Tagger
 
 
@@ -101,7 +102,8 @@ def pipeline(
     with hooks.stage("synthesis"):
         if "synthesis" in clients and inputs.tagger is None:
             key = (settings.synth, settings.llm.model, [(s.id, s.tokens, spans(s)) for s in labelled.samples])
-            make = lambda: synth.synthesize(labelled, clients["synthesis"], settings.synth)  # noqa: E731
+            filters = synth_filters.filters(labelled, settings.synth)  # checks beyond the paper (levers/)
+            make = lambda: synth.synthesize(labelled, clients["synthesis"], settings.synth, filters)  # noqa: E731
             r.synthetic, r.synthesis = hooks.reuse("synthesis", key, make)
     hooks.finished("synthesis", r)
     with hooks.stage("tagger"):

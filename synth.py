@@ -12,34 +12,36 @@ writes; the LLM is never asked to tag free text. This is how the paper avoids
 "domain knowledge conflict": a general LLM's idea of what counts as an entity
 differs from the domain's annotation guidelines (it would tag "aircraft
 carrier" or "the navy"), so its tags on free text would put its notion of
-entity into the training labels. A declared name, by contrast, is checked
-against the type list, the "do not extract" list and the text, and then labels
-every occurrence of itself (data.label_names, the rule the gold data follows).
-A declared name whose type differs from the seed's, or from the one the seeds and
-descriptions give it, is a "type mismatch" and rejected: a check of declared labels,
-not the conflict above, which declaring names avoids.
-Every answer item is validated (`check`) before it reaches the training set and
-each rejection is counted by reason; a sample of the rejected items is kept for reading.
+entity into the training labels. An answer item is checked here as far as the
+method needs it: the answer fits the JSON schema (the client checks that), the
+sentence is not empty, every declared type is one of the domain's, and every
+declared name occurs in the sentence; each declared name then labels every
+occurrence of itself (data.label_names, the rule the gold data follows).
+Checks beyond the paper (prompt leaks, length, copies and repeats, the "do not
+extract" words, a name given a type the seeds or descriptions contradict) are
+`filters` the caller passes: refineg.py passes levers/synth_filters.py's.
 
 Input: a labelled `Dataset` (the seeds) and an llm.Client. Output: synthetic
 `Sample`s (ids `syn-<seed id>-<j>`, j = position in the LLM's answer, no image)
-and a summary dict; `write_synthetic` / `read_synthetic` store them as
-synthetic.jsonl. Reruns cost nothing: the requests are deterministic and the
-client caches answers. Run through the pipeline (any LLM server; a text-only one is enough):
+and a summary dict counted from one trace per seed (its call's error, or each
+item's outcome: kept, or the reason it was rejected); `write_synthetic` /
+`read_synthetic` store the samples as synthetic.jsonl. Reruns cost nothing: the
+requests are deterministic and the client caches answers. Run through the
+pipeline (any LLM server; a text-only one is enough):
 
     python refineg.py --data examples/demo --llm-url http://127.0.0.1:8000/v1 --no-refine --no-ground
 
 Left out on purpose: images (synthetic sentences are text-only: they train the
 text tagger), asking the LLM to tag free text (see above), and filtering by any
-model's judgement: every check here is an exact rule a reader can verify.
+model's judgement: every check here and in the filters is an exact rule a reader can verify.
 """
 
 import json
-import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from data import (
     DataError,
@@ -52,26 +54,9 @@ from data import (
     tokenize,
     without_spaces,
 )
-from formats.ccks import TYPE_LINE
-from llm import Client, LLMError
+from llm import Client, LLMError, Reply
 
 MAX_NAME_CHARS = 100  # schema bound on a declared name; real names are far shorter
-# The prompts' scaffolding (below): a sentence containing any of it copied the prompt, not the domain.
-# Matched as token sequences; "..." is a placeholder small models write for a sentence (captions have none).
-LEAKS = [
-    "Example sentence",
-    "Its entities",
-    "entities :",
-    "Answer with JSON",
-    "{",
-    "}",
-    '"text"',
-    '"entities"',
-    '"name"',
-    '"type"',
-    "...",
-    "\u2026",
-]
 
 
 @dataclass
@@ -212,251 +197,155 @@ def build_request(seed: Sample, data: Dataset, config: SynthConfig) -> dict:
     }
 
 
-# ---------------------------------------------------------------- the domain's type knowledge
+# ---------------------------------------------------------------- checking an answer item
+
+Reason = Literal["empty_text", "unknown_type", "name_not_in_text"]  # the paper's checks; filters add theirs
 
 
-def description_terms(type_text: str, types: list[str]) -> tuple[dict[str, str], set[str]]:
-    """The example names (name -> type) and the generic heads of a types.txt's descriptions.
+class Candidate(NamedTuple):
+    """One answer item on its way to the training set, as the checks and the filters see it."""
 
-    Two layouts are read: inline, `e.g. tanks (Leopard 2), infantry fighting
-    vehicles (PUMA)` (heads outside the brackets, names inside) or a plain
-    `e.g. USS Nimitz, F-35`; and bulleted, `- Tanks and armored vehicles (e.g.,
-    Leopard 2, GTK Boxer)` (the head before the bracket). A head joined by
-    "and", "or" or "/" counts whole and in parts; `[glosses]` are dropped, and
-    the "DO NOT" line is ccks.read_types's business.
-    """
-    examples = {}
-    heads = set()
-
-    def add_head(text: str) -> None:
-        text = text.strip(" -*\t").lower()
-        if text:
-            heads.update([text, *(p.strip() for p in re.split(r"/| and | or ", text) if p.strip())])
-
-    def add_names(text: str, typ: str) -> None:
-        for name in text.split(","):
-            if name.strip():
-                examples.setdefault(name.strip(), typ)
-
-    typ = None
-    for line in type_text.splitlines():
-        m = TYPE_LINE.match(line)
-        typ = m.group(1) if m else typ
-        if typ not in types or "DO NOT" in line:
-            continue
-        line = re.sub(r"\[[^\]]*\]", "", line)  # "MARS [rocket system]": a gloss
-        if "(e.g." in line:  # bulleted layout
-            line = re.sub(r"\((?!e\.g\.)[^()]*\)", "", line)  # "vehicles (UAVs) (e.g., ...)": an aside
-            for m in re.finditer(r"([^(),:;]*)\(e\.g\.[,:]?([^()]*)\)", line):
-                add_head(m.group(1))
-                add_names(m.group(2), typ)
-            continue
-        m = re.search(r"e\.g\.[,:]?(.*)", line)  # inline layout
-        for part in re.findall(r"[^,(]*(?:\([^()]*\))?", m.group(1) if m else ""):
-            bracket = re.fullmatch(r"\s*([^(]*?)\s*\(([^()]*)\)\s*", part)
-            if bracket:
-                add_head(bracket.group(1))
-                add_names(bracket.group(2), typ)
-            else:
-                add_names(part, typ)
-    return examples, heads
+    seed: Sample
+    item: dict  # as the LLM wrote it: {"text", "entities": [{"name", "type"}]}
+    tokens: list[str]
+    declared: list[tuple[str, str]]  # (name, type), the name's tokens joined by spaces: "F-35" -> "F - 35"
+    text: str  # the tokens joined by spaces, lower-cased: how sentences compare
+    kept: set[str]  # the `text` of every sentence kept so far in this run
 
 
-def singular(word: str) -> str:
-    """Enough English for generic heads: "reconnaissance vehicles" and "countries" match their singular."""
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        return word[:-1]
-    return word
+Filter = Callable[[Candidate], str | None]  # the reason it rejects a candidate, or None
 
 
-def plain_lowercase(name: str) -> bool:
-    return name == name.lower() and not any(c.isdigit() for c in name)
+class Outcome(NamedTuple):
+    """What became of one answer item: the sample it gave, or why it was rejected."""
+
+    j: int  # its position in the answer
+    item: dict
+    reason: str | None = None  # a Reason, or the reason of the filter that rejected it
+    sample: Sample | None = None
 
 
-def name_key(name: str) -> str:
-    """Names compare as lower-cased token sequences: "F-35", "F - 35" and "f-35" are one name."""
-    return " ".join(tokenize(name)).lower()
+class SeedTrace(NamedTuple):
+    """One seed's call: its error when it failed (after the client's retries), else each item's outcome."""
+
+    seed: str
+    error: str | None
+    outcomes: list[Outcome]
 
 
-@dataclass
-class Rules:
-    """What validation knows beside the answer: built once per run from the seeds and the types."""
-
-    types: list[str]
-    generic: set[str]  # singular name_keys of words that are never names
-    known: dict[str, set[str]]  # name_key -> the types the seeds and the descriptions give that name
-    lowercase_generic: bool  # a lower-case name without digits is generic ("runway", "airships")
-    leaks: list[str]  # the scaffolding, as normalised token strings
-    seed_texts: set[str]  # normalised texts of all seeds (not only those used)
-
-
-def build_rules(seeds: Dataset, config: SynthConfig) -> Rules:
-    words = seeds.generic + config.generic
-    known: dict[str, set[str]] = {}
-    if config.strict:
-        examples, heads = description_terms(seeds.type_text, seeds.types)
-        words = words + seeds.types + sorted(heads)
-        gold = [(s.name(e), e.type) for s in seeds.samples for e in s.entities]
-        for name, typ in [*examples.items(), *gold]:
-            known.setdefault(name_key(name), set()).add(
-                typ
-            )  # a set: gold names "Tiger" as vehicle and aircraft
-    seed_names = [s.name(e) for s in seeds.samples for e in s.entities]
-    lowercase = config.strict and bool(seed_names) and not any(map(plain_lowercase, seed_names))
-    return Rules(
-        types=seeds.types,
-        generic={singular(name_key(w)) for w in words if name_key(w)},
-        known=known,
-        lowercase_generic=lowercase,
-        leaks=[normalise(tokenize(x)) for x in LEAKS] if config.strict else [],
-        seed_texts={normalise(s.tokens) for s in seeds.samples},
-    )
-
-
-# ---------------------------------------------------------------- validation
-
-
-def normalise(tokens: list[str]) -> str:
-    return " ".join(tokens).lower()
-
-
-class Checked(NamedTuple):
-    """One answer item after validation: `reason` is "" when it is kept, else why it is rejected."""
-
-    reason: str
-    tokens: list[str] = []
-    entities: list[Entity] = []
-
-
-def check(item: dict, seed: Sample, rules: Rules, config: SynthConfig, kept_texts: set[str]) -> Checked:
-    """The tokens and entities of an answer item, or the reason it is rejected: first by its text (empty,
-    prompt leak, length, copy of a seed, duplicate), then by its declared names (text_problem,
-    name_problem)."""
+def candidate(seed: Sample, item: dict, kept: set[str]) -> Candidate:
     tokens = tokenize(item["text"].strip())
-    reason = text_problem(tokens, item, rules, config, kept_texts)
-    if reason:
-        return Checked(reason)
     # Names compare as token sequences: "F-35" and the seed's "F - 35" are one name.
     declared = [(" ".join(tokenize(e["name"])), e["type"]) for e in item["entities"]]
-    reason = name_problem(declared, seed, rules)
-    if reason:
-        return Checked(reason)
+    return Candidate(seed, item, tokens, declared, " ".join(tokens).lower(), kept)
+
+
+def rejection(c: Candidate, types: list[str], filters: Sequence[Filter]) -> str | None:
+    """Why an item is rejected before it is labelled: the paper's checks, then each filter in order."""
+    if not c.tokens:
+        return "empty_text"
+    if any(t not in types for _, t in c.declared):
+        return "unknown_type"  # reaches here only when the schema does not list the types (type_enum off)
+    for f in filters:
+        reason = f(c)
+        if reason:
+            return reason
+    return None
+
+
+def label(c: Candidate) -> list[Entity] | None:
+    """Every occurrence of the seed's names and of the declared ones; None when a declared name is not in the
+    sentence ("USS Nimitz" in "The USS Nimitzes ..." is not: spans end at token boundaries)."""
     # The seed's names are declared too (with the seed's gold type): a sentence that reuses one without
     # declaring it must not teach the tagger it is O. Names are one name when equal without whitespace.
-    names = {without_spaces(seed.name(e)): (seed.name(e), e.type) for e in seed.entities}
-    for n, t in declared:
+    names = {without_spaces(c.seed.name(e)): (c.seed.name(e), e.type) for e in c.seed.entities}
+    for n, t in c.declared:
         names.setdefault(without_spaces(n), (n, t))
-    entities, missing = label_names(tokens, list(names.values()))
-    if {without_spaces(n) for n, _ in declared} & {without_spaces(m) for m in missing}:
-        return Checked("name_not_in_text")
-    return Checked("", tokens, [replace(e, source="synth") for e in entities])
+    entities, missing = label_names(c.tokens, list(names.values()))
+    if {without_spaces(n) for n, _ in c.declared} & {without_spaces(m) for m in missing}:
+        return None
+    return [replace(e, source="synth") for e in entities]
 
 
-def text_problem(
-    tokens: list[str], item: dict, rules: Rules, config: SynthConfig, kept_texts: set[str]
-) -> str:
-    """Why the sentence itself is rejected, or ""."""
-    if not tokens:
-        return "empty_text"
-    text = normalise(tokens)
-    leaked = any(f" {leak} " in f" {text} " for leak in rules.leaks)
-    if leaked or rules.leaks and any(not re.search(r"\w", e["name"]) for e in item["entities"]):
-        return "prompt_leak"
-    if len(tokens) < config.min_tokens:
-        return "too_short"
-    if len(tokens) > config.max_tokens:
-        return "too_long"
-    if text in rules.seed_texts:
-        return "seed_copy"
-    if text in kept_texts:
-        return "duplicate"
-    return ""
-
-
-def name_problem(declared: list[tuple[str, str]], seed: Sample, rules: Rules) -> str:
-    """Why the names declared for a sentence are rejected, or ""."""
-    if declared and not seed.entities:
-        return "entities_for_entity_free_seed"
-    if any(t not in rules.types for _, t in declared):
-        return "unknown_type"
-    if any(
-        singular(n.lower()) in rules.generic or rules.lowercase_generic and plain_lowercase(n)
-        for n, _ in declared
-    ):
-        return "generic_name"
-    first_type = {without_spaces(seed.name(e)): e.type for e in seed.entities}  # the seed's gold types first
-    for n, t in declared:
-        if first_type.setdefault(without_spaces(n), t) != t:
-            return "type_mismatch"
-    # Rejected, not relabelled: a sentence written around the wrong type ("the ship PUMA docked") has a
-    # context that teaches the wrong type even if relabelled.
-    if any(t not in rules.known.get(n.lower(), {t}) for n, t in declared):
-        return "known_type_mismatch"
-    return ""
+def outcome(c: Candidate, j: int, types: list[str], filters: Sequence[Filter]) -> Outcome:
+    reason = rejection(c, types, filters)
+    if reason:
+        return Outcome(j, c.item, reason)
+    entities = label(c)
+    if entities is None:
+        return Outcome(j, c.item, "name_not_in_text")
+    return Outcome(j, c.item, None, Sample(f"syn-{c.seed.id}-{j}", c.tokens, None, entities))
 
 
 # ---------------------------------------------------------------- the stage
 
 
 def synthesize(
-    seeds: Dataset, client: Client, config: SynthConfig | None = None
+    seeds: Dataset, client: Client, config: SynthConfig | None = None, filters: Sequence[Filter] = ()
 ) -> tuple[list[Sample], dict]:
-    """One LLM call per seed (concurrent, cached); the valid synthetic samples and a summary."""
+    """One LLM call per seed (concurrent, cached); the kept synthetic samples and a summary.
+
+    Each answer item passes the paper's checks, then `filters` in order (none by default; refineg.py passes
+    levers/synth_filters.py's), then labelling: the first reason that applies rejects it.
+    """
     config = config or SynthConfig()
     if not seeds.types:
         raise ValueError("expected a dataset with entity types (types.txt), got none")
     used = seeds.samples[: config.seeds] if config.seeds > 0 else seeds.samples
     replies = client.map_chat([build_request(s, seeds, config) for s in used], desc="synth")
-    rules = build_rules(seeds, config)
-    kept_texts: set[str] = set()
-    out = []
-    rejected = Counter()
-    examples = []  # up to rejected_examples items per reason, for synthetic.rejected.jsonl
-    failed = [(seed.id, str(reply)) for seed, reply in zip(used, replies) if isinstance(reply, LLMError)]
-    answered = [
-        (seed, reply.content["samples"])
-        for seed, reply in zip(used, replies)
-        if not isinstance(reply, LLMError)
-    ]  # the client already retried failed calls: counted only
-    for seed, items in answered:
-        for j, item in enumerate(items):
-            checked = check(item, seed, rules, config, kept_texts)
-            if checked.reason:
-                rejected[checked.reason] += 1
-                if rejected[checked.reason] <= config.rejected_examples:
-                    examples.append({"seed": seed.id, "j": j, "reason": checked.reason, **item})
-                continue
-            kept_texts.add(normalise(checked.tokens))
-            out.append(Sample(f"syn-{seed.id}-{j}", checked.tokens, None, checked.entities))
-    generated = sum(len(items) for _, items in answered)
-    return out, summarize(seeds, used, failed, generated, out, rejected, examples)
+    kept: set[str] = set()  # one set for all seeds: a filter may compare with any seed's kept sentences
+    traces = [trace(seed, reply, seeds.types, filters, kept) for seed, reply in zip(used, replies)]
+    samples = [o.sample for t in traces for o in t.outcomes if o.sample]
+    return samples, summarize(seeds.types, traces, config.rejected_examples)
 
 
-def summarize(
-    seeds: Dataset,
-    used: list[Sample],
-    failed: list[tuple[str, str]],
-    generated: int,
-    out: list[Sample],
-    rejected: Counter,
-    examples: list[dict],
-) -> dict:
-    per_type = Counter(e.type for s in out for e in s.entities)
+def trace(
+    seed: Sample, reply: Reply | LLMError, types: list[str], filters: Sequence[Filter], kept: set[str]
+) -> SeedTrace:
+    """What became of one seed's call; the texts of the items it keeps join `kept`."""
+    if isinstance(reply, LLMError):  # the client already retried: counted only
+        return SeedTrace(seed.id, str(reply), [])
+    outcomes = []
+    for j, item in enumerate(reply.content["samples"]):
+        c = candidate(seed, item, kept)
+        outcomes.append(outcome(c, j, types, filters))
+        if outcomes[-1].sample:
+            kept.add(c.text)
+    return SeedTrace(seed.id, None, outcomes)
+
+
+def summarize(types: list[str], traces: list[SeedTrace], examples_per_reason: int) -> dict:
+    """synthetic.summary.json's counts, all from the traces."""
+    outcomes = [o for t in traces for o in t.outcomes]
+    kept = [o.sample for o in outcomes if o.sample]
+    failed = [t for t in traces if t.error is not None]
+    per_type = Counter(e.type for s in kept for e in s.entities)
+    rejected = Counter(o.reason for o in outcomes if o.reason)
     return {
-        "seeds": len(used),
-        "calls": len(used),
+        "seeds": len(traces),
+        "calls": len(traces),
         "failed_calls": len(failed),
-        "failed_seeds": [sid for sid, _ in failed],
-        "first_error": failed[0][1] if failed else None,
-        "generated": generated,
-        "kept": len(out),
-        "entity_free_kept": sum(1 for s in out if not s.entities),
+        "failed_seeds": [t.seed for t in failed],
+        "first_error": failed[0].error if failed else None,
+        "generated": len(outcomes),
+        "kept": len(kept),
+        "entity_free_kept": sum(1 for s in kept if not s.entities),
         "rejected": dict(sorted(rejected.items())),
-        "entities_per_type": {t: per_type[t] for t in seeds.types},
-        "rejected_examples": examples,  # refineg.py writes them to synthetic.rejected.jsonl
+        "entities_per_type": {t: per_type[t] for t in types},
+        "rejected_examples": rejected_examples(traces, examples_per_reason),  # for synthetic.rejected.jsonl
     }
+
+
+def rejected_examples(traces: list[SeedTrace], per_reason: int) -> list[dict]:
+    """The first `per_reason` rejected items of each reason, in answer order, with their seed and reason."""
+    shown = Counter()
+    examples = []
+    for t in traces:
+        for o in t.outcomes:
+            if o.reason and shown[o.reason] < per_reason:
+                shown[o.reason] += 1
+                examples.append({"seed": t.seed, "j": o.j, "reason": o.reason, **o.item})
+    return examples
 
 
 def format_summary(summary: dict) -> str:
@@ -494,7 +383,7 @@ def write_synthetic(samples: list[Sample], path: str | Path) -> None:
 
 
 def write_rejected(examples: list[dict], path: str | Path) -> None:
-    """synthetic.rejected.jsonl: what the filter removed, one answer item a line with its seed and reason."""
+    """synthetic.rejected.jsonl: what the checks removed, one answer item a line with its seed and reason."""
     with open(path, "w", encoding="utf-8") as f:
         for rec in examples:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -132,14 +132,14 @@ def generate(seeds, config, minutes: float, max_seeds: int) -> tuple[int, dict, 
 
 
 def knowledge(seeds, config) -> dict[str, set[str]]:
-    import synth
+    from levers import synth_filters
 
-    return synth.build_rules(seeds, dataclasses.replace(config, strict=True)).known
+    return synth_filters.build_rules(seeds, dataclasses.replace(config, strict=True)).known
 
 
 def precision(samples, known: dict[str, set[str]]) -> tuple[int, int]:
     """(entities whose name is in `known`, of which the type is one `known` gives)."""
-    from synth import name_key
+    from levers.synth_filters import name_key
 
     hits = [
         e.type in known[name_key(s.name(e))]
@@ -252,6 +252,7 @@ def baselines(quick: bool, epochs: int | None) -> tuple[list, list, list[str]]:
 
 def bench_synth(args) -> None:
     import synth
+    from levers import synth_filters
 
     if not bench.have(bench.CCKS):
         return
@@ -302,14 +303,15 @@ def bench_synth(args) -> None:
     held = {}
     for s in test:  # held-out knowledge: gold 0-99 names the seeds do not have
         for e in s.entities:
-            held.setdefault(synth.name_key(s.name(e)), set()).add(e.type)
+            held.setdefault(synth_filters.name_key(s.name(e)), set()).add(e.type)
     held = {k: v for k, v in held.items() if k not in known}
     rows = {}
     for label, strict in (
         ("basic checks (strict=False)", False),
         ("+ type-knowledge checks (default)", True),
     ):
-        kept, summary = synth.synthesize(seeds, offline, dataclasses.replace(config, seeds=n, strict=strict))
+        cfg = dataclasses.replace(config, seeds=n, strict=strict)
+        kept, summary = synth.synthesize(seeds, offline, cfg, synth_filters.filters(seeds, cfg))
         rows[label] = (kept, summary)
         k_known, k_right = precision(kept, known)
         h_known, h_right = precision(kept, held)

@@ -9,9 +9,9 @@ tagger's score). From the seed sentence, its entities and the example names of t
 - "other names of the same types": the seed sentence with each entity replaced by another example name
   of its type from the system prompt's type descriptions (mention replacement, Dai & Adel, COLING 2020);
 - an entity-free seed: crops of its sentence.
-A share 1 - accuracy of the items are faults that synth.py's checks must reject: the example copied
-(seed_copy), a declared name missing from the sentence (name_not_in_text), an entity declared for an
-entity-free seed.
+A share 1 - accuracy of the items are faults that synthesis must reject: the example copied (seed_copy,
+levers/synth_filters.py), a declared name missing from the sentence (name_not_in_text, synth.py), an entity
+declared for an entity-free seed (levers/synth_filters.py).
 
     answer, faults = write(system_text, user_text, n=3, accuracy=0.8, seed=0)   # {"samples": [...]}
 
@@ -23,7 +23,7 @@ import random
 import re
 
 from data import find_name, tokenize
-from synth import description_terms
+from levers.synth_filters import description_terms
 
 
 def write(system: str, user: str, n: int, accuracy: float, seed: int) -> tuple[dict, int]:

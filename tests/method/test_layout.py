@@ -1,5 +1,6 @@
 """The shape of the code: the method at the top level, no import cycles, stages that meet only through the
-shared foundations, and the folders around the method importing one way (app/ -> labelling/ -> the method).
+shared foundations, and the folders around the method importing one way (app/ -> labelling/ -> the method;
+refineg.py -> levers/ -> the method).
 
 Every import counts: at the top, inside functions and under `if TYPE_CHECKING:`, since each one
 is a dependency a reader has to follow.
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("formats", "client", "servers", "bench", "app", "labelling")
+PACKAGES = ("formats", "client", "servers", "bench", "app", "labelling", "levers")
 METHOD = {  # the top level: the paper's parts (and self-training, marked as not in the paper)
     *("refineg", "data", "crf", "encoding", "tagger", "synth", "selftrain", "uncertainty", "refinement"),
     *("demos", "grounding", "images", "eval", "llm"),
@@ -156,6 +157,16 @@ def test_the_scorer_vendors_with_the_data_model_alone():
     and labelling's export reader, so a porter copying the scorer copies data.py with it and nothing else."""
     edges = graph()
     assert edges["eval"] == {"data"} and edges["data"] == set()
+
+
+def test_only_the_pipeline_uses_the_levers_and_they_use_only_the_method():
+    """levers/ holds what goes beyond the paper (synthesis's filters): refineg.py passes them to the stages
+    and no other method module imports them, so the method reads and runs without the folder; the levers
+    import the method and its foundations, never the application, the labelling loop, bench or servers."""
+    edges = graph()
+    assert {(m, d.split(".")[0]) for m, d in outside(edges, METHOD, ("levers",))} == {("refineg", "levers")}
+    levers = {m for m in edges if m.split(".")[0] == "levers"}
+    assert levers and outside(edges, levers, ("app", "labelling", "bench", "servers")) == set()
 
 
 def test_the_folders_import_one_way():

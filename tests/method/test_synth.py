@@ -1,23 +1,26 @@
-"""synth.py against a scripted fake server: validation counts, entity-free seeds,
-failed calls, the cache, the JSONL round trip and an end-to-end run on examples/demo."""
+"""synth.py against a scripted fake server: the paper's checks alone, where filters run, the summary counted
+from the traces, entity-free seeds, failed calls, the cache and the JSONL round trip. The filters beyond the
+paper (levers/synth_filters.py) are tested in tests/levers/test_synth_filters.py, on the answers below."""
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from data import Dataset, Sample, label_names, tokenize
-from formats import read_dataset
+from data import Dataset, Entity, Sample, label_names, tokenize
 from llm import Client, ClientConfig
 from servers.fake_mllm import FakeServer, reply
 from synth import (
+    Outcome,
+    Reason,
+    SeedTrace,
     SynthConfig,
     build_request,
-    description_terms,
     format_summary,
     read_synthetic,
+    summarize,
     synthesize,
-    write_rejected,
     write_synthetic,
 )
 
@@ -76,7 +79,7 @@ def item(text: str, *ents: tuple[str, str]) -> dict:
     return {"text": text, "entities": [{"name": n, "type": t} for n, t in ents]}
 
 
-# Answer for s1. Index: what it tests -> expected outcome.
+# Answer for s1. Index: what it tests -> its outcome under the default filters (levers/synth_filters.py).
 S1_ANSWER = [
     item(
         "USS Nimitz reached port with F-35 fighters on board .",
@@ -114,17 +117,6 @@ S1_ANSWER = [
         "The Sachsen met the Sachsen class leader .", ("Sachsen", "vessel"), ("Sachsen", "aircraft")
     ),  # 16 type_mismatch
 ]
-S1_REJECTED = {
-    "unknown_type": 2,
-    "name_not_in_text": 2,
-    "generic_name": 2,
-    "duplicate": 1,
-    "seed_copy": 1,
-    "too_long": 1,
-    "empty_text": 1,
-    "too_short": 1,
-    "type_mismatch": 3,
-}
 S2_ANSWER = [
     item("Sailors painted the railings before the inspection ."),  # 0 kept, entity-free
     item("The crew ate dinner on deck after sunset ."),  # 1 kept, entity-free
@@ -158,30 +150,104 @@ def clean_handler(body: dict) -> dict:
 CLEAN = SynthConfig(per_seed=3)
 
 
-def test_validation_keeps_exactly_the_good_samples(tmp_path):
+def test_the_papers_checks_alone_reject_only_what_cannot_be_labelled(tmp_path):
+    """With no filter, an item is rejected only for an empty text, a type not among the domain's or a
+    declared name not in its sentence; a name the seed gives another type keeps the seed's (items 14-16)."""
     data = toy()
     with FakeServer(toy_handler) as srv:
-        # type_enum=False: the schema does not list the types, so an unknown type reaches synth's own check
-        samples, summary = synthesize(
-            data, client(srv.url, tmp_path), SynthConfig(per_seed=PER_SEED, generic=["BAY"], type_enum=False)
-        )
-    got = {s.id: [(s.name(e), e.type, e.source) for e in s.entities] for s in samples}
-    assert got == {
-        "syn-s1-0": [("USS Nimitz", "vessel", "synth"), ("F - 35", "aircraft", "synth")],
-        "syn-s1-1": [("HMS Queen Elizabeth", "vessel", "synth")],
-        "syn-s1-2": [("USS Nimitz", "vessel", "synth")],  # undeclared, but the seed declares it
-        "syn-s2-0": [],
-        "syn-s2-1": [],
-        **{f"syn-s2-{j}": [] for j in range(3, PER_SEED)},
+        config = SynthConfig(per_seed=PER_SEED, type_enum=False)
+        samples, summary = synthesize(data, client(srv.url, tmp_path), config)
+    assert summary["rejected"] == {"unknown_type": 2, "name_not_in_text": 2, "empty_text": 1}
+    assert set(summary["rejected"]) <= set(get_args(Reason))
+    kept = [int(s.id.rsplit("-", 1)[1]) for s in samples if s.id.startswith("syn-s1-")]
+    assert kept == [0, 1, 2, 7, 8, 9, 10, 11, 13, 14, 15, 16]
+    got = {s.id: [(s.name(e), e.type) for e in s.entities] for s in samples}
+    assert got["syn-s1-8"] == [("Sea Knight", "aircraft"), ("bay", "vessel")]  # no "do not extract" check
+    assert got["syn-s1-10"] == []  # a lower-case copy of the seed: its names are not found
+    assert got["syn-s1-14"] == [("USS Nimitz", "vessel")] and got["syn-s1-15"] == [("F - 35", "aircraft")]
+    assert got["syn-s1-16"] == [("Sachsen", "vessel"), ("Sachsen", "vessel")]  # the first declaration
+    assert got["syn-s2-2"] == [("USS Nimitz", "vessel")]  # an entity for the entity-free seed is kept
+    assert summary["kept"] == len(samples) == 12 + PER_SEED and summary["generated"] == 2 * PER_SEED
+
+
+def test_filters_run_in_order_between_the_papers_checks_and_the_labelling(tmp_path):
+    """A filter sees only the items the paper's checks passed and no earlier filter rejected; the first reason
+    wins, the labelling (name_not_in_text) comes last, and a filter sees the texts kept so far."""
+    answer = [
+        item("The Kuznetsov sailed north early yesterday .", ("Kuznetsov", "warship")),  # unknown_type
+        item("The HMS Queen Elizabeth left Portsmouth .", ("HMS Queen Elizabeth", "vessel")),  # kept
+        item("The USS Nimitzes were a class of carriers .", ("USS Nimitz", "vessel")),  # "uss"
+        item(
+            "A frigate sailed into the harbour at dawn .", ("Admiral Gorshkov", "vessel")
+        ),  # name_not_in_text
+        item("Two F-35 jets landed at dawn .", ("F-35", "aircraft")),  # "f35"
+    ]
+    seen = []
+
+    def uss(c):
+        seen.append(("uss", answer.index(c.item), sorted(c.kept)))
+        return "uss" if "USS" in c.item["text"] else None
+
+    def f35(c):
+        seen.append(("f35", answer.index(c.item), c.declared))
+        return "f35" if ("F - 35", "aircraft") in c.declared else None
+
+    config = SynthConfig(seeds=1, per_seed=len(answer), type_enum=False)
+    with FakeServer(lambda body: reply({"samples": answer})) as srv:
+        samples, summary = synthesize(toy(), client(srv.url, tmp_path), config, [uss, f35])
+    hms = "the hms queen elizabeth left portsmouth ."
+    assert seen == [
+        ("uss", 1, []),
+        ("f35", 1, [("HMS Queen Elizabeth", "vessel")]),
+        ("uss", 2, [hms]),
+        ("uss", 3, [hms]),
+        ("f35", 3, [("Admiral Gorshkov", "vessel")]),
+        ("uss", 4, [hms]),
+        ("f35", 4, [("F - 35", "aircraft")]),
+    ]
+    assert [s.id for s in samples] == ["syn-s1-1"]
+    assert summary["rejected"] == {"f35": 1, "name_not_in_text": 1, "unknown_type": 1, "uss": 1}
+
+
+def test_the_summary_counts_the_traces():
+    """Hand-built traces: 3 seeds, one call failed, 5 items (1 kept, 3 too short, 1 empty); 2 examples per
+    reason are kept, in answer order, so the third too_short (seed c) is left out."""
+    fennek = Sample("syn-a-0", ["A", "Fennek", "."], None, [Entity(1, 2, "vehicle")])
+    traces = [
+        SeedTrace(
+            "a",
+            None,
+            [
+                Outcome(0, {"text": "A Fennek ."}, None, fennek),
+                *[Outcome(j, {"text": f"x{j}"}, "too_short") for j in (1, 2)],
+            ],
+        ),
+        SeedTrace("b", "HTTP 500", []),
+        SeedTrace(
+            "c", None, [Outcome(0, {"text": "z"}, "too_short"), Outcome(1, {"text": " "}, "empty_text")]
+        ),
+    ]
+    summary = summarize(["vehicle", "vessel"], traces, 2)
+    assert summary == {
+        "seeds": 3,
+        "calls": 3,
+        "failed_calls": 1,
+        "failed_seeds": ["b"],
+        "first_error": "HTTP 500",
+        "generated": 5,
+        "kept": 1,
+        "entity_free_kept": 0,
+        "rejected": {"empty_text": 1, "too_short": 3},
+        "entities_per_type": {"vehicle": 1, "vessel": 0},
+        "rejected_examples": [
+            {"seed": "a", "j": 1, "reason": "too_short", "text": "x1"},
+            {"seed": "a", "j": 2, "reason": "too_short", "text": "x2"},
+            {"seed": "c", "j": 1, "reason": "empty_text", "text": " "},
+        ],
     }
-    assert samples[0].entities[0].span == (0, 2) and samples[0].entities[1].span == (5, 8)
-    assert summary["rejected"] == {**S1_REJECTED, "entities_for_entity_free_seed": 1}
-    assert summary["generated"] == 2 * PER_SEED
-    assert summary["kept"] == 3 + PER_SEED - 1 and summary["entity_free_kept"] == PER_SEED - 1
-    assert summary["kept"] + sum(summary["rejected"].values()) == summary["generated"]
-    assert summary["entities_per_type"] == {"vessel": 3, "aircraft": 1}
-    assert (summary["seeds"], summary["calls"], summary["failed_calls"]) == (2, 2, 0)
-    assert f"{PER_SEED + 2} kept" in format_summary(summary) and "seed_copy 1" in format_summary(summary)
+    text = format_summary(summary)
+    assert "3 calls (1 failed)" in text and "empty_text 1, too_short 3" in text
+    assert "failed seeds: b; first error: HTTP 500" in text
 
 
 def test_unknown_type_under_the_enum_is_reasked_by_the_client(tmp_path):
@@ -233,143 +299,6 @@ def test_prompt_and_schema(tmp_path):
             "type"
         ]
     )
-
-
-def test_description_terms_in_both_layouts():
-    """Hand-read from the two layouts types.txt files use: names in brackets are examples, the words before
-    the brackets are generic heads; plain `e.g. A, B` lists only names; glosses and asides are dropped."""
-    inline = (
-        "1. vehicle: Ground machines, e.g. tanks (Leopard 2), reconnaissance vehicles (Fennek, Dingo)\n"
-        "2. vessel: named ships and submarines, e.g. USS Nimitz, U32\n"
-        "**DO NOT** extract entities without specific name (e.g.: gun, ship)"
-    )
-    assert description_terms(inline, ["vehicle", "vessel"]) == (
-        {
-            "Leopard 2": "vehicle",
-            "Fennek": "vehicle",
-            "Dingo": "vehicle",
-            "USS Nimitz": "vessel",
-            "U32": "vessel",
-        },
-        {"tanks", "reconnaissance vehicles"},
-    )
-    bulleted = (
-        "[Entity Type Description] Here are 2 named entity types you need to identify:\n"
-        "1. aircraft: Flying machines, including but not limited to:\n"
-        "- Unmanned aerial vehicles (UAVs) (e.g., KZO, Heron 1)\n"
-        "- Special-mission aircraft (e.g., Boeing E-3 [AEW&C])\n"
-        "2. other: Entities not fitting the above, including but not limited to:\n"
-        "- Organizations/missions (e.g., UN, Resolute Support)\n"
-    )
-    assert description_terms(bulleted, ["aircraft", "other"]) == (
-        {
-            "KZO": "aircraft",
-            "Heron 1": "aircraft",
-            "Boeing E-3": "aircraft",
-            "UN": "other",
-            "Resolute Support": "other",
-        },
-        {
-            "unmanned aerial vehicles",
-            "special-mission aircraft",
-            "organizations/missions",
-            "organizations",
-            "missions",
-        },
-    )
-
-
-# The failures a real 0.5B model produced on the demo (issue 16), one sentence each -> the reason.
-STRICT_ANSWER = [
-    item("The ship PUMA is used in the exercise near Kiel .", ("PUMA", "vessel")),  # 0 known_type_mismatch
-    item(
-        "A Boxer armoured transport vehicle drives past a Fennek . Its entities : vehicle , Boxer , Fennek .",
-        ("Boxer", "vehicle"),
-        ("Fennek", "vehicle"),
-    ),  # 1 prompt_leak
-    item(
-        "A reconnaissance vehicle drives past a Fennek at dawn .",
-        ("reconnaissance vehicle", "vehicle"),
-        ("Fennek", "vehicle"),
-    ),  # 2 generic_name (head)
-    item(
-        "The vehicle was parked next to the Dingo .", ("vehicle", "vehicle"), ("Dingo", "vehicle")
-    ),  # 3 generic (type)
-    item("..."),  # 4 prompt_leak
-    item('{"text": "A Dingo drives past ."}'),  # 5 prompt_leak
-    item("The Fennek crossed the bridge near the Wolf .", ("Wolf", "vehicle")),  # 6 kept
-    item("Two Fennek scouts waited at the edge of the forest ."),  # 7 kept
-    item(
-        "The frigate Alpha 9 left Wilhelmshaven at dawn .", ("Alpha 9", "vessel"), ("Wilhelmshaven", "vessel")
-    ),
-    # 8 known_type_mismatch: the name is known from another seed (s9) only
-    item(
-        "The Airbus A400M takes off from the runway .", ("runway", "location")
-    ),  # 9 generic: lower case, no seed is
-]
-STRICT_REASONS = {"known_type_mismatch": 2, "prompt_leak": 3, "generic_name": 3}
-
-
-def strict_data() -> Dataset:
-    demo = read_dataset(DEMO)
-    return Dataset(
-        [
-            seed("s1", "A Fennek scouted ahead of the column .", [("Fennek", "vehicle")]),
-            seed("s9", "Rain fell on Wilhelmshaven all day .", [("Wilhelmshaven", "location")]),
-        ],
-        demo.types,
-        demo.type_text,
-        demo.generic,
-    )
-
-
-def test_strict_checks_reject_what_a_small_model_gets_wrong(tmp_path):
-    data = strict_data()
-
-    def fennek(body):
-        return reply({"samples": STRICT_ANSWER if "Fennek" in user_text(body) else []})
-
-    cfg = SynthConfig(seeds=1, per_seed=len(STRICT_ANSWER))
-    with FakeServer(fennek) as srv:
-        samples, summary = synthesize(data, client(srv.url, tmp_path), cfg)
-        basic, before = synthesize(
-            data, client(srv.url, tmp_path), SynthConfig(**{**cfg.__dict__, "strict": False})
-        )
-    assert summary["rejected"] == STRICT_REASONS
-    assert [s.id for s in samples] == ["syn-s1-6", "syn-s1-7"]
-    assert [(samples[0].name(e), e.type) for e in samples[0].entities] == [
-        ("Fennek", "vehicle"),
-        ("Wolf", "vehicle"),
-    ]
-    # The basic checks (strict=False) keep all but the placeholder "..." (too short) and the generic type name
-    # "vehicle" that is not in types.txt's DO NOT list: what the issue saw kept.
-    assert before["rejected"] == {"too_short": 1} and len(basic) == len(STRICT_ANSWER) - 1
-    # The rejected sentences are kept with their reasons, capped per reason.
-    ex = summary["rejected_examples"]
-    assert [(r["j"], r["reason"]) for r in ex] == [
-        (0, "known_type_mismatch"),
-        (1, "prompt_leak"),
-        (2, "generic_name"),
-        (3, "generic_name"),
-        (4, "prompt_leak"),
-        (5, "prompt_leak"),
-        (8, "known_type_mismatch"),
-        (9, "generic_name"),
-    ]
-    assert ex[0]["seed"] == "s1" and ex[0]["text"] == STRICT_ANSWER[0]["text"]
-    with FakeServer(fennek) as srv:
-        _, capped = synthesize(
-            data, client(srv.url, tmp_path), SynthConfig(**{**cfg.__dict__, "rejected_examples": 1})
-        )
-    assert [r["j"] for r in capped["rejected_examples"]] == [0, 1, 2]
-    # A seed with a lower-case name shows the domain has such names: the lower-case rule is then off.
-    data.samples.append(seed("s10", "Rain fell on sylt all day .", [("sylt", "location")]))
-    with FakeServer(fennek) as srv:
-        _, tweets = synthesize(data, client(srv.url, tmp_path / "lc"), cfg)
-    assert tweets["rejected"] == {**STRICT_REASONS, "generic_name": 2}
-    write_rejected(ex, tmp_path / "rejected.jsonl")
-    lines = (tmp_path / "rejected.jsonl").read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line)["reason"] for line in lines] == [r["reason"] for r in ex]
 
 
 def test_a_one_item_answer_breaks_the_schema_and_is_reasked(tmp_path):
@@ -456,50 +385,3 @@ def test_read_synthetic_rejects_a_span_that_does_not_match_its_name(tmp_path):
     path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: entity name 'b'"):
         read_synthetic(path)
-
-
-def test_end_to_end_on_the_demo(tmp_path):
-    data = read_dataset(DEMO)
-    by_text = {f"Example sentence: {s.text}\n": s for s in data.samples}
-
-    def handler(body):
-        text = user_text(body)
-        s = next(s for k, s in by_text.items() if text.startswith(k))
-        if not s.entities:
-            out = [item(f"Nothing of note happened near {s.id} on day {k} .") for k in range(3)]
-        else:
-            out = [
-                item(f"Reports say {s.name(e)} was seen again near the coast .", (s.name(e), e.type))
-                for e in s.entities
-            ]
-            t = s.entities[0].type
-            out.append(item(f"Reports say Zeta {s.id} was seen near the coast .", (f"Zeta {s.id}", t)))
-        return reply({"samples": out + out[-1:] * (per_seed - len(out))})  # filled up with duplicates
-
-    per_seed = max(3, max(len(s.entities) + 1 for s in data.samples))
-    with FakeServer(handler) as srv:
-        samples, summary = synthesize(data, client(srv.url, tmp_path), SynthConfig(per_seed=per_seed))
-        assert len(srv.requests) == len(data.samples)
-    assert summary["seeds"] == len(data.samples) and summary["failed_calls"] == 0
-    # Oracle: a templated sentence is kept once per distinct text; nothing else is rejected.
-    texts = set()
-    for s in data.samples:
-        if s.entities:
-            texts |= {
-                " ".join(tokenize(f"Reports say {s.name(e)} was seen again near the coast .")).lower()
-                for e in s.entities
-            }
-            texts.add(" ".join(tokenize(f"Reports say Zeta {s.id} was seen near the coast .")).lower())
-    free = sum(1 for s in data.samples if not s.entities)
-    assert summary["kept"] == len(texts) + 3 * free and summary["entity_free_kept"] == 3 * free
-    assert set(summary["rejected"]) <= {"duplicate"}
-    for s in samples:
-        src = data.samples[[d.id for d in data.samples].index(s.id[4:].rsplit("-", 1)[0])]
-        assert all(e.type in data.types for e in s.entities)
-        assert bool(s.entities) == bool(src.entities)  # entity-free seeds give entity-free sentences
-    path = tmp_path / "synthetic.jsonl"
-    write_synthetic(samples, path)
-    assert [(s.id, s.tokens, s.entities) for s in read_synthetic(path)] == [
-        (s.id, s.tokens, s.entities) for s in samples
-    ]
-    print(format_summary(summary))

@@ -16,6 +16,7 @@ Left out on purpose: answer quality (the weights are random).
 import dataclasses
 import json
 import os
+from typing import get_args
 
 import requests
 from llama_server import REALSERVER, client
@@ -31,6 +32,7 @@ import uncertainty
 from app import inputs
 from client.structured import validate
 from formats import ccks
+from levers import synth_filters
 from llm import Client, LLMError
 from servers.fake_mllm import FakeServer
 
@@ -50,20 +52,7 @@ pytestmark = REALSERVER
 DEMO = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples", "demo"
 )
-REJECT_REASONS = {
-    "empty_text",
-    "too_short",
-    "too_long",
-    "seed_copy",
-    "duplicate",
-    "entities_for_entity_free_seed",
-    "unknown_type",
-    "generic_name",
-    "type_mismatch",
-    "name_not_in_text",
-    "prompt_leak",
-    "known_type_mismatch",
-}  # synth.check's
+REJECT_REASONS = {*get_args(synth.Reason), *get_args(synth_filters.Reason)}
 
 
 def record(c: Client) -> list[tuple[dict, object]]:
@@ -107,7 +96,7 @@ def test_synthesis_on_demo_seeds(server):
     config = synth.SynthConfig(per_seed=2, max_tokens=16, max_entities=1, answer_tokens=512, type_enum=True)
     c = client(server.url, workers=4)
     seen = record(c)
-    samples, summary = synth.synthesize(seeds, c, config)
+    samples, summary = synth.synthesize(seeds, c, config, synth_filters.filters(seeds, config))
     ok = answered(seen)
     assert summary["calls"] == summary["seeds"] == c.usage.calls == len(seen) == 3
     assert summary["failed_calls"] == c.usage.failures == len(seen) - len(ok) == len(summary["failed_seeds"])

@@ -21,6 +21,7 @@ import synth
 import uncertainty
 from data import Entity, Sample
 from formats.ccks import read_ccks
+from levers import synth_filters
 from llm import Client, ClientConfig
 from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
@@ -157,10 +158,12 @@ def test_refinement_reasoning_says_what_gold_says_and_which_answers_are_seeded_e
 
 
 def synthesis(data, sizes, world: list[Sample], accuracy: float, tmp_path: Path) -> tuple[list[Sample], dict]:
-    """synth.synthesize on the demo's seeds against a simulated MLLM whose gold is `world`."""
+    """synth.synthesize on the demo's seeds, with the default filters, against a simulated MLLM whose gold is
+    `world`."""
+    config = synth.SynthConfig(per_seed=3)
     with SimulatedMLLM(world, sizes, SimConfig(synth_accuracy=accuracy)) as sim:
         client = Client(ClientConfig(base_url=sim.url, cache_path=str(tmp_path / f"{len(world)}-{accuracy}")))
-        return synth.synthesize(data, client, synth.SynthConfig(per_seed=3))
+        return synth.synthesize(data, client, config, synth_filters.filters(data, config))
 
 
 def test_synthesis_answers_come_from_the_request_alone(demo, tmp_path):
@@ -173,7 +176,8 @@ def test_synthesis_answers_come_from_the_request_alone(demo, tmp_path):
 
 
 def test_synthesis_faults_are_exactly_what_the_checks_reject(demo, tmp_path):
-    """At accuracy 1 every written sentence passes synth.py's checks; at 0 each is a fault they reject."""
+    """At accuracy 1 every written sentence passes synthesis's checks and filters; at 0 each is a fault they
+    reject."""
     data, sizes = demo
     kept, summary = synthesis(data, sizes, [], 1.0, tmp_path)
     assert summary["generated"] == 3 * len(data.samples) == len(kept) and summary["rejected"] == {}
