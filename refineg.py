@@ -33,9 +33,11 @@ import dataclasses
 import json
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
+import demos
 import grounding
 import llm
 import refinement
@@ -46,7 +48,7 @@ import uncertainty
 from app import page
 from app.cli import RunConfig, parse_configs
 from app.inputs import describe_inputs, read_inputs, read_pool
-from app.report import draw, grounding_line, mllm_line, refinement_line, summary_text
+from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 from app.suggestion import suggestion_stage
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
@@ -292,9 +294,16 @@ def grounding_stage(
             run.skip("grounding", NOTHING_TO_PREDICT)
         elif run.wants("grounding", cfg["run"].ground):
             client = run.client("grounding")
-            pred, run.notes["grounding"], run.traces["grounding"] = grounding.ground(
-                pred, train, labelled, client, cfg["grounding"], cfg["demos"]
-            )
+            t0 = time.perf_counter()
+            pool = demos.embed_pool(train, cfg["demos"])
+            examples = demos.choose(pred, pool)
+            selection = {"demos_without_image": len(train) - len(pool.samples)}
+            selection["selection_seconds"] = round(time.perf_counter() - t0, 2)  # embeddings included
+            pred, traces = grounding.ground(pred, examples, labelled, client, cfg["grounding"])
+            run.notes["grounding"] = {**grounding.counts(pred, traces), **selection}
+            run.traces["grounding"] = traces
+            for line in image_lines(traces):
+                print(line)
             print(grounding_line(run.notes["grounding"], pred, cfg["grounding"].never_ground))
     return pred
 
