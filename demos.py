@@ -3,25 +3,28 @@
 For every query sample the k labelled samples most like it are picked as worked examples for the
 MLLM (grounding.py shows them with their gold boxes). Similarity is a weighted sum of text, image
 and entity similarity, each min-max normalised per query (the authors' code normalises over the
-whole matrix). Input: query samples (predicted entities), demo samples (gold entities) and the
-DemoConfig weights. Output: per query, the indices of its demos, best first (`choose_demos`: with the
-similarity parts that ranked them, which grounding.py records in its per-sample trace).
+whole matrix). Input: the labelled samples (gold entities), embedded once per run (`embed_pool`),
+and the query samples (predicted entities). Output: per query, its worked examples, best first, each
+with the similarity parts that chose it (`choose`: grounding.WorkedExample, which grounding.py
+records in its per-sample trace).
 
-    python -m bench selection      # selection quality and speed on Twitter-GMNER
+    pool = demos.embed_pool(train, demos.DemoConfig())
+    examples = demos.choose(queries, pool)   # examples[i]: the worked examples of queries[i]
+    python -m bench selection                # selection quality and speed on Twitter-GMNER
 
 Choices: text = mean-pooled encoder embeddings; image = CLIP image embeddings when `image_encoder`
 is a local CLIP folder, else a WEAK pixel descriptor (near duplicates and similar colours, not similar
 content); entity = over all (query entity, demo entity) pairs, name cosine + `type_bonus` when the
 types agree, averaged over the pairs (`entity_sim="sum"` keeps the authors' sum, which favours demos
 with many entities). The weights 0.4 / 0.2 / 0.6 are the authors'; they are not meant to sum to 1
-(only their ratios rank the demos of a query). The pipeline grounds only queries with an image
-(grounding.to_ask); for a library caller, a query without image drops the image term for that query.
+(only their ratios rank the demos of a query). Only labelled samples with an image are in the pool (only
+they can be shown); a query without image drops the image term for that query (grounding makes no call
+for it anyway).
 
 Left out on purpose: learnt or fine-tuned retrievers, approximate nearest-neighbour indexes (the
 labelled pools of low-resource GMNER are small enough for one matrix product).
 """
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +33,7 @@ from PIL import Image
 
 from data import Sample, require_valid, setting
 from encoding import embed_texts
+from grounding import WorkedExample
 from images import ImageError, open_image
 
 ENTITY_SIMS = ("mean", "sum")
@@ -197,62 +201,51 @@ def similarity_parts(q: Features, d: Features, config: DemoConfig) -> dict[str, 
     return {"text": text, "image": image, "entity": entity, "total": total}
 
 
-def similarity(q: Features, d: Features, config: DemoConfig) -> np.ndarray:
-    """(Nq, Nd) weighted similarity; -inf where a query meets itself (same id)."""
-    return similarity_parts(q, d, config)["total"]
-
-
 @dataclass
-class Pick:
-    """One worked example chosen for a query: its index in the demo list and its similarity parts."""
+class Pool:
+    """The labelled samples worked examples are chosen from, embedded once per run: those with an image (only
+    they can be shown), their features, their entity types and the settings that embedded them."""
 
-    index: int
-    text: float  # text similarity, min-max normalised per query to [0, 1]
-    image: float | None  # image similarity, the same way; None when its term was dropped
-    entity: float  # entity similarity, the same way
-    total: float  # w_text * text + w_image * image + w_entity * entity: what the demos are ranked by
-
-
-def pick_demos(q: Features, d: Features, config: DemoConfig) -> list[list[Pick]]:
-    """Top-k demos per query with their similarity parts, best first; ties go to the earlier demo; never
-    the query itself."""
-    if config.w_image > 0 and not q.has_image.all():
-        warnings.warn(
-            f"{int((~q.has_image).sum())} of {len(q.ids)} queries have no image: "
-            "their image similarity is dropped (weight 0)",
-            stacklevel=2,
-        )
-    if not d.ids:
-        return [[] for _ in q.ids]
-    parts = similarity_parts(q, d, config)
-    sim = parts["total"]
-    top = np.argsort(-sim, axis=1, kind="stable")[:, : config.k]  # stable sort: ties keep demo order
-    return [[_pick(parts, i, int(j)) for j in row if np.isfinite(sim[i, j])] for i, row in enumerate(top)]
+    samples: list[Sample]
+    features: Features
+    types: list[str]
+    config: DemoConfig
 
 
-def _pick(parts: dict[str, np.ndarray], i: int, j: int) -> Pick:
+def embed_pool(samples: list[Sample], config: DemoConfig) -> Pool:
+    """The pool of `samples` (gold entities): those with an image, embedded (texts, images, entity names)."""
+    shown = [s for s in samples if s.image]
+    types = sorted({e.type for s in shown for e in s.entities})
+    return Pool(shown, features(shown, types, config), types, config)
+
+
+def choose(queries: list[Sample], pool: Pool) -> list[list[WorkedExample]]:
+    """For each query (predicted entities), its k most similar pool samples, best first, with the similarity
+    parts that chose them; ties go to the earlier pool sample; never the query itself (same id)."""
+    if not queries or not pool.samples:
+        return [[] for _ in queries]
+    q = features(queries, pool.types, pool.config)  # a type the pool lacks adds 0 to every entity similarity
+    parts = similarity_parts(q, pool.features, pool.config)
+    return [
+        [example(parts, i, j, pool.samples[j]) for j in row]
+        for i, row in enumerate(best(parts["total"], pool.config.k))
+    ]
+
+
+def best(total: np.ndarray, k: int) -> list[list[int]]:
+    """Per row of (Nq, Nd) similarities, the columns of its k largest, largest first; ties go to the earlier
+    column (a stable sort); a -inf (a query meeting itself) never."""
+    top = np.argsort(-total, axis=1, kind="stable")[:, :k]  # (Nq, k)
+    return [[int(j) for j in row if np.isfinite(total[i, j])] for i, row in enumerate(top)]
+
+
+def example(parts: dict[str, np.ndarray], i: int, j: int, sample: Sample) -> WorkedExample:
+    """Pool sample j as query i's worked example, with its similarity parts."""
     image = float(parts["image"][i, j])
-    return Pick(
-        j,
+    return WorkedExample(
+        sample,
         float(parts["text"][i, j]),
         None if np.isnan(image) else image,
         float(parts["entity"][i, j]),
         float(parts["total"][i, j]),
     )
-
-
-def rank_demos(q: Features, d: Features, config: DemoConfig) -> list[list[int]]:
-    """Top-k demo indices per query, best first; ties go to the earlier demo; never the query itself."""
-    return [[p.index for p in row] for row in pick_demos(q, d, config)]
-
-
-def choose_demos(queries: list[Sample], demos: list[Sample], config: DemoConfig) -> list[list[Pick]]:
-    """For each query, its k most similar labelled samples (indices into `demos`) with their similarity
-    parts."""
-    types = sorted({e.type for s in queries + demos for e in s.entities})
-    return pick_demos(features(queries, types, config), features(demos, types, config), config)
-
-
-def select_demos(queries: list[Sample], demos: list[Sample], config: DemoConfig) -> list[list[int]]:
-    """For each query, the indices into `demos` of its k most similar labelled samples."""
-    return [[p.index for p in row] for row in choose_demos(queries, demos, config)]

@@ -1,25 +1,24 @@
-"""Grounding stage of ReFineG: multimodal context selection and in-context grounding.
+"""Grounding stage of ReFineG: in-context grounding after worked examples.
 
-For every sample, the k labelled samples most like it (text, image and entity
-similarity, weighted; demos.py picks them) are shown to a frozen multimodal LLM as worked examples
-with their gold boxes; the MLLM then gives the boxes of the sample's predicted
+For every sample, the k labelled samples most like it (text, image and entity similarity,
+weighted; demos.choose picks them, a step of its own) are shown to a frozen multimodal LLM as
+worked examples with their gold boxes; the MLLM then gives the boxes of the sample's predicted
 entities, or none (ungroundable): grounding by analogy with solved examples.
 
-Inputs: predicted samples (entities, boxes ignored), labelled demos (gold
-entities with boxes), the Dataset (type descriptions) and an llm.Client.
-Output: new samples whose entities carry boxes in ORIGINAL image pixels (upright, images.py), a
-dict of counts (calls, skipped samples, malformed and dropped answers), and a
-`GroundingTrace` per sample id (what was asked, the worked examples shown with
-their similarity parts, the boxes answered, whether the call failed).
+Inputs: predicted samples (entities, boxes ignored), their worked examples (labelled samples
+with gold boxes, best first), the Dataset (type descriptions) and an llm.Client (only its
+`map_chat`). Output: new samples whose entities carry boxes in ORIGINAL image pixels (upright,
+images.py) and a `GroundingTrace` per sample id: its `Outcome`, what was asked, the worked
+examples shown with their similarity parts, the boxes answered, what was wrong in the answer
+or why the call failed. `counts` sums the traces up for the run's summary and metrics.json.
 
     python -m pytest -q tests/method/test_grounding.py   # the stage against a scripted fake MLLM
-    python -m bench selection                     # demo selection quality and speed on Twitter-GMNER
 
 Choices:
 - Demo selection (text, image and entity similarity, weighted): demos.py.
 - Worked examples are chat turns: a user turn (image, text, entities) then an
   assistant turn (the gold answer as JSON, boxes in the box format of that demo
-  image as sent). Only demos with an image are shown.
+  image as sent). A worked example whose image cannot be used is left out of its call.
 - Boxes follow the MLLM's convention (`box_format`): abs = pixels of the image
   as sent (Qwen2.5-VL), norm1000 = 0-1000 (Qwen2-VL, Qwen3-VL, GLM-V), norm1 = 0-1.
   For abs the image is sent at the size Qwen2.5-VL's own resize gives it (sides multiples
@@ -30,7 +29,7 @@ Choices:
   neither asked nor boxed; the default only applies when the data has that type
   (Twitter's LOC is grounded). A sample with nothing to ask, or without image,
   makes no call. A call that fails (after the client's retries) gives its sample no
-  box: its entities stay ungroundable, counted in `failed_calls`.
+  box: its entities stay ungroundable (Outcome.FAILED_CALL).
 
 Left out on purpose: correcting spans or types while grounding (the refinement
 stage does that), the MLLM's free-text reasoning, boxes for entities the MLLM
@@ -38,19 +37,19 @@ invents (ignored and counted).
 """
 
 import json
-import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
 from typing import NamedTuple
 
 from data import Box, Dataset, Entity, Sample, is_number, require_valid, setting, without_spaces
-from demos import DemoConfig, Pick, choose_demos
 from images import ImageError, image_part, image_size
-from llm import Client, LLMError, text_part
+from llm import Client, LLMError, Reply, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (images.smart_resize: sides multiples of 28); for abs the image is sent at that size already
-# (Calls.show), so those pixels are the pixels sent and the size the prompt states.
+# (show), so those pixels are the pixels sent and the size the prompt states.
 FORMATS = {
     "abs": "absolute pixels [x1, y1, x2, y2] of the image as you see it "
     "(its width x height is given with it)",
@@ -95,13 +94,28 @@ class Shown(NamedTuple):
 
 @dataclass
 class WorkedExample:
-    """A labelled sample shown to the MLLM before a query, and why it was chosen (demos.Pick's parts)."""
+    """A labelled sample shown to the MLLM before a query, and the similarity that chose it (demos.choose;
+    a caller with its own retriever may leave the parts at 0 and put its score in `total`)."""
 
-    id: str  # the labelled sample's id
-    text: float  # text similarity to the query, min-max normalised per query to [0, 1]
-    image: float | None  # image similarity, the same way; None when its term was dropped
-    entity: float  # entity similarity, the same way
-    total: float  # the weighted sum the examples were ranked by
+    sample: Sample  # with gold entities and boxes, and an image
+    text: float = 0.0  # text similarity to the query, min-max normalised per query to [0, 1]
+    image: float | None = None  # image similarity, the same way; None when its term was dropped
+    entity: float = 0.0  # entity similarity, the same way
+    total: float = 0.0  # the weighted sum the examples were ranked by
+
+
+class Outcome(str, Enum):
+    """What became of one sample in grounding; trace.jsonl writes the value."""
+
+    ANSWERED = "answered"  # the call was answered (parts of the answer may still be unusable: `defects`)
+    FAILED_CALL = "failed_call"  # the call failed after the client's retries: no box
+    IMAGE_ERROR = "image_error"  # its image could not be used: no call, no box
+    NO_IMAGE = "no_image"  # no image: no call, its entities stay ungroundable
+    NO_ENTITY = "no_entity"  # nothing to ask (no entity, or only types never grounded): no call
+
+
+# What parse_answer counts in an answer it cannot fully use: the keys of GroundingTrace.defects
+DEFECTS = ("bad_answers", "bad_items", "invented", "malformed_boxes", "degenerate_boxes", "missing")
 
 
 @dataclass
@@ -109,12 +123,14 @@ class GroundingTrace:
     """What grounding did for one sample; `ground` returns one per sample id. A stable record: the run's
     trace.jsonl is written from it, and boxes[name] is what the MLLM drew for that name."""
 
-    outcome: str  # answered | failed_call | image_error (the call was made or tried) | no_image | no_entity
+    outcome: Outcome
     asked: dict[str, str]  # {name: type} to ground, in text order (types in never_ground are not asked)
-    examples: list[WorkedExample]  # the worked examples shown, best first (demos with a readable image)
+    examples: list[WorkedExample]  # the worked examples shown, best first (those with a readable image)
     boxes: dict[str, list[Box]]  # answered name -> boxes in original pixels, [] = ungroundable; a name
     # missing here got no answer (failed call, or left out of the answer): it has no box either
     error: str = ""  # why the call failed or its image could not be used
+    defects: dict[str, int] = field(default_factory=dict)  # DEFECTS of its answer -> how many
+    dropped: dict[str, str] = field(default_factory=dict)  # worked examples not shown: id -> why (image)
 
 
 # ---------------------------------------------------------------- box conversion
@@ -237,13 +253,15 @@ def answer_schema(
 
 
 def parse_answer(
-    content: object, asked: dict[str, str], orig, sent, fmt: str, counts: Counter
-) -> dict[str, list[Box]]:
-    """{asked name: boxes in original pixels} from an answer; anything malformed is counted, never raised."""
+    content: object, asked: dict[str, str], orig, sent, fmt: str
+) -> tuple[dict[str, list[Box]], Counter]:
+    """{asked name: boxes in original pixels} from an answer, and its DEFECTS counted: anything malformed is
+    counted and left out, never raised."""
+    counts = Counter()
     items = content.get("entities") if isinstance(content, dict) else content  # a bare list is accepted too
     if not isinstance(items, list):
         counts["bad_answers"] += 1
-        return {}
+        return {}, counts
     found: dict[str, list[Box]] = {}
     by_key = {without_spaces(n): n for n in asked}  # the one name rule: whitespace does not count
     for it in items:
@@ -272,7 +290,7 @@ def parse_answer(
                 continue
             boxes.append(box)
     counts["missing"] += sum(1 for n in asked if n not in found)
-    return found
+    return found, counts
 
 
 def build_request(
@@ -304,138 +322,104 @@ def build_request(
 
 def ground(
     samples: list[Sample],
-    demos: list[Sample],
+    examples: list[list[WorkedExample]],
     dataset: Dataset,
     client: Client,
     config: GroundingConfig | None = None,
-    selection: DemoConfig | None = None,
-) -> tuple[list[Sample], dict, dict[str, GroundingTrace]]:
-    """Boxes for the predicted entities of `samples`, by in-context examples chosen from `demos`; also the
-    counts, and a GroundingTrace per sample id."""
+) -> tuple[list[Sample], dict[str, GroundingTrace]]:
+    """Boxes for the predicted entities of `samples`, the call of samples[i] shown examples[i] first (best
+    first: demos.choose); also a GroundingTrace per sample id (`counts` sums them up)."""
     config = config or GroundingConfig()
     never = [t for t in dataset.types if t.lower() in {n.lower() for n in config.never_ground}]
     never_l = {t.lower() for t in never}
-    counts = Counter(samples=len(samples))
-    pool = [d for d in demos if d.image]
-    counts["demos_without_image"] = len(demos) - len(pool)
-    todo = to_ask(samples, never_l, counts)  # (sample index, {name: type})
-    t0 = time.perf_counter()
-    chosen = (
-        choose_demos([samples[i] for i, _ in todo], pool, selection or DemoConfig()) if todo and pool else []
-    )
-    chosen = chosen or [[]] * len(todo)
-    counts["selection_seconds"] = round(time.perf_counter() - t0, 2)  # embeddings included
-    calls = Calls(dataset, never, config)
-    jobs = [
-        calls.builder(k, samples[i], asked, [pool[p.index] for p in picks])
-        for k, ((i, asked), picks) in enumerate(zip(todo, chosen))
-    ]
-    replies = client.map_chat(jobs, desc="grounding") if jobs else []
-    found = calls.read(todo, replies, counts)
-    counts["calls"] = len(todo) - counts["image_errors"]
-    counts["demo_image_errors"] = sum(v is None for v in calls.demos.values())
-    for _, why in sorted(calls.errors.items()):
-        print(f"grounding: {why}; no box from it")
-    out = [with_boxes(s, found.get(i, {}), never_l) for i, s in enumerate(samples)]
-    counts["entities_grounded"] = sum(1 for s in out for e in s.entities if e.boxes)
-    counts["boxes"] = sum(len(e.boxes) for s in out for e in s.entities)
-    return out, dict(counts), traces(samples, never_l, todo, chosen, pool, calls, found)
+    calls = [Call(s, _asked(s, never_l), x) for s, x in zip(samples, examples, strict=True)]
+    jobs = [partial(c.request, dataset, never, config) for c in calls if c.asks()]
+    replies = iter(client.map_chat(jobs, desc="grounding") if jobs else [])
+    out = [c.grounded(next(replies) if c.asks() else None, never_l, config.box_format) for c in calls]
+    return [s for s, _ in out], {s.id: t for s, t in out}
 
 
-def traces(
-    samples: list[Sample],
-    never: set[str],
-    todo: list[tuple[int, dict[str, str]]],
-    chosen: list[list[Pick]],
-    pool: list[Sample],
-    calls: "Calls",
-    found: dict[int, dict[str, list[Box]]],
-) -> dict[str, GroundingTrace]:
-    """The GroundingTrace of every sample, by id: a sample not in `todo` needed no call (why: to_ask)."""
-    out = {}
-    for s in samples:
-        asked = _asked(s, never)
-        out[s.id] = GroundingTrace("no_image" if asked else "no_entity", asked, [], {})
-    for k, ((i, asked), picks) in enumerate(zip(todo, chosen)):
-        shown = [pool[p.index] for p in picks]
-        examples = [
-            WorkedExample(d.id, p.text, p.image, p.entity, p.total)
-            for d, p in zip(shown, picks)
-            if calls.demos.get(d.image) is not None
-        ]
-        outcome, error = calls.outcomes[k]
-        out[samples[i].id] = GroundingTrace(outcome, asked, examples, found.get(i, {}), error)
-    return out
+@dataclass
+class Call:
+    """One sample's grounding call. Its request is built in map_chat's worker (`request`), so only the calls
+    in flight hold their base64 images; the worker keeps what reading the answer needs: the query image's
+    sizes, the worked examples shown, or why an image cannot be used (images are untrusted files)."""
 
+    sample: Sample
+    asked: dict[str, str]  # {name: type} to ground
+    examples: list[WorkedExample]  # chosen for it, best first
+    sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # (original, sent) of the query image
+    shown: list[WorkedExample] = field(default_factory=list)  # the examples whose image could be sent
+    dropped: dict[str, str] = field(default_factory=dict)  # the others: id -> why
+    error: str = ""  # why the query image cannot be used
 
-def to_ask(samples: list[Sample], never: set[str], counts: Counter) -> list[tuple[int, dict[str, str]]]:
-    """(index, {name: type}) of the samples that need a call; the others are counted by why they need none."""
-    todo = []
-    for i, s in enumerate(samples):
-        asked = _asked(s, never)
-        if not asked:
-            counts["no_entity"] += 1
-        elif not s.image:
-            counts["no_image"] += 1
-            counts["no_image_entities"] += sum(1 for e in s.entities if e.type.lower() not in never)
-        else:
-            todo.append((i, asked))
-    return todo
+    def asks(self) -> bool:
+        """Whether it makes a call: something to ask, and an image to ask about."""
+        return bool(self.asked and self.sample.image)
 
-
-class Calls:
-    """The grounding calls of one run: their requests, built in map_chat's workers so only the requests in
-    flight hold their base64 images, and the reading of their answers. Images are untrusted files: one
-    that cannot be read is remembered with why; a demo image is encoded once, a query image once per call."""
-
-    def __init__(self, dataset: Dataset, never: list[str], config: GroundingConfig):
-        self.dataset, self.never, self.config = dataset, never, config
-        self.demos: dict[str, Shown | None] = {}  # demo image path -> as sent, None = unreadable
-        self.queries: dict[int, Shown] = {}  # call number -> its query image as sent (for the answer's boxes)
-        self.errors: dict[str, str] = {}  # image path -> why it cannot be used
-        self.outcomes: dict[int, tuple[str, str]] = {}  # call number -> (GroundingTrace.outcome, error)
-
-    def show(self, path: str) -> Shown | None:
+    def request(self, dataset: Dataset, never: list[str], config: GroundingConfig) -> dict | None:
+        """The chat() kwargs of the call; None (no call, no box) when the query image cannot be used."""
         try:
-            orig = image_size(path)
-            part, sent = image_part(path, self.config.max_side, qwen_size=self.config.box_format == "abs")
-            return Shown(part, sent, orig)
+            query = show(self.sample.image, config)
         except ImageError as err:
-            self.errors[path] = str(err)
+            self.error = str(err)
             return None
+        images = []
+        for x in self.examples:
+            try:
+                images.append((x.sample, show(x.sample.image, config)))
+                self.shown.append(x)
+            except ImageError as err:
+                self.dropped[x.sample.id] = str(err)
+        self.sizes = query.orig, query.sent
+        return build_request(self.sample, self.asked, query, images, dataset, never, config)
 
-    def builder(self, k: int, sample: Sample, asked: dict[str, str], picks: list[Sample]):
-        """Call k's request as a function; it gives None (no call, no box) when the query image is
-        unreadable."""
+    def grounded(
+        self, reply: Reply | LLMError | None, never: set[str], fmt: str
+    ) -> tuple[Sample, GroundingTrace]:
+        """The sample with the boxes answered for its names, and its trace."""
+        boxes, defects, error = {}, Counter(), self.error
+        if not self.asked:
+            outcome = Outcome.NO_ENTITY
+        elif not self.sample.image:
+            outcome = Outcome.NO_IMAGE
+        elif self.sizes is None:
+            outcome = Outcome.IMAGE_ERROR
+        elif isinstance(reply, LLMError):
+            outcome, error = Outcome.FAILED_CALL, str(reply)
+        else:
+            outcome = Outcome.ANSWERED
+            boxes, defects = parse_answer(reply.content, self.asked, *self.sizes, fmt)
+        trace = GroundingTrace(outcome, self.asked, self.shown, boxes, error, dict(defects), self.dropped)
+        return with_boxes(self.sample, boxes, never), trace
 
-        def build() -> dict | None:
-            query = self.show(sample.image)
-            if query is None:
-                self.outcomes[k] = ("image_error", self.errors.get(sample.image, ""))
-                return None
-            for d in picks:
-                if d.image not in self.demos:  # two workers may both encode it: harmless
-                    self.demos[d.image] = self.show(d.image)
-            examples = [(d, self.demos[d.image]) for d in picks if self.demos[d.image] is not None]
-            self.queries[k] = query
-            return build_request(sample, asked, query, examples, self.dataset, self.never, self.config)
 
-        return build
+def show(path: str, config: GroundingConfig) -> Shown:
+    """An image as sent to the MLLM (for abs at Qwen2.5-VL's own size), or ImageError."""
+    orig = image_size(path)
+    part, sent = image_part(path, config.max_side, qwen_size=config.box_format == "abs")
+    return Shown(part, sent, orig)
 
-    def read(self, todo: list[tuple[int, dict[str, str]]], replies: list, counts: Counter) -> dict:
-        """{sample index: {asked name: boxes in original pixels}} of the answered calls; failures counted."""
-        found = {}
-        for k, ((i, asked), reply) in enumerate(zip(todo, replies)):
-            if reply is None:
-                counts["image_errors"] += 1  # its outcome was set when the request could not be built
-            elif isinstance(reply, LLMError):
-                counts["failed_calls"] += 1
-                self.outcomes[k] = ("failed_call", str(reply))
-            else:
-                self.outcomes[k] = ("answered", "")
-                q = self.queries[k]
-                found[i] = parse_answer(reply.content, asked, q.orig, q.sent, self.config.box_format, counts)
-        return found
+
+def counts(grounded: list[Sample], traces: dict[str, GroundingTrace]) -> dict[str, int]:
+    """What the stage did, summed from its traces and its output samples: metrics.json's "grounding" entry
+    and the summary's line read these keys."""
+    outcomes = Counter(t.outcome for t in traces.values())
+    defects = sum((Counter(t.defects) for t in traces.values()), Counter())
+    no_image = [(s, traces[s.id].asked) for s in grounded if traces[s.id].outcome is Outcome.NO_IMAGE]
+    return {
+        "samples": len(grounded),
+        "calls": outcomes[Outcome.ANSWERED] + outcomes[Outcome.FAILED_CALL],
+        "failed_calls": outcomes[Outcome.FAILED_CALL],
+        "image_errors": outcomes[Outcome.IMAGE_ERROR],
+        "no_image": outcomes[Outcome.NO_IMAGE],
+        "no_image_entities": sum(1 for s, asked in no_image for e in s.entities if s.name(e) in asked),
+        "no_entity": outcomes[Outcome.NO_ENTITY],
+        "demo_image_errors": len({i for t in traces.values() for i in t.dropped}),
+        **{k: defects[k] for k in DEFECTS},
+        "entities_grounded": sum(1 for s in grounded for e in s.entities if e.boxes),
+        "boxes": sum(len(e.boxes) for s in grounded for e in s.entities),
+    }
 
 
 def with_boxes(sample: Sample, boxes: dict[str, list[Box]], never: set[str]) -> Sample:

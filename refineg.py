@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import demos
 import grounding
 import llm
 import refinement
@@ -43,6 +44,7 @@ from app import run
 from app.cli import Settings
 from data import Dataset, Sample
 from eval import evaluate
+from grounding import GroundingTrace, WorkedExample
 from levers import synth_filters
 from tagger import Tagger
 
@@ -73,8 +75,12 @@ class Result:
         default_factory=list
     )  # after refinement (the tagged ones when it did not run)
     refinement: dict | None = None  # refinement's counts and traces (None: it did not run)
+    demo_pool: demos.Pool | None = None  # the labelled samples worked examples are chosen from, embedded
+    examples: list[list[WorkedExample]] = field(default_factory=list)  # those chosen for each refined sample
     final: list[Sample] = field(default_factory=list)  # after grounding: entities with boxes
-    grounding: dict | None = None  # grounding's counts and traces (None: it did not run)
+    grounding: dict[str, GroundingTrace] | None = (
+        None  # grounding's trace per sample id (None: it did not run)
+    )
     scores: dict[str, dict] = field(default_factory=dict)  # "tagger", "refinement": MNER; "final": all tasks
 
 
@@ -126,18 +132,16 @@ def pipeline(
             r.refinement = {"counts": counts, "traces": traces}
             score(r, "refinement", gold, r.refined)
     hooks.finished("refinement", r)
+    with hooks.stage("demo selection"):
+        if "grounding" in clients and r.refined:  # the labelled samples, embedded once; k per sample
+            r.demo_pool = demos.embed_pool(labelled.samples, settings.demos)
+            r.examples = demos.choose(r.refined, r.demo_pool)
     with hooks.stage("grounding"):
         r.final = r.refined
         if "grounding" in clients and r.refined:
-            r.final, counts, traces = grounding.ground(
-                r.refined,
-                labelled.samples,
-                labelled,
-                clients["grounding"],
-                settings.grounding,
-                settings.demos,
+            r.final, r.grounding = grounding.ground(
+                r.refined, r.examples, labelled, clients["grounding"], settings.grounding
             )
-            r.grounding = {"counts": counts, "traces": traces}
     hooks.finished("grounding", r)
     if gold is not None:
         r.scores["final"] = evaluate(gold, r.final)

@@ -30,7 +30,7 @@ import eval as scorer
 from app.report import TASKS, picture, scope_line
 from app.rundir import atomic, read_json, simulated
 from data import Box, Entity, Sample
-from grounding import GroundingTrace
+from grounding import GroundingTrace, Outcome
 from images import ImageError, image_size
 from refinement import RefinementTrace
 
@@ -39,11 +39,11 @@ THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
 USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
 OUTCOMES = {  # GroundingTrace.outcome, said to a person
-    "answered": "answered",
-    "failed_call": "the call failed",
-    "image_error": "the image could not be used",
-    "no_image": "no image: its entities stay ungroundable",
-    "no_entity": "nothing to ground",
+    Outcome.ANSWERED: "answered",
+    Outcome.FAILED_CALL: "the call failed",
+    Outcome.IMAGE_ERROR: "the image could not be used",
+    Outcome.NO_IMAGE: "no image: its entities stay ungroundable",
+    Outcome.NO_ENTITY: "nothing to ground",
 }
 
 
@@ -123,7 +123,7 @@ def refinement_record(s: Sample, t: RefinementTrace) -> dict:
 def grounding_record(t: GroundingTrace) -> dict:
     examples = [
         {
-            "id": x.id,
+            "id": x.sample.id,
             "text": round(x.text, 3),
             "image": None if x.image is None else round(x.image, 3),
             "entity": round(x.entity, 3),
@@ -132,7 +132,13 @@ def grounding_record(t: GroundingTrace) -> dict:
         for x in t.examples
     ]
     answered = {name: boxes(bs) for name, bs in t.boxes.items()}
-    return {"outcome": t.outcome, "error": t.error, "asked": t.asked, "examples": examples, "boxes": answered}
+    return {
+        "outcome": t.outcome.value,
+        "error": t.error,
+        "asked": t.asked,
+        "examples": examples,
+        "boxes": answered,
+    }
 
 
 def mistakes_record(gold: Sample, pred: Sample) -> dict:
@@ -466,7 +472,7 @@ def grounding_html(g: dict | None) -> str:
     """The grounding call: its outcome, the worked examples shown (why: similarity parts), boxes per name."""
     if g is None:
         return '<p class="muted">Grounding did not run.</p>'
-    outcome = escape(OUTCOMES.get(g["outcome"], g["outcome"]))
+    outcome = escape(OUTCOMES[Outcome(g["outcome"])])
     error = f": {escape(g['error'])}" if g["error"] else ""
     head = f"<b>Grounding</b> {outcome}{error}"
     parts = [f'<p class="bad">{head}</p>' if error else f"<p>{head}</p>"]

@@ -4,9 +4,10 @@ refineg.py runs the stages and hands their scores, counts, token usage and timin
 the run's metrics, notes and usage dicts, and predicted (and gold) samples. Output: the summary
 text (a SIMULATION warning under its title when the MLLM was simulated, how many samples and gold
 entities were scored, scores per stage, how many entities went to the MLLM, calls and tokens per
-stage, what was skipped and why, which files were written), the one line each MLLM stage prints,
-and JPEGs with predicted (red, solid) and gold (green, dashed) boxes named on filled tags (`picture`,
-which also draws report.html's thumbnails, with numbers for names).
+stage, what was skipped and why, which files were written), the one line each MLLM stage prints (and
+grounding's line per image it could not use), and JPEGs with predicted (red, solid) and gold (green,
+dashed) boxes named on filled tags (`picture`, which also draws report.html's thumbnails, with numbers
+for names).
 
     python refineg.py --data examples/demo --out runs/demo-tagger --viz 5    # the summary; pictures in viz/
 
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import data
 import eval as scorer
+import grounding
 import images
 from app.rundir import NO_LLM, Run, simulated
 
@@ -108,21 +110,30 @@ def refinement_line(notes: dict) -> str:
 
 
 def grounding_line(notes: dict, pred: list[data.Sample], never: list[str]) -> str:
-    """What the grounding stage did, in one line, from grounding.ground's counts and its output."""
+    """What the grounding stage did, in one line, from grounding.counts and its output."""
     n = notes
     never_l = {t.lower() for t in never}
     entities = sum(len(s.entities) for s in pred)
-    unboxed = entities - n.get("entities_grounded", 0)
+    unboxed = entities - n["entities_grounded"]
     not_asked = [e.type for s in pred for e in s.entities if e.type.lower() in never_l]
-    asked = n.get("calls", 0) + n.get("image_errors", 0)
     line = (
-        f"grounding: {asked} of {n['samples']} samples asked in {n.get('calls', 0)} calls, "
-        f"{n.get('boxes', 0)} boxes drawn on {n.get('entities_grounded', 0)} entities; "
+        f"grounding: {n['calls'] + n['image_errors']} of {n['samples']} samples asked in {n['calls']} calls, "
+        f"{n['boxes']} boxes drawn on {n['entities_grounded']} entities; "
         f"{unboxed} of {entities} entities left without a box"
     )
     if not_asked:
         line += f" ({len(not_asked)} of them {'/'.join(sorted(set(not_asked)))}, a type never grounded)"
     return line
+
+
+def image_lines(traces: dict[str, grounding.GroundingTrace]) -> list[str]:
+    """One line per image grounding could not use, from its traces: a sample's (no box) or a worked
+    example's (not shown)."""
+    samples = {t.error for t in traces.values() if t.outcome is grounding.Outcome.IMAGE_ERROR}
+    examples = {why for t in traces.values() for why in t.dropped.values()}
+    return [f"grounding: {why}; no box for its sample" for why in sorted(samples)] + [
+        f"grounding: {why}; not shown as a worked example" for why in sorted(examples)
+    ]
 
 
 def scope_line(scope: dict) -> str:
@@ -161,8 +172,8 @@ def score_lines(run: Run) -> list[str]:
 
 def note_lines(run: Run) -> list[str]:
     lines = []
-    g = run.notes.get("grounding", {})
-    if g.get("no_image"):
+    g = run.notes.get("grounding")  # grounding.counts when the stage ran
+    if g and g["no_image"]:
         lines.append(
             f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "
             f"({g['no_image']} samples without image; --images DIR adds image folders)"

@@ -21,13 +21,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import grounding
 import llm
 import synth
 import tagger
 from app import page
 from app.cli import Settings, parse_settings
 from app.inputs import describe_inputs, read_inputs, read_pool
-from app.report import draw, grounding_line, mllm_line, refinement_line, summary_text
+from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 from app.suggestion import suggestion_stage
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
@@ -46,6 +47,7 @@ class RunHooks:
         self, run: Run, settings: Settings, labelled: Dataset, train: list[Sample], pool: list[Sample]
     ):
         self.run, self.settings, self.labelled, self.pool = run, settings, labelled, pool
+        self.train = train  # the labelled training split: the seeds, and the worked examples' pool
         self.trained_on = train  # what a tagger trained here learnt from: the training split + synthetic
         self.how: dict[str, str] = {}  # trained tagger -> how it came about (trained, reused)
 
@@ -152,11 +154,15 @@ class RunHooks:
 
     def after_grounding(self, r) -> None:
         if r.grounding is not None:
-            self.run.notes["grounding"], self.run.traces["grounding"] = (
-                r.grounding["counts"],
-                r.grounding["traces"],
-            )
-            print(grounding_line(r.grounding["counts"], r.final, self.settings.grounding.never_ground))
+            selection = {
+                "demos_without_image": len(self.train) - len(r.demo_pool.samples),
+                "selection_seconds": round(self.run.seconds.get("demo selection", 0.0), 2),
+            }
+            self.run.notes["grounding"] = {**grounding.counts(r.final, r.grounding), **selection}
+            self.run.traces["grounding"] = r.grounding
+            for line in image_lines(r.grounding):
+                print(line)
+            print(grounding_line(self.run.notes["grounding"], r.final, self.settings.grounding.never_ground))
 
 
 def warn_self_trained(directory: str) -> None:

@@ -14,9 +14,11 @@ Left out on purpose: sending the project to a Label Studio server (docs/labellin
 
 import dataclasses
 
+import demos
 import grounding
 import tagger
 from app.cli import Settings
+from app.report import image_lines
 from app.rundir import Run, atomic
 from data import DataError, Dataset, Sample
 from labelling import labelstudio, suggest
@@ -97,10 +99,12 @@ def ground_suggestions(
             "(folders of <id>.jpg, .png or .jpeg; default: images/ beside --unlabelled)"
         )
     client = run.client("suggestion grounding")
-    samples, notes, traces = grounding.ground(
-        [c.sample for c in chosen], labelled.samples, labelled, client, cfg.grounding, cfg.demos
-    )
-    run.notes["suggestion grounding"] = notes
+    queries = [c.sample for c in chosen]
+    examples = demos.choose(queries, demos.embed_pool(labelled.samples, cfg.demos))
+    samples, traces = grounding.ground(queries, examples, labelled, client, cfg.grounding)
+    run.notes["suggestion grounding"] = grounding.counts(samples, traces)
+    for line in image_lines(traces):
+        print(line)
     run.check_calls("suggestion grounding", "no suggestion was written")
     boxed = [dataclasses.replace(c, sample=s) for c, s in zip(chosen, samples, strict=True)]
     return boxed, {s.id: drawn(traces[s.id]) for s in samples}
@@ -108,10 +112,10 @@ def ground_suggestions(
 
 def drawn(trace: grounding.GroundingTrace) -> str:
     """What a suggested sample's boxes are, for the annotator."""
-    if trace.outcome == "answered":
-        shown = ", ".join(e.id for e in trace.examples)
+    if trace.outcome is grounding.Outcome.ANSWERED:
+        shown = ", ".join(x.sample.id for x in trace.examples)
         return f'drawn by the MLLM after worked examples {shown}; a null "bnd" says it saw no such entity'
-    if trace.outcome == "no_entity":
+    if trace.outcome is grounding.Outcome.NO_ENTITY:
         return "no entity to box (none predicted, or only types never grounded)"
-    why = trace.outcome.replace("_", " ") + (f": {trace.error}" if trace.error else "")
+    why = trace.outcome.value.replace("_", " ") + (f": {trace.error}" if trace.error else "")
     return f'not drawn ({why}): a "bnd" left null says "not in the image"; draw the box where it is visible'

@@ -84,6 +84,7 @@ def bench_gmner(args) -> None:
     import uncertainty
     from bench import TWITTER, have
     from bench.uncertainty import _unc_tagger
+    from demos import DemoConfig, choose, embed_pool
     from formats.twitter import read_twitter
     from llm import Client, ClientConfig
     from servers.simulated_mllm import SimConfig, SimulatedMLLM
@@ -153,11 +154,14 @@ def bench_gmner(args) -> None:
             assert not summary.get("failed_call"), summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)
+    pool = embed_pool(demos, DemoConfig())  # once: every grounding row below chooses from it
+    examples = choose(pred, pool)
     for a in ([1.0] if args.quick else GROUND_ACCURACIES) if "ground" in groups else []:
         with SimulatedMLLM(world, sizes, SimConfig(ground_accuracy=a)) as sim:
             c = client(sim)
-            out, counts, _ = grounding.ground(pred, demos, test_data, c)
-        assert not counts.get("failed_calls"), counts
+            out, traces = grounding.ground(pred, examples, test_data, c)
+        counts = grounding.counts(out, traces)
+        assert not counts["failed_calls"], counts
         row("tagger + grounding", f"{a:g}", out, c.usage.as_dict())
         if a == 1.0:
             got = evaluation.evaluate(test, out)["gmner"]
@@ -182,7 +186,7 @@ def bench_gmner(args) -> None:
             tau, _ = uncertainty.choose_threshold(pred)
             uncertainty.route(pred, tau)
             out, _, _ = refinement.refine(pred, test_data, c)
-            out, _, _ = grounding.ground(out, demos, test_data, c)
+            out, _ = grounding.ground(out, choose(out, pool), test_data, c)
         row("whole method: refine top 20 % + grounding", "0.8", out, c.usage.as_dict())
     print(
         "\nSIMULATION: the MLLM answers from the gold annotations, right with probability a "

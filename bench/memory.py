@@ -65,7 +65,7 @@ def _grounding_case(spec: dict) -> dict:
 
     import grounding
     import llm
-    from demos import DemoConfig
+    from demos import DemoConfig, choose, embed_pool
     from formats import ccks
     from servers.fake_mllm import FakeServer, reply
 
@@ -99,9 +99,10 @@ def _grounding_case(spec: dict) -> dict:
         srv.requests = _Tally()  # keeping every body (and its base64 images) would swamp the numbers
         client.config.base_url = srv.url
         t0 = time.perf_counter()
-        selection = DemoConfig(w_image=0.0)
-        _, counts, _ = grounding.ground(queries, demo.samples, demo, client, selection=selection)
-    assert counts["calls"] == srv.requests.n and not counts.get("failed_calls"), counts
+        examples = choose(queries, embed_pool(demo.samples, DemoConfig(w_image=0.0)))
+        out, traces = grounding.ground(queries, examples, demo, client)
+    counts = grounding.counts(out, traces)
+    assert counts["calls"] == srv.requests.n and not counts["failed_calls"], counts
     shutil.rmtree(folder)
     return {"peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0, "calls": counts["calls"], "kb": kb}
 

@@ -29,7 +29,7 @@ def bench_selection(args) -> None:
 
     import numpy as np
 
-    from demos import DemoConfig, features, rank_demos
+    from demos import DemoConfig, best, features, similarity_parts
     from formats.twitter import read_twitter
 
     if not have(TWITTER):
@@ -51,7 +51,7 @@ def bench_selection(args) -> None:
     rows = []
     for name, cfg in variants.items():
         t0 = time.perf_counter()
-        picks = rank_demos(fq, fd, cfg)
+        picks = best(similarity_parts(fq, fd, cfg)["total"], cfg.k)
         dt = time.perf_counter() - t0
         rows.append((name, *_sel_quality(queries, demos, picks), dt))
     rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ import refineg
 from app import page, report
 from data import Box, Entity, Sample
 from formats import ccks
-from grounding import GroundingTrace, WorkedExample
+from grounding import GroundingTrace, Outcome, WorkedExample
 from refinement import Decision, RefinementTrace
 from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
@@ -119,9 +119,11 @@ def test_the_trace_agrees_with_predictions_and_metrics(runs):
         assert all(e["to_mllm"] == (e["uncertainty"] > TAU) for e in r["tagger"])
         sent = [e for e in r["tagger"] if e["to_mllm"]]
         assert len(sent) == len((r["refinement"] or {"decisions": []})["decisions"])
-        assert r["grounding"]["outcome"] in ("answered", "no_entity")
+        assert r["grounding"]["outcome"] in (Outcome.ANSWERED.value, Outcome.NO_ENTITY.value)
         assert all(
-            len(r["grounding"]["examples"]) == 2 for r in trace if r["grounding"]["outcome"] == "answered"
+            len(r["grounding"]["examples"]) == 2
+            for r in trace
+            if r["grounding"]["outcome"] == Outcome.ANSWERED.value
         )
     stages = metrics["stages"]
     assert sum(e["to_mllm"] for r in trace for e in r["tagger"]) == stages["uncertainty"]["delegated"] > 0
@@ -275,9 +277,8 @@ def test_hostile_text_is_escaped_everywhere(tmp_path):
     final = Sample(tagged.id, tokens, str(bomb), [Entity(1, 3, "<i>type</i>", [Box(1, 2, 3, 4)])])
     gold = Sample(tagged.id, tokens, str(bomb), [Entity(0, 1, HOSTILE[1])])
     refined = RefinementTrace([Decision(e, "change_span", final.entities[0])], [], HOSTILE[0], HOSTILE[2])
-    grounded = GroundingTrace(
-        "failed_call", {HOSTILE[1]: "x"}, [WorkedExample(HOSTILE[0], 1.0, None, 0.5, 0.7)], {}, HOSTILE[0]
-    )
+    example = WorkedExample(Sample(HOSTILE[0], ["x"]), 1.0, None, 0.5, 0.7)
+    grounded = GroundingTrace(Outcome.FAILED_CALL, {HOSTILE[1]: "x"}, [example], {}, HOSTILE[0])
     traces = {"refinement": {tagged.id: refined}, "grounding": {tagged.id: grounded}}
     page.write_trace(tmp_path, [tagged], [final], [gold], traces)
     page.write_page(tmp_path, 5)

@@ -6,8 +6,6 @@ double loop, and the three encoders (pixel descriptor, a tiny CLIP built from a 
 encoder).
 """
 
-import warnings
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,38 +54,39 @@ def hand_built():
     return q, d
 
 
+def rank(q: sel.Features, d: sel.Features, config: sel.DemoConfig) -> list[list[int]]:
+    return sel.best(sel.similarity_parts(q, d, config)["total"], config.k)
+
+
 def test_selection_picks_the_expected_demos_on_a_hand_built_case():
     q, d = hand_built()
-    with pytest.warns(UserWarning, match="1 of 2 queries have no image"):
-        assert sel.rank_demos(q, d, sel.DemoConfig()) == [[2, 3, 1], [4, 3, 2]]
-    with pytest.warns(UserWarning):
-        assert sel.rank_demos(q, d, sel.DemoConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
-    assert sel.rank_demos(q, d, sel.DemoConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
+    assert rank(q, d, sel.DemoConfig()) == [[2, 3, 1], [4, 3, 2]]
+    assert rank(q, d, sel.DemoConfig(entity_sim="sum")) == [[3, 1, 2], [4, 3, 2]]
+    assert rank(q, d, sel.DemoConfig(w_image=0.0)) == [[2, 3, 1], [3, 4, 2]]
 
 
-def test_picks_carry_the_similarity_parts_the_docstring_derives():
+def test_examples_carry_the_similarity_parts_the_docstring_derives():
     """hand_built's numbers, part by part: q0 has no image (its image term is dropped: None); q1 has no
     entity (a constant entity row normalises to 0)."""
     q, d = hand_built()
-    with pytest.warns(UserWarning):
-        picks = sel.pick_demos(q, d, sel.DemoConfig())
-    got = [[(p.index, p.text, p.image, p.entity, p.total) for p in row] for row in picks]
+    cfg = sel.DemoConfig()
+    parts = sel.similarity_parts(q, d, cfg)
+    pool = [Sample(i, [i]) for i in d.ids]
+    got = [[sel.example(parts, i, j, pool[j]) for j in row] for i, row in enumerate(rank(q, d, cfg))]
     want = [
         [(2, 0.6, None, 1.0, 0.84), (3, 0.0, None, 1.0, 0.6), (1, 1.0, None, 0.0, 0.4)],
         [(4, 1.0, 1.0, 0.0, 0.6), (3, 1.0, 0.5, 0.0, 0.5), (2, 0.8, 0.5, 0.0, 0.42)],
     ]
-    for row, want_row in zip(got, want):
-        for g, w in zip(row, want_row):
-            assert g[0] == w[0] and g[2] == pytest.approx(w[2])
-            assert [g[1], g[3], g[4]] == pytest.approx([w[1], w[3], w[4]], abs=1e-6)
+    for row, want_row in zip(got, want, strict=True):
+        for x, w in zip(row, want_row, strict=True):
+            assert x.sample is pool[w[0]] and x.image == pytest.approx(w[2])
+            assert [x.text, x.entity, x.total] == pytest.approx([w[1], w[3], w[4]], abs=1e-6)
 
 
 def test_selection_never_picks_itself_and_breaks_ties_by_demo_order():
     """q0 text only: d1 .4, d2 .24, d3 = d4 = 0; k larger than the 4 other demos returns those 4."""
     q, d = hand_built()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        picks = sel.rank_demos(q, d, sel.DemoConfig(k=9, w_entity=0.0, w_image=0.0))
+    picks = rank(q, d, sel.DemoConfig(k=9, w_entity=0.0, w_image=0.0))
     assert picks[0] == [1, 2, 3, 4]
     assert picks[1] == [3, 4, 2, 0, 1]  # text .4, .4, .32, 0, 0: both ties go to the earlier demo
 
@@ -115,7 +114,8 @@ def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
     queries, demos = [sample(i) for i in range(5)], [sample(i) for i in range(3, 12)]
     for mode in ["mean", "sum"]:
         cfg = sel.DemoConfig(w_text=0.0, w_image=0.0, w_entity=1.0, entity_sim=mode)
-        got = sel.similarity(sel.features(queries, types, cfg), sel.features(demos, types, cfg), cfg)
+        q, d = sel.features(queries, types, cfg), sel.features(demos, types, cfg)
+        got = sel.similarity_parts(q, d, cfg)["total"]
         for i, qs in enumerate(queries):
             raw = []
             for ds in demos:
@@ -137,6 +137,41 @@ def test_entity_similarity_matches_brute_force_over_pairs(monkeypatch):
             want = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
             assert np.allclose(got[i][keep], want[keep], atol=1e-5)
             assert np.all(np.isneginf(got[i][~keep]))
+
+
+def test_the_pool_is_embedded_once_and_a_query_type_it_lacks_changes_nothing(monkeypatch):
+    """embed_pool keeps the samples with an image and embeds them; choose then embeds only its queries. A
+    query's entity of a type no pool sample has adds 0 to every entity similarity, so choosing over the
+    pool's types ranks as the full type list does. Images are not read: w_image is 0."""
+    rng = np.random.default_rng(1)
+    vocab, embedded = {}, []
+
+    def fake_embed(texts, encoder="", batch_size=64):
+        embedded.extend(texts)
+        for t in texts:
+            vocab.setdefault(t, rng.normal(size=8))
+        return np.array([vocab[t] / np.linalg.norm(vocab[t]) for t in texts], dtype=np.float32).reshape(-1, 8)
+
+    monkeypatch.setattr(sel, "embed_texts", fake_embed)
+    words = ["Leopard", "Tiger", "Kiel", "NATO", "Boxer", "Sachsen", "Puma"]
+
+    def sample(i, types, image="x.jpg"):
+        toks = [words[j] for j in rng.choice(len(words), size=4, replace=False)]
+        ents = [Entity(j, j + 1, types[rng.integers(len(types))]) for j in range(int(rng.integers(1, 4)))]
+        return Sample(f"s{i}", toks, image, ents)
+
+    labelled = [sample(i, "AB") for i in range(8)] + [sample(8, "AB", image=None)]
+    cfg = sel.DemoConfig(k=3, w_image=0.0)
+    pool = sel.embed_pool(labelled, cfg)
+    assert [s.id for s in pool.samples] == [f"s{i}" for i in range(8)] and pool.types == ["A", "B"]
+    queries = [sample(i, "ABC") for i in range(20, 25)]
+    embedded.clear()
+    chosen = sel.choose(queries, pool)
+    assert set(embedded) == {q.text for q in queries} | {q.name(e) for q in queries for e in q.entities}
+    full = sel.features(queries, ["A", "B", "C"], cfg), sel.features(pool.samples, ["A", "B", "C"], cfg)
+    want = rank(*full, cfg)
+    assert [[pool.samples.index(x.sample) for x in row] for row in chosen] == want
+    assert all(len(row) == 3 for row in chosen)
 
 
 def test_pixel_descriptor_finds_a_resized_copy(tmp_path):

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import zlib
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,7 @@ def test_abs_images_are_sent_at_qwen_size_so_its_pixels_are_exact(tmp_path, fmt)
     other formats need no grid: sent at 1000x500."""
     path = tmp_path / "big.jpg"
     Image.new("RGB", (2000, 1000), (90, 120, 30)).save(path)
-    shown = g.Calls(Dataset([], ["vehicle"]), [], g.GroundingConfig(box_format=fmt)).show(str(path))
+    shown = g.show(str(path), g.GroundingConfig(box_format=fmt))
     assert shown.orig == (2000, 1000)
     assert (
         shown.sent
@@ -176,6 +175,13 @@ def gold_handler(data: Dataset, fmt: str):
     return handler
 
 
+def ground(samples, labelled, data, client, config=None, k=3):
+    """grounding.ground after demos.choose picked the worked examples of `samples` from `labelled`."""
+    examples = sel.choose(samples, sel.embed_pool(labelled, sel.DemoConfig(k=k)))
+    out, traces = g.ground(samples, examples, data, client, config)
+    return out, g.counts(out, traces), traces
+
+
 def unboxed(samples):
     return [
         Sample(s.id, s.tokens, s.image, [Entity(e.start, e.end, e.type, source="tagger") for e in s.entities])
@@ -188,13 +194,8 @@ def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
     data = read_dataset(DEMO)
     cfg = g.GroundingConfig(box_format=fmt, max_side=300)  # 300 < every demo image: all are resized
     with FakeServer(gold_handler(data, fmt)) as srv:
-        out, counts, _ = g.ground(
-            unboxed(data.samples),
-            data.samples,
-            data,
-            Client(ClientConfig(base_url=srv.url)),
-            cfg,
-            sel.DemoConfig(k=2),
+        out, counts, _ = ground(
+            unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg, k=2
         )
     assert not srv.errors
     assert any(sent_size(images_of(b)[-1]) != Image.open(data.samples[0].image).size for b in srv.requests)
@@ -205,31 +206,30 @@ def test_gold_answers_in_every_format_give_gmner_f1_one(fmt, bag_of_words):
     assert scores["gmner"]["f1"] == 1.0 and scores["eeg"]["f1"] == 1.0, scores["gmner"]
     assert counts["calls"] == len(srv.requests) == 27 and counts["no_entity"] == 5
     assert counts["boxes"] == sum(len(e.boxes) for s in data.samples for e in s.entities)
-    assert counts.get("degenerate_boxes", 0) == counts.get("missing", 0) == counts.get("failed_calls", 0) == 0
+    assert counts["degenerate_boxes"] == counts["missing"] == counts["failed_calls"] == 0
 
 
 def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(bag_of_words):
     data = read_dataset(DEMO)
-    cfg, selection = g.GroundingConfig(max_side=200), sel.DemoConfig(k=3)
+    cfg = g.GroundingConfig(max_side=200)
     with FakeServer(gold_handler(data, "abs")) as srv:
-        out, _, traces = g.ground(
-            unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg, selection
+        out, _, traces = ground(
+            unboxed(data.samples), data.samples, data, Client(ClientConfig(base_url=srv.url)), cfg
         )
     asked = [s for s in data.samples if any(e.type != "location" for e in s.entities)]
-    picks = dict(zip([s.id for s in asked], sel.select_demos(unboxed(asked), data.samples, selection)))
+    chosen = sel.choose(unboxed(asked), sel.embed_pool(data.samples, sel.DemoConfig(k=3)))
+    picks = {s.id: [x.sample for x in row] for s, row in zip(asked, chosen)}
     # the trace names the worked examples shown, best first, why they were chosen, and the boxes answered
     assert sorted(traces) == sorted(s.id for s in data.samples)
     for q in asked:
         t = traces[q.id]
-        assert t.outcome == "answered" and [x.id for x in t.examples] == [
-            data.samples[j].id for j in picks[q.id]
-        ]
+        assert t.outcome is g.Outcome.ANSWERED and [x.sample for x in t.examples] == picks[q.id]
         for x in t.examples:
             parts = 0.4 * x.text + 0.2 * x.image + 0.6 * x.entity  # DemoConfig's weights
             assert x.total == pytest.approx(parts) and 0 <= x.text <= 1 and 0 <= x.entity <= 1
         boxed = {q.name(e): e.boxes for e in next(o for o in out if o.id == q.id).entities if e.boxes}
         assert {n: b for n, b in t.boxes.items() if b} == boxed
-    assert {t.outcome for sid, t in traces.items() if sid not in picks} == {"no_entity"}
+    assert {t.outcome for sid, t in traces.items() if sid not in picks} == {g.Outcome.NO_ENTITY}
 
     def url(p):
         return image_part(p, 200, qwen_size=True)[0]["image_url"]["url"]  # abs: sent at Qwen2.5-VL's size
@@ -238,7 +238,7 @@ def test_request_carries_the_selected_demo_images_then_the_query_image_in_order(
     assert len(srv.requests) == len(asked)
     for body in srv.requests:
         q = by_text[query_of(body)[0]]
-        demos = [data.samples[j] for j in picks[q.id]]
+        demos = picks[q.id]
         assert len(demos) == 3 and q.id not in [d.id for d in demos]
         assert images_of(body) == [url(d.image) for d in demos] + [url(q.image)]
         roles = [m["role"] for m in body["messages"]]
@@ -340,13 +340,13 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     b = Sample("b", "Rain over Munster".split(), img, [Entity(2, 3, "location")])
     c = Sample("c", "Leopard 2 again".split(), None, [Entity(0, 2, "vehicle")])
     with FakeServer(box_everything) as srv:
-        out, counts, traces = g.ground(
+        out, counts, traces = ground(
             [a, b, c],
             data.samples,
             data,
             Client(ClientConfig(base_url=srv.url)),
             g.GroundingConfig(max_side=10_000),
-            sel.DemoConfig(k=1),
+            k=1,
         )
     assert len(srv.requests) == 1 and not srv.errors
     body = srv.requests[0]
@@ -358,10 +358,11 @@ def test_never_grounded_types_get_no_question_and_no_box(bag_of_words):
     assert out[0].entities[0].boxes == [boxed] and out[0].entities[1].boxes == []
     assert all(not e.boxes for s in out[1:] for e in s.entities)
     assert counts["no_entity"] == 1 and counts["no_image"] == 1 and counts["calls"] == 1
+    assert counts["no_image_entities"] == 1  # c's vehicle, for lack of an image
     assert [(t.outcome, t.asked) for t in traces.values()] == [
-        ("answered", {"Leopard 2": "vehicle"}),
-        ("no_entity", {}),
-        ("no_image", {"Leopard 2": "vehicle"}),
+        (g.Outcome.ANSWERED, {"Leopard 2": "vehicle"}),
+        (g.Outcome.NO_ENTITY, {}),
+        (g.Outcome.NO_IMAGE, {"Leopard 2": "vehicle"}),
     ]
 
 
@@ -371,13 +372,8 @@ def test_never_grounded_default_only_applies_when_the_type_exists(bag_of_words):
     s = Sample("t", "Obama visits Munster".split(), img, [Entity(0, 1, "PER"), Entity(2, 3, "LOC")])
     data = Dataset([s], ["PER", "LOC"], "1. PER: people\n2. LOC: places", [])
     with FakeServer(box_everything) as srv:
-        out, counts, _ = g.ground(
-            [s],
-            [s, Sample("d", ["x"], img, [])],
-            data,
-            Client(ClientConfig(base_url=srv.url)),
-            g.GroundingConfig(),
-            sel.DemoConfig(k=1),
+        out, counts, _ = ground(
+            [s], [s, Sample("d", ["x"], img, [])], data, Client(ClientConfig(base_url=srv.url)), k=1
         )
     assert "never grounded" not in srv.requests[0]["messages"][0]["content"]
     boxed = answered_box(srv.requests[0], img)
@@ -419,8 +415,8 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
         "wrong shape": ({"boxes": [1, 2]}, {"bad_answers": 1}),
     }
     for name, (content, want) in cases.items():
-        counts = Counter()
-        found = g.parse_answer(content, asked, orig, sent, "abs", counts)
+        found, counts = g.parse_answer(content, asked, orig, sent, "abs")
+        assert set(counts) <= set(g.DEFECTS), name
         for k, v in want.items():
             assert counts[k] == v, (name, dict(counts))
         if not name.startswith(("not", "wrong")):
@@ -446,11 +442,9 @@ def test_malformed_answers_never_crash_and_are_counted(bag_of_words):
 
     with FakeServer(handler) as srv:
         client = Client(ClientConfig(base_url=srv.url, schema_retries=1, max_retries=0))
-        out, counts, traces = g.ground(
-            queries, data.samples, data, client, g.GroundingConfig(), sel.DemoConfig(k=1)
-        )
+        out, counts, traces = ground(queries, data.samples, data, client, k=1)
     assert counts["calls"] == len(cases) and counts["failed_calls"] == len(cases) - 1
-    failed = [t for t in traces.values() if t.outcome == "failed_call"]
+    failed = [t for t in traces.values() if t.outcome is g.Outcome.FAILED_CALL]
     assert len(failed) == len(cases) - 1 and all(t.error and not t.boxes for t in failed)
     assert counts["degenerate_boxes"] == 1 and client.usage.reasks == len(cases) - 1
     assert all(not e.boxes for s in out for e in s.entities)
@@ -467,21 +461,17 @@ def test_unreadable_images_are_counted_and_get_no_box(kind, tmp_path, bag_of_wor
         write_bad_image(s.image, kind)
     queries = [s for s in unboxed(data.samples) if s.entities]
     with FakeServer(gold_handler(data, "abs")) as srv:
-        out, counts, traces = g.ground(
-            queries,
-            data.samples,
-            data,
-            Client(ClientConfig(base_url=srv.url)),
-            g.GroundingConfig(),
-            sel.DemoConfig(k=3),
-        )
+        out, counts, traces = ground(queries, data.samples, data, Client(ClientConfig(base_url=srv.url)))
     assert not srv.errors
     assert counts["image_errors"] == 2 and counts["calls"] == len(srv.requests) == len(queries) - 2
-    assert [traces[s.id].outcome for s in broken] == ["image_error"] * 2
+    assert [traces[s.id].outcome for s in broken] == [g.Outcome.IMAGE_ERROR] * 2
     assert all(s.image in traces[s.id].error for s in broken)
-    shown = {x.id for t in traces.values() for x in t.examples}
+    shown = {x.sample.id for t in traces.values() for x in t.examples}
     assert not shown & {s.id for s in broken}  # a broken demo is not shown, so not listed
-    assert 0 < counts["demo_image_errors"] <= 2  # a broken demo is found when it is first picked
+    dropped = {i: why for t in traces.values() for i, why in t.dropped.items()}
+    assert 0 < len(dropped) <= 2 and set(dropped) <= {s.id for s in broken}  # when some query picks it
+    assert all(s.image in why for s in broken for i, why in dropped.items() if i == s.id)
+    assert counts["demo_image_errors"] == len(dropped)
     assert all(len(images_of(b)) <= 3 + 1 for b in srv.requests)
     by_id = {s.id: s for s in out}
     assert all(not e.boxes for s in broken for e in by_id[s.id].entities)

@@ -202,12 +202,12 @@ def test_grounding_with_three_demos_on_demo(server):
     config, selection = grounding.GroundingConfig(max_boxes=2), sel.DemoConfig(k=3)
     c = client(server.url, workers=4, max_tokens=600)
     seen = record(c)
-    out, counts, _ = grounding.ground(queries, demos, demo, c, config, selection)
-    asked = [{s.name(e) for e in s.entities if e.type != "location"} for s in queries]
-    assert (
-        counts["calls"] == len(seen) == c.usage.calls == 3
-        and counts.get("failed_calls", 0) == c.usage.failures
+    out, traces = grounding.ground(
+        queries, sel.choose(queries, sel.embed_pool(demos, selection)), demo, c, config
     )
+    counts = grounding.counts(out, traces)
+    asked = [{s.name(e) for e in s.entities if e.type != "location"} for s in queries]
+    assert counts["calls"] == len(seen) == c.usage.calls == 3 and counts["failed_calls"] == c.usage.failures
     assert [len(a) for a in asked] == [2, 4, 2]
     for req, _ in seen:
         images = [
@@ -226,12 +226,12 @@ def test_grounding_with_three_demos_on_demo(server):
         for a, (_, rep) in zip(asked, seen)
         if not isinstance(rep, LLMError)
     )
-    assert counts.get("missing", 0) == missing
+    assert counts["missing"] == missing
     # a name's boxes go to each of its occurrences: count them once per name
     per_name = sum(
         len(next(e.boxes for e in s.entities if s.name(e) == n)) for s, a in zip(out, asked) for n in a
     )
-    assert per_name + counts.get("degenerate_boxes", 0) + counts.get("malformed_boxes", 0) == raw
+    assert per_name + counts["degenerate_boxes"] + counts["malformed_boxes"] == raw
     assert counts["boxes"] == sum(len(e.boxes) for s in out for e in s.entities)
     assert counts["entities_grounded"] == sum(1 for s in out for e in s.entities if e.boxes)
     for s in out:

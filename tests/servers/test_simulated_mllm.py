@@ -77,17 +77,16 @@ def run_ground(data, sizes, pred, accuracy: float):
     # the oracle boxes every type; images are sent at most 320 px wide, so boxes are rescaled both ways
     cfg = grounding.GroundingConfig(never_ground=[], max_side=320)
     with SimulatedMLLM(data.samples, sizes, SimConfig(ground_accuracy=accuracy)) as sim:
-        out, counts, _ = grounding.ground(
-            pred, data.samples, data, Client(ClientConfig(base_url=sim.url)), cfg, demos.DemoConfig(k=1)
-        )
-    return out, counts, sim.counts
+        examples = demos.choose(pred, demos.embed_pool(data.samples, demos.DemoConfig(k=1)))
+        out, traces = grounding.ground(pred, examples, data, Client(ClientConfig(base_url=sim.url)), cfg)
+    return out, grounding.counts(out, traces), sim.counts
 
 
 def test_grounding_at_accuracy_one_reaches_the_ceiling_exactly(demo):
     data, sizes = demo
     pred = perturbed(data.samples)
     out, counts, sim = run_ground(data, sizes, pred, 1.0)
-    assert counts["calls"] > 0 and counts.get("failed_calls", 0) == 0 and sim["ground_wrong"] == 0
+    assert counts["calls"] > 0 and counts["failed_calls"] == 0 and sim["ground_wrong"] == 0
     got, best = scorer.evaluate(data.samples, out), ceiling(data.samples, pred)
     assert best["gmner"]["tp"] == best["mner"]["tp"] > 0
     for task in ("mner", "eeg", "gmner"):
