@@ -43,7 +43,7 @@ import selftrain
 import synth
 import tagger
 import uncertainty
-from app import page
+from app import page, serving
 from app.cli import RunConfig, parse_configs
 from app.inputs import describe_inputs, read_inputs, read_pool
 from app.report import draw, grounding_line, mllm_line, refinement_line, summary_text
@@ -64,7 +64,7 @@ def pipeline(cfg: dict, run: Run) -> int:
     describe_inputs(run, settings, train, test, labelled.types, gold_known)
     pool = read_pool(settings, labelled, gold)
     if run.uses_llm:
-        run.mllm = served_model(cfg["llm"].model, llm.check_server(run.client_config))
+        run.mllm = served_model(cfg["llm"].model, serving.check_server(run.client_config))
         print(mllm_line(run.mllm, run.client_config.base_url))
     run.start({stage: dataclasses.asdict(c) for stage, c in cfg.items()})  # only now: the inputs were read
     try:

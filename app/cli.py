@@ -1,8 +1,9 @@
 """The command line of refineg.py: every stage's settings dataclass becomes a group of flags, checked at once.
 
-Each field of RunConfig and of the stages' settings (llm.ClientConfig, synth.SynthConfig,
-tagger.TaggerConfig, uncertainty.UncertaintyConfig, refinement.RefinementConfig, demos.DemoConfig,
-grounding.GroundingConfig) is one flag `--<prefix><field-name>`, with the field's comment as its help.
+Each field of RunConfig and of the stages' settings (serving.ServingConfig: llm.ClientConfig and three more
+fields; synth.SynthConfig, tagger.TaggerConfig, uncertainty.UncertaintyConfig, refinement.RefinementConfig,
+demos.DemoConfig, grounding.GroundingConfig) is one flag `--<prefix><field-name>`, with the field's comment
+as its help.
 `parse_configs` returns the settings of every stage, or ends the program with one line
 `error: --flag: expected X, got Y` per problem and exit code 2, before any stage runs: each stage's
 own `check_config` is asked, the same check its functions make for library callers.
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import demos
 import grounding
-import llm
 import refinement
 import synth
 import tagger
 import uncertainty
+from app import serving
 from app.rundir import PREVIOUS, RECORDS
 from data import failed_rules
 from labelling import suggest
@@ -111,7 +112,7 @@ def in_run_records(c: RunConfig) -> bool:
 # (name in the settings dict, settings class, flag prefix, its check, the help group's title)
 STAGES = [
     ("run", RunConfig, "", check_run, "the run"),
-    ("llm", llm.ClientConfig, "llm-", llm.check_config, "the MLLM server (llm.py)"),
+    ("llm", serving.ServingConfig, "llm-", serving.check_config, "the MLLM server (llm.py, app/serving.py)"),
     ("synth", synth.SynthConfig, "synth-", synth.check_config, "synthesis (synth.py)"),
     ("tagger", tagger.TaggerConfig, "tagger-", tagger.check_config, "tagger and self-training (tagger.py)"),
     (
@@ -173,7 +174,8 @@ def field_help(cls: type) -> dict[str, str]:
     continue it (so a long comment is never cut): the single source of --help."""
     helps = {}
     name = None
-    for line in inspect.getsource(cls).splitlines():
+    source = [inspect.getsource(k) for k in reversed(cls.__mro__) if dataclasses.is_dataclass(k)]
+    for line in "\n".join(source).splitlines():  # a subclass's fields follow its parents' (ServingConfig)
         field_line = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
         more = re.match(r"\s+#\s*(.+)$", line)
         if field_line:
