@@ -46,7 +46,7 @@ from typing import NamedTuple
 from data import Box, Dataset, Entity, Sample, failed_rules, is_number, require_valid, without_spaces
 from demos import DemoConfig, Pick, choose_demos
 from images import ImageError, image_part, image_size
-from llm import Client, LLMError, text_part
+from llm import Chat, LLMError, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (images.smart_resize: sides multiples of 28); for abs the image is sent at that size already
@@ -302,7 +302,7 @@ def ground(
     samples: list[Sample],
     demos: list[Sample],
     dataset: Dataset,
-    client: Client,
+    client: Chat,
     config: GroundingConfig | None = None,
     selection: DemoConfig | None = None,
 ) -> tuple[list[Sample], dict, dict[str, GroundingTrace]]:

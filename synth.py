@@ -53,7 +53,7 @@ from data import (
     without_spaces,
 )
 from formats.ccks import TYPE_LINE
-from llm import Client, LLMError
+from llm import Chat, LLMError
 
 MAX_NAME_CHARS = 100  # schema bound on a declared name; real names are far shorter
 # The prompts' scaffolding (below): a sentence containing any of it copied the prompt, not the domain.
@@ -392,7 +392,7 @@ def name_problem(declared: list[tuple[str, str]], seed: Sample, rules: Rules) ->
 
 
 def synthesize(
-    seeds: Dataset, client: Client, config: SynthConfig | None = None
+    seeds: Dataset, client: Chat, config: SynthConfig | None = None
 ) -> tuple[list[Sample], dict]:
     """One LLM call per seed (concurrent, cached); the valid synthetic samples and a summary."""
     config = config or SynthConfig()
