@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 from data import Box, Dataset, Entity, Sample, is_number, require_valid, setting, without_spaces
 from images import ImageError, image_part, image_size
-from llm import Client, LLMError, Reply, text_part
+from llm import Chat, LLMError, Reply, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (images.smart_resize: sides multiples of 28); for abs the image is sent at that size already
@@ -324,7 +324,7 @@ def ground(
     samples: list[Sample],
     examples: list[list[WorkedExample]],
     dataset: Dataset,
-    client: Client,
+    client: Chat,
     config: GroundingConfig | None = None,
 ) -> tuple[list[Sample], dict[str, GroundingTrace]]:
     """Boxes for the predicted entities of `samples`, the call of samples[i] shown examples[i] first (best

@@ -25,7 +25,7 @@ import numpy as np
 
 from data import Dataset, Entity, Sample, find_name, require_valid, setting
 from images import ImageError, image_part
-from llm import Client, LLMError, text_part
+from llm import Chat, LLMError, text_part
 from uncertainty import delegated, missed_entity_score
 
 ACTIONS = ["keep", "change_span", "change_type", "reject"]
@@ -307,7 +307,7 @@ def find_span(
 def refine(
     samples: list[Sample],
     dataset: Dataset,
-    client: Client,
+    client: Chat,
     config: RefinementConfig | None = None,
     tags: list[str] | None = None,
 ) -> tuple[list[Sample], dict, dict[str, RefinementTrace]]:

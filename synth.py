@@ -54,7 +54,7 @@ from data import (
     tokenize,
     without_spaces,
 )
-from llm import Client, LLMError, Reply
+from llm import Chat, LLMError, Reply
 
 MAX_NAME_CHARS = 100  # schema bound on a declared name; real names are far shorter
 
@@ -281,7 +281,7 @@ def outcome(c: Candidate, j: int, types: list[str], filters: Sequence[Filter]) -
 
 
 def synthesize(
-    seeds: Dataset, client: Client, config: SynthConfig | None = None, filters: Sequence[Filter] = ()
+    seeds: Dataset, client: Chat, config: SynthConfig | None = None, filters: Sequence[Filter] = ()
 ) -> tuple[list[Sample], dict]:
     """One LLM call per seed (concurrent, cached); the kept synthetic samples and a summary.
 

@@ -1,8 +1,8 @@
 """The command line of refineg.py: one `Settings` object, one flag per field of its parts.
 
-Each part is one stage's settings dataclass (RunConfig here, llm.ClientConfig, synth.SynthConfig,
-tagger.TaggerConfig, uncertainty.UncertaintyConfig, refinement.RefinementConfig, demos.DemoConfig,
-grounding.GroundingConfig, suggest.SuggestConfig); each field is one flag `--<prefix><field-name>`, its
+Each part is one stage's settings dataclass (RunConfig here, serving.ServingConfig: llm.ClientConfig and
+the application's guards, synth.SynthConfig, tagger.TaggerConfig, uncertainty.UncertaintyConfig,
+refinement.RefinementConfig, demos.DemoConfig, grounding.GroundingConfig, suggest.SuggestConfig); each field is one flag `--<prefix><field-name>`, its
 help and type the field's own (`data.setting`, the annotation). A part checks itself when built
 (its __post_init__), so `parse_settings` returns valid settings or ends the program with one line
 `error: --flag: expected X, got Y` per problem and exit code 2, before any stage runs. A porter
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.rundir import PREVIOUS, RECORDS
+from app.serving import ServingConfig
 from data import InvalidSettings, require_valid, setting
 from demos import DemoConfig
 from grounding import GroundingConfig
 from labelling.suggest import SuggestConfig
-from llm import ClientConfig
 from refinement import RefinementConfig
 from synth import SynthConfig
 from tagger import TaggerConfig
@@ -116,7 +116,7 @@ class Settings:
     """Every setting of a run, one part per stage, each checked when it was built."""
 
     run: RunConfig
-    llm: ClientConfig = field(default_factory=ClientConfig)
+    llm: ServingConfig = field(default_factory=ServingConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     tagger: TaggerConfig = field(default_factory=TaggerConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
@@ -150,7 +150,7 @@ def in_run_records(c: RunConfig) -> bool:
 # part of Settings -> (its flags' prefix, the title of its group in --help-all)
 PARTS = {
     "run": ("", "the run"),
-    "llm": ("llm-", "the MLLM server (llm.py)"),
+    "llm": ("llm-", "the MLLM server (llm.py, app/serving.py)"),
     "synth": ("synth-", "synthesis (synth.py)"),
     "tagger": ("tagger-", "tagger and self-training (tagger.py, selftrain.py)"),
     "uncertainty": ("unc-", "uncertainty (uncertainty.py)"),

@@ -25,7 +25,7 @@ import grounding
 import llm
 import synth
 import tagger
-from app import page
+from app import page, serving
 from app.cli import Settings, parse_settings
 from app.inputs import describe_inputs, read_inputs, read_pool
 from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
@@ -217,7 +217,7 @@ def execute(settings: Settings, run: Run, pipeline: Callable, inputs_class: type
     describe_inputs(run, s, train, target.samples, labelled.types, gold_known)
     pool = read_pool(s, labelled, gold)
     if run.uses_llm:
-        run.mllm = served_model(settings.llm.model, llm.check_server(run.client_config))
+        run.mllm = served_model(settings.llm.model, serving.check_server(run.client_config))
         print(mllm_line(run.mllm, run.client_config.base_url))
     model = tagger.load(s.tagger_dir) if s.tagger_dir else None
     run.start(dataclasses.asdict(settings))  # only now: the inputs were read

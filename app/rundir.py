@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import llm
+from app.serving import ServingClient, ServingConfig
 from data import SettingsError
 from formats import ccks
 
@@ -77,7 +78,7 @@ def read_stamp(path: Path, key: str) -> dict | None:
 class Run:
     """The bookkeeping of one run, kept out of the pipeline: refineg.py asks, this records."""
 
-    def __init__(self, out: Path, client_config: llm.ClientConfig):
+    def __init__(self, out: Path, client_config: ServingConfig):
         self.out = out
         cache = client_config.cache_path or str(out / "llm_cache.jsonl")
         self.client_config = dataclasses.replace(client_config, cache_path=cache)
@@ -86,7 +87,7 @@ class Run:
         self.notes: dict[str, dict] = {}  # stage -> what it counted
         self.traces: dict[str, dict] = {}  # stage -> {sample id: what it decided} (trace.jsonl is made of it)
         self.skipped: dict[str, str] = {}  # stage -> why it did not run
-        self.clients: dict[str, llm.Client] = {}  # one per stage that calls the MLLM
+        self.clients: dict[str, ServingClient] = {}  # one per stage that calls the MLLM
         self.metrics: dict[str, dict] = {}  # stage -> scores
         self.scope: dict = {}  # what was scored: samples, gold entities, --test, the hold-out share
         self.written: list[str] = []  # files written so far, in order, relative to out (folders end in /)
@@ -135,9 +136,9 @@ class Run:
     def skip(self, name: str, why: str) -> None:
         self.skipped[name] = why
 
-    def client(self, name: str) -> llm.Client:
+    def client(self, name: str) -> ServingClient:
         """A new MLLM client for stage `name`; all of a run's clients share one answer cache file."""
-        self.clients[name] = llm.Client(self.client_config)
+        self.clients[name] = ServingClient(self.client_config)
         return self.clients[name]
 
     def check_calls(self, name: str, kept: str = "") -> None:
@@ -282,7 +283,7 @@ def simulated(mllm: object) -> bool:
 
 
 def served_model(model: str, names: list[str]) -> dict:
-    """Which MLLM a run talks to, from --llm-model and the names the server lists (llm.check_server).
+    """Which MLLM a run talks to, from --llm-model and the names the server lists (serving.check_server).
 
     A server that lists a `simulated-mllm...` model answers from gold (servers/simulated_mllm.py): the run
     is marked simulated from the server's own answer, so no flag can be forgotten, and its accuracy is read

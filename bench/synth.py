@@ -100,7 +100,8 @@ def generate(seeds, config, minutes: float, max_seeds: int) -> tuple[int, dict, 
     """Ask for seeds in file order, SLOTS at a time, until `minutes` are spent; (seeds done, usage, wall
     s)."""
     import synth
-    from llm import Client, ClientConfig, check_server
+    from app.serving import check_server
+    from llm import Client, ClientConfig
 
     info = json.loads((CACHE / "server.json").read_text())
     OUT.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 An interrupted run pays for no answer twice: every answered call is appended (and flushed) as it
 finishes, keyed by the SHA-256 of the whole request body, and the next run reads the file back. The
 file is meant to be read by a person: image data URLs are replaced by their length and digest.
-Input/output: the cache path; `load` gives key -> answer JSON, `append` writes one line.
+Input/output: the cache path; `Cache` gets and puts answers (thread-safe), `load` reads the file,
+`append` writes one line.
 
     python -c "from client import cache; print(len(cache.load('runs/demo/llm_cache.jsonl')))"
 
@@ -13,7 +14,30 @@ Left out on purpose: eviction and compaction (a run's answers are few; delete th
 import hashlib
 import json
 import os
+import threading
 import warnings
+
+
+class Cache:
+    """The answers of earlier calls, key -> {"content", "usage"}; with no path, nothing is kept."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._answers = load(path) if path else {}
+        self._lock = threading.Lock()  # guards the dict and the file
+
+    def get(self, key: str) -> dict | None:
+        """A fresh copy of the answer (a caller may change what it gets), or None."""
+        hit = self._answers.get(key)
+        return None if hit is None else json.loads(hit)
+
+    def put(self, key: str, answer: dict, body: dict) -> None:
+        """Remember `answer` to the request `body` under `key`; with a path, as one appended line."""
+        if not self.path:
+            return
+        with self._lock:
+            self._answers[key] = json.dumps(answer)
+            append(self.path, key, answer, body)
 
 
 def load(path: str) -> dict[str, str]:

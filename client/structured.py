@@ -1,9 +1,10 @@
-"""Structured output: the JSON-schema subset the prompts use, and the JSON value in an answer.
+"""Reading an MLLM's answer: its text and token counts, the JSON value in it, and the schema check.
 
 Every stage of ReFineG asks the MLLM for JSON fitting a schema (synthesised sentences, refinement
 decisions, boxes). Servers with `json_schema` output get the schema in the request; others get it in
-the prompt (`with_schema_note`). Either way the answer is untrusted: `extract_json` finds the JSON
-value in the answer text, `validate` lists how it breaks the schema, and llm.py re-asks with that list.
+the prompt (`with_schema_note`). Either way the answer is untrusted: `answer_text` takes the text out of a
+chat completion (a ValueError for anything else), `token_counts` its usage, `extract_json` finds the JSON
+value in the text, `validate` lists how it breaks the schema, and llm.py re-asks with that list.
 
     python -c "from client.structured import validate; print(validate([1, 'a'], {'items': {'type': 'null'}}))"
 
@@ -13,6 +14,8 @@ keyword raises ValueError instead of being ignored.
 
 import json
 import re
+
+from data import is_number
 
 SCHEMA_NOTE = "Answer with one JSON value (no prose, no code fences) that fits this JSON schema:\n"
 
@@ -27,6 +30,34 @@ def content_text(content: object) -> str | None:
     ):
         return "".join(p["text"] for p in content)
     return None
+
+
+def answer_text(data: object) -> tuple[str, str | None]:
+    """The answer text of an OpenAI chat completion and its finish_reason; a ValueError saying what is
+    wrong for anything else."""
+    try:
+        choice = data["choices"][0]
+        text = content_text(choice["message"].get("content"))
+        finish = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError(preview(data, 300)) from None
+    if text is None:
+        content = preview(choice["message"]["content"], 200)
+        raise ValueError(f"message.content is neither text nor a list of text parts: {content}")
+    return text, finish
+
+
+def token_counts(usage: object) -> tuple[dict, bool]:
+    """{"prompt_tokens", "completion_tokens"} of an answer's usage, and whether it was odd: counts that
+    are not whole numbers >= 0 ("n/a", [5], -1, true) are 0."""
+    counts = {}
+    odd = not isinstance(usage, dict | None)
+    for k in ("prompt_tokens", "completion_tokens"):
+        v = usage.get(k, 0) if isinstance(usage, dict) else 0
+        whole = is_number(v) and 0 <= v < 1e15 and v == int(v)
+        counts[k] = int(v) if whole else 0
+        odd = odd or not whole
+    return counts, odd
 
 
 def with_schema_note(messages: list[dict], note: str) -> list[dict]:
@@ -78,34 +109,18 @@ def extract_json(text: str) -> object:
     return best[0]
 
 
-SCHEMA_KEYS = {
-    "type",
-    "properties",
-    "required",
-    "items",
-    "enum",
-    "minItems",
-    "maxItems",
-    "minLength",
-    "maxLength",
-    "minimum",
-    "maximum",
-    "additionalProperties",
-    "anyOf",
-    "description",
-    "title",
-}
+# The keywords `validate` knows (description and title are notes): any other raises.
+SCHEMA_KEYS = set(
+    "type properties required additionalProperties items minItems maxItems enum minLength maxLength "
+    "minimum maximum anyOf description title".split()
+)
 PY_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
 def _is_type(value: object, t: str) -> bool:
     if t == "integer":  # JSON Schema counts 3.0 as an integer; bool is never a number
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            or isinstance(value, float)
-            and value.is_integer()
-        )
+        whole = isinstance(value, float) and value.is_integer()
+        return whole or isinstance(value, int) and not isinstance(value, bool)
     if t == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t not in PY_TYPES:

@@ -1,7 +1,6 @@
 """A real llama.cpp `llama-server` for the realserver tests (test infrastructure, not the paper): the build's
 paths, the server's settings, a Server that starts one on a loopback port and stops it by its PID, and a
-client
-that gives up fast. Used by tests/conftest.py (the session's `server`), test_realserver.py and
+client that gives up fast. Used by tests/conftest.py (the session's `server`), test_realserver.py and
 test_realserver_stages.py.
 
     make real-server        # once: builds the server and model into ~/.cache/refineg-realserver (~6 min)
@@ -23,7 +22,7 @@ import time
 import pytest
 import requests
 
-from llm import Client, ClientConfig
+from app.serving import ServingClient, ServingConfig
 
 CACHE = os.environ.get("REFINEG_REALSERVER_CACHE", os.path.expanduser("~/.cache/refineg-realserver"))
 IMAGE_MAX_TOKENS = 256  # --image-max-tokens: caps each image's tokens, so image tests stay cheap on a CPU
@@ -151,7 +150,8 @@ class Server:
         return out
 
 
-def client(url: str, **kw) -> Client:
-    """A client that gives up fast: these tests wait on retries, never on a slow answer."""
+def client(url: str, **kw) -> ServingClient:
+    """The application's client (llm.Client and its guards), giving up fast: these tests wait on retries,
+    never on a slow answer."""
     settings = {"max_retries": 1, "backoff_base": 0.05, "backoff_cap": 0.2, "read_timeout": 120.0, **kw}
-    return Client(ClientConfig(base_url=url, **settings))
+    return ServingClient(ServingConfig(base_url=url, **settings))

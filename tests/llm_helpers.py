@@ -1,6 +1,8 @@
-"""What the client tests share: a client with tiny timeouts, a one-message conversation, a scripted
-handler for fake_server.FakeServer and a yes/no answer schema. Used by test_llm.py and test_llm_faults.py."""
+"""What the client tests share: a client with tiny timeouts (llm.Client, or the application's
+ServingClient), a one-message conversation, a scripted handler for fake_server.FakeServer and a yes/no
+answer schema. Used by test_llm.py, test_llm_faults.py and tests/app/test_serving.py."""
 
+from app.serving import ServingClient, ServingConfig
 from llm import Client, ClientConfig
 
 SCHEMA = {
@@ -13,6 +15,15 @@ SCHEMA = {
 
 def client(url: str, **kw) -> Client:
     """Tiny timeouts and backoff: every retry path runs in milliseconds."""
+    return Client(ClientConfig(**settings(url, **kw)))
+
+
+def serving_client(url: str, **kw) -> ServingClient:
+    """The application's client with the same settings (and its own: call_budget, dead_after, ...)."""
+    return ServingClient(ServingConfig(**settings(url, **kw)))
+
+
+def settings(url: str, **kw) -> dict:
     cfg = {
         "base_url": url,
         "model": "fake-model",
@@ -24,7 +35,7 @@ def client(url: str, **kw) -> Client:
         "workers": 4,
     }
     cfg.update(kw)
-    return Client(ClientConfig(**cfg))
+    return cfg
 
 
 def ask(text: str) -> list[dict]:

@@ -16,6 +16,7 @@ from llm_helpers import SCHEMA, ask, client, script
 from PIL import Image
 
 import llm
+from client.structured import validate
 from images import image_part
 from llm import LLMError, text_part
 from servers.fake_mllm import FakeServer, reply
@@ -263,25 +264,18 @@ def test_map_chat_runs_requests_in_parallel():
     assert [r.content for r in out] == ["ok"] * 8 and len(srv.requests) == 8
 
 
-def test_api_key_is_a_bearer_header_and_never_written_or_shown(tmp_path, monkeypatch):
+def test_api_key_is_a_bearer_header_and_never_written(tmp_path, monkeypatch):
+    """The key goes in the header and nowhere else; scrubbing it from error messages is the application's
+    client's (tests/app/test_serving.py)."""
     key = "sk-test-0123456789abcdef"
     monkeypatch.setenv("REFINEG_TEST_KEY", key)
-
-    def handler(body):
-        if body["messages"][0]["content"] == "echo":  # a server that echoes the header in its error body
-            return (400, f"bad header {srv.headers[-1]['Authorization']}", {})
-        return reply("fine")
-
     cache = tmp_path / "cache.jsonl"
-    with FakeServer(handler) as srv:
+    with FakeServer(lambda body: reply("fine")) as srv:
         c = client(srv.url, api_key_env="REFINEG_TEST_KEY", cache_path=str(cache))
         assert c.chat(ask("hello")).content == "fine"
-        with pytest.raises(LLMError) as err:
-            c.chat(ask("echo"))
         monkeypatch.delenv("REFINEG_TEST_KEY")
         client(srv.url).chat(ask("no key"))
-    assert srv.headers[0]["Authorization"] == f"Bearer {key}" and "Authorization" not in srv.headers[2]
-    assert "bad header Bearer ***" in str(err.value) and key not in str(err.value)
+    assert srv.headers[0]["Authorization"] == f"Bearer {key}" and "Authorization" not in srv.headers[1]
     assert key not in cache.read_text() and key not in repr(c.usage)
 
 
@@ -320,3 +314,36 @@ def test_usage_counts():
         "cached_completion_tokens": 0,
     }
     assert len(srv.requests) == 5
+
+
+# ---------------------------------------------------------------- the Chat protocol
+
+
+def test_a_chat_of_ones_own_is_all_a_stage_needs():
+    """llm.Chat is the whole client interface of the stages: a stand-in with map_chat alone (no HTTP, no
+    llm.Client; the shape docs/porting.md shows) drives synthesis, and its LLMError costs only its seed."""
+    from test_synth import item, toy
+
+    from synth import SynthConfig, synthesize
+
+    asked = []
+
+    class MyServing:
+        def map_chat(self, jobs, desc=""):
+            requests = [job() if callable(job) else job for job in jobs]
+            return [None if r is None else self.answer(r) for r in requests]
+
+        def answer(self, request):
+            asked.append(request)
+            if len(asked) > 1:  # the second seed's call fails for good
+                return LLMError("the serving is down")
+            content = {
+                "samples": [item("The USS Nimitz docked at Norfolk on Monday .", ("USS Nimitz", "vessel"))]
+            }
+            assert validate(content, request["schema"]) == []
+            return llm.Reply(content, usage={}, cached=False)
+
+    samples, _ = synthesize(toy(), MyServing(), SynthConfig(per_seed=1))
+    assert [r["messages"][0]["role"] for r in asked] == ["system", "system"]
+    assert [s.text for s in samples] == ["The USS Nimitz docked at Norfolk on Monday ."]
+    assert [(samples[0].name(e), e.type) for e in samples[0].entities] == [("USS Nimitz", "vessel")]

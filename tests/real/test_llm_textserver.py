@@ -18,9 +18,10 @@ import pytest
 import requests
 from PIL import Image
 
+from app.serving import ServingClient, ServingConfig
 from client.structured import validate
 from images import image_part
-from llm import Client, ClientConfig, LLMError, text_part
+from llm import LLMError, text_part
 
 BINARY, GGUF = os.environ.get("LLAMA_SERVER", ""), os.environ.get("REFINEG_TEST_GGUF", "")
 pytestmark = [
@@ -95,9 +96,10 @@ def server_url(tmp_path_factory):
             proc.wait()
 
 
-def client(url: str) -> Client:
-    return Client(
-        ClientConfig(
+def client(url: str) -> ServingClient:
+    """The application's client (its hints name the no-vision case), trying each request once."""
+    return ServingClient(
+        ServingConfig(
             base_url=url,
             model="test",
             read_timeout=120,
@@ -121,7 +123,7 @@ def test_bounded_json_schema_request_gives_valid_json(server_url):
 
 def test_answer_cut_at_max_tokens_is_an_error(server_url):
     c = client(server_url)
-    with pytest.raises(LLMError, match=r"cut at max_tokens=3: .*\(finish_reason 'length'\)"):
+    with pytest.raises(LLMError, match=r"cut by max_tokens=3 after 3 tokens \(finish_reason 'length'\)"):
         c.chat([{"role": "user", "content": "Count from 1 to 50, one number per line."}], max_tokens=3)
     assert c.usage.completion_tokens == 3 and c.usage.failures == 1
 

@@ -28,10 +28,12 @@ import pytest
 import requests
 from llama_server import CTX, IMAGE_MAX_TOKENS, REALSERVER, Server, client, free_port
 from PIL import Image, ImageDraw
+from urllib3.exceptions import ReadTimeoutError
 
+from app.serving import check_server
 from client.structured import validate
 from images import image_part
-from llm import ClientConfig, LLMError, check_server, text_part
+from llm import ClientConfig, LLMError, text_part
 from servers.fake_mllm import FakeServer
 
 pytestmark = REALSERVER
@@ -230,7 +232,7 @@ def test_server_500_for_a_client_mistake_ends_after_bounded_retries(server):
     which it reads as bad base64); the client retries 5xx, so it must give up after max_retries."""
     c = client(server.url, max_retries=2)
     bad = {"type": "image_url", "image_url": "data:image/jpeg;base64,AAAA"}
-    with pytest.raises(LLMError, match="failed 3 times.*HTTP 500"):
+    with pytest.raises(LLMError, match=r"HTTP 500 from .*\(3 tries\)"):
         c.chat(user("Describe.", bad), max_tokens=4)
     assert c.usage.requests == 3 and c.usage.retries == 2  # bounded by counts, not by the clock
 
@@ -277,7 +279,7 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
     """Six calls, one at a time; the server is SIGKILLed once two answers are in the cache file. The calls
     left fail with a clear LLMError after exactly max_retries retries each, and no try waits for a timeout,
     so they end within seconds of the kill (a refused or reset connection is immediate; the backoff is capped
-    at 0.2 s here): checked by what each try ended in, not by a clock; a rerun of the same six calls
+    at 0.2 s here): checked by what each retried try ended in, not by a clock; a rerun of the same six calls
     against a restarted server answers the finished ones from the cache and sends only the rest: the new
     server's token counter equals the completion tokens of the new answers alone."""
     port, log, cache = free_port(), str(tmp_path / "server.log"), str(tmp_path / "llm_cache.jsonl")
@@ -287,17 +289,14 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
     srv = Server(port, log)
     try:
         c1 = client(srv.url, cache_path=cache, max_retries=2, connect_timeout=2.0, read_timeout=30.0)
-        tries, post = [], c1._session.post  # what each of c1's tries ended in: an answer or an exception
+        retry = c1._session.get_adapter(srv.url).max_retries  # urllib3 Retry: what each retried try ended in
+        errors, counted = [], retry.on_retry
 
-        def recorded_post(*args, **kw):
-            try:
-                tries.append(post(*args, **kw))
-            except requests.RequestException as e:
-                tries.append(e)
-                raise
-            return tries[-1]
+        def recorded(r):
+            errors.append(r.history[-1].error)
+            counted(r)
 
-        c1._session.post = recorded_post
+        retry.on_retry = recorded
         finished, killed = threading.Event(), threading.Event()
 
         def kill_after_two_answers(victim: Server) -> None:
@@ -317,10 +316,11 @@ def test_killed_server_fails_boundedly_and_a_rerun_resumes_from_the_cache(tmp_pa
         done = [i for i, r in enumerate(first) if not isinstance(r, LLMError)]
         failed = [r for r in first if isinstance(r, LLMError)]
         assert len(done) >= 2 and failed and len(done) + len(failed) == 6
-        assert all("cannot connect" in str(e) and "3 tries" in str(e) for e in failed)
-        assert c1.usage.retries == 2 * len(failed) and c1.usage.failures == len(failed)
-        assert len(tries) == c1.usage.requests
-        assert not any(isinstance(t, requests.Timeout) for t in tries)  # none waited out read_timeout=30 s
+        assert all("no answer" in str(e) and "(3 tries)" in str(e) for e in failed)
+        assert all("Is the server running" in str(e) for e in failed)
+        assert c1.usage.retries == 2 * len(failed) == len(errors) and c1.usage.failures == len(failed)
+        assert c1.usage.requests == len(done) + 3 * len(failed)
+        assert not any(isinstance(e, ReadTimeoutError) for e in errors)  # none waited out read_timeout=30 s
         assert sum(1 for _ in open(cache)) == len(done)
 
         srv = Server(port, log)  # restarted on the same port

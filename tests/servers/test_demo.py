@@ -19,6 +19,7 @@ import llm
 import refineg
 from app.report import simulation_lines
 from app.rundir import Run, served_model
+from app.serving import ServingConfig, check_server
 from servers import demo
 from servers.simulated_mllm import SimConfig, model_id
 
@@ -130,7 +131,7 @@ def test_the_stand_in_names_itself_and_stops_cleanly_on_ctrl_c_or_kill(stop):
     try:
         first = proc.stdout.readline()
         url = re.search(r"serving (http://127\.0\.0\.1:\d+/v1) ", first).group(1)
-        assert llm.check_server(llm.ClientConfig(base_url=url)) == ["simulated-mllm-acc0.80"]
+        assert check_server(llm.ClientConfig(base_url=url)) == ["simulated-mllm-acc0.80"]
         session = requests.Session()  # a connection kept open must not hold the server up
         assert session.get(url + "/models").status_code == 200
         proc.send_signal(stop)
@@ -185,7 +186,7 @@ def test_simulation_is_read_from_the_servers_own_model_id(tmp_path):
     qwen = "Qwen/Qwen2.5-VL-7B-Instruct"
     assert served_model(qwen, [qwen]) == {"model": qwen, "listed": [qwen], "simulated": False}
     assert served_model("", ["a", "b"])["model"] is None  # several models and none named: unknown
-    run = Run(tmp_path, llm.ClientConfig())
+    run = Run(tmp_path, ServingConfig())
     run.mllm = served_model(qwen, [qwen])
     assert simulation_lines(run) == []
     run.mllm = served_model("", [mixed])
