@@ -1,12 +1,13 @@
 """The command line of refineg.py: one `Settings` object, one flag per field of its parts.
 
-Each part is one stage's settings dataclass (RunConfig here, serving.ServingConfig: llm.ClientConfig and
-the application's guards, synth.SynthConfig, tagger.TaggerConfig, uncertainty.UncertaintyConfig,
-refinement.RefinementConfig, demos.DemoConfig, grounding.GroundingConfig, suggest.SuggestConfig); each
-field is one flag `--<prefix><field-name>`, its help and type the field's own (`data.setting`, the annotation). A part checks itself when built
-(its __post_init__), so `parse_settings` returns valid settings or ends the program with one line
-`error: --flag: expected X, got Y` per problem and exit code 2, before any stage runs. A porter
-builds the same object in Python: Settings(run=RunConfig(data=["DIR"]), tagger=TaggerConfig(epochs=5)).
+Each part is one stage's settings dataclass (RunConfig here, serving.ServingConfig: llm.ClientConfig and the
+application's guards, synth.SynthConfig, tagger.TaggerConfig, uncertainty.UncertaintyConfig,
+refinement.RefinementConfig, demos.DemoConfig, grounding.GroundingConfig, suggest.SuggestConfig); each field
+is one flag `--<prefix><field-name>`, its help and type the field's own (`data.setting`, the annotation). A
+part checks itself when built (its __post_init__), so `parse_settings` returns valid settings or ends the
+program with one line `error: --flag: expected X, got Y` per problem and exit code 2, before any stage runs.
+A porter builds the same object in Python: Settings(run=RunConfig(data=["DIR"]),
+tagger=TaggerConfig(epochs=5)).
 
     python refineg.py --help        # the flags a user of the method sets
     python refineg.py --help-all    # every flag, by stage
