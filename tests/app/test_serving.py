@@ -9,7 +9,8 @@ import pytest
 from llm_helpers import SCHEMA, ask, script, serving_client
 from PIL import Image
 
-from app.serving import ServingConfig, check_config, check_server
+from app.serving import ServingConfig, check_server
+from data import InvalidSettings
 from images import image_part
 from llm import ClientConfig, LLMError, text_part
 from servers.fake_mllm import FAULTS, FakeServer, error, reply
@@ -24,8 +25,9 @@ def free_port() -> int:
 
 
 def test_settings_are_checked_with_the_clients():
-    bad = ServingConfig(call_budget=0, workers=0)
-    assert [field for field, _ in check_config(bad)] == ["workers", "call_budget"]
+    with pytest.raises(InvalidSettings) as refused:
+        ServingConfig(call_budget=0, workers=0)
+    assert [field for field, _ in refused.value.problems] == ["workers", "call_budget"]
 
 
 # ---------------------------------------------------------------- budget, dead server, size cap
