@@ -18,11 +18,13 @@ windows and word shapes are in encoding.py). An embedding of each word's shape
 default encoder is uncased, so case cues must come from here. A linear layer gives
 emission scores; a linear-chain CRF (crf.py) adds transition scores in which the tag
 scheme's illegal moves (O -> I-X, B-X -> I-Y, ...) are forbidden, in training, decoding
-and marginals alike. This file is the model, its training and its use.
+and marginals alike. This file is the model, its training (its settings after them) and its use.
 
 Left out on purpose: character CNNs / BiLSTMs on top of the encoder, nested entities,
 mixed precision, multi-GPU training.
 """
+
+from __future__ import annotations  # the model and its training come first, its settings after them
 
 import copy
 import hashlib
@@ -52,98 +54,6 @@ from data import (
 from encoding import SHAPES, Encoded, collate, encode, length_batches, load_encoder
 
 # Fixed choices no run has needed to change (they were flags before): BERT's fine-tuning recipe.
-WEIGHT_DECAY = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
-WARMUP = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
-MAX_GRAD_NORM = 1.0  # gradient clipping (global L2 norm)
-SHAPE_DIM = 16  # size of one word-shape embedding
-RETIRED = {
-    "weight_decay": WEIGHT_DECAY,
-    "warmup": WARMUP,
-    "max_grad_norm": MAX_GRAD_NORM,
-    "shape_dim": SHAPE_DIM,
-}
-
-
-@dataclass
-class TaggerConfig:
-    encoder: str = setting("", 'HF name or local path; "" = the offline all-MiniLM-L6-v2 package', main=True)
-    scheme: str = setting("BIOES", "BIO | BIOES; BIOES makes the CRF model entity ends explicitly")
-    max_length: int = setting(
-        128, "sub-tokens per encoder window incl. special tokens; longer texts are windowed"
-    )
-    lr_encoder: float = setting(5e-5, "AdamW lr of the pretrained encoder (small: it is already trained)")
-    lr_head: float = setting(1e-3, "lr of the shape embeddings and the emission layer (trained from scratch)")
-    lr_crf: float = setting(1e-2, "lr of the transition scores (few parameters that need to move far)")
-    epochs: int = setting(10, "passes over the training data (or over epoch_size sentences)", main=True)
-    min_steps: int = setting(60, "optimisation steps at least: small data gets more epochs than `epochs`")
-    epoch_size: int = setting(
-        2000, "sentences drawn afresh each epoch when there are more (bounds time); 0 = all"
-    )
-    batch_size: int = setting(16, "sentences per step")
-    train_chunk: int = setting(
-        64, "words: longer training texts are cut between entities (bounds a batch's memory)"
-    )
-    dropout: float = setting(0.1, "before the emission layer (the encoder keeps its own dropout)")
-    shape_features: bool = setting(True, "word-shape embeddings of the word and its two neighbours")
-    freeze_embeddings: bool = setting(
-        True, "keep the word-piece embeddings fixed: unseen words keep their place"
-    )
-    seed: int = setting(0, "batches, dropout and head initialisation")
-    device: str = setting("cpu", "torch device to train and predict on (cpu, cuda, cuda:1, ...)", main=True)
-    threads: int = setting(0, "torch.set_num_threads; 0 = leave torch's default")
-    int8: bool = setting(
-        False, "the encoder's linear layers in int8 (CPU): faster prediction, a little less F1"
-    )
-    progress: bool = setting(
-        True, "progress bars while loading the encoder and training (only on a terminal)"
-    )
-    self_train_rounds: int = setting(
-        2, "pseudo-label + retrain rounds on --unlabelled text (selftrain.py)", main=True
-    )
-    self_train_epochs: int = setting(3, "epochs of each round, continuing from the previous round's tagger")
-    self_train_tau: float = setting(
-        0.1, "keep a pseudo-labelled sentence when each entity's uncertainty is <= this"
-    )
-    self_train_missed: float = setting(
-        0.1, "and its missed-entity score (max 1 - P(O) off entities) is <= this"
-    )
-
-    def __post_init__(self):
-        require_valid(
-            self,
-            [
-                ("scheme", self.scheme in ("BIO", "BIOES"), "BIO or BIOES"),
-                ("max_length", self.max_length >= 8, "at least 8 sub-tokens"),
-                ("epochs", self.epochs >= 1, "at least 1"),
-                ("min_steps", self.min_steps >= 0, "0 or more"),
-                ("epoch_size", self.epoch_size >= 0, "0 (all) or more"),
-                ("batch_size", self.batch_size >= 1, "at least 1"),
-                ("train_chunk", self.train_chunk >= 1, "a positive number of words"),
-                ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
-                ("device", device_problem(self.device) == "", device_problem(self.device)),
-                ("int8", not self.int8 or self.device.split(":")[0] == "cpu", "int8 only on the cpu device"),
-                ("threads", self.threads >= 0, "0 (torch's default) or more"),
-                ("self_train_rounds", self.self_train_rounds >= 0, "0 or more"),
-                ("self_train_epochs", self.self_train_epochs >= 1, "at least 1"),
-                ("self_train_tau", 0 <= self.self_train_tau <= 1, "an uncertainty in [0, 1]"),
-                ("self_train_missed", 0 <= self.self_train_missed <= 1, "a score in [0, 1]"),
-            ],
-        )
-
-
-def device_problem(device: str) -> str:
-    """ "" when torch can use `device` here, else what this machine offers instead."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError):
-        return "a torch device such as cpu, cuda or cuda:1"
-    if kind == "cuda" and not torch.cuda.is_available():
-        return (
-            "a device this machine has: cpu (this torch has no usable CUDA; a CUDA build of torch uses GPUs)"
-        )
-    if kind == "mps" and not torch.backends.mps.is_available():
-        return "a device this machine has: cpu (MPS is not available here)"
-    return ""
 
 
 # ---------------------------------------------------------------- the model
@@ -180,76 +90,6 @@ class Tagger(nn.Module):
 
 
 # ---------------------------------------------------------------- training
-
-
-def check_samples(samples: list[Sample], types: list[str]) -> None:
-    if not types or len(set(types)) != len(types):
-        raise ValueError(f"expected a non-empty list of distinct types, got {types}")
-    for s in samples:
-        for e in s.entities:
-            if e.type not in types:
-                raise ValueError(f"sample {s.id!r}: entity type {e.type!r} is not in {types}")
-            if not 0 <= e.start < e.end <= len(s.tokens):
-                raise ValueError(
-                    f"sample {s.id!r}: span [{e.start}, {e.end}) outside its {len(s.tokens)} tokens"
-                )
-
-
-def chunks(sample: Sample, size: int) -> list[Sample]:
-    """The sample cut into pieces of at most `size` words, never inside an entity (a piece grows to the end
-    of an entity longer than `size`). Prediction needs no cut: without gradients its memory is linear."""
-    inside = np.zeros(len(sample.tokens) + 1, dtype=bool)  # inside[b]: a cut before word b splits an entity
-    for e in sample.entities:
-        inside[e.start + 1 : e.end] = True
-    out = []
-    a = 0
-    while a < len(sample.tokens):
-        b = min(a + size, len(sample.tokens))
-        while inside[b] and b > a + 1:
-            b -= 1
-        while inside[b]:  # an entity longer than `size`: keep it whole
-            b += 1
-        ents = [replace(e, start=e.start - a, end=e.end - a) for e in sample.entities if a <= e.start < b]
-        whole = a == 0 and b == len(sample.tokens)
-        out.append(Sample(sample.id if whole else f"{sample.id}#{a}", sample.tokens[a:b], sample.image, ents))
-        a = b
-    return out
-
-
-def build(config: TaggerConfig, types: list[str], init: "Tagger | None" = None) -> Tagger:
-    """A tagger ready to train: the pretrained encoder and a fresh head, or `init`'s weights."""
-    tokenizer, encoder = load_encoder(config.encoder, config.progress)
-    if config.max_length > tokenizer.model_max_length:
-        raise ValueError(
-            f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}"
-        )
-    model = Tagger(config, types, encoder, tokenizer).to(config.device)
-    if init is not None:
-        if init.tags != model.tags or init.config.int8:
-            kind = "an int8" if init.config.int8 else "a"
-            raise ValueError(
-                f"init: expected a float tagger with tags {model.tags}, got {kind} tagger "
-                f"with tags {init.tags}"
-            )
-        model.load_state_dict(init.state_dict())
-    if config.freeze_embeddings:
-        encoder.get_input_embeddings().weight.requires_grad_(False)
-    return model
-
-
-def optimizer(model: Tagger, config: TaggerConfig, steps: int):
-    """AdamW with one learning rate per part, and BERT's schedule: lr x step / warm-up steps (so the first
-    step has lr 0), then linear decay to 0 at the last step (the peer in bench/tagger.py uses the same)."""
-    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    head = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "crf."))]
-    opt = torch.optim.AdamW(
-        [
-            {"params": encoder, "lr": config.lr_encoder, "weight_decay": WEIGHT_DECAY},
-            {"params": head, "lr": config.lr_head, "weight_decay": WEIGHT_DECAY},
-            {"params": list(model.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0},
-        ]
-    )
-    return opt, get_linear_schedule_with_warmup(opt, int(WARMUP * steps), steps)
 
 
 def train_tagger(
@@ -375,6 +215,76 @@ def span_f1(gold: list[Sample], pred: list[Sample]) -> float:
 INT8 = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
 
 
+def check_samples(samples: list[Sample], types: list[str]) -> None:
+    if not types or len(set(types)) != len(types):
+        raise ValueError(f"expected a non-empty list of distinct types, got {types}")
+    for s in samples:
+        for e in s.entities:
+            if e.type not in types:
+                raise ValueError(f"sample {s.id!r}: entity type {e.type!r} is not in {types}")
+            if not 0 <= e.start < e.end <= len(s.tokens):
+                raise ValueError(
+                    f"sample {s.id!r}: span [{e.start}, {e.end}) outside its {len(s.tokens)} tokens"
+                )
+
+
+def chunks(sample: Sample, size: int) -> list[Sample]:
+    """The sample cut into pieces of at most `size` words, never inside an entity (a piece grows to the end
+    of an entity longer than `size`). Prediction needs no cut: without gradients its memory is linear."""
+    inside = np.zeros(len(sample.tokens) + 1, dtype=bool)  # inside[b]: a cut before word b splits an entity
+    for e in sample.entities:
+        inside[e.start + 1 : e.end] = True
+    out = []
+    a = 0
+    while a < len(sample.tokens):
+        b = min(a + size, len(sample.tokens))
+        while inside[b] and b > a + 1:
+            b -= 1
+        while inside[b]:  # an entity longer than `size`: keep it whole
+            b += 1
+        ents = [replace(e, start=e.start - a, end=e.end - a) for e in sample.entities if a <= e.start < b]
+        whole = a == 0 and b == len(sample.tokens)
+        out.append(Sample(sample.id if whole else f"{sample.id}#{a}", sample.tokens[a:b], sample.image, ents))
+        a = b
+    return out
+
+
+def build(config: TaggerConfig, types: list[str], init: Tagger | None = None) -> Tagger:
+    """A tagger ready to train: the pretrained encoder and a fresh head, or `init`'s weights."""
+    tokenizer, encoder = load_encoder(config.encoder, config.progress)
+    if config.max_length > tokenizer.model_max_length:
+        raise ValueError(
+            f"max_length {config.max_length} exceeds the encoder's limit {tokenizer.model_max_length}"
+        )
+    model = Tagger(config, types, encoder, tokenizer).to(config.device)
+    if init is not None:
+        if init.tags != model.tags or init.config.int8:
+            kind = "an int8" if init.config.int8 else "a"
+            raise ValueError(
+                f"init: expected a float tagger with tags {model.tags}, got {kind} tagger "
+                f"with tags {init.tags}"
+            )
+        model.load_state_dict(init.state_dict())
+    if config.freeze_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    return model
+
+
+def optimizer(model: Tagger, config: TaggerConfig, steps: int):
+    """AdamW with one learning rate per part, and BERT's schedule: lr x step / warm-up steps (so the first
+    step has lr 0), then linear decay to 0 at the last step (the peer in bench/tagger.py uses the same)."""
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "crf."))]
+    opt = torch.optim.AdamW(
+        [
+            {"params": encoder, "lr": config.lr_encoder, "weight_decay": WEIGHT_DECAY},
+            {"params": head, "lr": config.lr_head, "weight_decay": WEIGHT_DECAY},
+            {"params": list(model.crf.parameters()), "lr": config.lr_crf, "weight_decay": 0.0},
+        ]
+    )
+    return opt, get_linear_schedule_with_warmup(opt, int(WARMUP * steps), steps)
+
+
 def quantize(model: Tagger) -> None:
     """Replace the encoder's nn.Linear layers by int8 ones (weights int8, activations quantized per batch).
 
@@ -387,6 +297,102 @@ def quantize(model: Tagger) -> None:
     with warnings.catch_warnings():  # torch points to torchao for the same thing; this API still works
         warnings.simplefilter("ignore")
         model.encoder = torch.ao.quantization.quantize_dynamic(model.encoder, INT8, dtype=torch.qint8)
+
+
+# ---------------------------------------------------------------- settings
+
+WEIGHT_DECAY = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
+WARMUP = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
+MAX_GRAD_NORM = 1.0  # gradient clipping (global L2 norm)
+SHAPE_DIM = 16  # size of one word-shape embedding
+RETIRED = {
+    "weight_decay": WEIGHT_DECAY,
+    "warmup": WARMUP,
+    "max_grad_norm": MAX_GRAD_NORM,
+    "shape_dim": SHAPE_DIM,
+}
+
+
+@dataclass
+class TaggerConfig:
+    encoder: str = setting("", 'HF name or local path; "" = the offline all-MiniLM-L6-v2 package', main=True)
+    scheme: str = setting("BIOES", "BIO | BIOES; BIOES makes the CRF model entity ends explicitly")
+    max_length: int = setting(
+        128, "sub-tokens per encoder window incl. special tokens; longer texts are windowed"
+    )
+    lr_encoder: float = setting(5e-5, "AdamW lr of the pretrained encoder (small: it is already trained)")
+    lr_head: float = setting(1e-3, "lr of the shape embeddings and the emission layer (trained from scratch)")
+    lr_crf: float = setting(1e-2, "lr of the transition scores (few parameters that need to move far)")
+    epochs: int = setting(10, "passes over the training data (or over epoch_size sentences)", main=True)
+    min_steps: int = setting(60, "optimisation steps at least: small data gets more epochs than `epochs`")
+    epoch_size: int = setting(
+        2000, "sentences drawn afresh each epoch when there are more (bounds time); 0 = all"
+    )
+    batch_size: int = setting(16, "sentences per step")
+    train_chunk: int = setting(
+        64, "words: longer training texts are cut between entities (bounds a batch's memory)"
+    )
+    dropout: float = setting(0.1, "before the emission layer (the encoder keeps its own dropout)")
+    shape_features: bool = setting(True, "word-shape embeddings of the word and its two neighbours")
+    freeze_embeddings: bool = setting(
+        True, "keep the word-piece embeddings fixed: unseen words keep their place"
+    )
+    seed: int = setting(0, "batches, dropout and head initialisation")
+    device: str = setting("cpu", "torch device to train and predict on (cpu, cuda, cuda:1, ...)", main=True)
+    threads: int = setting(0, "torch.set_num_threads; 0 = leave torch's default")
+    int8: bool = setting(
+        False, "the encoder's linear layers in int8 (CPU): faster prediction, a little less F1"
+    )
+    progress: bool = setting(
+        True, "progress bars while loading the encoder and training (only on a terminal)"
+    )
+    self_train_rounds: int = setting(
+        2, "pseudo-label + retrain rounds on --unlabelled text (selftrain.py)", main=True
+    )
+    self_train_epochs: int = setting(3, "epochs of each round, continuing from the previous round's tagger")
+    self_train_tau: float = setting(
+        0.1, "keep a pseudo-labelled sentence when each entity's uncertainty is <= this"
+    )
+    self_train_missed: float = setting(
+        0.1, "and its missed-entity score (max 1 - P(O) off entities) is <= this"
+    )
+
+    def __post_init__(self):
+        require_valid(
+            self,
+            [
+                ("scheme", self.scheme in ("BIO", "BIOES"), "BIO or BIOES"),
+                ("max_length", self.max_length >= 8, "at least 8 sub-tokens"),
+                ("epochs", self.epochs >= 1, "at least 1"),
+                ("min_steps", self.min_steps >= 0, "0 or more"),
+                ("epoch_size", self.epoch_size >= 0, "0 (all) or more"),
+                ("batch_size", self.batch_size >= 1, "at least 1"),
+                ("train_chunk", self.train_chunk >= 1, "a positive number of words"),
+                ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
+                ("device", device_problem(self.device) == "", device_problem(self.device)),
+                ("int8", not self.int8 or self.device.split(":")[0] == "cpu", "int8 only on the cpu device"),
+                ("threads", self.threads >= 0, "0 (torch's default) or more"),
+                ("self_train_rounds", self.self_train_rounds >= 0, "0 or more"),
+                ("self_train_epochs", self.self_train_epochs >= 1, "at least 1"),
+                ("self_train_tau", 0 <= self.self_train_tau <= 1, "an uncertainty in [0, 1]"),
+                ("self_train_missed", 0 <= self.self_train_missed <= 1, "a score in [0, 1]"),
+            ],
+        )
+
+
+def device_problem(device: str) -> str:
+    """ "" when torch can use `device` here, else what this machine offers instead."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        return "a torch device such as cpu, cuda or cuda:1"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return (
+            "a device this machine has: cpu (this torch has no usable CUDA; a CUDA build of torch uses GPUs)"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "a device this machine has: cpu (MPS is not available here)"
+    return ""
 
 
 # ---------------------------------------------------------------- prediction, save, load
