@@ -265,10 +265,12 @@ def refinement_stage(
             run.skip("refinement", NOTHING_TO_PREDICT)
         elif run.wants("refinement", cfg["run"].refine):
             client = run.client("refinement")
-            pred, counts, run.traces["refinement"] = refinement.refine(
-                pred, labelled, client, cfg["refinement"], tags
-            )
-            run.notes["refinement"] = {"tau": tau, **counts}
+            pred, traces = refinement.refine(pred, labelled, client, cfg["refinement"], tags)
+            for sid, t in traces.items():
+                if t.image_error:
+                    print(f"refinement: sample {sid}: {t.image_error}; text-only call")
+            run.traces["refinement"] = traces
+            run.notes["refinement"] = {"tau": tau, **refinement.counts(traces)}
             print(refinement_line(run.notes["refinement"]))
             score_mner(run, "refinement", gold, pred)
     return pred

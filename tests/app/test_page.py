@@ -24,11 +24,12 @@ from PIL import Image
 
 import data
 import refineg
+import refinement
 from app import page, report
 from data import Box, Entity, Sample
 from formats import ccks
 from grounding import GroundingTrace, WorkedExample
-from refinement import Decision, RefinementTrace
+from refinement import Call, Decision, Outcome, RefinementTrace
 from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -261,6 +262,23 @@ def test_a_large_run_shows_only_the_samples_with_the_most_mistakes(runs, tmp_pat
     assert f"trace.jsonl holds all {len(trace)}" in html
 
 
+def test_the_refinement_line_reads_each_count_by_its_key():
+    """refinement.counts of one answered call (one entity re-typed, one sure) prints as the line below; the
+    line indexes every count it reads, so a key counts no longer gives (renamed, misspelt) is a KeyError,
+    never a silent 0."""
+    e = Entity(0, 1, "vehicle", delegated=True)
+    trace = RefinementTrace(Call.ANSWERED, 2, [Decision(e, Outcome.CHANGE_TYPE, e)], [], [])
+    n = {"tau": 0.5, **refinement.counts({"a": trace})}
+    assert report.refinement_line(n) == (
+        "refinement: 1 of 2 entities delegated (uncertainty > tau 0.5), checked in 1 calls: 0 kept, "
+        "1 changed (1 type, 0 span), 0 rejected"
+    )
+    read = ["tau", "delegated", "entities", "calls", "keep", "change_type", "change_span", "reject", "added"]
+    for key in [*read, "kept_by_fallback"]:
+        with pytest.raises(KeyError):
+            report.refinement_line({k: v for k, v in n.items() if k != key})
+
+
 HOSTILE = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "&amp; </table>"]
 
 
@@ -274,7 +292,8 @@ def test_hostile_text_is_escaped_everywhere(tmp_path):
     tagged = Sample('id"<b>', tokens, str(bomb), [e])
     final = Sample(tagged.id, tokens, str(bomb), [Entity(1, 3, "<i>type</i>", [Box(1, 2, 3, 4)])])
     gold = Sample(tagged.id, tokens, str(bomb), [Entity(0, 1, HOSTILE[1])])
-    refined = RefinementTrace([Decision(e, "change_span", final.entities[0])], [], HOSTILE[0], HOSTILE[2])
+    decided = [Decision(e, Outcome.CHANGE_SPAN, final.entities[0])]
+    refined = RefinementTrace(Call.ANSWERED, 1, decided, [], [], HOSTILE[0], HOSTILE[2])
     grounded = GroundingTrace(
         "failed_call", {HOSTILE[1]: "x"}, [WorkedExample(HOSTILE[0], 1.0, None, 0.5, 0.7)], {}, HOSTILE[0]
     )
