@@ -46,6 +46,7 @@ from data import Dataset, Sample
 from eval import evaluate
 from grounding import GroundingTrace, WorkedExample
 from levers import synth_filters
+from refinement import RefinementTrace
 from tagger import Tagger
 
 
@@ -74,7 +75,7 @@ class Result:
     refined: list[Sample] = field(
         default_factory=list
     )  # after refinement (the tagged ones when it did not run)
-    refinement: dict | None = None  # refinement's counts and traces (None: it did not run)
+    refinement: dict[str, RefinementTrace] | None = None  # its trace per sample id (None: it did not run)
     demo_pool: demos.Pool | None = None  # the labelled samples worked examples are chosen from, embedded
     examples: list[list[WorkedExample]] = field(default_factory=list)  # those chosen for each refined sample
     final: list[Sample] = field(default_factory=list)  # after grounding: entities with boxes
@@ -126,10 +127,9 @@ def pipeline(
     with hooks.stage("refinement"):
         r.refined = r.tagged
         if "refinement" in clients and r.tagged:
-            r.refined, counts, traces = refinement.refine(
+            r.refined, r.refinement = refinement.refine(
                 r.tagged, labelled, clients["refinement"], settings.refinement, r.tagger.tags
             )
-            r.refinement = {"counts": counts, "traces": traces}
             score(r, "refinement", gold, r.refined)
     hooks.finished("refinement", r)
     with hooks.stage("demo selection"):

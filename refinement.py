@@ -9,8 +9,8 @@ images each). A failed call keeps the tagger's entities of its sample (counted).
 
 Inputs: predicted Samples routed by uncertainty.route (each entity's `delegated` set), the Dataset
 (types and their descriptions) and an llm.Client. Outputs: new Samples whose entities say where they
-came from (`source` = "tagger" | "mllm"), a dict of counts (calls, decisions, fallbacks), and per
-sample id asked a `RefinementTrace` (each delegated entity's decision, the added ones, the call's reasoning).
+came from (`source` = "tagger" | "mllm") and a `RefinementTrace` per sample id (the call's outcome,
+each delegated entity's decision, the added ones, the reasoning); `counts` adds the traces up.
 
     python -m pytest -q tests/method/test_refinement.py     # the stage against a scripted fake MLLM
 
@@ -20,6 +20,7 @@ MLLM's notion of "entity" leaks in, the domain knowledge conflict); one image pe
 
 from collections import Counter
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import numpy as np
 
@@ -28,7 +29,43 @@ from images import ImageError, image_part
 from llm import Chat, LLMError, text_part
 from uncertainty import delegated, missed_entity_score
 
-ACTIONS = ["keep", "change_span", "change_type", "reject"]
+
+class Call(str, Enum):
+    """What came of one sample's refinement call (the trace.jsonl and counts keys are the values)."""
+
+    NOT_ASKED = "not_asked"  # no delegated entity (and no missed-entity score over missed_tau): no call
+    ANSWERED = "answered"
+    FAILED_CALL = "failed_call"  # the call's LLMError: every delegated entity keeps the tagger's prediction
+    BAD_ANSWER = "bad_answer"  # an answer without a list of decisions: the same
+
+
+class Outcome(str, Enum):
+    """What became of one delegated entity: its decision applied (the first four, the answer's actions),
+    or the tagger's prediction kept by fallback (the rest)."""
+
+    KEEP = "keep"
+    CHANGE_SPAN = "change_span"
+    CHANGE_TYPE = "change_type"
+    REJECT = "reject"
+    MISSING = "missing"  # the answer holds no decision for it (or the call failed)
+    UNKNOWN_ACTION = "invalid_unknown_action"
+    UNKNOWN_TYPE = "invalid_unknown_type"
+    SPAN_NOT_IN_TEXT = "invalid_span_not_in_text"
+    SPAN_NOT_OVERLAPPING = "invalid_span_not_overlapping"  # a new span must overlap the old one
+    OVERLAPS_OTHER = "invalid_overlaps_other"  # the new span lost to another entity (resolve's rule)
+
+
+class Ignored(str, Enum):
+    """A part of an answer that was not used."""
+
+    UNKNOWN_ENTITY = "unknown_entity"  # a decision whose id names no entity to check
+    DUPLICATE_DECISION = "duplicate_decision"  # a second decision for one entity: the first counts
+    ADDED_UNKNOWN_TYPE = "invalid_added_unknown_type"
+    ADDED_SPAN_NOT_IN_TEXT = "invalid_added_span_not_in_text"
+    ADDED_OVERLAPS_OTHER = "invalid_added_overlaps_other"  # lost to another entity (resolve's rule)
+
+
+ACTIONS = [o.value for o in (Outcome.KEEP, Outcome.CHANGE_SPAN, Outcome.CHANGE_TYPE, Outcome.REJECT)]
 
 
 @dataclass
@@ -63,18 +100,23 @@ class Decision:
     """What became of one delegated entity."""
 
     entity: Entity  # as the tagger predicted it
-    outcome: str  # keep | change_type | change_span | reject | missing | invalid_<reason> (both: kept)
+    outcome: Outcome
     result: Entity | None  # the entity after the decision; None = rejected
 
 
 @dataclass
 class RefinementTrace:
-    """One sample's refinement call: the decision per delegated entity, in the order they were asked."""
+    """What refinement did for one sample; `refine` returns one per sample id, `counts` adds them up."""
 
-    decisions: list[Decision]
-    added: list[Entity]  # entities the MLLM added (allow_add only)
-    reasoning: str  # the answer's reasoning, as the MLLM wrote it
-    failed: str  # why no decision could be used (the call's error, an answer of the wrong shape); "" = none
+    call: Call
+    entities: int  # the tagger's entities in the sample
+    decisions: list[Decision]  # one per delegated entity, in the order asked ([] when not asked)
+    added: list[Entity]  # entities the MLLM added that were merged (allow_add only)
+    ignored: list[Ignored]  # what of the answer was not used, one item each
+    reasoning: str = ""  # the answer's reasoning, as the MLLM wrote it
+    failed: str = ""  # why no decision could be used (the call's error, an answer of the wrong shape)
+    image_error: str = ""  # why the sample's image could not be used: the call went without it
+    text_only: bool = False  # the call went without an image (the sample has none, or image_error)
 
 
 # ---------------------------------------------------------------- the request
@@ -95,9 +137,11 @@ STEPS = [
 ]
 
 
-def prompt(sample: Sample, uncertain: list[Entity], dataset: Dataset, allow_add: bool, image: bool) -> str:
-    """The text of one refinement question: the types, the text, the sure entities, the ones to check."""
-    sure = [e for e in sample.entities if all(e is not u for u in uncertain)]
+def prompt(sample: Sample, dataset: Dataset, allow_add: bool, image: bool) -> str:
+    """The text of one refinement question: the types, the text, the sure entities, the delegated ones to
+    check (numbered from 1 in text order: the decisions' ids)."""
+    uncertain = delegated(sample)
+    sure = [e for e in sample.entities if not e.delegated]
     lines = [dataset.type_text or "Entity types: " + ", ".join(dataset.types), "", f"Text: {sample.text}", ""]
     lines.append("Entities the tagger is sure of (context only, do not judge them):")
     lines += [f'- "{sample.name(e)}" ({e.type})' for e in sure] or ["- none"]
@@ -140,165 +184,166 @@ def answer_schema(n: int, types: list[str], config: RefinementConfig) -> dict:
     return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
 
 
-def build_request(
-    sample: Sample, uncertain: list[Entity], dataset: Dataset, config: RefinementConfig, image: dict | None
-) -> dict:
-    """The chat() kwargs of one refinement call: the messages (image first, when there is one) and the
-    schema."""
-    text = prompt(sample, uncertain, dataset, config.allow_add, image is not None)
+def build_request(sample: Sample, dataset: Dataset, config: RefinementConfig, image: dict | None) -> dict:
+    """The chat() kwargs of one routed sample's refinement call: the messages (image first, when there is
+    one) and the schema."""
+    text = prompt(sample, dataset, config.allow_add, image is not None)
     content = ([image] if image is not None else []) + [text_part(text)]
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
-    return {"messages": messages, "schema": answer_schema(len(uncertain), dataset.types, config)}
+    return {"messages": messages, "schema": answer_schema(len(delegated(sample)), dataset.types, config)}
 
 
 # ---------------------------------------------------------------- merging one answer
 
 
 def merge(
-    sample: Sample, uncertain: list[Entity], answer: object, types: list[str], allow_add: bool = False
-) -> tuple[Sample, Counter, RefinementTrace]:
-    """Apply one answer (parsed JSON, or the call's LLMError) to a sample; also say what became of each
-    delegated entity.
+    sample: Sample, answer: object, types: list[str], allow_add: bool = False
+) -> tuple[Sample, RefinementTrace]:
+    """Apply one answer (parsed JSON, or the call's LLMError) to a routed sample, and trace it.
 
-    Confident entities are untouched. A delegated entity whose decision is missing or invalid
-    keeps the tagger's prediction, counted under `missing` or `invalid_<reason>`, and in
-    `kept_by_fallback`. A changed entity gets source "mllm"; a kept one stays "tagger".
+    Each delegated entity's decision is applied on its own (`decide`), so are the additions (allow_add
+    only); then `resolve` settles overlaps once. Confident entities are untouched. A delegated entity
+    whose decision is missing or invalid keeps the tagger's prediction (source "tagger"); a changed or
+    added one gets source "mllm".
     """
-    decided, counts = decisions(answer, len(uncertain))
-    final: list[Entity | None] = [replace(e, boxes=list(e.boxes)) for e in sample.entities]  # None: rejected
-    taken = np.zeros(len(sample.tokens), dtype=bool)  # tokens covered by a final entity
-    for e in sample.entities:
-        taken[e.start : e.end] = True
-    made = []
-    for i, e, d in in_order(sample, uncertain, decided):
-        taken[e.start : e.end] = False
-        new, outcome = decide(sample.tokens, e, d, types, taken)
-        counts[outcome] += 1
-        counts["kept_by_fallback"] += outcome == "missing" or outcome.startswith("invalid_")
-        final[i] = new
-        made.append(Decision(e, outcome, new))
-        if new is not None:
-            taken[new.start : new.end] = True
-    added = answer.get("added") if allow_add and isinstance(answer, dict) else None
-    final += additions(sample.tokens, added if isinstance(added, list) else [], types, taken, counts)
-    kept = sorted((e for e in final if e is not None), key=lambda e: e.start)
-    made.sort(key=lambda m: _index(uncertain, m.entity))
-    trace = RefinementTrace(made, [e for e in final[len(sample.entities) :] if e], *said(answer))
-    return replace(sample, entities=kept), counts, trace
+    call, failed = status(answer)
+    answered = answer if call is Call.ANSWERED else {"decisions": []}
+    asked = delegated(sample)
+    decided, ignored = decisions(answered["decisions"], len(asked))
+    made = [decide(sample.tokens, e, decided.get(i), types) for i, e in enumerate(asked, 1)]
+    added, refused = additions(sample.tokens, answered.get("added") if allow_add else None, types)
+    made, added, lost = resolve(sample, made, added)
+    sure = [replace(e, boxes=list(e.boxes)) for e in sample.entities if not e.delegated]
+    final = sure + [d.result for d in made if d.result is not None] + added
+    reasoning = answered.get("reasoning")
+    reasoning = reasoning if isinstance(reasoning, str) else ""
+    trace = RefinementTrace(
+        call, len(sample.entities), made, added, ignored + refused + lost, reasoning, failed
+    )
+    return replace(sample, entities=sorted(final, key=lambda e: e.start)), trace
 
 
-def said(answer: object) -> tuple[str, str]:
-    """(reasoning, why the answer could not be used) of one answer, for its trace."""
+def status(answer: object) -> tuple[Call, str]:
+    """What came of one call, and why none of its decisions can be used ("" when they can)."""
     if isinstance(answer, LLMError):
-        return "", str(answer)
+        return Call.FAILED_CALL, str(answer)
     if not isinstance(answer, dict) or not isinstance(answer.get("decisions"), list):
-        return "", "the answer has no list of decisions"
-    reasoning = answer.get("reasoning")
-    return (reasoning if isinstance(reasoning, str) else ""), ""
+        return Call.BAD_ANSWER, "the answer has no list of decisions"
+    return Call.ANSWERED, ""
 
 
-def decisions(answer: object, n: int) -> tuple[dict[int, dict], Counter]:
-    """{entity number 1..n: its first decision} of an answer, and what was wrong with the rest.
+def decisions(given: list, n: int) -> tuple[dict[int, dict], list[Ignored]]:
+    """{entity number 1..n: its first decision} of an answer's decisions, and the ones ignored.
 
     The schema (llm.Client enforces it) already guarantees these shapes; the checks guard direct
     callers. Not guaranteed by any schema: distinct ids and spans that are in the text.
     """
-    counts = Counter()
-    decided = {}
-    if isinstance(answer, LLMError):
-        counts["failed_call"] += 1
-    elif not isinstance(answer, dict) or not isinstance(answer.get("decisions"), list):
-        counts["bad_answer"] += 1
-    else:
-        for d in answer["decisions"]:
-            i = d.get("id") if isinstance(d, dict) else None
-            if type(i) is not int or not 1 <= i <= n:
-                counts["unknown_entity"] += 1
-            elif i in decided:
-                counts["duplicate_decision"] += 1
-            else:
-                decided[i] = d
-    return decided, counts
+    decided, ignored = {}, []
+    for d in given:
+        i = d.get("id") if isinstance(d, dict) else None
+        if type(i) is not int or not 1 <= i <= n:
+            ignored.append(Ignored.UNKNOWN_ENTITY)
+        elif i in decided:
+            ignored.append(Ignored.DUPLICATE_DECISION)
+        else:
+            decided[i] = d
+    return decided, ignored
 
 
-def in_order(
-    sample: Sample, uncertain: list[Entity], decided: dict[int, dict]
-) -> list[tuple[int, Entity, dict | None]]:
-    """(index in sample.entities, entity, its decision or None) in the order the decisions apply:
-    rejections first (they free tokens), span changes last (checked against the tokens still free)."""
-    steps = [(_index(sample.entities, e), e, decided.get(i)) for i, e in enumerate(uncertain, 1)]
-    rank = {"reject": 0, "change_span": 2}
-    return sorted(steps, key=lambda step: rank.get(step[2].get("action") if step[2] else None, 1))
-
-
-def _index(entities: list[Entity], e: Entity) -> int:
-    """The position of this very entity object (equal entities may occur twice)."""
-    return next(k for k, x in enumerate(entities) if x is e)
-
-
-def decide(
-    tokens: list[str], e: Entity, d: dict | None, types: list[str], taken: np.ndarray
-) -> tuple[Entity | None, str]:
-    """One delegated entity after its decision (None = rejected) and the outcome's name."""
+def decide(tokens: list[str], e: Entity, d: dict | None, types: list[str]) -> Decision:
+    """One delegated entity after its decision, on its own (overlaps with others are `resolve`'s)."""
     kept = replace(e, boxes=list(e.boxes))
     if d is None:
-        return kept, "missing"
+        return Decision(e, Outcome.MISSING, kept)
     action, new_type = d.get("action"), d.get("type")
     if action not in ACTIONS:
-        return kept, "invalid_unknown_action"
-    if action == "keep":
-        return kept, "keep"
-    if action == "reject":
-        return None, "reject"
+        return Decision(e, Outcome.UNKNOWN_ACTION, kept)
+    if action == Outcome.KEEP:
+        return Decision(e, Outcome.KEEP, kept)
+    if action == Outcome.REJECT:
+        return Decision(e, Outcome.REJECT, None)
     if new_type not in types:
-        return kept, "invalid_unknown_type"
-    if action == "change_type":
-        if new_type == e.type:
-            return kept, "keep"
-        return replace(e, type=new_type, source="mllm"), "change_type"
-    span, why = find_span(tokens, d.get("span"), e, taken)
+        return Decision(e, Outcome.UNKNOWN_TYPE, kept)
+    span, why = (e.span, None) if action == Outcome.CHANGE_TYPE else find_span(tokens, d.get("span"), e)
     if span is None:
-        return kept, f"invalid_{why}"
-    if span == (e.start, e.end) and new_type == e.type:
-        return kept, "keep"
-    return replace(e, start=span[0], end=span[1], type=new_type, source="mllm"), "change_span"
+        return Decision(e, why, kept)
+    if span == e.span and new_type == e.type:
+        return Decision(e, Outcome.KEEP, kept)
+    new = replace(e, start=span[0], end=span[1], type=new_type, source="mllm")
+    return Decision(e, Outcome(action), new)
 
 
-def additions(
-    tokens: list[str], added: list, types: list[str], taken: np.ndarray, counts: Counter
-) -> list[Entity]:
-    """The entities the MLLM added (allow_add) that fit: a known type, a span in the text on free tokens."""
-    out = []
-    for a in added:
+def additions(tokens: list[str], added: object, types: list[str]) -> tuple[list[list[Entity]], list[Ignored]]:
+    """Each entity the MLLM added (allow_add) with a known type and a name in the text, as one Entity per
+    occurrence of the name (`resolve` places it at the first free one); and the ones refused."""
+    out, refused = [], []
+    for a in added if isinstance(added, list) else []:
         a = a if isinstance(a, dict) else {}
-        span, why = find_span(tokens, a.get("span"), None, taken)
+        name = a.get("span")
+        hits = find_name(tokens, name) if isinstance(name, str) else []
         if a.get("type") not in types:
-            counts["invalid_added_unknown_type"] += 1
-        elif span is None:
-            counts[f"invalid_added_{why}"] += 1
+            refused.append(Ignored.ADDED_UNKNOWN_TYPE)
+        elif not hits:
+            refused.append(Ignored.ADDED_SPAN_NOT_IN_TEXT)
         else:
-            taken[span[0] : span[1]] = True
-            out.append(Entity(span[0], span[1], a["type"], source="mllm"))
-            counts["added"] += 1
-    return out
+            out.append([Entity(start, end, a["type"], source="mllm") for start, end in hits])
+    return out, refused
 
 
-def find_span(
-    tokens: list[str], text: object, old: Entity | None, taken: np.ndarray
-) -> tuple[tuple[int, int] | None, str]:
-    """The token span of `text` (overlapping `old` when given, not overlapping `taken`), or a reason."""
-    if not isinstance(text, str) or not text.strip():
-        return None, "span_not_in_text"
-    hits = set(find_name(tokens, text))  # whitespace-insensitive: "Jay - Z" and "Jay-Z" are one name
+def find_span(tokens: list[str], text: object, old: Entity) -> tuple[tuple[int, int] | None, Outcome | None]:
+    """The token span of `text` that overlaps `old` most (the first among equals), or None and why."""
+    hits = find_name(tokens, text) if isinstance(text, str) else []  # "Jay - Z" and "Jay-Z" are one name
     if not hits:
-        return None, "span_not_in_text"
-    if old is not None:
-        hits = {h for h in hits if min(h[1], old.end) > max(h[0], old.start)}
-        if not hits:
-            return None, "span_not_overlapping"
-        hits = {max(hits, key=lambda h: (min(h[1], old.end) - max(h[0], old.start), -h[0]))}
-    free = sorted(h for h in hits if not taken[h[0] : h[1]].any())
-    return (free[0], "") if free else (None, "overlaps_other")
+        return None, Outcome.SPAN_NOT_IN_TEXT
+    near = [h for h in hits if overlap(h, old.span) > 0]
+    if not near:
+        return None, Outcome.SPAN_NOT_OVERLAPPING
+    return max(near, key=lambda h: (overlap(h, old.span), -h[0])), None
+
+
+def overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
+    """How many tokens two spans share: (1, 3) and (2, 5) -> 1."""
+    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def resolve(
+    sample: Sample, made: list[Decision], added: list[list[Entity]]
+) -> tuple[list[Decision], list[Entity], list[Ignored]]:
+    """Settle overlaps once, by one rule: tokens are held first come, first served. Every entity not
+    rejected holds its tagger span; then the new spans are placed in the order given (re-spans in the
+    order asked, then additions), each only on tokens no other entity holds. A placed re-span gives up its
+    tagger span; a refused one keeps its tagger entity (invalid_overlaps_other); an addition goes to the
+    first free occurrence of its name, or is dropped (invalid_added_overlaps_other).
+
+    "Two Leopard 2 tanks": "Leopard" delegated and re-spanned to "Leopard 2" is refused while "2" holds
+    its token (sure, or delegated and not rejected), and placed when "2" is rejected.
+    """
+    nobody, fixed = -1, -2  # holders that are no decision: no one; a sure entity or a placed addition
+    holder = np.full(len(sample.tokens), nobody)  # who holds each token: nobody, fixed, or decision i
+    for e in sample.entities:
+        if not e.delegated:
+            holder[e.start : e.end] = fixed
+    for i, d in enumerate(made):
+        if d.result is not None:
+            holder[d.entity.start : d.entity.end] = i
+    settled = []
+    for i, d in enumerate(made):
+        moved = d.result is not None and d.result.span != d.entity.span
+        if moved and np.isin(holder[d.result.start : d.result.end], [nobody, i], invert=True).any():
+            d = Decision(d.entity, Outcome.OVERLAPS_OTHER, replace(d.entity, boxes=list(d.entity.boxes)))
+        elif moved:
+            holder[holder == i] = nobody
+            holder[d.result.start : d.result.end] = i
+        settled.append(d)
+    kept, lost = [], []
+    for occurrences in added:
+        spots = [e for e in occurrences if (holder[e.start : e.end] == nobody).all()]
+        if spots:
+            holder[spots[0].start : spots[0].end] = fixed
+            kept.append(spots[0])
+        else:
+            lost.append(Ignored.ADDED_OVERLAPS_OTHER)
+    return settled, kept, lost
 
 
 # ---------------------------------------------------------------- the stage
@@ -310,44 +355,32 @@ def refine(
     client: Chat,
     config: RefinementConfig | None = None,
     tags: list[str] | None = None,
-) -> tuple[list[Sample], dict, dict[str, RefinementTrace]]:
+) -> tuple[list[Sample], dict[str, RefinementTrace]]:
     """Send the entities marked `delegated` to the MLLM, one call per sample. The samples come routed:
     `uncertainty.route(samples, tau)` first; an entity never routed (`delegated` None) is an error.
 
-    Returns the refined samples, the counts, and a RefinementTrace per id of a sample asked (samples
-    without a call have none). `tags` (the tagger's tag names) is needed only to send whole samples by
-    their missed-entity score, which happens only with `config.allow_add`.
+    Returns the refined samples and a RefinementTrace per sample id (`counts` adds them up). `tags` (the
+    tagger's tag names) is needed only to send whole samples by their missed-entity score, which happens
+    only with `config.allow_add`.
     """
     config = config or RefinementConfig()
-    unsure = [delegated(s) for s in samples]
-    counts = Counter()
-    asked = [i for i, (s, unc) in enumerate(zip(samples, unsure)) if unc or missed(s, tags, config)]
-    counts["missed_routed"] += sum(1 for i in asked if not unsure[i])
+    asked = [i for i, s in enumerate(samples) if delegated(s) or missed(s, tags, config)]
     image_errors: dict[str, str] = {}  # sample id -> why its image cannot be used
-    jobs = [request_builder(samples[i], unsure[i], dataset, config, image_errors) for i in asked]
-    replies = client.map_chat(jobs, desc="refine") if jobs else []
-    for sid, why in image_errors.items():
-        print(f"refinement: sample {sid}: {why}; text-only call")
-    counts["image_errors"] += len(image_errors)
-    counts["text_only_calls"] += sum(not samples[i].image for i in asked) + len(image_errors)
-    # Unasked samples are copied too, so the caller's predictions are never mutated.
-    out = [replace(s, entities=[replace(e, boxes=list(e.boxes)) for e in s.entities]) for s in samples]
-    traces = {}
-    for i, reply in zip(asked, replies):
-        answer = reply if isinstance(reply, LLMError) else reply.content
-        out[i], c, traces[samples[i].id] = merge(
-            samples[i], unsure[i], answer, dataset.types, config.allow_add
-        )
-        counts.update(c)
-    summary = {
-        "samples": len(samples),
-        "entities": sum(len(s.entities) for s in samples),
-        "delegated": sum(map(len, unsure)),
-        "calls": len(asked),
-        "calls_per_sample": len(asked) / max(len(samples), 1),
-        "authors_calls": sum(1 for s in samples if s.entities),
-    }
-    return out, {**summary, **counts}, traces
+    jobs = [request_builder(samples[i], dataset, config, image_errors) for i in asked]
+    replies = dict(zip(asked, client.map_chat(jobs, desc="refine") if jobs else []))
+    out, traces = [], {}
+    for i, s in enumerate(samples):
+        if i in replies:
+            answer = replies[i] if isinstance(replies[i], LLMError) else replies[i].content
+            new, trace = merge(s, answer, dataset.types, config.allow_add)
+            why = image_errors.get(s.id, "")
+            trace = replace(trace, image_error=why, text_only=bool(why) or not s.image)
+        else:  # copied too, so the caller's predictions are never mutated
+            new = replace(s, entities=[replace(e, boxes=list(e.boxes)) for e in s.entities])
+            trace = RefinementTrace(Call.NOT_ASKED, len(s.entities), [], [], [])
+        out.append(new)
+        traces[s.id] = trace
+    return out, traces
 
 
 def missed(sample: Sample, tags: list[str] | None, config: RefinementConfig) -> bool:
@@ -355,15 +388,9 @@ def missed(sample: Sample, tags: list[str] | None, config: RefinementConfig) -> 
     return config.allow_add and tags is not None and missed_entity_score(sample, tags) > config.missed_tau
 
 
-def request_builder(
-    sample: Sample,
-    uncertain: list[Entity],
-    dataset: Dataset,
-    config: RefinementConfig,
-    errors: dict[str, str],
-):
+def request_builder(sample: Sample, dataset: Dataset, config: RefinementConfig, errors: dict[str, str]):
     """A function that builds one request in map_chat's workers, so only the requests in flight hold their
-    base64 image; an unreadable image (counted in `errors`) makes a text-only call."""
+    base64 image; an unreadable image (noted in `errors`) makes a text-only call."""
 
     def build() -> dict:
         image = None
@@ -372,6 +399,31 @@ def request_builder(
                 image = image_part(sample.image, config.max_side)[0]
             except ImageError as err:
                 errors[sample.id] = str(err)
-        return build_request(sample, uncertain, dataset, config, image)
+        return build_request(sample, dataset, config, image)
 
     return build
+
+
+def counts(traces: dict[str, RefinementTrace]) -> dict[str, int | float]:
+    """The stage's numbers, from its traces alone: the summary prints them, metrics.json keeps them. Every
+    key is always there, 0 included, so reading one that is not (renamed, misspelt) fails instead of
+    reading 0. Besides the totals: one key per Call, Outcome and Ignored value; kept_by_fallback (the
+    Outcomes that are no action); added."""
+    ts = list(traces.values())
+    asked = [t for t in ts if t.call is not Call.NOT_ASKED]
+    decided = [d.outcome for t in ts for d in t.decisions]
+    tally = Counter([t.call for t in ts] + decided + [x for t in ts for x in t.ignored])
+    return {
+        "samples": len(ts),
+        "entities": sum(t.entities for t in ts),
+        "delegated": len(decided),
+        "calls": len(asked),
+        "calls_per_sample": len(asked) / max(len(ts), 1),
+        "authors_calls": sum(1 for t in ts if t.entities),
+        "missed_routed": sum(1 for t in asked if not t.decisions),
+        "image_errors": sum(1 for t in asked if t.image_error),
+        "text_only_calls": sum(1 for t in asked if t.text_only),
+        **{o.value: tally[o] for o in [*Call, *Outcome, *Ignored]},
+        "kept_by_fallback": sum(1 for o in decided if o.value not in ACTIONS),
+        "added": sum(len(t.added) for t in ts),
+    }

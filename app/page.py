@@ -32,7 +32,7 @@ from app.rundir import atomic, read_json, simulated
 from data import Box, Entity, Sample
 from grounding import GroundingTrace, Outcome
 from images import ImageError, image_size
-from refinement import RefinementTrace
+from refinement import Call, Outcome, RefinementTrace
 
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails
@@ -66,9 +66,11 @@ def record(
     refined: RefinementTrace | None,
     grounded: GroundingTrace | None,
 ) -> dict:
-    """One sample's line of trace.jsonl. "refinement" is null when no call was made for the sample,
-    "grounding" when the stage did not run, "gold" and "mistakes" when there is no gold."""
-    sent = {(d.entity.start, d.entity.end, d.entity.type) for d in refined.decisions} if refined else set()
+    """One sample's line of trace.jsonl. "refinement" is null when no call was made for the sample
+    (the stage did not run, or Call.NOT_ASKED), "grounding" when the stage did not run, "gold" and
+    "mistakes" when there is no gold."""
+    asked = refined is not None and refined.call is not Call.NOT_ASKED
+    sent = {(d.entity.start, d.entity.end, d.entity.type) for d in refined.decisions} if asked else set()
     tagger = [
         {
             **entity(tagged, e),
@@ -85,7 +87,7 @@ def record(
         "image": final.image,
         "image_size": size_of(final.image),
         "tagger": tagger,
-        "refinement": refinement_record(tagged, refined) if refined else None,
+        "refinement": refinement_record(tagged, refined) if asked else None,
         "grounding": grounding_record(grounded) if grounded else None,
         "final": [{**entity(final, e), "source": e.source} for e in final.entities],
         "gold": [entity(gold, e) for e in gold.entities] if gold else None,
@@ -101,12 +103,13 @@ def size_of(path: str | None) -> list[int] | None:
 
 
 def refinement_record(s: Sample, t: RefinementTrace) -> dict:
-    """keep | change_type | change_span | reject | missing | invalid_<why> per delegated entity, with what it
-    became ("to", null when rejected); the rejected ones again under "rejected"."""
+    """The refinement.Outcome per delegated entity (keep, change_type, change_span, reject, or a fallback:
+    missing, invalid_<why>), with what it became ("to", null when rejected); the rejected ones again under
+    "rejected"."""
     decisions = [
         {
             "entity": entity(s, d.entity),
-            "decision": d.outcome,
+            "decision": d.outcome.value,
             "to": entity(s, d.result) if d.result is not None else None,
         }
         for d in t.decisions
@@ -443,10 +446,10 @@ def tagger_table(r: dict, colours: dict[str, str]) -> str:
 
 def decision_html(d: dict, colours: dict[str, str]) -> str:
     what = d["decision"]
-    if what in ("change_type", "change_span"):
+    if what in (Outcome.CHANGE_TYPE, Outcome.CHANGE_SPAN):
         return f"{escape(what.replace('_', ' '))} to {mark(d['to'], colours)}"
-    if what in ("keep", "reject"):
-        return what
+    if what in (Outcome.KEEP, Outcome.REJECT):
+        return escape(what)
     return f'<span class="bad">no usable decision ({escape(what)}): kept</span>'
 
 

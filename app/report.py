@@ -24,6 +24,7 @@ import eval as scorer
 import grounding
 import images
 from app.rundir import NO_LLM, Run, simulated
+from refinement import Outcome
 
 # eval's tasks in the order the stages earn them: the text (MNER), the boxes (EEG), both (GMNER); a task
 # eval renames or adds fails here, at import, instead of leaving the summary and the page without its line
@@ -91,21 +92,20 @@ def mllm_line(mllm: dict, url: str) -> str:
 
 
 def refinement_line(notes: dict) -> str:
-    """What the refinement stage did, in one line, from refinement.refine's counts."""
+    """What the refinement stage did, in one line, from refinement.counts (and tau): every key is read by
+    indexing, so one that counts no longer gives is a KeyError here, never a silent 0."""
     n = notes
-    c = {
-        k: n.get(k, 0) for k in ("keep", "change_type", "change_span", "reject", "added", "kept_by_fallback")
-    }
+    keep, change_type, change_span = n[Outcome.KEEP], n[Outcome.CHANGE_TYPE], n[Outcome.CHANGE_SPAN]
     line = (
         f"refinement: {n['delegated']} of {n['entities']} entities delegated (uncertainty > tau "
-        f"{n['tau']:.4g}), checked in {n['calls']} calls: {c['keep']} kept, "
-        f"{c['change_type'] + c['change_span']} changed ({c['change_type']} type, {c['change_span']} span), "
-        f"{c['reject']} rejected"
+        f"{n['tau']:.4g}), checked in {n['calls']} calls: {keep} kept, "
+        f"{change_type + change_span} changed ({change_type} type, {change_span} span), "
+        f"{n[Outcome.REJECT]} rejected"
     )
-    if c["added"]:
-        line += f", {c['added']} added"
-    if c["kept_by_fallback"]:
-        line += f", {c['kept_by_fallback']} kept by fallback (failed or invalid answers)"
+    if n["added"]:
+        line += f", {n['added']} added"
+    if n["kept_by_fallback"]:
+        line += f", {n['kept_by_fallback']} kept by fallback (failed or invalid answers)"
     return line
 
 

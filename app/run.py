@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grounding
 import llm
+import refinement
 import synth
 import tagger
 from app import page, serving
@@ -145,8 +146,11 @@ class RunHooks:
 
     def after_refinement(self, r) -> None:
         if r.refinement is not None:
-            self.run.notes["refinement"] = {"tau": r.tau, **r.refinement["counts"]}
-            self.run.traces["refinement"] = r.refinement["traces"]
+            for sid, t in r.refinement.items():
+                if t.image_error:
+                    print(f"refinement: sample {sid}: {t.image_error}; text-only call")
+            self.run.notes["refinement"] = {"tau": r.tau, **refinement.counts(r.refinement)}
+            self.run.traces["refinement"] = r.refinement
             print(refinement_line(self.run.notes["refinement"]))
             self.run.metrics.update({k: v for k, v in r.scores.items() if k == "refinement"})
         self.run.write_predictions(r.refined, "predictions.refined.json")  # kept if grounding fails

@@ -150,8 +150,9 @@ def bench_gmner(args) -> None:
                 c = client(sim)
                 tau, _ = uncertainty.choose_threshold(pred, cfg)
                 uncertainty.route(pred, tau)
-                out, summary, _ = refinement.refine(pred, test_data, c)
-            assert not summary.get("failed_call"), summary
+                out, traces = refinement.refine(pred, test_data, c)
+            summary = refinement.counts(traces)
+            assert not summary["failed_call"], summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)
     pool = embed_pool(demos, DemoConfig())  # once: every grounding row below chooses from it
@@ -185,7 +186,7 @@ def bench_gmner(args) -> None:
             c = client(sim)
             tau, _ = uncertainty.choose_threshold(pred)
             uncertainty.route(pred, tau)
-            out, _, _ = refinement.refine(pred, test_data, c)
+            out, _ = refinement.refine(pred, test_data, c)
             out, _ = grounding.ground(out, choose(out, pool), test_data, c)
         row("whole method: refine top 20 % + grounding", "0.8", out, c.usage.as_dict())
     print(

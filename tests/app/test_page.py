@@ -24,11 +24,13 @@ from PIL import Image
 
 import data
 import refineg
+import refinement
 from app import page, report
 from data import Box, Entity, Sample
 from formats import ccks
-from grounding import GroundingTrace, Outcome, WorkedExample
-from refinement import Decision, RefinementTrace
+from grounding import GroundingTrace, WorkedExample
+from grounding import Outcome as Grounded
+from refinement import Call, Decision, Outcome, RefinementTrace
 from servers.simulated_mllm import SimConfig, SimulatedMLLM
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -119,11 +121,11 @@ def test_the_trace_agrees_with_predictions_and_metrics(runs):
         assert all(e["to_mllm"] == (e["uncertainty"] > TAU) for e in r["tagger"])
         sent = [e for e in r["tagger"] if e["to_mllm"]]
         assert len(sent) == len((r["refinement"] or {"decisions": []})["decisions"])
-        assert r["grounding"]["outcome"] in (Outcome.ANSWERED.value, Outcome.NO_ENTITY.value)
+        assert r["grounding"]["outcome"] in (Grounded.ANSWERED.value, Grounded.NO_ENTITY.value)
         assert all(
             len(r["grounding"]["examples"]) == 2
             for r in trace
-            if r["grounding"]["outcome"] == Outcome.ANSWERED.value
+            if r["grounding"]["outcome"] == Grounded.ANSWERED.value
         )
     stages = metrics["stages"]
     assert sum(e["to_mllm"] for r in trace for e in r["tagger"]) == stages["uncertainty"]["delegated"] > 0
@@ -263,6 +265,23 @@ def test_a_large_run_shows_only_the_samples_with_the_most_mistakes(runs, tmp_pat
     assert f"trace.jsonl holds all {len(trace)}" in html
 
 
+def test_the_refinement_line_reads_each_count_by_its_key():
+    """refinement.counts of one answered call (one entity re-typed, one sure) prints as the line below; the
+    line indexes every count it reads, so a key counts no longer gives (renamed, misspelt) is a KeyError,
+    never a silent 0."""
+    e = Entity(0, 1, "vehicle", delegated=True)
+    trace = RefinementTrace(Call.ANSWERED, 2, [Decision(e, Outcome.CHANGE_TYPE, e)], [], [])
+    n = {"tau": 0.5, **refinement.counts({"a": trace})}
+    assert report.refinement_line(n) == (
+        "refinement: 1 of 2 entities delegated (uncertainty > tau 0.5), checked in 1 calls: 0 kept, "
+        "1 changed (1 type, 0 span), 0 rejected"
+    )
+    read = ["tau", "delegated", "entities", "calls", "keep", "change_type", "change_span", "reject", "added"]
+    for key in [*read, "kept_by_fallback"]:
+        with pytest.raises(KeyError):
+            report.refinement_line({k: v for k, v in n.items() if k != key})
+
+
 HOSTILE = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "&amp; </table>"]
 
 
@@ -276,9 +295,10 @@ def test_hostile_text_is_escaped_everywhere(tmp_path):
     tagged = Sample('id"<b>', tokens, str(bomb), [e])
     final = Sample(tagged.id, tokens, str(bomb), [Entity(1, 3, "<i>type</i>", [Box(1, 2, 3, 4)])])
     gold = Sample(tagged.id, tokens, str(bomb), [Entity(0, 1, HOSTILE[1])])
-    refined = RefinementTrace([Decision(e, "change_span", final.entities[0])], [], HOSTILE[0], HOSTILE[2])
+    decided = [Decision(e, Outcome.CHANGE_SPAN, final.entities[0])]
+    refined = RefinementTrace(Call.ANSWERED, 1, decided, [], [], HOSTILE[0], HOSTILE[2])
     example = WorkedExample(Sample(HOSTILE[0], ["x"]), 1.0, None, 0.5, 0.7)
-    grounded = GroundingTrace(Outcome.FAILED_CALL, {HOSTILE[1]: "x"}, [example], {}, HOSTILE[0])
+    grounded = GroundingTrace(Grounded.FAILED_CALL, {HOSTILE[1]: "x"}, [example], {}, HOSTILE[0])
     traces = {"refinement": {tagged.id: refined}, "grounding": {tagged.id: grounded}}
     page.write_trace(tmp_path, [tagged], [final], [gold], traces)
     page.write_page(tmp_path, 5)

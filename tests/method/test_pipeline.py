@@ -523,7 +523,7 @@ def test_chaos_server_run_finishes_counts_every_failure_and_writes_valid_predict
     usage = json.loads((tmp_path / "usage.json").read_text())["llm"]
     stages = metrics["stages"]
     assert usage["refinement"]["calls"] >= 10 and usage["grounding"]["calls"] >= 10
-    assert stages["refinement"].get("failed_call", 0) == usage["refinement"]["failures"]
+    assert stages["refinement"]["failed_call"] == usage["refinement"]["failures"]
     assert stages["grounding"].get("failed_calls", 0) == usage["grounding"]["failures"]
     assert sum(u["failures"] for u in usage.values()) > 0
     assert sum(u["odd_usage"] for u in usage.values()) == handler.used["odd_usage"] > 0  # each one counted

@@ -26,17 +26,23 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 TYPES = ["vehicle", "location", "other"]
 
 
-def merge_case() -> tuple[Sample, list[Entity]]:
+def merge_case() -> Sample:
     toks = "Two Leopard 2 tanks near Munster .".split()
     s = Sample(
         "m",
         toks,
         entities=[
-            Entity(1, 2, "vehicle", uncertainty=0.7, source="tagger"),
-            Entity(5, 6, "location", uncertainty=0.01, source="tagger"),
+            Entity(1, 2, "vehicle", uncertainty=0.7, source="tagger", delegated=True),
+            Entity(5, 6, "location", uncertainty=0.01, source="tagger", delegated=False),
         ],
     )
-    return s, [s.entities[0]]
+    return s
+
+
+def merged(s: Sample, answer: object, allow_add: bool = False) -> tuple[Sample, dict, ref.RefinementTrace]:
+    """merge's sample and trace, and the counts of that one trace."""
+    out, trace = ref.merge(s, answer, TYPES, allow_add)
+    return out, ref.counts({s.id: trace}), trace
 
 
 def decision(action="keep", span="Leopard", typ="vehicle", i=1) -> dict:
@@ -48,7 +54,7 @@ def spans(s: Sample) -> list[tuple]:
 
 
 def test_merge_applies_valid_decisions():
-    s, u = merge_case()
+    s = merge_case()
     munster = (5, 6, "location", "tagger")
     cases = {
         "keep": (decision(), [(1, 2, "vehicle", "tagger"), munster]),
@@ -57,7 +63,7 @@ def test_merge_applies_valid_decisions():
         "reject": (decision("reject"), [munster]),
     }
     for outcome, (answer, want) in cases.items():
-        out, c, _ = ref.merge(s, u, answer, TYPES)
+        out, c, _ = merged(s, answer)
         assert spans(out) == want and c[outcome] == 1 and c["kept_by_fallback"] == 0, outcome
     assert spans(s) == [(1, 2, "vehicle", "tagger"), munster]  # the input is not mutated
 
@@ -81,8 +87,8 @@ def test_merge_applies_valid_decisions():
     ],
 )
 def test_merge_keeps_the_tagger_prediction_on_a_malformed_answer(answer, counter):
-    s, u = merge_case()
-    out, c, _ = ref.merge(s, u, answer, TYPES)
+    s = merge_case()
+    out, c, _ = merged(s, answer)
     assert spans(out) == spans(s)
     assert c[counter] == 1 and c["kept_by_fallback"] == 1
     assert not any(c[k] for k in ("keep", "change_span", "change_type", "reject"))
@@ -94,7 +100,7 @@ def test_merge_traces_each_decision_in_the_order_asked():
     s = Sample(
         "m",
         "Two Leopard 2 tanks near Munster .".split(),
-        entities=[Entity(1, 2, "vehicle", uncertainty=0.7), Entity(2, 3, "other", uncertainty=0.7)],
+        entities=[Entity(1, 2, "vehicle", delegated=True), Entity(2, 3, "other", delegated=True)],
     )
     answer = {
         "reasoning": "<b>2</b> is part of the name",
@@ -103,17 +109,17 @@ def test_merge_traces_each_decision_in_the_order_asked():
             {"id": 2, "action": "reject", "span": "2", "type": "other"},
         ],
     }
-    _, _, trace = ref.merge(s, list(s.entities), answer, TYPES)
+    _, _, trace = merged(s, answer)
     got = [(d.entity.span, d.outcome, d.result.span if d.result else None) for d in trace.decisions]
     assert got == [((1, 2), "change_span", (1, 3)), ((2, 3), "reject", None)]
     assert (trace.reasoning, trace.failed, trace.added) == ("<b>2</b> is part of the name", "", [])
-    _, _, trace = ref.merge(s, list(s.entities), llm.LLMError("HTTP 500 after 4 retries"), TYPES)
+    _, _, trace = merged(s, llm.LLMError("HTTP 500 after 4 retries"))
     assert [d.outcome for d in trace.decisions] == ["missing", "missing"]
     assert trace.failed == "HTTP 500 after 4 retries" and trace.reasoning == ""
 
 
 def test_merge_adds_only_when_allowed_and_valid():
-    s, u = merge_case()
+    s = merge_case()
     answer = decision() | {
         "added": [
             {"span": "tanks", "type": "vehicle"},
@@ -122,11 +128,11 @@ def test_merge_adds_only_when_allowed_and_valid():
             {"span": "Kiel", "type": "location"},
         ]
     }
-    out, c, _ = ref.merge(s, u, answer, TYPES, allow_add=True)
+    out, c, _ = merged(s, answer, allow_add=True)
     assert (3, 4, "vehicle", "mllm") in spans(out) and len(out.entities) == 3
     assert c["added"] == 1 and c["invalid_added_overlaps_other"] == 1
     assert c["invalid_added_unknown_type"] == 1 and c["invalid_added_span_not_in_text"] == 1
-    out, c, _ = ref.merge(s, u, answer, TYPES)  # allow_add off: "added" is ignored
+    out, c, _ = merged(s, answer)  # allow_add off: "added" is ignored
     assert spans(out) == spans(s) and c["added"] == 0
 
 
@@ -138,8 +144,8 @@ def test_merge_rejects_before_span_changes_and_takes_the_first_of_duplicate_deci
         "m",
         "Two Leopard 2 tanks near Munster .".split(),
         entities=[
-            Entity(1, 2, "vehicle", uncertainty=0.7, source="tagger"),
-            Entity(2, 3, "other", uncertainty=0.7),
+            Entity(1, 2, "vehicle", source="tagger", delegated=True),
+            Entity(2, 3, "other", delegated=True),
         ],
     )
     answer = {
@@ -150,12 +156,83 @@ def test_merge_rejects_before_span_changes_and_takes_the_first_of_duplicate_deci
             {"id": 2, "action": "keep", "span": "2", "type": "other"},
         ],
     }
-    out, c, _ = ref.merge(s, list(s.entities), answer, TYPES)
+    out, c, _ = merged(s, answer)
     assert spans(out) == [(1, 3, "vehicle", "mllm")]
     assert (
         c["change_span"] == c["reject"] == c["duplicate_decision"] == 1
         and c["keep"] == c["kept_by_fallback"] == 0
     )
+
+
+def test_overlaps_are_settled_first_come_first_served_whatever_the_order_of_the_decisions():
+    """A hand-worked case of resolve's rule on the tokens a..l. Every entity not rejected holds its tagger
+    span; new spans are placed in the order given, each only on free tokens:
+      [0,1) a   sure
+      [1,2) b   -> "a b": token a is held by the sure entity: refused, b stays (invalid_overlaps_other)
+      [2,3) c   -> "c d e": d and e are free: placed
+      [5,6) f   -> "e f": e is held by the span placed just before: refused, f stays
+      [6,7) g   rejected: g is free
+      [7,8) h   -> "g h": placed on the rejected entity's token
+      [9,11) j k -> "i j": placed; k, which it gives up, is free again
+      added "d": held by "c d e", dropped (invalid_added_overlaps_other); added "k": placed.
+    The decisions apply on their own, so listing them in another order changes nothing."""
+    s = Sample("o", "a b c d e f g h i j k l".split(), entities=[Entity(0, 1, "location", delegated=False)])
+    s.entities += [
+        Entity(a, b, "vehicle", delegated=True) for a, b in [(1, 2), (2, 3), (5, 6), (6, 7), (7, 8)]
+    ]
+    s.entities.append(Entity(9, 11, "vehicle", delegated=True))
+    said = [(1, "change_span", "a b"), (2, "change_span", "c d e"), (3, "change_span", "e f")]
+    said += [(4, "reject", "g"), (5, "change_span", "g h"), (6, "change_span", "i j")]
+    given = [{"id": i, "action": a, "span": span, "type": "vehicle"} for i, a, span in said]
+    added = [{"span": "d", "type": "other"}, {"span": "k", "type": "other"}]
+    fell_back, moved = ref.Outcome.OVERLAPS_OTHER, ref.Outcome.CHANGE_SPAN
+    counted = (
+        "change_span",
+        "invalid_overlaps_other",
+        "kept_by_fallback",
+        "added",
+        "invalid_added_overlaps_other",
+    )
+    for order in (given, given[::-1], given[3:] + given[:3]):
+        out, c, trace = merged(s, {"reasoning": "", "decisions": order, "added": added}, allow_add=True)
+        assert spans(out) == [
+            (0, 1, "location", "gold"),
+            (1, 2, "vehicle", "gold"),
+            (2, 5, "vehicle", "mllm"),
+            (5, 6, "vehicle", "gold"),
+            (6, 8, "vehicle", "mllm"),
+            (8, 10, "vehicle", "mllm"),
+            (10, 11, "other", "mllm"),
+        ]
+        assert [d.outcome for d in trace.decisions] == [
+            fell_back,
+            moved,
+            fell_back,
+            ref.Outcome.REJECT,
+            moved,
+            moved,
+        ]
+        assert trace.ignored == [ref.Ignored.ADDED_OVERLAPS_OTHER]
+        assert [c[k] for k in counted] == [3, 2, 2, 1, 1]
+
+
+def test_counts_hold_every_outcome_of_the_closed_sets_zero_or_not():
+    """Every value of Call, Outcome and Ignored is a key of counts, distinct (no key counts two things),
+    there with 0 when nothing happened: a reader never falls back on a default for a missing key."""
+    values = [o.value for o in [*ref.Call, *ref.Outcome, *ref.Ignored]]
+    zero = ref.counts({})
+    assert len(set(values)) == len(values) and set(values) <= set(zero)
+    assert not any(zero.values())
+    failed = ref.counts({"x": ref.merge(merge_case(), llm.LLMError("HTTP 500"), TYPES)[1]})
+    one = {
+        "samples": 1,
+        "entities": 2,
+        "delegated": 1,
+        "calls": 1,
+        "calls_per_sample": 1.0,
+        "authors_calls": 1,
+    }
+    assert failed == zero | one | {"failed_call": 1, "missing": 1, "kept_by_fallback": 1}
 
 
 # ---------------------------------------------------------------- end to end with a fake MLLM
@@ -246,15 +323,19 @@ def test_refine_end_to_end_on_the_demo_data():
             llm.ClientConfig(base_url=srv.url, model="fake", backoff_base=0.0, max_retries=1, workers=2)
         )
         unc.route(preds, 0.3)
-        out, counts, traces = ref.refine(preds, data, client)
+        out, traces = ref.refine(preds, data, client)
         bodies = list(srv.requests)
+    counts = ref.counts(traces)
     assert counts["delegated"] == planted and counts["calls"] == planted >= 20
-    # one trace per sample asked, one decision per delegated entity; the broken answer says why it failed
-    assert len(traces) == counts["calls"] and sum(len(t.decisions) for t in traces.values()) == planted
+    # one trace per sample, one decision per delegated entity; the broken answer says why it failed
+    asked = {sid: t for sid, t in traces.items() if t.call is not ref.Call.NOT_ASKED}
+    assert list(traces) == [p.id for p in preds] and len(asked) == counts["calls"]
+    assert sum(len(t.decisions) for t in traces.values()) == planted
     assert [sid for sid, t in traces.items() if t.failed] == [preds[2].id]
-    assert {t.reasoning for sid, t in traces.items() if sid != preds[2].id} == {"checked against the image"}
+    assert traces[preds[2].id].call is ref.Call.FAILED_CALL
+    assert {t.reasoning for sid, t in asked.items() if sid != preds[2].id} == {"checked against the image"}
     assert counts["authors_calls"] == sum(1 for p in preds if p.entities) > counts["calls"]
-    assert counts["failed_call"] == 1 and counts["kept_by_fallback"] == 1
+    assert counts["failed_call"] == 1 and counts["bad_answer"] == 0 and counts["kept_by_fallback"] == 1
     assert counts["change_type"] + counts["change_span"] + counts["reject"] == planted - 1
     assert counts["text_only_calls"] == 1
     assert (
@@ -291,7 +372,9 @@ def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
     with FakeServer(oracle_mllm(gold, None)) as srv:
         client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
         unc.route(routed, -1.0)
-        out, counts, _ = ref.refine(routed, data, client)
+        out, traces = ref.refine(routed, data, client)
+    counts = ref.counts(traces)
+    assert traces[routed[0].id].image_error and traces[routed[0].id].text_only
     assert counts["image_errors"] == counts["text_only_calls"] == counts["calls"] == len(srv.requests) == 1
     assert "no image for this text" in json.dumps(srv.requests[0]["messages"])
 
@@ -299,10 +382,10 @@ def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
 def test_respan_finds_names_whatever_the_tokenisation():
     """Twitter tokens keep hyphens ("V-E"); the MLLM may copy the name with or without the spaces."""
     tokens = ["Happy", "V-E", "Day", "from", "Jay", "-", "Z"]
-    free = np.zeros(len(tokens), dtype=bool)
-    assert ref.find_span(tokens, "V - E Day", Entity(1, 2, "OTHER"), free) == ((1, 3), "")
-    assert ref.find_span(tokens, "Jay-Z", None, free) == ((4, 7), "")
-    assert ref.find_span(tokens, "Jay-Zed", None, free) == (None, "span_not_in_text")
+    assert ref.find_span(tokens, "V - E Day", Entity(1, 2, "OTHER")) == ((1, 3), None)
+    assert ref.find_span(tokens, "Jay-Z", Entity(4, 5, "PER")) == ((4, 7), None)
+    assert ref.find_span(tokens, "Jay-Zed", Entity(4, 5, "PER")) == (None, ref.Outcome.SPAN_NOT_IN_TEXT)
+    assert ref.find_span(tokens, "Jay-Z", Entity(0, 1, "PER")) == (None, ref.Outcome.SPAN_NOT_OVERLAPPING)
 
 
 def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add():
@@ -339,8 +422,9 @@ def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add()
     ]:
         with FakeServer(lambda body: reply(answer)) as srv:
             client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
-            out, counts, _ = ref.refine(samples, data, client, config, tags=tags_given)
-        assert counts["calls"] == len(srv.requests) == counts.get("missed_routed", 0) == calls
+            out, traces = ref.refine(samples, data, client, config, tags=tags_given)
+        counts = ref.counts(traces)
+        assert counts["calls"] == len(srv.requests) == counts["missed_routed"] == calls
         assert counts["delegated"] == 0
         if calls:
             assert "Text: Two Leopard 2 tanks near Munster ." in json.dumps(srv.requests[0]["messages"])

@@ -139,7 +139,8 @@ def test_refinement_on_demo_predictions(server):
     c = client(server.url, workers=4, max_tokens=600)
     seen = record(c)
     uncertainty.route(pred, 0.5)
-    out, counts, _ = refinement.refine(pred, demo, c, config)
+    out, traces = refinement.refine(pred, demo, c, config)
+    counts = refinement.counts(traces)
     delegated = [[e for e in s.entities if e.uncertainty > 0.5] for s in pred]
     routed = [i for i, d in enumerate(delegated) if d]
     assert [s.id for s in pred if any(e.uncertainty > 0.5 for e in s.entities)] == ["001", "005", "009"]

@@ -114,8 +114,9 @@ def test_refinement_right_and_wrong(demo, accuracy):
     pred = perturbed(data.samples)
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
         uncertainty.route(pred, 0.5)
-        out, summary, _ = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)))
-    assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary.get("failed_call")
+        out, traces = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)))
+    summary = refinement.counts(traces)
+    assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary["failed_call"]
     got = scorer.evaluate(data.samples, out)["mner"]
     overlapped = sum(
         1
@@ -142,7 +143,8 @@ def body_of(request: dict) -> dict:
 def test_refinement_reasoning_says_what_gold_says_and_which_answers_are_seeded_errors(demo, accuracy):
     data, sizes = demo
     sample = perturbed(data.samples)[1]  # "USS Nimitz" right, "Mediterranean Sea" re-typed, NATO too long
-    request = refinement.build_request(sample, sample.entities, data, refinement.RefinementConfig(), None)
+    uncertainty.route([sample], -1.0)  # every entity delegated
+    request = refinement.build_request(sample, data, refinement.RefinementConfig(), None)
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy)) as sim:
         content = json.loads(sim.answer(body_of(request))["choices"][0]["message"]["content"])
     notes = content["reasoning"].split(" [")[1:]  # the first sentence says what the simulator is
