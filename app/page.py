@@ -27,10 +27,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import eval as scorer
+import grounding
 from app.report import TASKS, picture, scope_line
 from app.rundir import atomic, read_json, simulated
 from data import Box, Entity, Sample
-from grounding import GroundingTrace, Outcome
+from grounding import GroundingTrace
 from images import ImageError, image_size
 from refinement import Call, Outcome, RefinementTrace
 
@@ -39,11 +40,11 @@ THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
 USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
 OUTCOMES = {  # GroundingTrace.outcome, said to a person
-    Outcome.ANSWERED: "answered",
-    Outcome.FAILED_CALL: "the call failed",
-    Outcome.IMAGE_ERROR: "the image could not be used",
-    Outcome.NO_IMAGE: "no image: its entities stay ungroundable",
-    Outcome.NO_ENTITY: "nothing to ground",
+    grounding.Outcome.ANSWERED: "answered",
+    grounding.Outcome.FAILED_CALL: "the call failed",
+    grounding.Outcome.IMAGE_ERROR: "the image could not be used",
+    grounding.Outcome.NO_IMAGE: "no image: its entities stay ungroundable",
+    grounding.Outcome.NO_ENTITY: "nothing to ground",
 }
 
 
@@ -475,7 +476,7 @@ def grounding_html(g: dict | None) -> str:
     """The grounding call: its outcome, the worked examples shown (why: similarity parts), boxes per name."""
     if g is None:
         return '<p class="muted">Grounding did not run.</p>'
-    outcome = escape(OUTCOMES[Outcome(g["outcome"])])
+    outcome = escape(OUTCOMES[grounding.Outcome(g["outcome"])])
     error = f": {escape(g['error'])}" if g["error"] else ""
     head = f"<b>Grounding</b> {outcome}{error}"
     parts = [f'<p class="bad">{head}</p>' if error else f"<p>{head}</p>"]
