@@ -288,15 +288,11 @@ def find_span(tokens: list[str], text: object, old: Entity) -> tuple[tuple[int, 
     hits = find_name(tokens, text) if isinstance(text, str) else []  # "Jay - Z" and "Jay-Z" are one name
     if not hits:
         return None, Outcome.SPAN_NOT_IN_TEXT
-    near = [h for h in hits if overlap(h, old.span) > 0]
+    shared = {h: min(h[1], old.end) - max(h[0], old.start) for h in hits}  # tokens in common with `old`
+    near = [h for h in hits if shared[h] > 0]
     if not near:
         return None, Outcome.SPAN_NOT_OVERLAPPING
-    return max(near, key=lambda h: (overlap(h, old.span), -h[0])), None
-
-
-def overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
-    """How many tokens two spans share: (1, 3) and (2, 5) -> 1."""
-    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    return max(near, key=lambda h: (shared[h], -h[0])), None
 
 
 def resolve(
