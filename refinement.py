@@ -31,7 +31,7 @@ from uncertainty import delegated, missed_entity_score
 
 
 class Call(str, Enum):
-    """What came of one sample's refinement call (the trace.jsonl and counts keys are the values)."""
+    """What came of one sample's refinement call (its value is a key of `counts`)."""
 
     NOT_ASKED = "not_asked"  # no delegated entity (and no missed-entity score over missed_tau): no call
     ANSWERED = "answered"
@@ -40,8 +40,8 @@ class Call(str, Enum):
 
 
 class Outcome(str, Enum):
-    """What became of one delegated entity: its decision applied (the first four, the answer's actions),
-    or the tagger's prediction kept by fallback (the rest)."""
+    """What became of one delegated entity (trace.jsonl's "decision", a key of `counts`): its decision
+    applied (the first four, the answer's actions), or the tagger's prediction kept by fallback (the rest)."""
 
     KEEP = "keep"
     CHANGE_SPAN = "change_span"
@@ -56,7 +56,7 @@ class Outcome(str, Enum):
 
 
 class Ignored(str, Enum):
-    """A part of an answer that was not used."""
+    """A part of an answer that was not used (a key of `counts`)."""
 
     UNKNOWN_ENTITY = "unknown_entity"  # a decision whose id names no entity to check
     DUPLICATE_DECISION = "duplicate_decision"  # a second decision for one entity: the first counts
@@ -295,15 +295,11 @@ def find_span(tokens: list[str], text: object, old: Entity) -> tuple[tuple[int, 
     hits = find_name(tokens, text) if isinstance(text, str) else []  # "Jay - Z" and "Jay-Z" are one name
     if not hits:
         return None, Outcome.SPAN_NOT_IN_TEXT
-    near = [h for h in hits if overlap(h, old.span) > 0]
+    shared = {h: min(h[1], old.end) - max(h[0], old.start) for h in hits}  # tokens in common with `old`
+    near = [h for h in hits if shared[h] > 0]
     if not near:
         return None, Outcome.SPAN_NOT_OVERLAPPING
-    return max(near, key=lambda h: (overlap(h, old.span), -h[0])), None
-
-
-def overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
-    """How many tokens two spans share: (1, 3) and (2, 5) -> 1."""
-    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    return max(near, key=lambda h: (shared[h], -h[0])), None
 
 
 def resolve(
