@@ -391,9 +391,7 @@ def name_problem(declared: list[tuple[str, str]], seed: Sample, rules: Rules) ->
 # ---------------------------------------------------------------- the stage
 
 
-def synthesize(
-    seeds: Dataset, client: Chat, config: SynthConfig | None = None
-) -> tuple[list[Sample], dict]:
+def synthesize(seeds: Dataset, client: Chat, config: SynthConfig | None = None) -> tuple[list[Sample], dict]:
     """One LLM call per seed (concurrent, cached); the valid synthetic samples and a summary."""
     config = config or SynthConfig()
     require_valid(config, check_config(config))
