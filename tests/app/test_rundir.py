@@ -10,7 +10,7 @@ import pytest
 
 import formats
 import refineg
-from app import cli, inputs, rundir
+from app import cli, inputs, page, run, rundir
 from formats import ccks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,16 +113,26 @@ def test_an_out_that_cannot_be_written_names_the_flag(tmp_path, capsys):
 
 
 OTHER = ["--unc-target-rate", "0.5"]  # another setting that keeps the tagger: no training in these tests
-STAGES = [
-    "synthesis_stage",
-    "tagger_stage",
-    "prediction_stage",
-    "refinement_stage",
-    "grounding_stage",
-    "scoring_stage",
-    "trace_stage",
-    "report_page",
-]
+# the stages as the run names them (rundir.Run.stage), then the two files of the report (app/page.py)
+STAGES = ["synthesis", "tagger", "prediction", "refinement", "demo selection", "grounding", "scoring"]
+STAGES += ["write_trace", "write_page"]
+
+
+def fail_in(monkeypatch, stage: str, error: BaseException) -> None:
+    """Make the run fail as `stage` starts."""
+
+    def raises(*args, **kwargs):
+        raise error
+
+    if stage.startswith("write_"):
+        monkeypatch.setattr(page, stage, raises)
+        return
+    real = rundir.Run.stage
+
+    def stage_(self, name):
+        return raises() if name == stage else real(self, name)
+
+    monkeypatch.setattr(rundir.Run, "stage", stage_)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -133,10 +143,7 @@ def test_a_failing_rerun_never_mixes_two_runs_records(finished, tmp_path, monkey
     shutil.copytree(finished, out)
     before = snapshot(out)
 
-    def fails(*args, **kwargs):
-        raise RuntimeError(f"{stage} broke")
-
-    monkeypatch.setattr(refineg, stage, fails)
+    fail_in(monkeypatch, stage, RuntimeError(f"{stage} broke"))
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *OTHER, *FAST]) == 1
     assert f"is whole in {out / 'previous'}" in capsys.readouterr().err
     assert snapshot(out / "previous") == before
@@ -159,13 +166,11 @@ def test_an_interrupted_run_leaves_no_records_of_an_unfinished_one(finished, tmp
     shutil.copytree(finished, out)
     before = snapshot(out)
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(refineg, "grounding_stage", interrupted)
+    fail_in(monkeypatch, "grounding", KeyboardInterrupt())
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *OTHER, *FAST]) == 130
     assert (out / "predictions.refined.json").is_file()
-    monkeypatch.setattr(refineg, "prediction_stage", interrupted)
+    monkeypatch.undo()
+    fail_in(monkeypatch, "prediction", KeyboardInterrupt())
     assert refineg.main(["--data", str(DEMO), "--out", str(out), "--unc-target-rate", "0.3", *FAST]) == 130
     assert not (out / "predictions.refined.json").exists()
     assert snapshot(out / "previous") == before
@@ -220,7 +225,7 @@ def test_a_bug_before_the_run_starts_leaves_a_finished_run_as_it_was(finished, t
     def broken(*args, **kwargs):
         raise RuntimeError("reading broke")
 
-    monkeypatch.setattr(refineg, "read_inputs", broken)
+    monkeypatch.setattr(run, "read_inputs", broken)
     assert refineg.main(["--data", str(DEMO), "--out", str(out), *FAST]) == 1
     assert "refineg-error.log" in capsys.readouterr().err
     assert snapshot(out) == before
