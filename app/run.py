@@ -58,7 +58,19 @@ class RunHooks:
     def reuse(self, name: str, key: tuple, make: Callable[[], tuple]) -> tuple:
         if name == "synthesis":
             return self.synthesis(fingerprint(*key), make)
-        return self.trained(name, fingerprint(*key), len(key[2]), make)
+        model, info = self.trained(name, fingerprint(*key), len(key[2]), make)
+        if name == "tagger" and self.how[name] == REUSED and key[3] and self.settings.run.suggest:
+            info = {**info, "before_pool": self.before_pool(key)}  # what ranks the pool for --suggest
+        return model, info
+
+    def before_pool(self, key: tuple) -> tagger.Tagger:
+        """The tagger before self-training, for a reused self-trained one: OUT/chooser when it matches."""
+        plain = dataclasses.replace(self.settings.tagger, int8=False)
+        make = lambda: tagger.train_tagger(self.trained_on, key[1], plain)  # noqa: E731
+        before, _ = self.reuse(
+            "before self-training", (dataclasses.replace(key[0], int8=False), *key[1:3], []), make
+        )
+        return before
 
     def synthesis(self, key: str, make: Callable[[], tuple]) -> tuple:
         """synthetic.jsonl written with the same settings, model and seeds when no call failed (a failed
