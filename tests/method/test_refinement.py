@@ -136,10 +136,10 @@ def test_merge_adds_only_when_allowed_and_valid():
     assert spans(out) == spans(s) and c["added"] == 0
 
 
-def test_merge_rejects_before_span_changes_and_takes_the_first_of_duplicate_decisions():
-    """The answer lists the span change first; applied in that order, "Leopard 2" would overlap the entity
-    "2" (invalid_overlaps_other). Rejections go first, so the span change takes the freed token. The second
-    decision for entity 2 is counted and ignored."""
+def test_a_span_change_takes_a_rejected_entitys_token_and_the_first_of_duplicate_decisions_counts():
+    """The answer lists the span change first, the rejection of the entity "2" after it: the rejected
+    entity holds no token whatever the order, so "Leopard 2" is placed on it. The second decision for
+    entity 2 is counted and ignored."""
     s = Sample(
         "m",
         "Two Leopard 2 tanks near Munster .".split(),
