@@ -31,6 +31,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import demos
 import grounding
@@ -110,7 +111,7 @@ def pipeline(
         if "synthesis" in clients and inputs.tagger is None:
             key = (settings.synth, settings.llm.model, [(s.id, s.tokens, spans(s)) for s in labelled.samples])
             filters = synth_filters.filters(labelled, settings.synth)  # checks beyond the paper (levers/)
-            make = lambda: synth.synthesize(labelled, clients["synthesis"], settings.synth, filters)  # noqa: E731
+            make = partial(synth.synthesize, labelled, clients["synthesis"], settings.synth, filters)
             r.synthetic, r.synthesis = hooks.reuse("synthesis", key, make)
     hooks.finished("synthesis", r)
     with hooks.stage("tagger"):
@@ -167,7 +168,7 @@ def train(
             model, history = tagger.train_tagger(samples, types, config)
             return model, {"history": history, "self_training": []}
         plain = dataclasses.replace(config, int8=False)  # self-training goes on from its float weights
-        make_plain = lambda: tagger.train_tagger(samples, types, plain)  # noqa: E731
+        make_plain = partial(tagger.train_tagger, samples, types, plain)
         key = (dataclasses.replace(plain, progress=True), types, labels, [])
         before, history = hooks.reuse("before self-training", key, make_plain)
         model, rounds = selftrain.self_train(samples, pool, types, config, start=before)

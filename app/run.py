@@ -19,6 +19,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import grounding
@@ -66,7 +67,7 @@ class RunHooks:
     def before_pool(self, key: tuple) -> tagger.Tagger:
         """The tagger before self-training, for a reused self-trained one: OUT/chooser when it matches."""
         plain = dataclasses.replace(self.settings.tagger, int8=False)
-        make = lambda: tagger.train_tagger(self.trained_on, key[1], plain)  # noqa: E731
+        make = partial(tagger.train_tagger, self.trained_on, key[1], plain)
         before, _ = self.reuse(
             "before self-training", (dataclasses.replace(key[0], int8=False), *key[1:3], []), make
         )
