@@ -328,7 +328,7 @@ def ground(
     config: GroundingConfig | None = None,
 ) -> tuple[list[Sample], dict[str, GroundingTrace]]:
     """Boxes for the predicted entities of `samples`, the call of samples[i] shown examples[i] first (best
-    first: demos.choose); also a GroundingTrace per sample id (`counts` sums them up)."""
+    first: demos.choose); also a GroundingTrace per sample id."""
     config = config or GroundingConfig()
     never = [t for t in dataset.types if t.lower() in {n.lower() for n in config.never_ground}]
     never_l = {t.lower() for t in never}
@@ -399,27 +399,6 @@ def show(path: str, config: GroundingConfig) -> Shown:
     orig = image_size(path)
     part, sent = image_part(path, config.max_side, qwen_size=config.box_format == "abs")
     return Shown(part, sent, orig)
-
-
-def counts(grounded: list[Sample], traces: dict[str, GroundingTrace]) -> dict[str, int]:
-    """What the stage did, summed from its traces and its output samples: metrics.json's "grounding" entry
-    and the summary's line read these keys."""
-    outcomes = Counter(t.outcome for t in traces.values())
-    defects = sum((Counter(t.defects) for t in traces.values()), Counter())
-    no_image = [(s, traces[s.id].asked) for s in grounded if traces[s.id].outcome is Outcome.NO_IMAGE]
-    return {
-        "samples": len(grounded),
-        "calls": outcomes[Outcome.ANSWERED] + outcomes[Outcome.FAILED_CALL],
-        "failed_calls": outcomes[Outcome.FAILED_CALL],
-        "image_errors": outcomes[Outcome.IMAGE_ERROR],
-        "no_image": outcomes[Outcome.NO_IMAGE],
-        "no_image_entities": sum(1 for s, asked in no_image for e in s.entities if s.name(e) in asked),
-        "no_entity": outcomes[Outcome.NO_ENTITY],
-        "demo_image_errors": len({i for t in traces.values() for i in t.dropped}),
-        **{k: defects[k] for k in DEFECTS},
-        "entities_grounded": sum(1 for s in grounded for e in s.entities if e.boxes),
-        "boxes": sum(len(e.boxes) for s in grounded for e in s.entities),
-    }
 
 
 def with_boxes(sample: Sample, boxes: dict[str, list[Box]], never: set[str]) -> Sample:

@@ -110,7 +110,7 @@ def refinement_line(notes: dict) -> str:
 
 
 def grounding_line(notes: dict, pred: list[data.Sample], never: list[str]) -> str:
-    """What the grounding stage did, in one line, from grounding.counts and its output."""
+    """What the grounding stage did, in one line, from app/counts.py's grounding_counts and its output."""
     n = notes
     never_l = {t.lower() for t in never}
     entities = sum(len(s.entities) for s in pred)
@@ -172,7 +172,7 @@ def score_lines(run: Run) -> list[str]:
 
 def note_lines(run: Run) -> list[str]:
     lines = []
-    g = run.notes.get("grounding")  # grounding.counts when the stage ran
+    g = run.notes.get("grounding")  # grounding_counts when the stage ran
     if g and g["no_image"]:
         lines.append(
             f"  grounding: {g['no_image_entities']} entities stayed ungroundable for lack of an image "

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import grounding
 import llm
 import refinement
 import synth
 import tagger
 from app import page, serving
 from app.cli import Settings, parse_settings
+from app.counts import grounding_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
 from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
@@ -175,7 +175,7 @@ class RunHooks:
                 "demos_without_image": len(self.train) - len(r.demo_pool.samples),
                 "selection_seconds": round(self.run.seconds.get("demo selection", 0.0), 2),
             }
-            self.run.notes["grounding"] = {**grounding.counts(r.final, r.grounding), **selection}
+            self.run.notes["grounding"] = {**grounding_counts(r.final, r.grounding), **selection}
             self.run.traces["grounding"] = r.grounding
             for line in image_lines(r.grounding):
                 print(line)

@@ -18,6 +18,7 @@ import demos
 import grounding
 import tagger
 from app.cli import Settings
+from app.counts import grounding_counts
 from app.report import image_lines
 from app.rundir import Run, atomic
 from data import DataError, Dataset, Sample
@@ -102,7 +103,7 @@ def ground_suggestions(
     queries = [c.sample for c in chosen]
     examples = demos.choose(queries, demos.embed_pool(labelled.samples, cfg.demos))
     samples, traces = grounding.ground(queries, examples, labelled, client, cfg.grounding)
-    run.notes["suggestion grounding"] = grounding.counts(samples, traces)
+    run.notes["suggestion grounding"] = grounding_counts(samples, traces)
     for line in image_lines(traces):
         print(line)
     run.check_calls("suggestion grounding", "no suggestion was written")

@@ -82,6 +82,7 @@ def bench_gmner(args) -> None:
     import refinement
     import tagger
     import uncertainty
+    from app.counts import grounding_counts
     from bench import TWITTER, have
     from bench.uncertainty import _unc_tagger
     from demos import DemoConfig, choose, embed_pool
@@ -161,7 +162,7 @@ def bench_gmner(args) -> None:
         with SimulatedMLLM(world, sizes, SimConfig(ground_accuracy=a)) as sim:
             c = client(sim)
             out, traces = grounding.ground(pred, examples, test_data, c)
-        counts = grounding.counts(out, traces)
+        counts = grounding_counts(out, traces)
         assert not counts["failed_calls"], counts
         row("tagger + grounding", f"{a:g}", out, c.usage.as_dict())
         if a == 1.0:

@@ -65,6 +65,7 @@ def _grounding_case(spec: dict) -> dict:
 
     import grounding
     import llm
+    from app.counts import grounding_counts
     from demos import DemoConfig, choose, embed_pool
     from formats import ccks
     from servers.fake_mllm import FakeServer, reply
@@ -101,7 +102,7 @@ def _grounding_case(spec: dict) -> dict:
         t0 = time.perf_counter()
         examples = choose(queries, embed_pool(demo.samples, DemoConfig(w_image=0.0)))
         out, traces = grounding.ground(queries, examples, demo, client)
-    counts = grounding.counts(out, traces)
+    counts = grounding_counts(out, traces)
     assert counts["calls"] == srv.requests.n and not counts["failed_calls"], counts
     shutil.rmtree(folder)
     return {"peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0, "calls": counts["calls"], "kb": kb}

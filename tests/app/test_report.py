@@ -1,9 +1,10 @@
-"""Tests of app/report.py's grounding lines: every number they print is read from grounding.counts, by
-the keys it gives (a renamed key fails here instead of printing 0)."""
+"""Tests of app/report.py's grounding lines: every number they print is read from app/counts.py's
+grounding_counts, by the keys it gives (a renamed key fails here instead of printing 0)."""
 
 from app import report
+from app.counts import grounding_counts
 from data import Box, Entity, Sample
-from grounding import GroundingTrace, Outcome, counts
+from grounding import GroundingTrace, Outcome
 
 
 def test_grounding_line_prints_the_counts_of_hand_built_traces():
@@ -36,7 +37,7 @@ def test_grounding_line_prints_the_counts_of_hand_built_traces():
         ),
         "e": GroundingTrace(Outcome.NO_ENTITY, {}, [], {}),
     }
-    n = counts([a, b, c, d, e], traces)
+    n = grounding_counts([a, b, c, d, e], traces)
     assert n == {
         "samples": 5,
         "calls": 2,

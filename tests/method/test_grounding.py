@@ -20,6 +20,7 @@ from PIL import Image
 
 import demos as sel
 import grounding as g
+from app.counts import grounding_counts
 from data import Box, Dataset, Entity, Sample
 from eval import evaluate
 from formats import read_dataset
@@ -179,7 +180,7 @@ def ground(samples, labelled, data, client, config=None, k=3):
     """grounding.ground after demos.choose picked the worked examples of `samples` from `labelled`."""
     examples = sel.choose(samples, sel.embed_pool(labelled, sel.DemoConfig(k=k)))
     out, traces = g.ground(samples, examples, data, client, config)
-    return out, g.counts(out, traces), traces
+    return out, grounding_counts(out, traces), traces
 
 
 def unboxed(samples):

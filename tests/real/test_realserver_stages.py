@@ -30,6 +30,7 @@ import refinement
 import synth
 import uncertainty
 from app import inputs
+from app.counts import grounding_counts
 from client.structured import validate
 from formats import ccks
 from levers import synth_filters
@@ -206,7 +207,7 @@ def test_grounding_with_three_demos_on_demo(server):
     out, traces = grounding.ground(
         queries, sel.choose(queries, sel.embed_pool(demos, selection)), demo, c, config
     )
-    counts = grounding.counts(out, traces)
+    counts = grounding_counts(out, traces)
     asked = [{s.name(e) for e in s.entities if e.type != "location"} for s in queries]
     assert counts["calls"] == len(seen) == c.usage.calls == 3 and counts["failed_calls"] == c.usage.failures
     assert [len(a) for a in asked] == [2, 4, 2]

@@ -19,6 +19,7 @@ import grounding
 import refinement
 import synth
 import uncertainty
+from app.counts import grounding_counts
 from data import Entity, Sample
 from formats.ccks import read_ccks
 from levers import synth_filters
@@ -79,7 +80,7 @@ def run_ground(data, sizes, pred, accuracy: float):
     with SimulatedMLLM(data.samples, sizes, SimConfig(ground_accuracy=accuracy)) as sim:
         examples = demos.choose(pred, demos.embed_pool(data.samples, demos.DemoConfig(k=1)))
         out, traces = grounding.ground(pred, examples, data, Client(ClientConfig(base_url=sim.url)), cfg)
-    return out, grounding.counts(out, traces), sim.counts
+    return out, grounding_counts(out, traces), sim.counts
 
 
 def test_grounding_at_accuracy_one_reaches_the_ceiling_exactly(demo):
