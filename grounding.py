@@ -1,39 +1,15 @@
 """Grounding stage of ReFineG: in-context grounding after worked examples.
 
-For every sample, the k labelled samples most like it (text, image and entity similarity,
-weighted; demos.choose picks them, a step of its own) are shown to a frozen multimodal LLM as
-worked examples with their gold boxes; the MLLM then gives the boxes of the sample's predicted
-entities, or none (ungroundable): grounding by analogy with solved examples.
-
-Inputs: predicted samples (entities, boxes ignored), their worked examples (labelled samples
-with gold boxes, best first), the Dataset (type descriptions) and an llm.Client (only its
-`map_chat`). Output: new samples whose entities carry boxes in ORIGINAL image pixels (upright,
-images.py) and a `GroundingTrace` per sample id: its `Outcome`, what was asked, the worked
-examples shown with their similarity parts, the boxes answered, what was wrong in the answer
-or why the call failed. `counts` sums the traces up for the run's summary and metrics.json.
+For every sample, a frozen multimodal LLM is shown its worked examples (the labelled samples most like it,
+chosen by demos.py) with their gold boxes, then gives the boxes of the sample's predicted entities, or none
+(ungroundable): grounding by analogy with solved examples. Inputs: predicted samples (boxes ignored), their
+worked examples, the Dataset (type descriptions) and an llm.Client (only its `map_chat`). Output: new samples
+whose entities carry boxes in original image pixels (upright, images.py), and a `GroundingTrace` per sample.
 
     python -m pytest -q tests/method/test_grounding.py   # the stage against a scripted fake MLLM
 
-Choices:
-- Demo selection (text, image and entity similarity, weighted): demos.py.
-- Worked examples are chat turns: a user turn (image, text, entities) then an
-  assistant turn (the gold answer as JSON, boxes in the box format of that demo
-  image as sent). A worked example whose image cannot be used is left out of its call.
-- Boxes follow the MLLM's convention (`box_format`): abs = pixels of the image
-  as sent (Qwen2.5-VL), norm1000 = 0-1000 (Qwen2-VL, Qwen3-VL, GLM-V), norm1 = 0-1.
-  For abs the image is sent at the size Qwen2.5-VL's own resize gives it (sides multiples
-  of 28 within its pixel limits, images.smart_resize), so the model sees it pixel for pixel.
-  Answers come back to original pixels, clipped to the image; degenerate boxes
-  are dropped. Boxes attach by name to every occurrence of that name.
-- Types in `never_ground` (default location, as in the authors' prompt) are
-  neither asked nor boxed; the default only applies when the data has that type
-  (Twitter's LOC is grounded). A sample with nothing to ask, or without image,
-  makes no call. A call that fails (after the client's retries) gives its sample no
-  box: its entities stay ungroundable (Outcome.FAILED_CALL).
-
-Left out on purpose: correcting spans or types while grounding (the refinement
-stage does that), the MLLM's free-text reasoning, boxes for entities the MLLM
-invents (ignored and counted).
+Left out on purpose: correcting spans or types while grounding (the refinement stage does that), the MLLM's
+free-text reasoning, boxes for entities the MLLM invents (ignored and counted).
 """
 
 import json
@@ -330,6 +306,7 @@ def ground(
     """Boxes for the predicted entities of `samples`, the call of samples[i] shown examples[i] first (best
     first: demos.choose); also a GroundingTrace per sample id."""
     config = config or GroundingConfig()
+    # Only the data's own types: the default "location" leaves Twitter's LOC grounded.
     never = [t for t in dataset.types if t.lower() in {n.lower() for n in config.never_ground}]
     never_l = {t.lower() for t in never}
     calls = [Call(s, _asked(s, never_l), x) for s, x in zip(samples, examples, strict=True)]
