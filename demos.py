@@ -1,25 +1,14 @@
 """Multimodal context selection of ReFineG's grounding stage: which labelled samples to show as examples.
 
-For every query sample the k labelled samples most like it are picked as worked examples for the
-MLLM (grounding.py shows them with their gold boxes). Similarity is a weighted sum of text, image
-and entity similarity, each min-max normalised per query (the authors' code normalises over the
-whole matrix). Input: the labelled samples (gold entities), embedded once per run (`embed_pool`),
-and the query samples (predicted entities). Output: per query, its worked examples, best first, each
-with the similarity parts that chose it (`choose`: grounding.WorkedExample, which grounding.py
-records in its per-sample trace).
+For every query sample the k labelled samples most like it are its worked examples (grounding.py shows them
+with their gold boxes). Similarity is a weighted sum of text, image and entity similarity, each min-max
+normalised per query. Input: the labelled samples (gold entities), embedded once per run (`embed_pool`), and
+the query samples (predicted entities). Output: per query, its worked examples, best first, each with the
+similarity parts that chose it (grounding.WorkedExample, recorded in grounding's trace).
 
     pool = demos.embed_pool(train, demos.DemoConfig())
     examples = demos.choose(queries, pool)   # examples[i]: the worked examples of queries[i]
     python -m bench selection                # selection quality and speed on Twitter-GMNER
-
-Choices: text = mean-pooled encoder embeddings; image = CLIP image embeddings when `image_encoder`
-is a local CLIP folder, else a WEAK pixel descriptor (near duplicates and similar colours, not similar
-content); entity = over all (query entity, demo entity) pairs, name cosine + `type_bonus` when the
-types agree, averaged over the pairs (`entity_sim="sum"` keeps the authors' sum, which favours demos
-with many entities). The weights 0.4 / 0.2 / 0.6 are the authors'; they are not meant to sum to 1
-(only their ratios rank the demos of a query). Only labelled samples with an image are in the pool (only
-they can be shown); a query without image drops the image term for that query (grounding makes no call
-for it anyway).
 
 Left out on purpose: learnt or fine-tuned retrievers, approximate nearest-neighbour indexes (the
 labelled pools of low-resource GMNER are small enough for one matrix product).
@@ -42,6 +31,7 @@ ENTITY_SIMS = ("mean", "sum")
 @dataclass
 class DemoConfig:
     k: int = setting(3, "worked examples per query (the authors: top-3)", main=True)
+    # The weights are not meant to sum to 1: only their ratios rank the demos of a query.
     w_text: float = setting(0.4, "weight of text similarity (the authors' code)")
     w_image: float = setting(0.2, "weight of image similarity (the authors' code)")
     w_entity: float = setting(0.6, "weight of entity similarity (the authors' code)")
@@ -84,7 +74,8 @@ PIXEL_DIM = 16 * 16 * 3 + 4 * 4 * 4  # the pixel descriptor: an RGB 16x16 thumbn
 
 
 def _pixel_descriptor(img: Image.Image) -> np.ndarray:
-    """A weak, deterministic image descriptor: a centred 16x16 thumbnail plus a 4x4x4 colour histogram."""
+    """A weak, deterministic image descriptor: a centred 16x16 thumbnail plus a 4x4x4 colour histogram. It
+    finds near duplicates and similar colours, not similar content (a local CLIP folder does that)."""
     small = np.asarray(img.resize((16, 16), Image.BILINEAR), dtype=np.float32).ravel() / 255.0  # (768,)
     small = small - small.mean()
     q = np.asarray(img.resize((64, 64), Image.NEAREST), dtype=np.int64) // 64  # (64, 64, 3) in 0..3
@@ -101,10 +92,8 @@ def embed_images(paths: list[str | None], image_encoder: str = "", batch_size: i
     if image_encoder:
         from transformers import CLIPImageProcessor, CLIPModel
 
-        model, proc = (
-            CLIPModel.from_pretrained(image_encoder).eval(),
-            CLIPImageProcessor.from_pretrained(image_encoder),
-        )
+        model = CLIPModel.from_pretrained(image_encoder).eval()
+        proc = CLIPImageProcessor.from_pretrained(image_encoder)
         out = np.zeros((len(paths), model.config.projection_dim), dtype=np.float32)
         for b in range(0, len(have), batch_size):
             images = {i: _load(paths[i]) for i in have[b : b + batch_size]}
@@ -146,11 +135,9 @@ def features(samples: list[Sample], types: list[str], config: DemoConfig) -> Fea
             ent_mean[i] += name_vec[s.name(e)] / n_ent[i]
             if e.type in types:
                 type_freq[i, types.index(e.type)] += 1.0 / n_ent[i]
-    image = (
-        embed_images([s.image for s in samples], config.image_encoder, config.batch_size)
-        if config.w_image
-        else np.zeros((len(samples), 1), dtype=np.float32)
-    )  # unused at weight 0: not computed
+    image = np.zeros((len(samples), 1), dtype=np.float32)  # unused at weight 0: not computed
+    if config.w_image:
+        image = embed_images([s.image for s in samples], config.image_encoder, config.batch_size)
     return Features(
         [s.id for s in samples],
         text,
@@ -166,7 +153,8 @@ def features(samples: list[Sample], types: list[str], config: DemoConfig) -> Fea
 
 
 def _minmax(x: np.ndarray, skip: np.ndarray) -> np.ndarray:
-    """Rescale each row to [0, 1] over its non-skipped entries; a constant row becomes 0."""
+    """Rescale each row to [0, 1] over its non-skipped entries; a constant row becomes 0. Per query: the
+    authors' code normalises over the whole matrix."""
     lo = np.where(skip, np.inf, x).min(axis=1, keepdims=True)
     hi = np.where(skip, -np.inf, x).max(axis=1, keepdims=True)
     span = hi - lo
