@@ -1,15 +1,13 @@
 """Images for the MLLM: every image file is untrusted input, read once into RGB or one ImageError.
 
-The refinement and grounding stages send each sample's image to the MLLM; grounding also needs the
-original size to map the model's boxes back. Input: an image path. Output: a decoded RGB image, its
-(width, height), or an OpenAI `image_url` message part (a JPEG data URL, long side capped) with the
-size actually sent. For boxes in pixels (Qwen2.5-VL's `abs`) the size sent is already the one the model
-resizes to (`smart_resize`), so its pixels are those of the image sent.
+The refinement and grounding stages send each sample's image to the MLLM; grounding also needs the original
+size to map the model's boxes back. Input: an image path. Output: a decoded RGB image, its (width, height),
+or an OpenAI `image_url` message part (a JPEG data URL, long side capped) with the size actually sent.
 
-One frame for the whole project: the upright image, its EXIF orientation tag applied, as browsers,
-Label Studio and transformers' `load_image` show it. Every pixel and every size the project reads comes
-from here in that frame (`open_image`, `image_size`, `copy_upright`), so a phone photo stored on its side
-gets boxes where a person sees the object, and the image sent carries no tag a server could apply twice.
+One frame for the whole project: the upright image, its EXIF orientation tag applied, as browsers, Label
+Studio and transformers' `load_image` show it. Every pixel and size the project reads is in that frame, so a
+phone photo stored on its side gets boxes where a person sees the object, and the image sent carries no tag
+a server could apply twice.
 
     python -c "import images; print(images.image_part('examples/demo/images/001.jpg', max_side=512)[1])"
 
@@ -20,8 +18,6 @@ Pillow's `exif_transpose` too).
 import base64
 import io
 import math
-import shutil
-from pathlib import Path
 
 from PIL import Image
 
@@ -97,22 +93,8 @@ def open_image(path: str) -> Image.Image:
             return im.convert("RGB")
     except ImageError as e:
         raise ImageError(f"cannot use image {path}: {e}") from None
-    except (
-        Exception
-    ) as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ... by format
+    except Exception as e:  # PIL: OSError, ValueError, SyntaxError, DecompressionBombError, ... by format
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
-def image_problem(path: str) -> str:
-    """ "" when the file is an image PIL can read, else why not. Cheap: the header is parsed and
-    `verify` checks the structure without decoding pixels (a truncated JPEG passes, and a stage that
-    decodes it later counts it)."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... by format
-        return f"{type(e).__name__}: {str(e).replace(f' {path!r}', '')}"  # the caller names the file
-    return ""
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -122,33 +104,6 @@ def image_size(path: str) -> tuple[int, int]:
             return upright_size(im)
     except Exception as e:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
-def size_or_none(path: str | None) -> tuple[int, int] | None:
-    """An image's upright (width, height), or None when there is none or it cannot be read: a caller that
-    only clips or converts boxes with it goes without, and the stages count the unreadable image."""
-    try:
-        return image_size(path) if path else None
-    except ImageError:
-        return None
-
-
-def copy_upright(src: str, dest: Path) -> None:
-    """`src` copied to `dest` in the upright frame: the file itself when stored upright, else its pixels
-    turned upright and saved in its own format with no orientation tag (JPEG at quality 95, ICC profile
-    kept). A file that cannot be decoded is copied as it is: a viewer turns it by its tag as `image_size`
-    does, and the stages count it as unreadable."""
-    try:
-        with Image.open(src) as im:
-            k = orientation(im)
-            if k in UPRIGHT:
-                fmt = "JPEG" if im.format == "MPO" else im.format  # a phone's MPO is a JPEG plus depth frames
-                im.load()
-                upright(im).save(dest, format=fmt, quality=95, icc_profile=im.info.get("icc_profile"))
-                return
-    except Exception:  # PIL raises OSError, ValueError, SyntaxError, ... by format: fall back to the bytes
-        pass
-    shutil.copyfile(src, dest)
 
 
 def smart_resize(
@@ -179,14 +134,11 @@ def smart_resize(
 
 
 def image_part(path: str, max_side: int = 1000, qwen_size: bool = False) -> tuple[dict, tuple[int, int]]:
-    """An image as a JPEG data URL with its long side at most `max_side`, and the (width, height) sent.
-    With `qwen_size`, that size then goes through `smart_resize` (a side may end up to 14 pixels over
-    max_side): the model's own resize keeps it, so a box in its pixels is a box in the pixels sent.
-
-    Always re-encoded: the label then always matches the bytes (PNG, WebP, CMYK JPEG all become RGB
-    JPEG, which every server decodes), and the size sent is known exactly, so a box the model gives
-    in the sent image's pixels maps back to the original by a pure scaling. ImageError when unreadable.
-    """
+    """An image as a JPEG data URL with its long side at most `max_side`, and the (width, height) sent;
+    ImageError when unreadable. Always re-encoded: the label matches the bytes (PNG, WebP, CMYK JPEG all
+    become RGB JPEG, which every server decodes) and the size sent is known exactly, so a box in the sent
+    image's pixels maps back to the original by a pure scaling. With `qwen_size` that size goes through
+    `smart_resize` (a side may end up to 14 pixels over max_side): the model's own resize keeps it."""
     im = open_image(path)
     w, h = im.size
     size = (w, h)

@@ -2,6 +2,7 @@
 
 - `ccks.py`: the CCKS-2025 folder (text.json, entity.json, images/, types.txt).
 - `twitter.py`: Twitter-GMNER (IMGID + CoNLL, Pascal-VOC xml/) and plain two-column CoNLL.
+- `imagefiles.py`: the readers' look at image files (readable or not, upright size), without decoding.
 Every reader returns a `data.Dataset`; names become spans and gold boxes are checked by the rules
 in data.py, so the formats differ only in how they store the same thing. An image file that is not a
 readable image counts as no image (`Dataset.bad_images`, one warning line).
@@ -29,8 +30,8 @@ from typing import NamedTuple
 
 from data import DataError, Dataset, attach_images
 from formats.ccks import read_ccks
+from formats.imagefiles import image_problem
 from formats.twitter import read_conll, read_twitter
-from images import image_problem
 
 LAYOUTS = [  # what read_dataset reads with no reader passed in, said when a file is none of it
     "a CCKS folder (text.json, entity.json, images/, types.txt)",

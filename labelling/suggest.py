@@ -33,11 +33,13 @@ import dataclasses
 import heapq
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from math import ceil, floor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 import tagger
@@ -45,7 +47,7 @@ import uncertainty
 from data import Box, DataError, Dataset, Sample, require_valid, setting, spans_to_tags, without_spaces
 from encoding import embed_texts
 from formats.ccks import write_ccks_folder
-from images import copy_upright
+from images import UPRIGHT, orientation, upright
 
 STRATEGIES = ("entity", "mnlp", "missed", "random")
 
@@ -206,6 +208,24 @@ def write_suggestions(chosen: list[Suggestion], labelled: Dataset, folder: Path)
             # Upright copies without the tag: whatever a viewer does with EXIF, Label Studio then shows the
             # pixels the boxes (and tasks.json's original_width/height) are in, and so does any other tool.
             copy_upright(s.image, folder / "images" / f"{s.id}{Path(s.image).suffix.lower()}")
+
+
+def copy_upright(src: str, dest: Path) -> None:
+    """`src` copied to `dest` in the upright frame: the file itself when stored upright, else its pixels
+    turned upright and saved in its own format with no orientation tag (JPEG at quality 95, ICC profile
+    kept). A file that cannot be decoded is copied as it is: a viewer turns it by its tag as
+    images.image_size does, and the stages count it as unreadable."""
+    try:
+        with Image.open(src) as im:
+            k = orientation(im)
+            if k in UPRIGHT:
+                fmt = "JPEG" if im.format == "MPO" else im.format  # a phone's MPO is a JPEG plus depth frames
+                im.load()
+                upright(im).save(dest, format=fmt, quality=95, icc_profile=im.info.get("icc_profile"))
+                return
+    except Exception:  # PIL raises OSError, ValueError, SyntaxError, ... by format: fall back to the bytes
+        pass
+    shutil.copyfile(src, dest)
 
 
 def whole_pixels(sample: Sample) -> Sample:
