@@ -59,11 +59,6 @@ def orientation(im: Image.Image) -> int:
     return k if isinstance(k, int) and k in UPRIGHT else 1
 
 
-def upright_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) of an opened image as shown upright: 640x480 stored, orientation 6 -> (480, 640)."""
-    return (im.height, im.width) if orientation(im) in SIDEWAYS else im.size
-
-
 def upright(im: Image.Image) -> Image.Image:
     """The loaded image's pixels turned upright (itself when stored upright), without its EXIF block."""
     k = orientation(im)
@@ -98,10 +93,11 @@ def open_image(path: str) -> Image.Image:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) of the upright image from the header alone, or ImageError."""
+    """(width, height) of the upright image from the header alone, or ImageError: 640x480 stored with
+    orientation 6 -> (480, 640)."""
     try:
         with Image.open(path) as im:
-            return upright_size(im)
+            return (im.height, im.width) if orientation(im) in SIDEWAYS else im.size
     except Exception as e:
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
