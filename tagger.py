@@ -27,12 +27,9 @@ mixed precision, multi-GPU training.
 from __future__ import annotations  # the model and its training come first, its settings after them
 
 import copy
-import hashlib
-import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,16 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from crf import CRF, allowed_moves, tag_names
-from data import (
-    DataError,
-    Entity,
-    Sample,
-    require_valid,
-    setting,
-    spans_to_tags,
-    tags_to_spans,
-    without_spaces,
-)
+from data import Entity, Sample, require_valid, setting, spans_to_tags, tags_to_spans
 from encoding import SHAPES, Encoded, collate, encode, length_batches, load_encoder
 
 # Fixed choices no run has needed to change (they were flags before): BERT's fine-tuning recipe.
@@ -305,12 +293,6 @@ WEIGHT_DECAY = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
 WARMUP = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
 MAX_GRAD_NORM = 1.0  # gradient clipping (global L2 norm)
 SHAPE_DIM = 16  # size of one word-shape embedding
-RETIRED = {
-    "weight_decay": WEIGHT_DECAY,
-    "warmup": WARMUP,
-    "max_grad_norm": MAX_GRAD_NORM,
-    "shape_dim": SHAPE_DIM,
-}
 
 
 @dataclass
@@ -395,7 +377,7 @@ def device_problem(device: str) -> str:
     return ""
 
 
-# ---------------------------------------------------------------- prediction, save, load
+# ---------------------------------------------------------------- prediction
 
 
 def predict(model: Tagger, samples: list[Sample], batch_size: int = 64, mc_passes: int = 0) -> list[Sample]:
@@ -443,70 +425,3 @@ def decode(model: Tagger, batch: dict, mc_passes: int) -> tuple[list[list[int]],
         ]
         p = sum(passes) / mc_passes
     return best, p.float().cpu().numpy()
-
-
-def save(model: Tagger, directory: str, trained_on: list[Sample] | None = None) -> None:
-    """config.json (settings, types, tags, the encoder's architecture), weights.pt, the tokenizer files,
-    and trained_on.json: which samples it learnt from (ids, and text digests that data.py-style
-    readers match), so that a reuse with --tagger never scores it on them."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    if trained_on is not None:
-        seen = {"samples": len(trained_on), "ids": [s.id for s in trained_on]}
-        seen["text_digests"] = sorted({text_digest(s) for s in trained_on})
-        (d / "trained_on.json").write_text(json.dumps(seen, ensure_ascii=False), encoding="utf-8")
-    meta = {
-        "tagger": asdict(model.config),
-        "types": model.types,
-        "tags": model.tags,
-        "encoder": model.encoder.config.to_dict(),
-    }
-    (d / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    torch.save(
-        model.state_dict(), d / "weights.pt"
-    )  # as it is: int8 layers need its version metadata to load
-    model.tokenizer.save_pretrained(str(d))
-
-
-def text_digest(sample: Sample) -> str:
-    """A short digest of a sample's text without whitespace: the same sentence whatever its id or layout."""
-    return hashlib.sha1(without_spaces(sample.text).encode()).hexdigest()[:16]
-
-
-def trained_on(directory: str) -> set[str]:
-    """The text digests of the samples a saved tagger learnt from (none known for an older tagger)."""
-    path = Path(directory) / "trained_on.json"
-    if not path.is_file():
-        return set()
-    try:
-        return set(json.loads(path.read_text(encoding="utf-8"))["text_digests"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: expected the trained_on.json written by tagger.save ({err})") from None
-
-
-def load(directory: str, device: str | None = None) -> Tagger:
-    """Rebuild a saved tagger from its own files (no download, no training arguments)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    d = Path(directory)
-    if not (d / "config.json").is_file() or not (d / "weights.pt").is_file():
-        raise FileNotFoundError(f"{d}: expected config.json and weights.pt written by tagger.save")
-    meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    # a setting this tagger.py does not know may change the model: refuse it (a missing one takes its default;
-    # one that became a constant is dropped when it has the constant's value)
-    saved = {k: v for k, v in meta["tagger"].items() if RETIRED.get(k, object()) != v}
-    unknown = sorted(set(saved) - {f.name for f in fields(TaggerConfig)})
-    if unknown:
-        raise ValueError(
-            f"{d}/config.json: unknown tagger settings {unknown}; expected a tagger saved by this "
-            "version of tagger.py"
-        )
-    config = TaggerConfig(**{**saved, **({"device": device} if device else {})})
-    encoder = AutoModel.from_config(AutoConfig.for_model(**meta["encoder"]))
-    model = Tagger(config, meta["types"], encoder, AutoTokenizer.from_pretrained(str(d)))
-    if model.tags != meta["tags"]:
-        raise ValueError(f"{d}/config.json: tags {meta['tags']} do not match the types and scheme")
-    if config.int8:  # saved int8: the same int8 layers must exist before their weights can load
-        quantize(model)
-    model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
-    return model.to(config.device).eval()
