@@ -88,17 +88,11 @@ def self_train(
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()
         model, history, kept = one_round(model, train, unlabelled, types, dev)
-        entities = sum(len(s.entities) for s in kept)
-        if config.progress:
-            print(
-                f"self-training round {r}: trained on {len(kept)} of {len(unlabelled)} unlabelled sentences "
-                f"({entities} entities)"
-            )
         rounds.append(
             {
                 "round": r,
                 "pseudo_sentences": len(kept),
-                "pseudo_entities": entities,
+                "pseudo_entities": sum(len(s.entities) for s in kept),
                 "seconds": time.perf_counter() - t0,
                 "history": history,
             }

@@ -155,15 +155,9 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
 
 
 def epochs_to_run(config: TaggerConfig, steps: int) -> int:
-    """`config.epochs`, or more when they make fewer than `config.min_steps` steps, said in one line (the
-    demo's 22 sentences in batches of 16 are 2 steps an epoch: 60 steps take 30 epochs, not 10)."""
-    epochs = max(config.epochs, math.ceil(config.min_steps / steps))
-    if epochs > config.epochs:
-        print(
-            f"tagger: {config.epochs} epochs of {steps} steps are under the minimum of {config.min_steps} "
-            f"steps (--tagger-min-steps): training {epochs} epochs"
-        )
-    return epochs
+    """`config.epochs`, or more when they make fewer than `config.min_steps` steps (the demo's 22
+    sentences in batches of 16 are 2 steps an epoch: 60 steps take 30 epochs, not 10)."""
+    return max(config.epochs, math.ceil(config.min_steps / steps))
 
 
 def train_epoch(model: Tagger, enc: list[Encoded], gold: list[list[int]], opt, sched, rng, bar) -> float:

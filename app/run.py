@@ -30,7 +30,15 @@ import tagger
 from app import page, serving, store
 from app.cli import Settings, parse_settings
 from app.inputs import describe_inputs, read_inputs, read_pool
-from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
+from app.report import (
+    draw,
+    grounding_line,
+    image_lines,
+    mllm_line,
+    refinement_line,
+    summary_text,
+    training_lines,
+)
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 from app.suggestion import suggestion_stage
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
@@ -101,8 +109,10 @@ class RunHooks:
             return (model, done["history"]) if name != "tagger" else (model, done)
         model, info = make()
         self.how[name] = f"trained on {sentences} sentences"
+        stamp = info if name == "tagger" else {"history": info, "self_training": []}
+        for line in training_lines(self.settings.tagger, stamp, len(self.pool)):
+            print(line)
         if keep:
-            stamp = info if name == "tagger" else {"history": info, "self_training": []}
             with atomic(folder) as tmp:
                 store.save(model, str(tmp), trained_on=self.trained_on)
                 write_json(
