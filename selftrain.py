@@ -18,7 +18,8 @@ TaggerConfig (its `self_train_*` fields: the flags --tagger-self-train-rounds, -
 -missed) and optional dev Samples for epoch selection. The uncertainty here is always the CRF
 marginals' (uncertainty.estimate's default): --unc-method and the other --unc-* flags set only the
 refinement stage's.
-Output: the last round's Tagger and one row per round (sentences kept, seconds, its epoch history).
+Output: the last round's Tagger and one row per round (sentences and entities kept, seconds, its epoch
+history).
 With `start`, round 0 is a tagger trained before: refineg.py --suggest keeps it to rank the pool,
 since the self-trained tagger has learnt the pool's pseudo labels and is sure of them.
 
