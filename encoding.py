@@ -1,12 +1,11 @@
 """From words to encoder inputs: the tagger's sub-token windows, word shapes and batches; sentence embeddings.
 
-Any Hugging Face encoder (fast tokenizer) embeds each word by its first sub-token; a sentence longer
-than `max_length` sub-tokens is cut into overlapping windows at word boundaries and merged back (every
-word is the core of exactly one window). Each word's shape (capitalised, ALL CAPS, digits, ...) is
-kept too: the default encoder is uncased, so case cues must come from here. Input: tokenised sentences
-and a tokenizer. Output: `Encoded` sentences, length-sorted batches, and padded tensors (`collate`).
-The same encoder, frozen and mean-pooled, embeds whole texts (`embed_texts`) for demo selection
-(demos.py) and for choosing which samples to label (labelling/suggest.py).
+The input side of the Training Stage's tagger (tagger.py): any Hugging Face encoder (fast tokenizer)
+embeds each word by its first sub-token; a sentence longer than `max_length` sub-tokens is cut into
+overlapping windows at word boundaries (each word the core of exactly one window). Each word's shape
+(capitalised, ALL CAPS, digits, ...) is kept too: the default encoder is uncased. Input: tokenised
+sentences and a tokenizer. Output: `Encoded` sentences, length-sorted batches, padded tensors (`collate`).
+The same encoder, frozen and mean-pooled, embeds whole texts (`embed_texts`) for demo selection (demos.py).
 
     python -m pytest -q tests/method/test_tagger.py
 
@@ -75,9 +74,8 @@ def windows(sizes: list[int], budget: int) -> list[tuple[int, int, int, int]]:
 
 @dataclass
 class Encoded:
-    windows: list[
-        tuple[list[int], list[int]]
-    ]  # (input ids with special tokens, positions of kept words' first piece)
+    # (input ids with special tokens, positions of kept words' first piece) per window
+    windows: list[tuple[list[int], list[int]]]
     shapes: list[int]  # shape index per word
 
     @property
@@ -91,22 +89,18 @@ def encode(tokenizer, sentences: list[list[str]], max_length: int) -> list[Encod
     probe = tokenizer([["x"]], is_split_into_words=True)["input_ids"][0]
     bare = tokenizer([["x"]], is_split_into_words=True, add_special_tokens=False)["input_ids"][0]
     at = probe.index(bare[0])
-    prefix, suffix = (
-        probe[:at],
-        probe[at + len(bare) :],
-    )  # [CLS] / [SEP] or <s> / </s>, whatever the model uses
+    prefix = probe[:at]  # [CLS] / [SEP] or <s> / </s>, whatever the model uses
+    suffix = probe[at + len(bare) :]
     budget = max_length - len(prefix) - len(suffix)
     if budget < 4:
         raise ValueError(
             f"max_length {max_length} leaves {budget} sub-tokens per window; expected at least 4"
         )
     todo = [i for i, s in enumerate(sentences) if s]
-    enc = (
-        tokenizer([sentences[i] for i in todo], is_split_into_words=True, add_special_tokens=False)
-        if todo
-        else None
-    )
     out = [Encoded([], []) for _ in sentences]
+    if not todo:
+        return out
+    enc = tokenizer([sentences[i] for i in todo], is_split_into_words=True, add_special_tokens=False)
     for row, i in enumerate(todo):
         pieces = [[] for _ in sentences[i]]
         for piece, w in zip(enc["input_ids"][row], enc.word_ids(row)):
@@ -133,7 +127,8 @@ def length_batches(
     if rng is None:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     else:  # sort within shuffled chunks of 50 batches: similar lengths, yet a different mix every epoch
-        perm, chunk = rng.permutation(len(lengths)).tolist(), 50 * batch_size
+        perm = rng.permutation(len(lengths)).tolist()
+        chunk = 50 * batch_size
         order = [
             i
             for c in range(0, len(perm), chunk)
@@ -213,8 +208,7 @@ def load_encoder(name: str, progress: bool = True):
 @lru_cache(maxsize=2)
 def frozen_encoder(name: str):
     """(tokenizer, encoder in eval mode) for embeddings, loaded once per name and never trained; without
-    a loading bar (demo selection and labelling/suggest.py have no progress setting, and the load takes a
-    moment)."""
+    a loading bar (demo selection and labelling/suggest.py have no progress setting)."""
     tokenizer, model = load_encoder(name, progress=False)
     return tokenizer, model.eval()
 
@@ -225,9 +219,7 @@ def embed_texts(texts: list[str], encoder: str = "", batch_size: int = 64) -> np
     rule)."""
     tok, model = frozen_encoder(encoder)
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = sorted(
-        range(len(texts)), key=lambda i: len(texts[i])
-    )  # similar lengths share a batch: less padding
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         # 128 sub-tokens hold a caption or a tweet; only the tail of a longer text is cut from its embedding

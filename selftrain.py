@@ -18,7 +18,8 @@ TaggerConfig (its `self_train_*` fields: the flags --tagger-self-train-rounds, -
 -missed) and optional dev Samples for epoch selection. The uncertainty here is always the CRF
 marginals' (uncertainty.estimate's default): --unc-method and the other --unc-* flags set only the
 refinement stage's.
-Output: the last round's Tagger and one row per round (sentences kept, seconds, its epoch history).
+Output: the last round's Tagger and one row per round (sentences and entities kept, seconds, its epoch
+history).
 With `start`, round 0 is a tagger trained before: refineg.py --suggest keeps it to rank the pool,
 since the self-trained tagger has learnt the pool's pseudo labels and is sure of them.
 
@@ -88,17 +89,11 @@ def self_train(
     for r in range(1, config.self_train_rounds + 1):
         t0 = time.perf_counter()
         model, history, kept = one_round(model, train, unlabelled, types, dev)
-        entities = sum(len(s.entities) for s in kept)
-        if config.progress:
-            print(
-                f"self-training round {r}: trained on {len(kept)} of {len(unlabelled)} unlabelled sentences "
-                f"({entities} entities)"
-            )
         rounds.append(
             {
                 "round": r,
                 "pseudo_sentences": len(kept),
-                "pseudo_entities": entities,
+                "pseudo_entities": sum(len(s.entities) for s in kept),
                 "seconds": time.perf_counter() - t0,
                 "history": history,
             }

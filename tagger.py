@@ -1,38 +1,28 @@
-"""The small supervised tagger of ReFineG's training stage: a pretrained encoder, word shapes and a CRF.
+"""The small tagger of ReFineG's Training Stage (part 2): a pretrained encoder, word shapes and a CRF.
 
-The paper's Training Stage, part 2: a sequence tagger is trained on the labelled
-seeds plus the synthetic sentences (synth.py); its CRF marginals P(tag_t = k | text)
-feed the Refinement Stage (uncertainty.py), which sends doubtful entities to the MLLM.
+It is trained on the labelled seeds plus the synthetic sentences (synth.py); its CRF marginals
+P(tag_t = k | text) feed the Refinement Stage (uncertainty.py). Any Hugging Face encoder embeds each word
+by its first sub-token (windows and word shapes: encoding.py); embeddings of the word's shape and its
+neighbours' (capitalised, ALL CAPS, digits, ...) are concatenated, since the default encoder is uncased.
+A linear layer gives emission scores; a linear-chain CRF (crf.py) adds transition scores in which the
+scheme's illegal moves (O -> I-X, B-X -> I-Y, ...) are forbidden, in training, decoding and marginals.
 
-Inputs: `Sample`s with tokens and gold entities (data.py) and the type list.
-Outputs: a `Tagger`; `predict` returns new `Sample`s whose entities are the Viterbi
-spans and whose `.marginals` is a (T, K) array in `tagger.tags` order; `save`/`load`
-a directory (config.json, weights.pt, tokenizer files, and trained_on.json: the samples it
-learnt from).
+Inputs: `Sample`s with tokens and gold entities (data.py) and the type list. Output: a `Tagger`;
+`predict` returns new `Sample`s with the Viterbi entities and `.marginals`, a (T, K) array in
+`tagger.tags` order. (app/store.py saves a trained one into a folder and loads it back.)
 
     python -m bench tagger        # trains it on CCKS and Twitter-GMNER, side by side with a softmax peer
 
-How it works: any Hugging Face encoder embeds each word by its first sub-token (the
-windows and word shapes are in encoding.py). An embedding of each word's shape
-(capitalised, ALL CAPS, digits, ...) and of its neighbours' shapes is concatenated: the
-default encoder is uncased, so case cues must come from here. A linear layer gives
-emission scores; a linear-chain CRF (crf.py) adds transition scores in which the tag
-scheme's illegal moves (O -> I-X, B-X -> I-Y, ...) are forbidden, in training, decoding
-and marginals alike. This file is the model, its training (its settings after them) and its use.
-
-Left out on purpose: character CNNs / BiLSTMs on top of the encoder, nested entities,
-mixed precision, multi-GPU training.
+Left out on purpose: character CNNs / BiLSTMs on top of the encoder, nested entities, mixed precision,
+multi-GPU training.
 """
 
 from __future__ import annotations  # the model and its training come first, its settings after them
 
 import copy
-import hashlib
-import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,20 +31,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from crf import CRF, allowed_moves, tag_names
-from data import (
-    DataError,
-    Entity,
-    Sample,
-    require_valid,
-    setting,
-    spans_to_tags,
-    tags_to_spans,
-    without_spaces,
-)
+from data import Entity, Sample, require_valid, setting, spans_to_tags, tags_to_spans
 from encoding import SHAPES, Encoded, collate, encode, length_batches, load_encoder
-
-# Fixed choices no run has needed to change (they were flags before): BERT's fine-tuning recipe.
-
 
 # ---------------------------------------------------------------- the model
 
@@ -78,9 +56,8 @@ class Tagger(nn.Module):
 
     def emissions(self, batch: dict) -> torch.Tensor:
         """(B, T, K) emission scores of a batch from `collate`."""
-        hid = self.encoder(
-            input_ids=batch["ids"], attention_mask=batch["attn"]
-        ).last_hidden_state  # (W, L, H)
+        # (W, L, H): the batch's W windows of L sub-tokens
+        hid = self.encoder(input_ids=batch["ids"], attention_mask=batch["attn"]).last_hidden_state
         x = hid.reshape(-1, hid.shape[-1])[batch["index"]]  # (B, T, H): first piece of every word
         if self.config.shape_features:
             s = self.shape(batch["shapes"])  # (B, T, D)
@@ -99,12 +76,9 @@ def train_tagger(
     dev: list[Sample] | None = None,
     init: Tagger | None = None,
 ) -> tuple[Tagger, list[dict]]:
-    """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else the
-    last.
-
-    Returns the tagger and its history: one row per epoch (epoch, mean loss, sentences, dev_f1 with `dev`).
-    `init`: start from this (float) tagger's weights instead of the pretrained encoder and a fresh head.
-    """
+    """Fine-tune encoder + head + CRF on `train`; with `dev`, keep the epoch of best dev span F1, else
+    the last. Returns the tagger and its history: one row per epoch (epoch, mean loss, sentences, dev_f1
+    with `dev`). `init`: start from this (float) tagger's weights, not the pretrained encoder."""
     config = config or TaggerConfig()
     check_samples(train + (dev or []), types)
     if dev and len({s.id for s in dev}) != len(dev):
@@ -125,8 +99,8 @@ def train_tagger(
 
 def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[dict]:
     """The training loop: `config.epochs` epochs (more when that is under `config.min_steps` steps) of
-    length-bucketed batches; with `dev`, the weights of the
-    epoch with the best dev span F1 are restored at the end (strict: on ties the earlier epoch stays)."""
+    length-bucketed batches; with `dev`, the weights of the epoch with the best dev span F1 are restored
+    at the end (strict: on ties the earlier epoch stays)."""
     config = model.config
     rng = np.random.default_rng(config.seed)
     enc = encode(model.tokenizer, [s.tokens for s in train], config.max_length)
@@ -142,11 +116,9 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
     best_f1 = -1.0
     best_state = None
     for epoch in range(1, epochs + 1):
-        pick = (
-            rng.permutation(len(train))[:per_epoch].tolist()
-            if per_epoch < len(train)
-            else list(range(len(train)))
-        )
+        pick = list(range(len(train)))
+        if per_epoch < len(train):
+            pick = rng.permutation(len(train))[:per_epoch].tolist()
         loss = train_epoch(model, [enc[i] for i in pick], [gold[i] for i in pick], opt, sched, rng, bar)
         row = {"epoch": epoch, "loss": loss, "sentences": per_epoch}
         if dev:
@@ -154,12 +126,8 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
             if row["dev_f1"] > best_f1:
                 best_f1, best_state = row["dev_f1"], copy.deepcopy(model.state_dict())
         history.append(row)
-        bar.set_postfix(
-            {
-                "epoch": f"{epoch}/{epochs}",
-                **{k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "dev_f1")},
-            }
-        )
+        shown = {k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "dev_f1")}
+        bar.set_postfix({"epoch": f"{epoch}/{epochs}", **shown})
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -167,15 +135,9 @@ def fit(model: Tagger, train: list[Sample], dev: list[Sample] | None) -> list[di
 
 
 def epochs_to_run(config: TaggerConfig, steps: int) -> int:
-    """`config.epochs`, or more when they make fewer than `config.min_steps` steps, said in one line (the
-    demo's 22 sentences in batches of 16 are 2 steps an epoch: 60 steps take 30 epochs, not 10)."""
-    epochs = max(config.epochs, math.ceil(config.min_steps / steps))
-    if epochs > config.epochs:
-        print(
-            f"tagger: {config.epochs} epochs of {steps} steps are under the minimum of {config.min_steps} "
-            f"steps (--tagger-min-steps): training {epochs} epochs"
-        )
-    return epochs
+    """`config.epochs`, or more when they make fewer than `config.min_steps` steps (the demo's 22
+    sentences in batches of 16 are 2 steps an epoch: 60 steps take 30 epochs, not 10)."""
+    return max(config.epochs, math.ceil(config.min_steps / steps))
 
 
 def train_epoch(model: Tagger, enc: list[Encoded], gold: list[list[int]], opt, sched, rng, bar) -> float:
@@ -200,7 +162,7 @@ def span_f1(gold: list[Sample], pred: list[Sample]) -> float:
     """MNER micro F1 of exact (span, type) matches: the dev score that picks the best epoch.
 
     A tag sequence holds each span once, so the set overlap is the one-to-one matching eval.py
-    computes for any predictions (tests/method/test_tagger.py checks the two agree).
+    computes for any predictions (tests/method/test_eval.py checks the two agree).
     """
 
     def items(samples: list[Sample]) -> set:
@@ -290,7 +252,7 @@ def quantize(model: Tagger) -> None:
 
     The linear layers hold ~all of a transformer's arithmetic; embeddings, layer norms, the
     shape features, the emission layer and the CRF stay float. Prediction only: int8 layers
-    have no gradients. `save` then writes the int8 weights, and `load` rebuilds them.
+    have no gradients. app/store.py saves the int8 weights as they are and rebuilds them on load.
     """
     if torch.device(model.config.device).type != "cpu":
         raise ValueError(f"int8 dynamic quantization runs on CPU only, got device {model.config.device!r}")
@@ -301,16 +263,11 @@ def quantize(model: Tagger) -> None:
 
 # ---------------------------------------------------------------- settings
 
+# Fixed choices, BERT's fine-tuning recipe, and the size of the word-shape features
 WEIGHT_DECAY = 0.01  # AdamW weight decay of encoder and head (none on the CRF)
 WARMUP = 0.1  # share of all steps with linearly rising lr, then linear decay to 0
 MAX_GRAD_NORM = 1.0  # gradient clipping (global L2 norm)
 SHAPE_DIM = 16  # size of one word-shape embedding
-RETIRED = {
-    "weight_decay": WEIGHT_DECAY,
-    "warmup": WARMUP,
-    "max_grad_norm": MAX_GRAD_NORM,
-    "shape_dim": SHAPE_DIM,
-}
 
 
 @dataclass
@@ -395,7 +352,7 @@ def device_problem(device: str) -> str:
     return ""
 
 
-# ---------------------------------------------------------------- prediction, save, load
+# ---------------------------------------------------------------- prediction
 
 
 def predict(model: Tagger, samples: list[Sample], batch_size: int = 64, mc_passes: int = 0) -> list[Sample]:
@@ -415,9 +372,8 @@ def predict(model: Tagger, samples: list[Sample], batch_size: int = 64, mc_passe
         torch.manual_seed(model.config.seed)
         for b in length_batches([enc[i].size for i in todo], batch_size):
             rows = [todo[i] for i in b]
-            best, p = decode(
-                model, collate([enc[i] for i in rows], model.pad_id, model.config.device), mc_passes
-            )
+            batch = collate([enc[i] for i in rows], model.pad_id, model.config.device)
+            best, p = decode(model, batch, mc_passes)
             for j, i in enumerate(rows):
                 paths[i] = best[j]
                 margs[i] = p[j, : len(samples[i].tokens)]
@@ -443,70 +399,3 @@ def decode(model: Tagger, batch: dict, mc_passes: int) -> tuple[list[list[int]],
         ]
         p = sum(passes) / mc_passes
     return best, p.float().cpu().numpy()
-
-
-def save(model: Tagger, directory: str, trained_on: list[Sample] | None = None) -> None:
-    """config.json (settings, types, tags, the encoder's architecture), weights.pt, the tokenizer files,
-    and trained_on.json: which samples it learnt from (ids, and text digests that data.py-style
-    readers match), so that a reuse with --tagger never scores it on them."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    if trained_on is not None:
-        seen = {"samples": len(trained_on), "ids": [s.id for s in trained_on]}
-        seen["text_digests"] = sorted({text_digest(s) for s in trained_on})
-        (d / "trained_on.json").write_text(json.dumps(seen, ensure_ascii=False), encoding="utf-8")
-    meta = {
-        "tagger": asdict(model.config),
-        "types": model.types,
-        "tags": model.tags,
-        "encoder": model.encoder.config.to_dict(),
-    }
-    (d / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    torch.save(
-        model.state_dict(), d / "weights.pt"
-    )  # as it is: int8 layers need its version metadata to load
-    model.tokenizer.save_pretrained(str(d))
-
-
-def text_digest(sample: Sample) -> str:
-    """A short digest of a sample's text without whitespace: the same sentence whatever its id or layout."""
-    return hashlib.sha1(without_spaces(sample.text).encode()).hexdigest()[:16]
-
-
-def trained_on(directory: str) -> set[str]:
-    """The text digests of the samples a saved tagger learnt from (none known for an older tagger)."""
-    path = Path(directory) / "trained_on.json"
-    if not path.is_file():
-        return set()
-    try:
-        return set(json.loads(path.read_text(encoding="utf-8"))["text_digests"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: expected the trained_on.json written by tagger.save ({err})") from None
-
-
-def load(directory: str, device: str | None = None) -> Tagger:
-    """Rebuild a saved tagger from its own files (no download, no training arguments)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    d = Path(directory)
-    if not (d / "config.json").is_file() or not (d / "weights.pt").is_file():
-        raise FileNotFoundError(f"{d}: expected config.json and weights.pt written by tagger.save")
-    meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    # a setting this tagger.py does not know may change the model: refuse it (a missing one takes its default;
-    # one that became a constant is dropped when it has the constant's value)
-    saved = {k: v for k, v in meta["tagger"].items() if RETIRED.get(k, object()) != v}
-    unknown = sorted(set(saved) - {f.name for f in fields(TaggerConfig)})
-    if unknown:
-        raise ValueError(
-            f"{d}/config.json: unknown tagger settings {unknown}; expected a tagger saved by this "
-            "version of tagger.py"
-        )
-    config = TaggerConfig(**{**saved, **({"device": device} if device else {})})
-    encoder = AutoModel.from_config(AutoConfig.for_model(**meta["encoder"]))
-    model = Tagger(config, meta["types"], encoder, AutoTokenizer.from_pretrained(str(d)))
-    if model.tags != meta["tags"]:
-        raise ValueError(f"{d}/config.json: tags {meta['tags']} do not match the types and scheme")
-    if config.int8:  # saved int8: the same int8 layers must exist before their weights can load
-        quantize(model)
-    model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
-    return model.to(config.device).eval()

@@ -128,7 +128,7 @@ class Settings:
 
 
 def is_tagger_dir(path: str) -> bool:
-    """Whether `path` holds what tagger.save writes (checked before the data is read and a run begins)."""
+    """Whether `path` holds what store.save writes (checked before the data is read and a run begins)."""
     return all((Path(path) / name).is_file() for name in ("config.json", "weights.pt"))
 
 

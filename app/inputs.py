@@ -18,9 +18,9 @@ import random
 from pathlib import Path
 
 import formats
-import tagger
 from app.cli import RunConfig
 from app.rundir import Run
+from app.store import text_digest, trained_on
 from data import DataError, Dataset, Sample
 from labelling import labelstudio, suggest
 
@@ -52,8 +52,8 @@ def refuse_overlap(scored: list[Sample], other: list[Sample], scored_flag: str, 
     tweet (another id, another image), and a CoNLL file numbers its sentences 0, 1, ..."""
     by_text: dict[str, list[Sample]] = {}
     for s in other:
-        by_text.setdefault(tagger.text_digest(s), []).append(s)
-    both = [s.id for s in scored if any(same_sample(s, o) for o in by_text.get(tagger.text_digest(s), []))]
+        by_text.setdefault(text_digest(s), []).append(s)
+    both = [s.id for s in scored if any(same_sample(s, o) for o in by_text.get(text_digest(s), []))]
     if both:
         raise DataError(
             f"{scored_flag}: {len(both)} of its {len(scored)} samples are also in {other_flag} (the same "
@@ -78,8 +78,8 @@ OVERLAP = {
 def unseen(settings: RunConfig, target: Dataset) -> Dataset:
     """The gold data to score without the samples a reused --tagger was trained on (its trained_on.json):
     a tagger scored on its own training data would look better than it is."""
-    seen = tagger.trained_on(settings.tagger_dir) if settings.tagger_dir else set()
-    kept = [s for s in target.samples if tagger.text_digest(s) not in seen]
+    seen = trained_on(settings.tagger_dir) if settings.tagger_dir else set()
+    kept = [s for s in target.samples if text_digest(s) not in seen]
     if len(kept) == len(target.samples):
         return target
     where = f"--test {settings.test}" if settings.test else "the held-out split of --data"

@@ -5,9 +5,9 @@ the run's metrics, notes and usage dicts, and predicted (and gold) samples. Outp
 text (a SIMULATION warning under its title when the MLLM was simulated, how many samples and gold
 entities were scored, scores per stage, how many entities went to the MLLM, calls and tokens per
 stage, what was skipped and why, which files were written), the one line each MLLM stage prints (and
-grounding's line per image it could not use), and JPEGs with predicted (red, solid) and gold (green,
-dashed) boxes named on filled tags (`picture`, which also draws report.html's thumbnails, with numbers
-for names).
+grounding's line per image it could not use), what a tagger's training says when it ends
+(`training_lines`), and JPEGs with predicted (red, solid) and gold (green, dashed) boxes named on
+filled tags (`picture`, which also draws report.html's thumbnails, with numbers for names).
 
     python refineg.py --data examples/demo --out runs/demo-tagger --viz 5    # the summary; pictures in viz/
 
@@ -15,6 +15,8 @@ Left out on purpose: the per-sample page (page.py writes trace.jsonl and report.
 (metrics.json holds every number).
 """
 
+import dataclasses
+import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -25,6 +27,7 @@ import grounding
 import images
 from app.rundir import NO_LLM, Run, simulated
 from refinement import Outcome
+from tagger import TaggerConfig
 
 # eval's tasks in the order the stages earn them: the text (MNER), the boxes (EEG), both (GMNER); a task
 # eval renames or adds fails here, at import, instead of leaving the summary and the page without its line
@@ -133,6 +136,36 @@ def image_lines(traces: dict[str, grounding.GroundingTrace]) -> list[str]:
     examples = {why for t in traces.values() for why in t.dropped.values()}
     return [f"grounding: {why}; no box for its sample" for why in sorted(samples)] + [
         f"grounding: {why}; not shown as a worked example" for why in sorted(examples)
+    ]
+
+
+def training_lines(config: TaggerConfig, training: dict, pool: int) -> list[str]:
+    """What a tagger's training says when it ends (`training`: refineg.train's dict): that few steps raised
+    its epochs, and, with progress on, what each self-training round kept of the `pool` sentences."""
+    rounds = training["self_training"][1:]  # round 0, the tagger before self-training, said its own
+    if not rounds:
+        return epochs_line(config, training["history"])
+    lines = []
+    more = dataclasses.replace(config, epochs=config.self_train_epochs)  # as selftrain.one_round trains
+    for r in rounds:
+        lines += epochs_line(more, r["history"])
+        if config.progress:
+            lines.append(
+                f"self-training round {r['round']}: trained on {r['pseudo_sentences']} of {pool} unlabelled "
+                f"sentences ({r['pseudo_entities']} entities)"
+            )
+    return lines
+
+
+def epochs_line(config: TaggerConfig, history: list[dict]) -> list[str]:
+    """One line when the training of `history` ran more epochs than `config.epochs` (tagger.epochs_to_run
+    raised them to `config.min_steps` steps); none otherwise. Each history row is one epoch."""
+    if len(history) <= config.epochs:
+        return []
+    steps = math.ceil(history[0]["sentences"] / config.batch_size)
+    return [
+        f"tagger: {config.epochs} epochs of {steps} steps are under the minimum of {config.min_steps} "
+        f"steps (--tagger-min-steps): training {len(history)} epochs"
     ]
 
 

@@ -26,11 +26,19 @@ import llm
 import refinement
 import synth
 import tagger
-from app import page, serving
+from app import page, serving, store
 from app.cli import Settings, parse_settings
 from app.counts import grounding_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
-from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
+from app.report import (
+    draw,
+    grounding_line,
+    image_lines,
+    mllm_line,
+    refinement_line,
+    summary_text,
+    training_lines,
+)
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
 from app.suggestion import suggestion_stage
 from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
@@ -97,14 +105,16 @@ class RunHooks:
         done = read_stamp(folder / "stage.json", key) if keep else None
         if done:
             self.how[name] = REUSED
-            model = tagger.load(str(folder))
+            model = store.load(str(folder))
             return (model, done["history"]) if name != "tagger" else (model, done)
         model, info = make()
         self.how[name] = f"trained on {sentences} sentences"
+        stamp = info if name == "tagger" else {"history": info, "self_training": []}
+        for line in training_lines(self.settings.tagger, stamp, len(self.pool)):
+            print(line)
         if keep:
-            stamp = info if name == "tagger" else {"history": info, "self_training": []}
             with atomic(folder) as tmp:
-                tagger.save(model, str(tmp), trained_on=self.trained_on)
+                store.save(model, str(tmp), trained_on=self.trained_on)
                 write_json(
                     tmp / "stage.json", {"key": key, **{k: v for k, v in stamp.items() if k != "before_pool"}}
                 )
@@ -236,7 +246,7 @@ def execute(settings: Settings, run: Run, pipeline: Callable, inputs_class: type
     if run.uses_llm:
         run.mllm = served_model(settings.llm.model, serving.check_server(run.client_config))
         print(mllm_line(run.mllm, run.client_config.base_url))
-    model = tagger.load(s.tagger_dir) if s.tagger_dir else None
+    model = store.load(s.tagger_dir) if s.tagger_dir else None
     run.start(dataclasses.asdict(settings))  # only now: the inputs were read
     inputs = inputs_class(dataclasses.replace(labelled, samples=train), target.samples, gold, pool, model)
     try:

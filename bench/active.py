@@ -225,13 +225,13 @@ def train(labelled: list, pool: list, types: list[str], seed: int, shareable: bo
 def cached(folder: Path | None, trained):
     """The tagger saved in `folder` (every row of a seed starts from the same 700 and the same pool), or
     `trained()`, saved there."""
-    import tagger
+    from app import store
 
     if folder is not None and (folder / "config.json").is_file():
-        return tagger.load(str(folder), DEVICE)
+        return store.load(str(folder), DEVICE)
     model = trained()
     if folder is not None:
-        tagger.save(model, str(folder))
+        store.save(model, str(folder))
     return model
 
 

@@ -166,6 +166,7 @@ def _unc_rounds(teacher, dev: list, test: list, args) -> None:
     import selftrain
     import tagger
     import uncertainty as unc
+    from app import store
     from bench import unc_variants as bench_unc_variants
     from data import Sample
     from formats.twitter import TWITTER_TYPES, read_conll
@@ -176,7 +177,7 @@ def _unc_rounds(teacher, dev: list, test: list, args) -> None:
         "twitter-st", {"progress": False, "epochs": 10, "self_train_epochs": 3}, TWITTER_TYPES, train, dev
     )
     if (path / "weights.pt").is_file():
-        student = tagger.load(str(path))
+        student = store.load(str(path))
     elif args.quick:
         return
     else:
@@ -191,7 +192,7 @@ def _unc_rounds(teacher, dev: list, test: list, args) -> None:
             file=sys.stderr,
         )
         student, _, _ = selftrain.one_round(teacher, train, text, TWITTER_TYPES, dev)
-        tagger.save(student, str(path))
+        store.save(student, str(path))
     pred, before = tagger.predict(student, test), tagger.predict(teacher, test)
     unc.estimate(pred, student.tags)
     default = np.array([e.uncertainty for s in pred for e in s.entities])
@@ -282,6 +283,7 @@ def _unc_tagger(setting: str, args, seed: int = 0) -> tuple:
     """(tagger, dev, test) of one of bench_tagger's "ours" settings (same data, same TaggerConfig),
     trained once and cached under /tmp, keyed by the settings and the training data."""
     import tagger
+    from app import store
 
     train, dev, test, types, _ = _tagger_data(setting, args.quick)
     config = {
@@ -295,11 +297,11 @@ def _unc_tagger(setting: str, args, seed: int = 0) -> tuple:
     path = _unc_cache_path(setting, config, types, train, dev)
     if (path / "weights.pt").is_file():
         print(f"{setting}: cached tagger {path}", file=sys.stderr)
-        return tagger.load(str(path)), dev, test
+        return store.load(str(path)), dev, test
     print(
         f"{setting}: training the tagger on {len(train)} sentences ({config}); cached in {path}",
         file=sys.stderr,
     )
     model, _ = tagger.train_tagger(train, types, tagger.TaggerConfig(**config), dev)
-    tagger.save(model, str(path))
+    store.save(model, str(path))
     return model, dev, test

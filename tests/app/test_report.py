@@ -1,10 +1,53 @@
 """Tests of app/report.py's grounding lines: every number they print is read from app/counts.py's
-grounding_counts, by the keys it gives (a renamed key fails here instead of printing 0)."""
+grounding_counts, by the keys it gives (a renamed key fails here instead of printing 0); and of the lines a
+tagger's training says, read from the history and self-training rounds it returned."""
 
 from app import report
 from app.counts import grounding_counts
 from data import Box, Entity, Sample
 from grounding import GroundingTrace, Outcome
+from tagger import TaggerConfig
+
+
+def epochs(n: int, sentences: int) -> list[dict]:
+    """A training history of `n` epochs of `sentences` sentences each."""
+    return [{"epoch": e, "loss": 1.0, "sentences": sentences} for e in range(1, n + 1)]
+
+
+def test_the_minimum_of_steps_raising_the_epochs_is_said_in_one_line():
+    """22 sentences in batches of 16 are 2 steps an epoch: --tagger-epochs 2 gives 4 steps, under the
+    60 of --tagger-min-steps, so 30 epochs were trained (tagger.epochs_to_run), and one line says it;
+    enough steps say nothing."""
+    trained = {"history": epochs(30, 22), "self_training": []}
+    assert report.training_lines(TaggerConfig(epochs=2, min_steps=60), trained, 0) == [
+        "tagger: 2 epochs of 2 steps are under the minimum of 60 steps (--tagger-min-steps): "
+        "training 30 epochs"
+    ]
+    assert report.training_lines(TaggerConfig(epochs=30, min_steps=60), trained, 0) == []
+
+
+def test_each_self_training_round_says_what_it_kept_after_its_own_epochs_line():
+    """Rounds of 3 epochs (--tagger-self-train-epochs): round 1 trains on 22 sentences, 2 steps an epoch,
+    so 10 steps take 5 epochs; round 2's 100 sentences are 7 steps an epoch, 21 in 3 epochs. Round 0, the
+    tagger before self-training, said its own line; without progress the rounds say nothing."""
+    config = TaggerConfig(epochs=1, min_steps=10, self_train_epochs=3)
+    rounds = [
+        {"round": 0, "pseudo_sentences": 0, "history": epochs(10, 4)},
+        {"round": 1, "pseudo_sentences": 5, "pseudo_entities": 7, "history": epochs(5, 22)},
+        {"round": 2, "pseudo_sentences": 9, "pseudo_entities": 11, "history": epochs(3, 100)},
+    ]
+    training = {"history": rounds[-1]["history"], "self_training": rounds}
+    epochs_line = (
+        "tagger: 3 epochs of 2 steps are under the minimum of 10 steps (--tagger-min-steps): "
+        "training 5 epochs"
+    )
+    assert report.training_lines(config, training, 40) == [
+        epochs_line,
+        "self-training round 1: trained on 5 of 40 unlabelled sentences (7 entities)",
+        "self-training round 2: trained on 9 of 40 unlabelled sentences (11 entities)",
+    ]
+    quiet = TaggerConfig(epochs=1, min_steps=10, self_train_epochs=3, progress=False)
+    assert report.training_lines(quiet, training, 40) == [epochs_line]
 
 
 def test_grounding_line_prints_the_counts_of_hand_built_traces():

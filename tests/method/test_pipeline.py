@@ -662,7 +662,7 @@ def test_the_pipeline_returns_data_and_writes_and_prints_nothing(
     """A porter's call: refineg.pipeline on data in memory, with its own client, writes no file, prints
     nothing, and returns what the command line scored and recorded for the same tagger and data."""
     from app.cli import Settings
-    from tagger import load
+    from app.store import load
 
     labelled, train, target, _ = inputs.read_inputs(RunConfig(data=[str(DEMO)]))  # the run's own split
     test = target.samples
