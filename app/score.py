@@ -18,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from data import DataError, Dataset, Sample, one_line_warnings
+from app import one_line_warnings
+from data import DataError, Dataset, Sample
 from eval import evaluate, table
 from formats import read_dataset
 from formats.ccks import read_ccks_predictions

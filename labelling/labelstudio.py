@@ -31,9 +31,10 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-from data import Box, DataError, Dataset, Entity, Sample, find_image, is_number
+from data import Box, DataError, Dataset, Entity, Sample, is_number
 from formats import Reader, accepted, first_line
 from formats.ccks import ID_RE, read_types, types_text
+from formats.rules import find_image
 from images import size_or_none
 
 SPAN, BOX, CHOICE = "label", "box", "grounding"  # the names of the config's three controls
