@@ -14,9 +14,8 @@ Left out on purpose: k-best decoding, higher-order CRFs, a CUDA kernel (T is at 
 import torch
 from torch import nn
 
-NEG = (
-    -10000.0
-)  # score of a forbidden move: exp(NEG) underflows to 0, and unlike -inf it never makes NaN gradients
+# score of a forbidden move: exp(NEG) underflows to 0, and unlike -inf it never makes NaN gradients
+NEG = -10000.0
 
 
 def tag_names(types: list[str], scheme: str) -> list[str]:
@@ -30,9 +29,8 @@ def allowed_moves(tags: list[str], scheme: str) -> tuple[torch.Tensor, torch.Ten
     """Boolean (K,) start, (K, K) transition [from, to] and (K,) end masks of the legal tag sequences."""
     split = [("O", "") if t == "O" else (t[0], t[2:]) for t in tags]
     start = torch.tensor([p not in "IE" for p, _ in split])  # an entity cannot begin inside
-    end = torch.tensor(
-        [scheme == "BIO" or p not in "BI" for p, _ in split]
-    )  # BIOES: no open entity at the end
+    # BIOES: no open entity at the end
+    end = torch.tensor([scheme == "BIO" or p not in "BI" for p, _ in split])
     trans = torch.ones(len(tags), len(tags), dtype=torch.bool)
     for i, (pi, yi) in enumerate(split):
         for j, (pj, yj) in enumerate(split):
@@ -44,8 +42,7 @@ def allowed_moves(tags: list[str], scheme: str) -> tuple[torch.Tensor, torch.Ten
 
 
 class CRF(nn.Module):
-    """Linear-chain CRF, batch-first. Masks are (B, T) bool, True on tokens, a prefix of each row (padding
-    at the end).
+    """Linear-chain CRF, batch-first; masks (B, T) bool, True on tokens, padding at the end of each row.
 
     Scores follow pytorch-crf: start[k] + sum_t emission[t, tag_t] + sum_t trans[tag_t-1, tag_t] + end[tag_T].
     Forbidden moves carry NEG on top of the learnt scores, so no probability goes to illegal paths.
@@ -63,13 +60,10 @@ class CRF(nn.Module):
         self.start = nn.Parameter(torch.zeros(k))
         self.trans = nn.Parameter(torch.zeros(k, k))
         self.end = nn.Parameter(torch.zeros(k))
-        ok = [
-            torch.ones(k, dtype=torch.bool) if start_ok is None else start_ok,
-            torch.ones(k, k, dtype=torch.bool) if trans_ok is None else trans_ok,
-            torch.ones(k, dtype=torch.bool) if end_ok is None else end_ok,
-        ]
-        for name, m in zip(("start_pen", "trans_pen", "end_pen"), ok):
-            self.register_buffer(name, torch.where(m, 0.0, NEG), persistent=False)
+        shapes = {"start_pen": (k,), "trans_pen": (k, k), "end_pen": (k,)}
+        for (name, shape), ok in zip(shapes.items(), (start_ok, trans_ok, end_ok)):
+            allowed = torch.ones(shape, dtype=torch.bool) if ok is None else ok  # None: every move is legal
+            self.register_buffer(name, torch.where(allowed, 0.0, NEG), persistent=False)
 
     def _validate(self, em: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor | None = None) -> None:
         """The public entry points' inputs, checked as pytorch-crf does: a wrong shape or a mask with holes
@@ -89,11 +83,11 @@ class CRF(nn.Module):
                 "mask: expected every row to start with a token (mask[:, 0] all True), "
                 f"got empty row(s) {(~mask[:, 0]).nonzero().flatten().tolist()[:5]}"
             )
-        if (mask[:, 1:] & ~mask[:, :-1]).any():
+        holes = mask[:, 1:] & ~mask[:, :-1]  # (B, T-1): a token right after padding
+        if holes.any():
             raise ValueError(
                 "mask: expected the padding at the end of each row (True then False), got a True "
-                f"after a False in row(s) "
-                f"{(mask[:, 1:] & ~mask[:, :-1]).any(1).nonzero().flatten().tolist()[:5]}"
+                f"after a False in row(s) {holes.any(1).nonzero().flatten().tolist()[:5]}"
             )
         if tags is not None:
             if tags.shape != em.shape[:2]:
@@ -145,9 +139,8 @@ class CRF(nn.Module):
         betas = [beta]
         for t in range(em.shape[1] - 2, -1, -1):
             step = trans + (em[:, t + 1] + beta)[:, None, :]  # (B, K_from, K_to)
-            beta = torch.where(
-                mask[:, t + 1, None], torch.logsumexp(step, dim=2), end
-            )  # next is padding: t is last
+            # where t + 1 is padding, t is the row's last token: only the end score follows it
+            beta = torch.where(mask[:, t + 1, None], torch.logsumexp(step, dim=2), end)
             betas.append(beta)
         betas = torch.stack(betas[::-1], dim=1)  # (B, T, K)
         return torch.exp(alphas + betas - log_z[:, None, None]) * mask[:, :, None]

@@ -1,36 +1,22 @@
 """The data model of ReFineG and the rules every stage and dataset format shares.
 
-Every stage takes and returns these objects: `Sample` (a tokenised text, an
-optional image path and its entities), `Entity` (a token span [start, end), a
-type, zero or more boxes) and `Box` (pixels of the ORIGINAL image). An entity
-with `boxes == []` is ungroundable: it is not visible in the image.
-
-The file layouts build on it: formats/ccks.py (the CCKS-2025 folder) and
-formats/twitter.py (Twitter-GMNER and plain CoNLL); `formats.read_dataset` picks
-the right reader for a path.
-
-Text is tokenised with the regex `\\w+|[^\\w\\s]` (the CCKS data's own rule), so
-`ship's` is `ship ' s`. A name declared in `entity.json` labels EVERY
-occurrence of it in the text at token boundaries (the rule the CCKS tags were
-made with); longer names are placed first and an occurrence that overlaps an
-already placed entity is skipped, since BIO cannot hold overlaps. Wherever a
-name becomes a span (gold, predictions, the scorer's name mode, MLLM answers,
-synthetic sentences) it matches the tokens whose concatenation equals the name
-without whitespace (`find_name`), so "Jay-Z" is found in `Jay - Z` and `Jay-Z`.
-Gold boxes follow one policy in every format (`gold_box`), and images are found
-by id in one or more folders (`find_image`). Every stage's settings are a dataclass
-whose fields carry their help (`setting`) and which checks itself when built (`require_valid`).
+Every stage takes and returns these objects: `Sample` (a tokenised text, an optional image path and its
+entities), `Entity` (a token span [start, end), a type, zero or more boxes; `boxes == []` = ungroundable,
+not visible in the image) and `Box` (pixels of the original image). Text is tokenised with the regex
+`\\w+|[^\\w\\s]` (the CCKS data's own rule), so `ship's` is `ship ' s`. Wherever a name becomes a span
+(gold, predictions, the scorer's name mode, MLLM answers, synthetic sentences) it follows `find_name`, and a
+declared name labels EVERY occurrence of it (`label_names`, the rule the CCKS tags were made with). Every
+stage's settings are a dataclass whose fields carry their help (`setting`) and which checks itself when
+built (`require_valid`). The dataset layouts that read into these objects are in formats/.
 
     python -m formats examples/demo     # reads a folder and prints its statistics
 
-Left out on purpose: nested entities, character offsets (everything is tokens).
+Left out on purpose: nested entities (BIO cannot hold overlaps), character offsets (everything is tokens).
 """
 
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -41,23 +27,18 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the line or record, and what was expected."""
 
 
-class SettingsError(ValueError):
-    """Settings a stage cannot work with; the message names each field, what was expected and what it got."""
-
-
-class InvalidSettings(SettingsError):
+class InvalidSettings(ValueError):
     """A settings dataclass refused when built: `problems` holds (field, what was expected) for each
     broken rule, so that the command line can name them by their flags."""
 
     def __init__(self, config: object, problems: list[tuple[str, str]]):
         self.config, self.problems = config, problems
         name = type(config).__name__
-        super().__init__(
-            "; ".join(
-                f"{name}.{f}: expected {as_fields(what, name)}, got {getattr(config, f)!r}"
-                for f, what in problems
-            )
-        )
+        said = []
+        for f, what in problems:
+            wanted = re.sub(r"`(\w+)`", lambda m: f"{name}.{m[1]}", what)  # another field, as `name.field`
+            said.append(f"{name}.{f}: expected {wanted}, got {getattr(config, f)!r}")
+        super().__init__("; ".join(said))
 
 
 def setting(default: object, help: str, main: bool = False):
@@ -76,16 +57,6 @@ def require_valid(config: object, rules: list[tuple[str, bool, str]]) -> None:
     problems = [(name, expected) for name, holds, expected in rules if not holds]
     if problems:
         raise InvalidSettings(config, problems)
-
-
-def as_fields(what: str, cls: str) -> str:
-    """A check's text with the other fields it names in backticks (`max_tokens`) written as cls.field."""
-    return re.sub(r"`(\w+)`", lambda m: f"{cls}.{m[1]}", what)
-
-
-def one_line_warnings() -> None:
-    """Show warnings as `warning: message` lines, without Python's echo of the source line."""
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 def is_number(v: object) -> bool:
@@ -212,9 +183,6 @@ def label_names(tokens: list[str], names: list[tuple[str, str]]) -> tuple[list[E
     return entities, missing
 
 
-# ---------------------------------------------------------------- tags <-> spans
-
-
 def spans_to_tags(n: int, entities: list[Entity], scheme: str = "BIO") -> list[str]:
     tags = ["O"] * n
     for e in entities:
@@ -249,60 +217,3 @@ def tags_to_spans(tags: list[str]) -> list[tuple[int, int, str]]:
             spans.append((start, i + 1, cur))
             start = None
     return spans
-
-
-# ---------------------------------------------------------------- the box policy and image lookup
-
-
-def gold_box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False) -> tuple[Box, bool]:
-    """A gold box and whether it was clipped.
-
-    The policy: coordinates outside the image (negative, or past `size` when the image size is known)
-    are clipped to it, counted and warned by the reader; anything else odd is refused: strings or
-    booleans in JSON (`text` = XML, where numbers are text), NaN or Infinity, and boxes with no area
-    (xmax <= xmin or ymax <= ymin, also after clipping).
-    """
-    try:
-        xyxy = [bnd[k] for k in ("xmin", "ymin", "xmax", "ymax")]
-        if text:
-            xyxy = [float(v) for v in xyxy]
-    except (KeyError, TypeError, ValueError):
-        xyxy = [None]
-    bad = [v for v in xyxy if not is_number(v)]
-    if any(not isinstance(v, float) for v in bad):  # a string, a boolean, null, a missing key
-        raise DataError(f"{where}: expected bnd {{xmin, ymin, xmax, ymax}} numbers or null, got {bnd!r}")
-    if bad:  # NaN or Infinity
-        raise DataError(f"{where}: expected finite coordinates, got {bnd!r}")
-    w, h = size or (math.inf, math.inf)
-    clipped = [min(max(float(v), 0.0), float(top)) for v, top in zip(xyxy, (w, h, w, h))]
-    box = Box(*clipped)
-    if box.x2 <= box.x1 or box.y2 <= box.y1:
-        inside = f" ({w}x{h})" if size else ""
-        raise DataError(
-            f"{where}: expected xmin < xmax and ymin < ymax inside the image{inside}, got {bnd!r}"
-        )
-    return box, clipped != xyxy
-
-
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")  # tried in this order
-
-
-def find_image(dirs: list[Path], sid: str) -> str | None:
-    """`<dir>/<id>.jpg` (or .png, .jpeg) in the first of `dirs` that has it; None when none has.
-
-    Several folders because one benchmark's photos may come from several image sets
-    (Twitter-GMNER: the Twitter-2015 and Twitter-2017 images).
-    """
-    for d in dirs:
-        for suffix in IMAGE_SUFFIXES:
-            path = Path(d) / f"{sid}{suffix}"
-            if path.is_file():
-                return str(path.resolve())
-    return None
-
-
-def attach_images(dataset: Dataset, dirs: list[Path]) -> None:
-    """Set every sample's image from `dirs`; count the samples that have none."""
-    for s in dataset.samples:
-        s.image = find_image(dirs, s.id)
-    dataset.missing_images = sum(1 for s in dataset.samples if s.image is None)

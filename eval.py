@@ -5,43 +5,27 @@ Three tasks, each a set of predicted items matched one to one against gold items
 - EEG:   (span, region)        entity extraction and grounding, type ignored;
 - GMNER: (span, type, region)  everything.
 
-Region rule (the GMNER benchmark's, Yu et al. 2023): a predicted entity's
-region is right when (a) the gold entity is ungroundable and the prediction
-has no box, or (b) the gold entity has boxes and some predicted box has IoU
->= 0.5 with some gold box of that entity. A prediction with several boxes is
-thus scored by its best box. Each gold item is matched at most once (a maximum
-matching per sample), so a duplicated prediction is a false positive, and a
-prediction on a sample with no gold entity is a false positive too.
+Region rule (the GMNER benchmark's, Yu et al. 2023): a predicted entity's region is right when (a) the gold
+entity is ungroundable and the prediction has no box, or (b) the gold entity has boxes and some predicted
+box has IoU >= 0.5 with some gold box of that entity, so a prediction with several boxes is scored by its
+best box. Each gold item is matched at most once (a maximum matching per sample): a duplicated prediction,
+and a prediction on a sample with no gold entity, are false positives.
 
 Identity of an entity ("span" above):
-- `match="span"` (default): the token span [start, end); gold and predicted
-  samples must carry the same tokens.
-- `match="name"`: the surface string without whitespace (data.without_spaces, so
-  "F-35" and "F - 35" are one name) for data whose entities have no position, like CCKS's entity.json. Set
-  semantics: an entity whose (name, type) occurs several times in a sample
-  counts once, with the union of its boxes, in gold and prediction alike (so
-  in this mode a duplicated prediction collapses instead of counting as FP).
+- `match="span"` (default): the token span [start, end); gold and prediction must carry the same tokens.
+- `match="name"`: the surface string without whitespace (data.without_spaces: "F-35" and "F - 35" are one
+  name), for data whose entities have no position, like CCKS's entity.json. Set semantics: a (name, type)
+  occurring several times in a sample counts once, with the union of its boxes, in gold and prediction
+  alike (so in this mode a duplicated prediction collapses instead of counting as FP).
 
-Per-type rows: MNER and GMNER by the (shared) type; EEG ignores types when
-matching, so its rows count TP and FN under the gold type and FP under the
-predicted type.
+    import eval; print(eval.evaluate(gold_samples, predicted_samples)["gmner"]["f1"])
+    python -m app.score --gold examples/demo --pred examples/demo    # from files, as a table
 
-Per sample, `mistakes` names what the same matching holds against a prediction
-(gold items missed, of the wrong type, with the wrong box; spurious predictions):
-the run's trace.jsonl and report.html list them.
-
-    import eval; print(eval.table(eval.evaluate(gold_samples, predicted_samples)))
-    python -m app.score --gold examples/demo --pred examples/demo    # the same, from files
-
-The scorer takes samples, not files: reading gold and predictions (formats/) and the command line are
-the application's (app/score.py), so the scorer vendors with data.py alone. Samples missing from the
-prediction count as empty predictions; predicted ids absent from gold are an error. A predicted record
-that could not be placed in its text (`unplaced`: a name not in the text, a label outside the gold's
-types, an MLLM's invention) is a false positive in every task. Left out on purpose: reading files,
+Left out on purpose: reading files (formats/ and app/score.py do, so the scorer vendors with data.py alone),
 partial-overlap credit, and macro averages.
 """
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from data import Box, DataError, Sample, without_spaces
 
@@ -96,10 +80,6 @@ def max_matching(cands: list[list[int]], n_gold: int) -> list[int]:
     return owner
 
 
-def _counts() -> dict:
-    return dict.fromkeys(COUNTS, 0)
-
-
 def prf(c: dict) -> dict:
     """Micro P/R/F1 of counts {"tp", "fp", "fn"} (0 where undefined), with the counts."""
     p = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
@@ -132,17 +112,18 @@ def align(gold: list[Sample], pred: list[Sample], match: str) -> list[tuple[Samp
 
 
 def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplaced: list[tuple] = ()) -> dict:
-    """Micro P/R/F1 of GMNER, MNER and EEG, with per-type rows.
-
-    `unplaced`: predicted records that could not be placed in their text, (id, name, label, ...)
-    as read_ccks_predictions returns them; each is a false positive of every task.
+    """Micro P/R/F1 of GMNER, MNER and EEG, with per-type rows: MNER and GMNER by the shared type; EEG
+    ignores types when matching, so its rows count TP and FN under the gold type and FP under the predicted
+    type. A gold sample missing from `pred` counts as an empty prediction. `unplaced`: predicted records that
+    could not be placed in their text (a name not in it, a label outside the gold's types), (id, name, label,
+    ...) as read_ccks_predictions returns them; each is a false positive of every task.
 
     Returns {"gmner"|"mner"|"eeg": {"p", "r", "f1", "tp", "fp", "fn", "per_type": {type: {...same...}}}}.
     """
     if match not in ("span", "name"):
         raise ValueError(f"expected match 'span' or 'name', got {match!r}")
-    total = {t: _counts() for t in TASKS}
-    per_type = {t: defaultdict(_counts) for t in TASKS}
+    total = {t: Counter() for t in TASKS}  # {"tp", "fp", "fn"}: a missing count is 0
+    per_type = {t: defaultdict(Counter) for t in TASKS}
     for g, p in align(gold, pred, match):
         gi = items(g, match)
         pi = items(p, match) if p is not None else []
@@ -168,8 +149,8 @@ def evaluate(gold: list[Sample], pred: list[Sample], match: str = "span", unplac
 
 
 def matchings(gi: list[Item], pi: list[Item]) -> dict[str, list[int]]:
-    """The maximum matching of one sample's items per task, and under "span" by identity alone (type and
-    region ignored): owner[i] = the predicted item matched to gold item i, or -1."""
+    """The maximum matching of one sample's items per task: owner[i] = the predicted item matched to gold
+    item i, or -1."""
     by_key = defaultdict(list)
     for i, (key, _, _) in enumerate(gi):
         by_key[key].append(i)
@@ -179,7 +160,7 @@ def matchings(gi: list[Item], pi: list[Item]) -> dict[str, list[int]]:
         for key, typ, boxes in pi
     ]
     owners = {}
-    for task, (need_type, need_region) in {**USES, "span": (False, False)}.items():
+    for task, (need_type, need_region) in USES.items():
         cands = [
             [
                 i
@@ -190,41 +171,3 @@ def matchings(gi: list[Item], pi: list[Item]) -> dict[str, list[int]]:
         ]
         owners[task] = max_matching(cands, len(gi))
     return owners
-
-
-def mistakes(gold: Sample, pred: Sample, match: str = "span") -> dict[str, list[tuple[int, int]]]:
-    """What the scorer holds against one predicted sample, as (gold item, predicted item) index pairs into
-    items(gold) and items(pred) (with match "span": the entities), -1 for none:
-    - "missed": a gold item no prediction names (same identity);
-    - "wrong_type": named, but no prediction of that identity has its type (the pair: by identity);
-    - "wrong_box": named with its type, but the region is wrong (the pair: the MNER match);
-    - "spurious": a prediction naming no gold item (or one already named by another prediction).
-    The first three are the sample's GMNER false negatives, one each.
-    """
-    gi, pi = items(gold, match), items(pred, match)
-    owners = matchings(gi, pi)
-    out = {"missed": [], "wrong_type": [], "wrong_box": [], "spurious": []}
-    for i, j in enumerate(owners["gmner"]):
-        if j >= 0:
-            continue
-        if owners["span"][i] < 0:
-            out["missed"].append((i, -1))
-        elif owners["mner"][i] < 0:
-            out["wrong_type"].append((i, owners["span"][i]))
-        else:
-            out["wrong_box"].append((i, owners["mner"][i]))
-    named = set(owners["span"])
-    out["spurious"] = [(-1, j) for j in range(len(pi)) if j not in named]
-    return out
-
-
-def table(result: dict) -> str:
-    """A readable table: one block per task, the micro row first, then one row per type."""
-    lines = [f"{'':<16}{'P':>7}{'R':>7}{'F1':>7}{'TP':>7}{'FP':>7}{'FN':>7}"]
-    for task in TASKS:
-        rows = [(task.upper(), result[task])] + [(f"  {k}", v) for k, v in result[task]["per_type"].items()]
-        for name, m in rows:
-            lines.append(
-                f"{name:<16}{m['p']:>7.3f}{m['r']:>7.3f}{m['f1']:>7.3f}{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}"
-            )
-    return "\n".join(lines)

@@ -5,7 +5,7 @@ entities with their uncertainty, whether routing delegated them (`Entity.delegat
 uncertainty.route) and whether a refinement call sent them; the MLLM's
 refinement decision per delegated entity (keep, change to what, reject) with the call's reasoning;
 the worked examples of its grounding call (demo ids and similarity parts) and the boxes per entity;
-the final entities; and, with gold, what is wrong against it by the scorer's matching (eval.mistakes).
+the final entities; and, with gold, what is wrong against it by the scorer's matching (`mistakes`).
 The page, in the spirit of spaCy's displaCy, is drawn from the trace and the run's metrics.json and
 usage.json: the scores per stage, MLLM calls, tokens and seconds, then per sample a thumbnail with
 predicted (red, solid) and gold (green, dashed) boxes numbered (report.picture), linked to the full image,
@@ -145,9 +145,38 @@ def grounding_record(t: GroundingTrace) -> dict:
     }
 
 
+def mistakes(gold: Sample, pred: Sample, match: str = "span") -> dict[str, list[tuple[int, int]]]:
+    """What the scorer holds against one predicted sample, as (gold item, predicted item) index pairs into
+    eval.items(gold) and eval.items(pred) (with match "span": the entities), -1 for none:
+    - "missed": a gold item no prediction names (same identity);
+    - "wrong_type": named, but no prediction of that identity has its type (the pair: by identity);
+    - "wrong_box": named with its type, but the region is wrong (the pair: the MNER match);
+    - "spurious": a prediction naming no gold item (or one already named by another prediction).
+    The first three are the sample's GMNER false negatives, one each.
+    """
+    gi, pi = scorer.items(gold, match), scorer.items(pred, match)
+    owners = scorer.matchings(gi, pi)
+    # the matching by identity alone (type and region ignored): which prediction names each gold item
+    same_identity = [[i for i, (key, _, _) in enumerate(gi) if key == pkey] for pkey, _, _ in pi]
+    by_identity = scorer.max_matching(same_identity, len(gi))
+    out = {"missed": [], "wrong_type": [], "wrong_box": [], "spurious": []}
+    for i, j in enumerate(owners["gmner"]):
+        if j >= 0:
+            continue
+        if by_identity[i] < 0:
+            out["missed"].append((i, -1))
+        elif owners["mner"][i] < 0:
+            out["wrong_type"].append((i, by_identity[i]))
+        else:
+            out["wrong_box"].append((i, owners["mner"][i]))
+    named = set(by_identity)
+    out["spurious"] = [(-1, j) for j in range(len(pi)) if j not in named]
+    return out
+
+
 def mistakes_record(gold: Sample, pred: Sample) -> dict:
-    """eval.mistakes with entities for indices: {kind: [{"gold": entity or null, "pred": entity or null}]}."""
-    found = scorer.mistakes(gold, pred)
+    """`mistakes` with entities for indices: {kind: [{"gold": entity or null, "pred": entity or null}]}."""
+    found = mistakes(gold, pred)
     return {
         kind: [
             {
@@ -508,7 +537,7 @@ def box_text(bs: list[list[float]]) -> str:
 
 
 def mistakes_html(m: dict | None, colours: dict[str, str]) -> str:
-    """What is wrong against gold, by the scorer's matching (eval.mistakes)."""
+    """What is wrong against gold, by the scorer's matching (`mistakes`)."""
     if m is None:
         return ""
     items = []

@@ -26,7 +26,7 @@ import llm
 import refinement
 import synth
 import tagger
-from app import page, serving, store
+from app import one_line_warnings, page, serving, store
 from app.cli import Settings, parse_settings
 from app.counts import grounding_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
@@ -39,9 +39,19 @@ from app.report import (
     summary_text,
     training_lines,
 )
-from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
+from app.rundir import (
+    PREVIOUS,
+    Run,
+    SettingsError,
+    atomic,
+    fingerprint,
+    read_stamp,
+    remove,
+    served_model,
+    write_json,
+)
 from app.suggestion import suggestion_stage
-from data import DataError, Dataset, Sample, SettingsError, one_line_warnings
+from data import DataError, Dataset, InvalidSettings, Sample
 from formats import ccks, twitter
 
 NOTHING_TO_PREDICT = "nothing to predict (--suggest without --test holds no sample out)"
@@ -221,7 +231,7 @@ def main(argv: list[str], pipeline: Callable, inputs_class: type) -> int:
     run = Run(Path(settings.run.out), settings.llm)
     try:
         return execute(settings, run, pipeline, inputs_class)
-    except (DataError, SettingsError, llm.LLMError, FileNotFoundError) as err:
+    except (DataError, SettingsError, InvalidSettings, llm.LLMError, FileNotFoundError) as err:
         print(f"error: {err}{kept(run)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

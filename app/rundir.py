@@ -28,11 +28,14 @@ from pathlib import Path
 
 import llm
 from app.serving import ServingClient, ServingConfig
-from data import SettingsError
 from formats import ccks
 
 NO_LLM = "no MLLM configured"
 FLAGS = {"synthesis": "--no-synthesize", "refinement": "--no-refine", "grounding": "--no-ground"}
+
+
+class SettingsError(ValueError):
+    """Settings the run cannot work with (an --out it cannot write or resume); the message names the flag."""
 
 
 def fingerprint(*parts: object) -> str:

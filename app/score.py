@@ -18,8 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from data import DataError, Dataset, Sample, one_line_warnings
-from eval import evaluate, table
+from app import one_line_warnings
+from data import DataError, Dataset, Sample
+from eval import TASKS, evaluate
 from formats import read_dataset
 from formats.ccks import read_ccks_predictions
 from labelling.labelstudio import EXPORT
@@ -121,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --json {args.json}: cannot write it: {err.strerror or err}", file=sys.stderr)
             return 2
     return 0
+
+
+def table(result: dict) -> str:
+    """A readable table: one block per task, the micro row first, then one row per type."""
+    lines = [f"{'':<16}{'P':>7}{'R':>7}{'F1':>7}{'TP':>7}{'FP':>7}{'FN':>7}"]
+    for task in TASKS:
+        rows = [(task.upper(), result[task])] + [(f"  {k}", v) for k, v in result[task]["per_type"].items()]
+        for name, m in rows:
+            lines.append(
+                f"{name:<16}{m['p']:>7.3f}{m['r']:>7.3f}{m['f1']:>7.3f}{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}"
+            )
+    return "\n".join(lines)
 
 
 def check_paths(gold: str, pred: str, json_path: str | None) -> None:

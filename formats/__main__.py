@@ -4,7 +4,8 @@ JSON export: labelling's reader, as every dataset flag of refineg.py reads it), 
 import json
 import sys
 
-from data import DataError, one_line_warnings
+from app import one_line_warnings
+from data import DataError
 from formats import read_dataset, stats
 from labelling.labelstudio import EXPORT
 

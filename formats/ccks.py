@@ -3,7 +3,7 @@
 A folder holds `text.json` {id: {"text"}}, optional `entity.json`
 {id: [{"name", "label", "bnd"}]} (absent = unlabelled data), `images/<id>.jpg`
 and `types.txt` (the type descriptions the prompts use). Names become token
-spans by data.py's rule (`label_names`), boxes follow its policy (`gold_box`).
+spans by data.py's rule (`label_names`), boxes follow formats/rules.py's policy (`gold_box`).
 Predictions are written in the same `entity.json` layout, one record per box,
 and read back leniently: a record that cannot be placed is a model's mistake,
 returned for the scorer to count, not refused.
@@ -26,13 +26,12 @@ from data import (
     Dataset,
     Entity,
     Sample,
-    find_image,
-    gold_box,
     label_names,
     tokenize,
     without_spaces,
 )
 from formats.imagefiles import size_or_none
+from formats.rules import find_image, gold_box
 
 ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
 CONTROL_HINT = " (a tab or line break inside a string must be written \\t or \\n)"

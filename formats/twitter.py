@@ -4,7 +4,7 @@ Twitter-GMNER (Yu et al. 2023) is `IMGID:<id>` + two-column CoNLL and a
 folder of Pascal-VOC XML files whose objects join entities by surface string;
 plain two-column CoNLL (BIO or BIOES) may have `IMGID:` lines or none. Tokens are
 the file's own (hyphens stay inside tokens: "Jay-Z"); tags become spans by
-data.py's `tags_to_spans`, boxes follow its policy (`gold_box`). Predictions are
+data.py's `tags_to_spans`, boxes follow formats/rules.py's policy (`gold_box`). Predictions are
 written in the same layout, so `read_twitter` reads back what `write_twitter` wrote.
 
     python -m formats ../shared/data/twitter-gmner/dev.txt   # reads it and prints its statistics
@@ -24,11 +24,10 @@ from data import (
     Dataset,
     Entity,
     Sample,
-    attach_images,
-    gold_box,
     spans_to_tags,
     tags_to_spans,
 )
+from formats.rules import attach_images, gold_box
 from images import ImageError, image_size
 
 TWITTER_TYPES = ["PER", "LOC", "ORG", "OTHER"]

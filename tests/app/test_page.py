@@ -23,6 +23,7 @@ from hostile import write_bad_image
 from PIL import Image
 
 import data
+import eval as scorer
 import refineg
 import refinement
 from app import page, report
@@ -322,3 +323,42 @@ def test_report_samples_caps_the_page_of_a_run(runs, tmp_path):
         and len(list((tmp_path / "report").iterdir())) == 2
     )
     assert len(page.read_trace(tmp_path / "trace.jsonl")) == 10  # the trace keeps every sample
+
+
+def test_mistakes_name_each_gmner_false_negative_and_each_unmatched_prediction():
+    """page.mistakes on the hand-worked example of tests/method/test_eval.py, sample by sample: in a, g2 has
+    the wrong type (p2 names it) and g3 the wrong box (p3); in b, g4 a box it should not have; in c, p5 names
+    nothing. Sample d adds a miss and a duplicate: gold (0,1) PER and (4,5) LOC, predicted (0,1) PER twice ->
+    (4,5) missed, the second copy spurious. Per sample, missed + wrong type + wrong box = evaluate's GMNER
+    FN."""
+
+    def S(sid: str, entities: list[Entity]) -> Sample:
+        return Sample(sid, [f"w{i}" for i in range(10)], None, entities)
+
+    def E(start: int, end: int, typ: str, *boxes: Box) -> Entity:
+        return Entity(start, end, typ, list(boxes))
+
+    A = Box(0, 0, 10, 10)
+    gold = [
+        S("a", [E(0, 2, "PER", A), E(3, 4, "LOC"), E(5, 7, "ORG", Box(20, 20, 40, 40))]),
+        S("b", [E(0, 1, "PER")]),
+        S("c", []),
+        S("d", [E(0, 1, "PER"), E(4, 5, "LOC")]),
+    ]
+    pred = [
+        S("a", [E(0, 2, "PER", A), E(3, 4, "ORG"), E(5, 7, "ORG", Box(30, 30, 50, 50))]),
+        S("b", [E(0, 1, "PER", Box(0, 0, 5, 5))]),
+        S("c", [E(2, 3, "LOC")]),
+        S("d", [E(0, 1, "PER"), E(0, 1, "PER")]),
+    ]
+    want = [
+        {"wrong_type": [(1, 1)], "wrong_box": [(2, 2)]},
+        {"wrong_box": [(0, 0)]},
+        {"spurious": [(-1, 0)]},
+        {"missed": [(1, -1)], "spurious": [(-1, 1)]},
+    ]
+    for g, p, w in zip(gold, pred, want):
+        got = page.mistakes(g, p)
+        assert {k: v for k, v in got.items() if v} == w, g.id
+        fn = scorer.evaluate([g], [p])["gmner"]["fn"]
+        assert len(got["missed"]) + len(got["wrong_type"]) + len(got["wrong_box"]) == fn

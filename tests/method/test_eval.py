@@ -1,4 +1,5 @@
-"""eval.py against hand-worked counts, one test per scoring rule; its command line is tested in tests/app/."""
+"""eval.py against hand-worked counts, one test per scoring rule; its command line, its table and the report's
+per-sample mistakes are tested in tests/app/."""
 
 import itertools
 import random
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data import Box, DataError, Entity, Sample, tokenize
-from eval import evaluate, max_matching, mistakes, region_ok
+from eval import evaluate, max_matching, region_ok
 from formats.ccks import read_ccks
 from tagger import span_f1
 
@@ -75,36 +76,6 @@ def test_hand_worked_example():
     assert per["eeg"] == {"LOC": (1, 1, 0), "ORG": (0, 1, 1), "PER": (1, 1, 1)}
     assert per["gmner"] == {"LOC": (0, 1, 1), "ORG": (0, 2, 1), "PER": (1, 1, 1)}
     assert span_f1(gold, pred) == pytest.approx(2 / 3)  # the tagger's dev score is the MNER F1 of eval
-
-
-def test_mistakes_name_each_gmner_false_negative_and_each_unmatched_prediction():
-    """The hand-worked example, sample by sample: in a, g2 has the wrong type (p2 names it) and g3 the
-    wrong box (p3); in b, g4 a box it should not have; in c, p5 names nothing. Sample d adds a miss and a
-    duplicate: gold (0,1) PER and (4,5) LOC, predicted (0,1) PER twice -> (4,5) missed, the second copy
-    spurious. Per sample, missed + wrong type + wrong box = evaluate's GMNER FN."""
-    gold = [
-        S("a", [E(0, 2, "PER", A), E(3, 4, "LOC"), E(5, 7, "ORG", Box(20, 20, 40, 40))]),
-        S("b", [E(0, 1, "PER")]),
-        S("c", []),
-        S("d", [E(0, 1, "PER"), E(4, 5, "LOC")]),
-    ]
-    pred = [
-        S("a", [E(0, 2, "PER", A), E(3, 4, "ORG"), E(5, 7, "ORG", Box(30, 30, 50, 50))]),
-        S("b", [E(0, 1, "PER", Box(0, 0, 5, 5))]),
-        S("c", [E(2, 3, "LOC")]),
-        S("d", [E(0, 1, "PER"), E(0, 1, "PER")]),
-    ]
-    want = [
-        {"wrong_type": [(1, 1)], "wrong_box": [(2, 2)]},
-        {"wrong_box": [(0, 0)]},
-        {"spurious": [(-1, 0)]},
-        {"missed": [(1, -1)], "spurious": [(-1, 1)]},
-    ]
-    for g, p, w in zip(gold, pred, want):
-        got = mistakes(g, p)
-        assert {k: v for k, v in got.items() if v} == w, g.id
-        fn = counts(evaluate([g], [p]), "gmner")[2]
-        assert len(got["missed"]) + len(got["wrong_type"]) + len(got["wrong_box"]) == fn
 
 
 @pytest.mark.parametrize("match", ["span", "name"])
