@@ -35,9 +35,10 @@ class Cache:
         """Remember `answer` to the request `body`; with a path, as one appended line."""
         if not self.path:
             return
+        digest = key(body)  # hashed once: a body with images is large
         with self._lock:
-            self._answers[key(body)] = json.dumps(answer)
-            append(self.path, key(body), answer, body)
+            self._answers[digest] = json.dumps(answer)
+            append(self.path, digest, answer, body)
 
 
 def key(body: dict) -> str:
