@@ -2,27 +2,24 @@
 
 Every call of synthesis, refinement and grounding to the frozen (M)LLM goes through here. Input: OpenAI
 chat messages (text and images) and optionally a JSON schema; output: a `Reply` holding the answer text,
-or its JSON checked against the schema, and token counts. The stages call one method, `map_chat` (the
-`Chat` protocol: a porter with their own serving implements just that). The schema goes in the request
-(`json_schema`) or in the prompt (`json_object`); an answer that does not fit is re-asked; a JSONL cache
-means an interrupted run pays for no answer twice.
+or its JSON checked against the schema. The stages call one method, `map_chat` (the `Chat` protocol: a
+porter with their own serving implements just that).
 
     python -c "import llm; print(llm.Client(llm.ClientConfig(base_url='http://127.0.0.1:8080/v1'))
                .chat([{'role': 'user', 'content': 'Say hi'}]).content)"
 
 Left out on purpose: streaming, tool calls, `n` > 1, asyncio, detecting `json_schema` support. The parts
-are in client/ (answers read and checked, the cache file, urllib3's retries); the application's client
-(app/serving.py) adds a time budget per call, a dead-server cut-off, an answer-size cap and hints.
+are in client/ (answers read and checked, the cache file, urllib3's retries, the usage counts); the
+application's client (app/serving.py) adds a time budget per call, a dead-server cut-off, an answer-size
+cap and hints.
 """
 
-import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
 import requests
@@ -32,6 +29,7 @@ from urllib3.util.retry import Retry
 from client import cache
 from client.session import session
 from client.structured import SCHEMA_NOTE, answer_text, extract_json, token_counts, validate, with_schema_note
+from client.usage import Usage
 from data import require_valid, setting
 
 REASK = "Reply again with only the JSON value, fitting the schema."
@@ -79,7 +77,7 @@ class ClientConfig:
 def client_rules(c: ClientConfig) -> list[tuple[str, bool, str]]:
     """What the settings must be, as (field, holds, what is expected)."""
     url_ok = c.base_url == "" or c.base_url.startswith(("http://", "https://"))
-    rules = [
+    return [
         ("base_url", url_ok, "a URL starting with http:// or https://, e.g. http://127.0.0.1:8000/v1"),
         ("connect_timeout", c.connect_timeout > 0, "seconds > 0"),
         ("read_timeout", c.read_timeout > 0, "seconds > 0"),
@@ -92,7 +90,6 @@ def client_rules(c: ClientConfig) -> list[tuple[str, bool, str]]:
         ("structured", c.structured in ("json_schema", "json_object"), "json_schema or json_object"),
         ("schema_retries", c.schema_retries >= 0, "0 or more"),
     ]
-    return rules
 
 
 class LLMError(RuntimeError):
@@ -108,25 +105,6 @@ class Reply:
     content: object  # parsed JSON (dict/list) when a schema was given, else the answer text
     usage: dict  # {"prompt_tokens", "completion_tokens"} of this call, re-asks included (cached: first cost)
     cached: bool  # True: read from the cache file, no HTTP request was made
-
-
-@dataclass
-class Usage:
-    calls: int = 0  # chat() calls, cache hits and failures included
-    cache_hits: int = 0  # calls answered from the cache file
-    requests: int = 0  # HTTP requests sent, retries and re-asks included
-    prompt_tokens: int = 0  # as reported by the server, summed over every answered request
-    completion_tokens: int = 0
-    retries: int = 0  # requests repeated after a timeout, connection error, 408/409/429 or 5xx
-    reasks: int = 0  # requests repeated because the answer did not parse or fit the schema
-    failures: int = 0  # calls that ended in LLMError
-    odd_usage: int = 0  # answers whose usage counts were not numbers (counted as 0 tokens)
-    cached_prompt_tokens: int = 0  # what earlier runs paid for the answers read from the cache
-    cached_completion_tokens: int = 0
-    seconds: float = 0.0  # wall time spent in chat() and map_chat()
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "seconds": round(self.seconds, 3)}
 
 
 Job = dict | Callable[[], dict | None]  # chat()'s keyword arguments, or a function that builds them
@@ -154,7 +132,6 @@ class Client:
         self.config = config
         self.usage = Usage()
         self._key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""  # never printed
-        self._lock = threading.Lock()  # guards usage
         self._cache = cache.Cache(config.cache_path)
         c = config
         self._session = session(c.max_retries, c.backoff_base, c.backoff_cap, c.workers, self._on_retry)
@@ -172,7 +149,7 @@ class Client:
         try:
             return self._chat(messages, schema, temperature, max_tokens)
         finally:
-            self._count(seconds=time.perf_counter() - t0)
+            self.usage.add(seconds=time.perf_counter() - t0)
 
     def map_chat(self, jobs: list[Job], desc: str = "", workers: int | None = None) -> list[Answer]:
         """The Chat protocol: every job answered, `workers` at a time (default config.workers), in order;
@@ -198,7 +175,7 @@ class Client:
             # On Ctrl-C: drop the queued requests; the ones in flight still land in the cache, as Python
             # waits for the workers at exit (a second Ctrl-C stops the wait and loses them).
             pool.shutdown(wait=False, cancel_futures=True)
-            self._count(seconds=time.perf_counter() - t0)
+            self.usage.add(seconds=time.perf_counter() - t0)
         return results
 
     def _chat(self, messages, schema=None, temperature=None, max_tokens=None) -> Reply:
@@ -206,23 +183,21 @@ class Client:
         ok = isinstance(messages, list) and all(isinstance(m, dict) and "role" in m for m in messages)
         if not (ok and messages):
             raise ValueError(f"messages: expected a list of role/content dicts, got {messages!r:.60}")
-        self._count(calls=1)
+        self.usage.add(calls=1)
         try:
             if not self.config.base_url:
                 raise LLMError("no LLM server configured: set ClientConfig.base_url (refineg.py --llm-url)")
             body = self._body(messages, schema, temperature, max_tokens)
-            # The key is the whole request body: model, messages, schema and mode, sampling settings.
-            key = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-            hit = self._cache.get(key)
+            hit = self._cache.get(body)  # keyed by the whole body: model, messages, schema, sampling
             if hit is None:
                 reply = self._ask(body, schema)
-                self._cache.put(key, {"content": reply.content, "usage": reply.usage}, body)
+                self._cache.put(body, {"content": reply.content, "usage": reply.usage})
                 return reply
             paid = token_counts(hit["usage"])[0]  # what the run that asked it paid
-            self._count(cache_hits=1, **{f"cached_{k}": v for k, v in paid.items()})
+            self.usage.add(cache_hits=1, **{f"cached_{k}": v for k, v in paid.items()})
             return Reply(hit["content"], hit["usage"], cached=True)
         except LLMError:
-            self._count(failures=1)
+            self.usage.add(failures=1)
             raise
 
     def _body(self, messages, schema, temperature, max_tokens) -> dict:
@@ -249,7 +224,7 @@ class Client:
         messages = body["messages"]
         for attempt in range(self.config.schema_retries + 1):
             if attempt:
-                self._count(reasks=1)
+                self.usage.add(reasks=1)
             text, tokens = self._answer(self._post({**body, "messages": messages}), body["max_tokens"])
             used = {k: used[k] + tokens[k] for k in used}
             if schema is None:
@@ -273,7 +248,7 @@ class Client:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         timeout = (self.config.connect_timeout, self.config.read_timeout)
-        self._count(requests=1)
+        self.usage.add(requests=1)
         try:
             with self._session.post(url, json=body, headers=headers, timeout=timeout, stream=True) as r:
                 raw = self._read(r, url)
@@ -295,7 +270,7 @@ class Client:
         except ValueError as e:
             raise self._error(f"unexpected answer from {self.config.base_url}: {e}", 200) from None
         tokens, odd = token_counts(data.get("usage"))
-        self._count(odd_usage=int(odd), **tokens)
+        self.usage.add(odd_usage=int(odd), **tokens)
         if finish == "length":  # llama-server also stops so when its context is full, short of max_tokens
             n = tokens["completion_tokens"]
             context = f"the server's context ({tokens['prompt_tokens']} prompt tokens)"
@@ -303,18 +278,13 @@ class Client:
             raise self._error(f"the answer was cut by {by} after {n} tokens (finish_reason 'length')", 200)
         return text, tokens
 
-    def _count(self, **inc: float) -> None:
-        with self._lock:
-            for k, v in inc.items():
-                setattr(self.usage, k, getattr(self.usage, k) + v)
-
     # What the application's client (app/serving.py) extends: reading a body, a retry, making an error.
 
     def _read(self, r: requests.Response, url: str) -> bytes:
         return r.content
 
     def _on_retry(self, retry: Retry) -> None:
-        self._count(retries=1, requests=1)
+        self.usage.add(retries=1, requests=1)
 
     def _error(self, message: str, status: int | None = None) -> LLMError:
         return LLMError(message, status)

@@ -67,7 +67,7 @@ class Result:
     """What each stage returned; a stage that did not run leaves its defaults."""
 
     synthetic: list[Sample] = field(default_factory=list)  # the LLM's labelled sentences
-    synthesis: dict = field(default_factory=dict)  # synth's summary: calls, kept, rejected by reason
+    synthesis: list[synth.SeedTrace] = field(default_factory=list)  # a trace per seed; none when reused
     tagger: Tagger | None = None
     training: dict = field(default_factory=dict)  # its training history, self-training rounds, "before_pool"
     tagged: list[Sample] = field(default_factory=list)  # its predictions, each entity's uncertainty and route

@@ -1,59 +1,32 @@
 """Training stage, part 1 of ReFineG: the paper's domain-aware NER data synthesis.
 
-The LLM's knowledge reaches the small tagger as extra labelled sentences. For
-every labelled seed sample one LLM call asks for `per_seed` new sentences:
-`keep_share` of them reuse the seed's entities in new contexts, the rest use
-new specific names of the same types (paper: 20 + 10 of 30); an entity-free
-seed asks for entity-free sentences, so the tagger also sees negatives from the
-domain. The prompt carries the domain's own type descriptions (types.txt).
+For every labelled seed sample one LLM call asks for `per_seed` new sentences: `keep_share` of them reuse
+the seed's entities in new contexts, the rest use new specific names of the same types (paper: 20 + 10 of
+30); an entity-free seed asks for entity-free sentences (negatives from the domain). The prompt carries
+the domain's type descriptions (types.txt).
 
-Labels come only from names the seed or the LLM DECLARES for a sentence it
-writes; the LLM is never asked to tag free text. This is how the paper avoids
-"domain knowledge conflict": a general LLM's idea of what counts as an entity
-differs from the domain's annotation guidelines (it would tag "aircraft
-carrier" or "the navy"), so its tags on free text would put its notion of
-entity into the training labels. An answer item is checked here as far as the
-method needs it: the answer fits the JSON schema (the client checks that), the
-sentence is not empty, every declared type is one of the domain's, and every
-declared name occurs in the sentence; each declared name then labels every
-occurrence of itself (data.label_names, the rule the gold data follows).
-Checks beyond the paper (prompt leaks, length, copies and repeats, the "do not
-extract" words, a name given a type the seeds or descriptions contradict) are
-`filters` the caller passes: refineg.py passes levers/synth_filters.py's.
+Labels come only from names the LLM DECLARES for a sentence it writes, never from tagging free text: this
+is how the paper avoids "domain knowledge conflict" (a general LLM would tag "aircraft carrier" or "the
+navy", putting its own notion of entity into the training labels). The paper's checks are here: the
+sentence is not empty, every type is the domain's, every declared name occurs in the sentence; checks
+beyond the paper are `filters` the caller passes (refineg.py: levers/synth_filters.py's).
 
-Input: a labelled `Dataset` (the seeds) and an llm.Client. Output: synthetic
-`Sample`s (ids `syn-<seed id>-<j>`, j = position in the LLM's answer, no image)
-and a summary dict counted from one trace per seed (its call's error, or each
-item's outcome: kept, or the reason it was rejected); `write_synthetic` /
-`read_synthetic` store the samples as synthetic.jsonl. Reruns cost nothing: the
-requests are deterministic and the client caches answers. Run through the
-pipeline (any LLM server; a text-only one is enough):
+Input: a labelled `Dataset` (the seeds) and an llm.Chat. Output: synthetic `Sample`s (ids
+`syn-<seed id>-<j>`, j = position in the answer, no image) and one `SeedTrace` per seed (its call's error,
+or each item's outcome: kept, or why it was rejected); app/synthetic.py counts and stores them. Reruns
+cost nothing: the requests are deterministic and the client caches answers.
 
     python refineg.py --data examples/demo --llm-url http://127.0.0.1:8000/v1 --no-refine --no-ground
 
-Left out on purpose: images (synthetic sentences are text-only: they train the
-text tagger), asking the LLM to tag free text (see above), and filtering by any
-model's judgement: every check here and in the filters is an exact rule a reader can verify.
+Left out on purpose: images (synthetic sentences train the text tagger), asking the LLM to tag free text
+(see above), and filtering by any model's judgement: every check is an exact rule a reader can verify.
 """
 
-import json
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal, NamedTuple
 
-from data import (
-    DataError,
-    Dataset,
-    Entity,
-    Sample,
-    label_names,
-    require_valid,
-    setting,
-    tokenize,
-    without_spaces,
-)
+from data import Dataset, Entity, Sample, label_names, require_valid, setting, tokenize, without_spaces
 from llm import Chat, LLMError, Reply
 
 MAX_NAME_CHARS = 100  # schema bound on a declared name; real names are far shorter
@@ -109,40 +82,25 @@ class SynthConfig:
 def answer_schema(types: list[str], config: SynthConfig) -> dict:
     """JSON schema of one answer, bounded everywhere: a random-weight model never stops otherwise.
 
-    The list is wrapped in an object because structured-output servers want
-    an object at the top level. It holds exactly the `per_seed` sentences the
-    prompt asks for: a model that answers one placeholder item (copied from the
-    format line) breaks the schema and is asked again, instead of passing.
+    The list is wrapped in an object because structured-output servers want an object at the top level. It
+    holds exactly the `per_seed` sentences the prompt asks for: a model that answers one placeholder item
+    (copied from the format line) breaks the schema and is asked again, instead of passing.
     """
     typ = {"type": "string", "enum": list(types)} if config.type_enum else {"type": "string", "maxLength": 40}
-    entity = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "type"],
-        "properties": {"name": {"type": "string", "maxLength": MAX_NAME_CHARS}, "type": typ},
-    }
-    sample = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["text", "entities"],
-        "properties": {
+    entity = closed({"name": {"type": "string", "maxLength": MAX_NAME_CHARS}, "type": typ})
+    sample = closed(
+        {
             "text": {"type": "string", "maxLength": 10 * config.max_tokens},
             "entities": {"type": "array", "maxItems": config.max_entities, "items": entity},
-        },
-    }
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["samples"],
-        "properties": {
-            "samples": {
-                "type": "array",
-                "minItems": config.per_seed,
-                "maxItems": config.per_seed,
-                "items": sample,
-            }
-        },
-    }
+        }
+    )
+    per_seed = config.per_seed
+    return closed({"samples": {"type": "array", "minItems": per_seed, "maxItems": per_seed, "items": sample}})
+
+
+def closed(props: dict) -> dict:
+    """A JSON object schema with exactly these properties, each required."""
+    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
 
 
 def system_prompt(data: Dataset, config: SynthConfig) -> str:
@@ -159,9 +117,7 @@ def system_prompt(data: Dataset, config: SynthConfig) -> str:
         f"3. Use only these types, spelled exactly so: {', '.join(data.types)}.\n"
         "4. Declare every entity of these types that a sentence contains, and nothing else.\n"
         f"5. Each sentence is {config.min_tokens} to {config.max_tokens} tokens long (words and punctuation "
-        "marks), "
-        "reads like the example, "
-        "and differs from the example and from your other sentences."
+        "marks), reads like the example, and differs from the example and from your other sentences."
     )  # no answer template: the schema carries the format, and small models copy a template's placeholders
 
 
@@ -282,8 +238,8 @@ def outcome(c: Candidate, j: int, types: list[str], filters: Sequence[Filter]) -
 
 def synthesize(
     seeds: Dataset, client: Chat, config: SynthConfig | None = None, filters: Sequence[Filter] = ()
-) -> tuple[list[Sample], dict]:
-    """One LLM call per seed (concurrent, cached); the kept synthetic samples and a summary.
+) -> tuple[list[Sample], list[SeedTrace]]:
+    """One LLM call per seed (concurrent, cached); the kept synthetic samples and each seed's trace.
 
     Each answer item passes the paper's checks, then `filters` in order (none by default; refineg.py passes
     levers/synth_filters.py's), then labelling: the first reason that applies rejects it.
@@ -296,7 +252,7 @@ def synthesize(
     kept: set[str] = set()  # one set for all seeds: a filter may compare with any seed's kept sentences
     traces = [trace(seed, reply, seeds.types, filters, kept) for seed, reply in zip(used, replies)]
     samples = [o.sample for t in traces for o in t.outcomes if o.sample]
-    return samples, summarize(seeds.types, traces, config.rejected_examples)
+    return samples, traces
 
 
 def trace(
@@ -312,110 +268,3 @@ def trace(
         if outcomes[-1].sample:
             kept.add(c.text)
     return SeedTrace(seed.id, None, outcomes)
-
-
-def summarize(types: list[str], traces: list[SeedTrace], examples_per_reason: int) -> dict:
-    """synthetic.summary.json's counts, all from the traces."""
-    outcomes = [o for t in traces for o in t.outcomes]
-    kept = [o.sample for o in outcomes if o.sample]
-    failed = [t for t in traces if t.error is not None]
-    per_type = Counter(e.type for s in kept for e in s.entities)
-    rejected = Counter(o.reason for o in outcomes if o.reason)
-    return {
-        "seeds": len(traces),
-        "calls": len(traces),
-        "failed_calls": len(failed),
-        "failed_seeds": [t.seed for t in failed],
-        "first_error": failed[0].error if failed else None,
-        "generated": len(outcomes),
-        "kept": len(kept),
-        "entity_free_kept": sum(1 for s in kept if not s.entities),
-        "rejected": dict(sorted(rejected.items())),
-        "entities_per_type": {t: per_type[t] for t in types},
-        "rejected_examples": rejected_examples(traces, examples_per_reason),  # for synthetic.rejected.jsonl
-    }
-
-
-def rejected_examples(traces: list[SeedTrace], per_reason: int) -> list[dict]:
-    """The first `per_reason` rejected items of each reason, in answer order, with their seed and reason."""
-    shown = Counter()
-    examples = []
-    for t in traces:
-        for o in t.outcomes:
-            if o.reason and shown[o.reason] < per_reason:
-                shown[o.reason] += 1
-                examples.append({"seed": t.seed, "j": o.j, "reason": o.reason, **o.item})
-    return examples
-
-
-def format_summary(summary: dict) -> str:
-    """The synth: lines of the run's output; a reused synthetic.jsonl says so instead of its calls."""
-    s = summary
-    calls = f"{s['calls']} calls ({s['failed_calls']} failed)"
-    if s.get("reused"):  # the counts are those of the run that wrote it
-        calls = "no call: synthetic.jsonl reused"
-    lines = [
-        f"synth: {s['seeds']} seeds, {calls}, {s['generated']} sentences generated, {s['kept']} kept "
-        f"({s['entity_free_kept']} entity-free)"
-    ]
-    if s["rejected"]:
-        lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in s["rejected"].items()))
-    lines.append("  entities: " + ", ".join(f"{k} {v}" for k, v in s["entities_per_type"].items()))
-    if s["failed_calls"]:
-        lines.append(
-            f"  failed seeds: {', '.join(s['failed_seeds'][:10])}"
-            f"{' ...' if s['failed_calls'] > 10 else ''}; first error: {s['first_error']}"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- synthetic.jsonl
-
-
-def write_synthetic(samples: list[Sample], path: str | Path) -> None:
-    """One JSON object a line: id, seed, text, tokens, entities [{start, end, type, name}]."""
-    with open(path, "w", encoding="utf-8") as f:
-        for s in samples:
-            seed = s.id[len("syn-") :].rsplit("-", 1)[0] if s.id.startswith("syn-") else None
-            ents = [{"start": e.start, "end": e.end, "type": e.type, "name": s.name(e)} for e in s.entities]
-            rec = {"id": s.id, "seed": seed, "text": s.text, "tokens": s.tokens, "entities": ents}
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-def write_rejected(examples: list[dict], path: str | Path) -> None:
-    """synthetic.rejected.jsonl: what the checks removed, one answer item a line with its seed and reason."""
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in examples:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-def read_synthetic(path: str | Path) -> list[Sample]:
-    """The samples write_synthetic wrote; a malformed line is a DataError naming the file and line."""
-    samples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-                tokens = [str(t) for t in rec["tokens"]]
-                ents = [
-                    Entity(int(e["start"]), int(e["end"]), str(e["type"]), source="synth")
-                    for e in rec["entities"]
-                ]
-                sample = Sample(str(rec["id"]), tokens, None, ents)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise DataError(
-                    f"{where}: expected {{id, tokens, entities: [{{start, end, type}}]}}: {err!r}"
-                ) from None
-            for e, raw in zip(ents, rec["entities"]):
-                if not 0 <= e.start < e.end <= len(tokens):
-                    raise DataError(f"{where}: entity span [{e.start}, {e.end}) outside {len(tokens)} tokens")
-                if "name" in raw and without_spaces(str(raw["name"])) != without_spaces(sample.name(e)):
-                    raise DataError(
-                        f"{where}: entity name {raw['name']!r} is not the tokens of its span "
-                        f"{sample.name(e)!r}"
-                    )
-            samples.append(sample)
-    return samples

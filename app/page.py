@@ -38,7 +38,8 @@ from refinement import Call, Outcome, RefinementTrace
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
 THUMB_QUALITY = 80  # JPEG quality of the thumbnails
 PALETTE = ["#7aecec", "#feca74", "#aa9cfc", "#bfeeb7", "#ff9561", "#c887fb", "#9cc9cc", "#ffeb80", "#ff8197"]
-USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")  # llm.Usage's
+# fields of client.usage.Usage, as usage.json holds them
+USAGE = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "failures", "seconds")
 OUTCOMES = {  # GroundingTrace.outcome, said to a person
     grounding.Outcome.ANSWERED: "answered",
     grounding.Outcome.FAILED_CALL: "the call failed",

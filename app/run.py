@@ -24,9 +24,8 @@ from pathlib import Path
 
 import llm
 import refinement
-import synth
 import tagger
-from app import one_line_warnings, page, serving, store
+from app import one_line_warnings, page, serving, store, synthetic
 from app.cli import Settings, parse_settings
 from app.counts import grounding_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
@@ -70,6 +69,7 @@ class RunHooks:
         self.train = train  # the labelled training split: the seeds, and the worked examples' pool
         self.trained_on = train  # what a tagger trained here learnt from: the training split + synthetic
         self.how: dict[str, str] = {}  # trained tagger -> how it came about (trained, reused)
+        self.synthesized: dict = {}  # synthetic.summary.json's counts, once synthesis ran or was reused
 
     def stage(self, name: str):
         return self.run.stage(name)
@@ -93,19 +93,24 @@ class RunHooks:
 
     def synthesis(self, key: str, make: Callable[[], tuple]) -> tuple:
         """synthetic.jsonl written with the same settings, model and seeds when no call failed (a failed
-        seed is asked again; the answered ones come from the cache); else synthesised and written."""
+        seed is asked again; the answered ones come from the cache), with no trace; else synthesised, its
+        traces counted, and written."""
         out = self.run.out
         done = read_stamp(out / "synthetic.summary.json", key)
         if done and not done.get("failed_calls") and (out / "synthetic.jsonl").is_file():
-            return synth.read_synthetic(out / "synthetic.jsonl"), {**done, "reused": True}
-        samples, summary = make()
+            self.synthesized = {**done, "reused": True}
+            return synthetic.read_synthetic(out / "synthetic.jsonl"), []
+        samples, traces = make()
+        examples = self.settings.synth.rejected_examples
+        summary = synthetic.summarize(self.labelled.types, traces, examples)
         with atomic(out / "synthetic.rejected.jsonl") as tmp:
-            synth.write_rejected(summary.pop("rejected_examples"), tmp)
+            synthetic.write_rejected(summary.pop("rejected_examples"), tmp)
         with atomic(out / "synthetic.jsonl") as tmp:
-            synth.write_synthetic(samples, tmp)
+            synthetic.write_synthetic(samples, tmp)
         write_json(out / "synthetic.summary.json", {**summary, "key": key})
         self.run.written += ["synthetic.jsonl", "synthetic.summary.json", "synthetic.rejected.jsonl"]
-        return samples, summary
+        self.synthesized = summary
+        return samples, traces
 
     def trained(self, name: str, key: str, sentences: int, make: Callable[[], tuple]) -> tuple:
         """The tagger in OUT/tagger (or the one before self-training in OUT/chooser, kept with --suggest only)
@@ -136,9 +141,9 @@ class RunHooks:
 
     def after_synthesis(self, r) -> None:
         self.trained_on = self.trained_on + r.synthetic
-        if r.synthesis:
-            print(synth.format_summary(r.synthesis))
-            self.run.notes["synthesis"] = {k: v for k, v in r.synthesis.items() if k != "key"}
+        if self.synthesized:
+            print(synthetic.format_summary(self.synthesized))
+            self.run.notes["synthesis"] = {k: v for k, v in self.synthesized.items() if k != "key"}
         self.run.check_calls("synthesis")
 
     def after_tagger(self, r) -> None:

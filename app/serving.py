@@ -143,6 +143,7 @@ class ServingClient(llm.Client):
         super().__init__(config)
         self.last_error = ""
         self._silent = 0  # calls in a row that got no answer (see dead_after)
+        self._lock = threading.Lock()  # guards _silent
         self._call = threading.local()  # the call this thread is making: its deadline and tries
 
     def _post(self, body: dict) -> dict:

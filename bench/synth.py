@@ -253,6 +253,7 @@ def baselines(quick: bool, epochs: int | None) -> tuple[list, list, list[str]]:
 
 def bench_synth(args) -> None:
     import synth
+    from app import synthetic
     from levers import synth_filters
 
     if not bench.have(bench.CCKS):
@@ -312,7 +313,8 @@ def bench_synth(args) -> None:
         ("+ type-knowledge checks (default)", True),
     ):
         cfg = dataclasses.replace(config, seeds=n, strict=strict)
-        kept, summary = synth.synthesize(seeds, offline, cfg, synth_filters.filters(seeds, cfg))
+        kept, traces = synth.synthesize(seeds, offline, cfg, synth_filters.filters(seeds, cfg))
+        summary = synthetic.summarize(seeds.types, traces, cfg.rejected_examples)
         rows[label] = (kept, summary)
         k_known, k_right = precision(kept, known)
         h_known, h_right = precision(kept, held)
@@ -329,9 +331,9 @@ def bench_synth(args) -> None:
             f"{f' = {k_right / k_known:.3f}' if k_known else ''}; names known only from held-out gold 0-99: "
             f"{h_right}/{h_known}{f' = {h_right / h_known:.3f}' if h_known else ''}"
         )
-        synth.write_rejected(summary["rejected_examples"], OUT / f"rejected_strict_{strict}.jsonl")
+        synthetic.write_rejected(summary["rejected_examples"], OUT / f"rejected_strict_{strict}.jsonl")
     mine = rows["+ type-knowledge checks (default)"][0]
-    synth.write_synthetic(mine, OUT / "synthetic.jsonl")
+    synthetic.write_synthetic(mine, OUT / "synthetic.jsonl")
 
     # the tagger: CCKS protocol; our sentences pass the same test-leak filter as the authors'
     settings, test, types = baselines(args.quick, args.epochs)

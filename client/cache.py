@@ -3,8 +3,8 @@
 An interrupted run pays for no answer twice: every answered call is appended (and flushed) as it
 finishes, keyed by the SHA-256 of the whole request body, and the next run reads the file back. The
 file is meant to be read by a person: image data URLs are replaced by their length and digest.
-Input/output: the cache path; `Cache` gets and puts answers (thread-safe), `load` reads the file,
-`append` writes one line.
+Input/output: the cache path; `Cache` gets and puts the answer to a request body (thread-safe, under its
+`key`), `load` reads the file, `append` writes one line.
 
     python -c "from client import cache; print(len(cache.load('runs/demo/llm_cache.jsonl')))"
 
@@ -26,18 +26,24 @@ class Cache:
         self._answers = load(path) if path else {}
         self._lock = threading.Lock()  # guards the dict and the file
 
-    def get(self, key: str) -> dict | None:
-        """A fresh copy of the answer (a caller may change what it gets), or None."""
-        hit = self._answers.get(key)
+    def get(self, body: dict) -> dict | None:
+        """A fresh copy of the answer to the request `body` (a caller may change what it gets), or None."""
+        hit = self._answers.get(key(body))
         return None if hit is None else json.loads(hit)
 
-    def put(self, key: str, answer: dict, body: dict) -> None:
-        """Remember `answer` to the request `body` under `key`; with a path, as one appended line."""
+    def put(self, body: dict, answer: dict) -> None:
+        """Remember `answer` to the request `body`; with a path, as one appended line."""
         if not self.path:
             return
+        digest = key(body)  # hashed once: a body with images is large
         with self._lock:
-            self._answers[key] = json.dumps(answer)
-            append(self.path, key, answer, body)
+            self._answers[digest] = json.dumps(answer)
+            append(self.path, digest, answer, body)
+
+
+def key(body: dict) -> str:
+    """The SHA-256 of the whole request body: model, messages, schema and mode, sampling settings."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def load(path: str) -> dict[str, str]:

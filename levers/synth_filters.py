@@ -12,7 +12,7 @@ ones (types.txt's and --synth-generic's), not the type names, the descriptions' 
 
 Input: the seeds and the SynthConfig; output: the filters synth.synthesize takes, in order:
 
-    kept, summary = synth.synthesize(seeds, client, config, synth_filters.filters(seeds, config))
+    kept, traces = synth.synthesize(seeds, client, config, synth_filters.filters(seeds, config))
 
 refineg.py passes them whenever it synthesises; `python -m servers.demo` shows what they reject. Left out
 on purpose: any model's judgement (a classifier, an LLM grading the sentences): every rule can be checked

@@ -17,12 +17,13 @@ from test_synth import (
 )
 
 import synth
+from app.synthetic import format_summary, read_synthetic, summarize, write_rejected, write_synthetic
 from data import Dataset, tokenize
 from formats import read_dataset
 from levers import synth_filters
 from levers.synth_filters import description_terms, filters
 from servers.fake_mllm import FakeServer, reply
-from synth import SynthConfig, format_summary, read_synthetic, synthesize, write_rejected, write_synthetic
+from synth import SynthConfig, synthesize
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 REASONS = {*get_args(synth.Reason), *get_args(synth_filters.Reason)}  # the closed set of rejection reasons
@@ -41,8 +42,10 @@ S1_REJECTED = {
 
 
 def synthesize_filtered(data: Dataset, c, config: SynthConfig) -> tuple[list, dict]:
-    """synth.synthesize as refineg.py calls it: with the filters of levers/synth_filters.py."""
-    return synthesize(data, c, config, filters(data, config))
+    """synth.synthesize as refineg.py calls it, with the filters of levers/synth_filters.py; its traces
+    counted as the application counts them (app/synthetic.py)."""
+    samples, traces = synthesize(data, c, config, filters(data, config))
+    return samples, summarize(data.types, traces, config.rejected_examples)
 
 
 def test_validation_keeps_exactly_the_good_samples(tmp_path):

@@ -1,28 +1,17 @@
-"""synth.py against a scripted fake server: the paper's checks alone, where filters run, the summary counted
-from the traces, entity-free seeds, failed calls, the cache and the JSONL round trip. The filters beyond the
-paper (levers/synth_filters.py) are tested in tests/levers/test_synth_filters.py, on the answers below."""
+"""synth.py against a scripted fake server: the paper's checks alone, where filters run, entity-free seeds,
+failed calls and the cache, each seed's trace counted as the application counts it (app/synthetic.py, whose
+own tests are tests/app/test_synthetic.py). The filters beyond the paper (levers/synth_filters.py) are
+tested in tests/levers/test_synth_filters.py, on the answers below."""
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import get_args
 
-import pytest
-
-from data import Dataset, Entity, Sample, label_names, tokenize
+from app.synthetic import summarize
+from data import Dataset, Sample, label_names, tokenize
 from llm import Client, ClientConfig
 from servers.fake_mllm import FakeServer, reply
-from synth import (
-    Outcome,
-    Reason,
-    SeedTrace,
-    SynthConfig,
-    build_request,
-    format_summary,
-    read_synthetic,
-    summarize,
-    synthesize,
-    write_synthetic,
-)
+from synth import Filter, Reason, SynthConfig, build_request, synthesize
 
 TYPES = ["vessel", "aircraft"]
 TYPE_TEXT = (
@@ -69,6 +58,14 @@ def client(url: str, tmp_path: Path, **kw) -> Client:
     }
     cfg.update(kw)
     return Client(ClientConfig(**cfg))
+
+
+def synthesize_counted(
+    data: Dataset, c: Client, config: SynthConfig, filters: Sequence[Filter] = ()
+) -> tuple[list[Sample], dict]:
+    """synth.synthesize, its traces counted as the application counts them (app/synthetic.py)."""
+    samples, traces = synthesize(data, c, config, filters)
+    return samples, summarize(data.types, traces, config.rejected_examples)
 
 
 def user_text(body: dict) -> str:
@@ -156,7 +153,7 @@ def test_the_papers_checks_alone_reject_only_what_cannot_be_labelled(tmp_path):
     data = toy()
     with FakeServer(toy_handler) as srv:
         config = SynthConfig(per_seed=PER_SEED, type_enum=False)
-        samples, summary = synthesize(data, client(srv.url, tmp_path), config)
+        samples, summary = synthesize_counted(data, client(srv.url, tmp_path), config)
     assert summary["rejected"] == {"unknown_type": 2, "name_not_in_text": 2, "empty_text": 1}
     assert set(summary["rejected"]) <= set(get_args(Reason))
     kept = [int(s.id.rsplit("-", 1)[1]) for s in samples if s.id.startswith("syn-s1-")]
@@ -194,7 +191,7 @@ def test_filters_run_in_order_between_the_papers_checks_and_the_labelling(tmp_pa
 
     config = SynthConfig(seeds=1, per_seed=len(answer), type_enum=False)
     with FakeServer(lambda body: reply({"samples": answer})) as srv:
-        samples, summary = synthesize(toy(), client(srv.url, tmp_path), config, [uss, f35])
+        samples, summary = synthesize_counted(toy(), client(srv.url, tmp_path), config, [uss, f35])
     hms = "the hms queen elizabeth left portsmouth ."
     assert seen == [
         ("uss", 1, []),
@@ -209,47 +206,6 @@ def test_filters_run_in_order_between_the_papers_checks_and_the_labelling(tmp_pa
     assert summary["rejected"] == {"f35": 1, "name_not_in_text": 1, "unknown_type": 1, "uss": 1}
 
 
-def test_the_summary_counts_the_traces():
-    """Hand-built traces: 3 seeds, one call failed, 5 items (1 kept, 3 too short, 1 empty); 2 examples per
-    reason are kept, in answer order, so the third too_short (seed c) is left out."""
-    fennek = Sample("syn-a-0", ["A", "Fennek", "."], None, [Entity(1, 2, "vehicle")])
-    traces = [
-        SeedTrace(
-            "a",
-            None,
-            [
-                Outcome(0, {"text": "A Fennek ."}, None, fennek),
-                *[Outcome(j, {"text": f"x{j}"}, "too_short") for j in (1, 2)],
-            ],
-        ),
-        SeedTrace("b", "HTTP 500", []),
-        SeedTrace(
-            "c", None, [Outcome(0, {"text": "z"}, "too_short"), Outcome(1, {"text": " "}, "empty_text")]
-        ),
-    ]
-    summary = summarize(["vehicle", "vessel"], traces, 2)
-    assert summary == {
-        "seeds": 3,
-        "calls": 3,
-        "failed_calls": 1,
-        "failed_seeds": ["b"],
-        "first_error": "HTTP 500",
-        "generated": 5,
-        "kept": 1,
-        "entity_free_kept": 0,
-        "rejected": {"empty_text": 1, "too_short": 3},
-        "entities_per_type": {"vehicle": 1, "vessel": 0},
-        "rejected_examples": [
-            {"seed": "a", "j": 1, "reason": "too_short", "text": "x1"},
-            {"seed": "a", "j": 2, "reason": "too_short", "text": "x2"},
-            {"seed": "c", "j": 1, "reason": "empty_text", "text": " "},
-        ],
-    }
-    text = format_summary(summary)
-    assert "3 calls (1 failed)" in text and "empty_text 1, too_short 3" in text
-    assert "failed seeds: b; first error: HTTP 500" in text
-
-
 def test_unknown_type_under_the_enum_is_reasked_by_the_client(tmp_path):
     data = toy()
     bad = [item("The Kuznetsov sailed north early yesterday .", ("Kuznetsov", "warship"))]
@@ -259,7 +215,9 @@ def test_unknown_type_under_the_enum_is_reasked_by_the_client(tmp_path):
         return reply({"samples": bad if len(body["messages"]) == 2 else good})
 
     with FakeServer(handler) as srv:
-        samples, summary = synthesize(data, client(srv.url, tmp_path), SynthConfig(seeds=1, per_seed=1))
+        samples, summary = synthesize_counted(
+            data, client(srv.url, tmp_path), SynthConfig(seeds=1, per_seed=1)
+        )
         assert len(srv.requests) == 2 and "warship" in srv.requests[1]["messages"][-1]["content"]
     assert [(samples[0].name(e), e.type) for e in samples[0].entities] == [("Kuznetsov", "vessel")]
     assert summary["rejected"] == {} and summary["failed_calls"] == 0
@@ -310,7 +268,9 @@ def test_a_one_item_answer_breaks_the_schema_and_is_reasked(tmp_path):
         return reply({"samples": short if len(body["messages"]) == 2 else full})
 
     with FakeServer(handler) as srv:
-        samples, summary = synthesize(data, client(srv.url, tmp_path), SynthConfig(seeds=1, per_seed=3))
+        samples, summary = synthesize_counted(
+            data, client(srv.url, tmp_path), SynthConfig(seeds=1, per_seed=3)
+        )
         assert len(srv.requests) == 2 and "at least 3" in srv.requests[1]["messages"][-1]["content"]
     assert summary["generated"] == 3 and summary["kept"] == 3 and summary["failed_calls"] == 0
 
@@ -335,7 +295,7 @@ def test_malformed_answers_are_retried_then_counted_as_failed(tmp_path):
         return reply({"samples": [item("The USS Charlie docked at noon .", ("USS Charlie", "vessel"))]})
 
     with FakeServer(handler) as srv:
-        samples, summary = synthesize(data, client(srv.url, tmp_path), SynthConfig(per_seed=1))
+        samples, summary = synthesize_counted(data, client(srv.url, tmp_path), SynthConfig(per_seed=1))
         asked = [user_text(b) for b in srv.requests]
     assert sum("USS Alpha" in t for t in asked) >= 2 and sum("USS Bravo" in t for t in asked) >= 2
     assert sum("USS Charlie" in t for t in asked) == 1
@@ -346,42 +306,11 @@ def test_malformed_answers_are_retried_then_counted_as_failed(tmp_path):
 def test_rerun_with_the_same_cache_makes_no_http_call(tmp_path):
     data = toy()
     with FakeServer(clean_handler) as srv:
-        first, s1 = synthesize(data, client(srv.url, tmp_path), CLEAN)
+        first, s1 = synthesize_counted(data, client(srv.url, tmp_path), CLEAN)
         n = len(srv.requests)
         again = client(srv.url, tmp_path)
-        second, s2 = synthesize(data, again, CLEAN)
+        second, s2 = synthesize_counted(data, again, CLEAN)
         assert len(srv.requests) == n == 2
     assert again.usage.cache_hits == 2 and s1["kept"] == 6
     assert [(s.id, s.tokens, s.entities) for s in first] == [(s.id, s.tokens, s.entities) for s in second]
     assert s1 == s2
-
-
-def test_write_read_round_trip(tmp_path):
-    data = toy()
-    with FakeServer(clean_handler) as srv:
-        samples, _ = synthesize(data, client(srv.url, tmp_path), CLEAN)
-    path = tmp_path / "synthetic.jsonl"
-    write_synthetic(samples, path)
-    back = read_synthetic(path)
-    assert [(s.id, s.tokens, s.entities) for s in back] == [(s.id, s.tokens, s.entities) for s in samples]
-    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    assert first["seed"] == "s1" and first["entities"][0] == {
-        "start": 0,
-        "end": 2,
-        "type": "vessel",
-        "name": "USS Nimitz",
-    }
-
-
-def test_read_synthetic_rejects_a_span_that_does_not_match_its_name(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    rec = {
-        "id": "syn-x-0",
-        "seed": "x",
-        "text": "a b c",
-        "tokens": ["a", "b", "c"],
-        "entities": [{"start": 0, "end": 1, "type": "vessel", "name": "b"}],
-    }
-    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: entity name 'b'"):
-        read_synthetic(path)

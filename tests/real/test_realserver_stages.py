@@ -29,7 +29,7 @@ import refineg
 import refinement
 import synth
 import uncertainty
-from app import inputs
+from app import inputs, synthetic
 from app.counts import grounding_counts
 from client.structured import validate
 from formats import ccks
@@ -97,7 +97,8 @@ def test_synthesis_on_demo_seeds(server):
     config = synth.SynthConfig(per_seed=2, max_tokens=16, max_entities=1, answer_tokens=512, type_enum=True)
     c = client(server.url, workers=4)
     seen = record(c)
-    samples, summary = synth.synthesize(seeds, c, config, synth_filters.filters(seeds, config))
+    samples, traces = synth.synthesize(seeds, c, config, synth_filters.filters(seeds, config))
+    summary = synthetic.summarize(seeds.types, traces, config.rejected_examples)
     ok = answered(seen)
     assert summary["calls"] == summary["seeds"] == c.usage.calls == len(seen) == 3
     assert summary["failed_calls"] == c.usage.failures == len(seen) - len(ok) == len(summary["failed_seeds"])
@@ -114,8 +115,8 @@ def test_synthesis_on_demo_seeds(server):
         )
     assert sum(summary["entities_per_type"].values()) == sum(len(s.entities) for s in samples)
     path = os.path.join(os.path.dirname(server.log_path), "synthetic.jsonl")
-    synth.write_synthetic(samples, path)
-    back = synth.read_synthetic(path)
+    synthetic.write_synthetic(samples, path)
+    back = synthetic.read_synthetic(path)
     assert [(s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in back] == [
         (s.id, s.tokens, [(e.start, e.end, e.type) for e in s.entities]) for s in samples
     ]

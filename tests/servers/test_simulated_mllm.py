@@ -19,6 +19,7 @@ import grounding
 import refinement
 import synth
 import uncertainty
+from app import synthetic
 from app.counts import grounding_counts
 from data import Entity, Sample
 from formats.ccks import read_ccks
@@ -161,11 +162,12 @@ def test_refinement_reasoning_says_what_gold_says_and_which_answers_are_seeded_e
 
 def synthesis(data, sizes, world: list[Sample], accuracy: float, tmp_path: Path) -> tuple[list[Sample], dict]:
     """synth.synthesize on the demo's seeds, with the default filters, against a simulated MLLM whose gold is
-    `world`."""
+    `world`; its traces counted as the application counts them."""
     config = synth.SynthConfig(per_seed=3)
     with SimulatedMLLM(world, sizes, SimConfig(synth_accuracy=accuracy)) as sim:
         client = Client(ClientConfig(base_url=sim.url, cache_path=str(tmp_path / f"{len(world)}-{accuracy}")))
-        return synth.synthesize(data, client, config, synth_filters.filters(data, config))
+        kept, traces = synth.synthesize(data, client, config, synth_filters.filters(data, config))
+    return kept, synthetic.summarize(data.types, traces, config.rejected_examples)
 
 
 def test_synthesis_answers_come_from_the_request_alone(demo, tmp_path):
