@@ -3,7 +3,8 @@
 cli.py: the flags (one Settings object, a part per stage); run.py: `python refineg.py`, which reads the
 inputs, calls refineg.pipeline and writes and prints each stage's result as it ends; inputs.py: reading and
 checking every dataset flag; rundir.py: the run directory, each stage's time, client, counts and files, and
-resume; report.py: the summary and the --viz pictures; page.py: trace.jsonl and report.html; suggestion.py:
-the --suggest stage, written into the run (the labelling loop itself is in labelling/); score.py: the
-scorer's command line (`python -m app.score`, eval.evaluate on files). A reader of the method may skip it.
+resume; counts.py: the stages' counts, added up from their traces; report.py: the summary and the --viz
+pictures; page.py: trace.jsonl and report.html; suggestion.py: the --suggest stage, written into the run
+(the labelling loop itself is in labelling/); score.py: the scorer's command line (`python -m app.score`,
+eval.evaluate on files). A reader of the method may skip it.
 """

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import grounding
 import llm
-import refinement
 import synth
 import tagger
 from app import page, serving
 from app.cli import Settings, parse_settings
+from app.counts import refinement_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
 from app.report import draw, grounding_line, image_lines, mllm_line, refinement_line, summary_text
 from app.rundir import PREVIOUS, Run, atomic, fingerprint, read_stamp, remove, served_model, write_json
@@ -162,7 +162,7 @@ class RunHooks:
             for sid, t in r.refinement.items():
                 if t.image_error:
                     print(f"refinement: sample {sid}: {t.image_error}; text-only call")
-            self.run.notes["refinement"] = {"tau": r.tau, **refinement.counts(r.refinement)}
+            self.run.notes["refinement"] = {"tau": r.tau, **refinement_counts(r.refinement)}
             self.run.traces["refinement"] = r.refinement
             print(refinement_line(self.run.notes["refinement"]))
             self.run.metrics.update({k: v for k, v in r.scores.items() if k == "refinement"})
