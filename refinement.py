@@ -17,6 +17,7 @@ leaks in there); one image per call (not four).
 
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import partial
 
 import numpy as np
 
@@ -340,7 +341,7 @@ def refine(
     config = config or RefinementConfig()
     asked = [i for i, s in enumerate(samples) if delegated(s) or missed(s, tags, config)]
     image_errors: dict[str, str] = {}  # sample id -> why its image cannot be used
-    jobs = [request_builder(samples[i], dataset, config, image_errors) for i in asked]
+    jobs = [partial(request_with_image, samples[i], dataset, config, image_errors) for i in asked]
     replies = dict(zip(asked, client.map_chat(jobs, desc="refine") if jobs else []))
     out, traces = [], {}
     for i, s in enumerate(samples):
@@ -362,17 +363,13 @@ def missed(sample: Sample, tags: list[str] | None, config: RefinementConfig) -> 
     return config.allow_add and tags is not None and missed_entity_score(sample, tags) > config.missed_tau
 
 
-def request_builder(sample: Sample, dataset: Dataset, config: RefinementConfig, errors: dict[str, str]):
-    """A function that builds one request in map_chat's workers, so only the requests in flight hold their
-    base64 image; an unreadable image (noted in `errors`) makes a text-only call."""
-
-    def build() -> dict:
-        image = None
-        if sample.image:
-            try:
-                image = image_part(sample.image, config.max_side)[0]
-            except ImageError as err:
-                errors[sample.id] = str(err)
-        return build_request(sample, dataset, config, image)
-
-    return build
+def request_with_image(sample: Sample, dataset: Dataset, config: RefinementConfig, errors: dict) -> dict:
+    """One routed sample's request with its image, built in map_chat's workers so that only the requests in
+    flight hold their base64 image; an unreadable image (noted in `errors`) makes a text-only call."""
+    image = None
+    if sample.image:
+        try:
+            image = image_part(sample.image, config.max_side)[0]
+        except ImageError as err:
+            errors[sample.id] = str(err)
+    return build_request(sample, dataset, config, image)
