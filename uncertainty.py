@@ -57,8 +57,7 @@ def entity_uncertainty(marginals: np.ndarray, tags: list[str], e: Entity) -> tup
     Span: 1 - the mean, over the span's tokens, of the probability of the predicted ROLE
     (B/I/E/S summed over types), plus one position after the span whose predicted role is
     "does not continue" (in BIO a too-short entity is invisible inside its own span).
-    Type: 1 - the mean over the span's tokens of the probability mass of the predicted type.
-    """
+    Type: 1 - the mean over the span's tokens of the probability mass of the predicted type."""
     scheme = scheme_of(tags)
     n = e.end - e.start
     predicted = spans_to_tags(n, [Entity(0, n, e.type)], scheme)
@@ -85,11 +84,11 @@ def span_entropy(marginals: np.ndarray, e: Entity) -> float:
 
 
 def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig | None = None) -> None:
-    """Set every predicted entity's `uncertainty` in [0, 1] from `sample.marginals`. marginal: max(span,
-    type uncertainty): an entity is wrong when its span OR its type is wrong, and the max flags either doubt
-    at full strength where a mean would let a sure span hide an unsure type (the MLLM's two corrections).
-    mc_dropout: the marginals are averaged over T dropout passes (tagger.predict(..., mc_passes=T)), and the
-    uncertainty is their normalised entropy over the span."""
+    """Set every predicted entity's `uncertainty` in [0, 1] from `sample.marginals`, by `config.method`.
+    marginal: max(span, type uncertainty); an entity is wrong when its span OR its type is wrong, and the
+    max flags either doubt at full strength where a mean would let a sure span hide an unsure type.
+    mc_dropout: the normalised entropy over the span of marginals averaged over T dropout passes (the
+    caller ran tagger.predict(..., mc_passes=T))."""
     config = config or UncertaintyConfig()
     for s in samples:
         if not s.entities:
@@ -143,11 +142,9 @@ def tau_for(desc: list[float], k: int) -> float:
 
 
 def route(samples: list[Sample], tau: float) -> None:
-    """Mark every predicted entity `delegated` (uncertainty strictly above tau) or not, in place.
-
-    The one place the routing is decided: refinement, the counts and the run's page read the mark.
-    [0.9, 0.2] with tau 0.5 -> delegated [True, False].
-    """
+    """Mark every predicted entity `delegated` (uncertainty strictly above tau) or not, in place: the one
+    place the routing is decided (refinement, the counts and the run's page read the mark).
+    [0.9, 0.2] with tau 0.5 -> delegated [True, False]."""
     uncertainties(samples)
     for s in samples:
         for e in s.entities:
