@@ -336,8 +336,8 @@ def refine(
     tags: list[str] | None = None,
 ) -> tuple[list[Sample], dict[str, RefinementTrace]]:
     """Send the entities `uncertainty.route` marked delegated to the MLLM, one call per sample (an entity
-    never routed is an error); return the refined samples and a RefinementTrace per sample id. `tags` (the
-    tagger's) sends samples by their missed-entity score too, with `config.allow_add` only."""
+    never routed is an error); return the refined samples and a RefinementTrace per sample id. With
+    `config.allow_add`, `tags` (the tagger's tag names) also sends samples by their missed-entity score."""
     config = config or RefinementConfig()
     asked = [i for i, s in enumerate(samples) if delegated(s) or missed(s, tags, config)]
     image_errors: dict[str, str] = {}  # sample id -> why its image cannot be used

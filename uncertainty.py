@@ -85,10 +85,10 @@ def span_entropy(marginals: np.ndarray, e: Entity) -> float:
 
 def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig | None = None) -> None:
     """Set every predicted entity's `uncertainty` in [0, 1] from `sample.marginals`, by `config.method`.
-    marginal: max(span, type uncertainty); an entity is wrong when its span OR its type is wrong, and the
-    max flags either doubt at full strength where a mean would let a sure span hide an unsure type.
-    mc_dropout: the normalised entropy over the span of marginals averaged over T dropout passes (the
-    caller ran tagger.predict(..., mc_passes=T))."""
+    marginal: max(span, type uncertainty), the two corrections the MLLM can make; an entity is wrong when
+    its span OR its type is wrong, and the max flags either doubt at full strength where a mean would let
+    a sure span hide an unsure type. mc_dropout: the normalised entropy over the span of marginals averaged
+    over T dropout passes (the caller ran tagger.predict(..., mc_passes=T))."""
     config = config or UncertaintyConfig()
     for s in samples:
         if not s.entities:
@@ -105,8 +105,7 @@ def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig |
 
 
 def missed_entity_score(sample: Sample, tags: list[str]) -> float:
-    """max over tokens outside every predicted entity of 1 - P(O): how likely the tagger missed one
-    (0 when no token is outside an entity)."""
+    """max over tokens outside every entity of 1 - P(O) (0 if none): how likely the tagger missed one."""
     outside = np.ones(len(sample.tokens), dtype=bool)
     for e in sample.entities:
         outside[e.start : e.end] = False
