@@ -12,16 +12,13 @@ Then the three tasks are scored (eval.py) when gold is given.
 
 `pipeline` takes data and returns data: it reads no file, writes none and prints nothing. What happens
 around each stage is the caller's (`Hooks`): the application (app/run.py) times it, reuses what an earlier
-run trained with the same settings and inputs, and writes and prints each stage's result as it ends, so
-that an interrupted run keeps its finished stages. In Python:
+run trained, and writes and prints each stage's result as it ends. In Python:
 
     result = refineg.pipeline(Inputs(labelled, test, gold), settings, {"refinement": client})
 
 On the command line, the application reads the flags' files, calls it, then writes and prints the result:
 
-    python refineg.py --data examples/demo                       # supervised path, no server
-    python refineg.py --data DIR --llm-url http://127.0.0.1:8000/v1 --llm-model Qwen/Qwen2.5-VL-7B-Instruct \\
-        --ground-box-format abs
+    python refineg.py --data examples/demo      # supervised path, no server (README.md: with an MLLM)
 
 Left out on purpose: multi-GPU training, a web UI.
 """
@@ -73,16 +70,12 @@ class Result:
     tagged: list[Sample] = field(default_factory=list)  # its predictions, each entity's uncertainty and route
     tau: float = 1.0  # the threshold that routed them
     tau_how: str = ""  # how tau was chosen
-    refined: list[Sample] = field(
-        default_factory=list
-    )  # after refinement (the tagged ones when it did not run)
+    refined: list[Sample] = field(default_factory=list)  # after refinement (`tagged` when it did not run)
     refinement: dict[str, RefinementTrace] | None = None  # its trace per sample id (None: it did not run)
     demo_pool: demos.Pool | None = None  # the labelled samples worked examples are chosen from, embedded
     examples: list[list[WorkedExample]] = field(default_factory=list)  # those chosen for each refined sample
     final: list[Sample] = field(default_factory=list)  # after grounding: entities with boxes
-    grounding: dict[str, GroundingTrace] | None = (
-        None  # grounding's trace per sample id (None: it did not run)
-    )
+    grounding: dict[str, GroundingTrace] | None = None  # its trace per sample id (None: it did not run)
     scores: dict[str, dict] = field(default_factory=dict)  # "tagger", "refinement": MNER; "final": all tasks
 
 

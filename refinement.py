@@ -1,26 +1,23 @@
 """Refinement Stage of ReFineG: the tagger keeps what it is sure of, the MLLM judges the rest.
 
-The entities uncertainty.py marked delegated (uncertainty above tau) go, with the image and the text,
-to a multimodal LLM that keeps, re-spans, re-types or rejects each of them. Confident entities are never
-touched, so the MLLM's own notion of "entity", which differs from the dataset's annotation guidelines
-(the paper's "domain knowledge conflict", synth.py), cannot overwrite them, and only samples with an
-uncertain entity cost a call (the authors' released code sends every sample with an entity, with four
-images each). A failed call keeps the tagger's entities of its sample (counted).
+The entities uncertainty.route marked delegated go, with the image and the text, to a multimodal LLM that
+keeps, re-spans, re-types or rejects each of them. Confident entities are never touched, so the MLLM's own
+notion of "entity" (the paper's "domain knowledge conflict", synth.py) cannot overwrite them, and only
+samples with an uncertain entity cost a call (the authors' released code sends every sample with an
+entity, with four images each). A failed call keeps the tagger's entities of its sample.
 
-Inputs: predicted Samples routed by uncertainty.route (each entity's `delegated` set), the Dataset
-(types and their descriptions) and an llm.Client. Outputs: new Samples whose entities say where they
-came from (`source` = "tagger" | "mllm") and a `RefinementTrace` per sample id (the call's outcome,
-each delegated entity's decision, the added ones, the reasoning); `counts` adds the traces up.
+Inputs: routed Samples, the Dataset (types and their descriptions) and an llm.Chat. Outputs: new Samples
+whose entities say where they came from (`source` "tagger" | "mllm"), and a RefinementTrace per sample id.
 
     python -m pytest -q tests/method/test_refinement.py     # the stage against a scripted fake MLLM
 
-Left out on purpose: adding missed entities is off by default (`allow_add`: adding is where the
-MLLM's notion of "entity" leaks in, the domain knowledge conflict); one image per call (not four).
+Left out on purpose: adding missed entities is off by default (`allow_add`: the MLLM's notion of "entity"
+leaks in there); one image per call (not four).
 """
 
-from collections import Counter
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import partial
 
 import numpy as np
 
@@ -31,7 +28,7 @@ from uncertainty import delegated, missed_entity_score
 
 
 class Call(str, Enum):
-    """What came of one sample's refinement call (its value is a key of `counts`)."""
+    """What came of one sample's refinement call (its value is a key of the run's counts)."""
 
     NOT_ASKED = "not_asked"  # no delegated entity (and no missed-entity score over missed_tau): no call
     ANSWERED = "answered"
@@ -40,8 +37,8 @@ class Call(str, Enum):
 
 
 class Outcome(str, Enum):
-    """What became of one delegated entity (trace.jsonl's "decision", a key of `counts`): its decision
-    applied (the first four, the answer's actions), or the tagger's prediction kept by fallback (the rest)."""
+    """What became of one delegated entity (trace.jsonl's "decision", a key of the run's counts): its
+    decision applied (the first four, the answer's actions), or the tagger's prediction kept by fallback."""
 
     KEEP = "keep"
     CHANGE_SPAN = "change_span"
@@ -56,7 +53,7 @@ class Outcome(str, Enum):
 
 
 class Ignored(str, Enum):
-    """A part of an answer that was not used (a key of `counts`)."""
+    """A part of an answer that was not used (a key of the run's counts)."""
 
     UNKNOWN_ENTITY = "unknown_entity"  # a decision whose id names no entity to check
     DUPLICATE_DECISION = "duplicate_decision"  # a second decision for one entity: the first counts
@@ -106,7 +103,7 @@ class Decision:
 
 @dataclass
 class RefinementTrace:
-    """What refinement did for one sample; `refine` returns one per sample id, `counts` adds them up."""
+    """What refinement did for one sample; `refine` returns one per sample id."""
 
     call: Call
     entities: int  # the tagger's entities in the sample
@@ -157,30 +154,26 @@ def prompt(sample: Sample, dataset: Dataset, allow_add: bool, image: bool) -> st
 
 def answer_schema(n: int, types: list[str], config: RefinementConfig) -> dict:
     """A reasoning string and exactly one decision per entity to check (bounded: a broken model stops)."""
-    decision = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["id", "action", "span", "type"],
-        "properties": {
+    decision = closed(
+        {
             "id": {"type": "integer", "minimum": 1, "maximum": max(n, 1)},
             "action": {"type": "string", "enum": ACTIONS},
             "span": {"type": "string", "maxLength": 200},
             "type": {"type": "string", "enum": list(types)},
-        },
-    }
+        }
+    )
     props = {
         "reasoning": {"type": "string", "maxLength": config.max_reasoning},
         "decisions": {"type": "array", "items": decision, "minItems": n, "maxItems": n},
     }
     if config.allow_add:
-        added = {k: v for k, v in decision["properties"].items() if k in ("span", "type")}
-        item = {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["span", "type"],
-            "properties": added,
-        }
-        props["added"] = {"type": "array", "maxItems": 5, "items": item}
+        added = closed({k: decision["properties"][k] for k in ("span", "type")})
+        props["added"] = {"type": "array", "maxItems": 5, "items": added}
+    return closed(props)
+
+
+def closed(props: dict) -> dict:
+    """A JSON-schema object of exactly these properties, each required."""
     return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
 
 
@@ -199,13 +192,9 @@ def build_request(sample: Sample, dataset: Dataset, config: RefinementConfig, im
 def merge(
     sample: Sample, answer: object, types: list[str], allow_add: bool = False
 ) -> tuple[Sample, RefinementTrace]:
-    """Apply one answer (parsed JSON, or the call's LLMError) to a routed sample, and trace it.
-
-    Each delegated entity's decision is applied on its own (`decide`), so are the additions (allow_add
-    only); then `resolve` settles overlaps once. Confident entities are untouched. A delegated entity
-    whose decision is missing or invalid keeps the tagger's prediction (source "tagger"); a changed or
-    added one gets source "mllm".
-    """
+    """Apply one answer (parsed JSON, or the call's LLMError) to a routed sample, and trace it: each
+    decision on its own (`decide`), so the additions; then `resolve` settles overlaps once. A missing or
+    invalid decision keeps the tagger's entity (source "tagger"); a changed or added one gets "mllm"."""
     call, failed = status(answer)
     answered = answer if call is Call.ANSWERED else {"decisions": []}
     asked = delegated(sample)
@@ -217,9 +206,8 @@ def merge(
     final = sure + [d.result for d in made if d.result is not None] + added
     reasoning = answered.get("reasoning")
     reasoning = reasoning if isinstance(reasoning, str) else ""
-    trace = RefinementTrace(
-        call, len(sample.entities), made, added, ignored + refused + lost, reasoning, failed
-    )
+    unused = ignored + refused + lost
+    trace = RefinementTrace(call, len(sample.entities), made, added, unused, reasoning, failed)
     return replace(sample, entities=sorted(final, key=lambda e: e.start)), trace
 
 
@@ -233,11 +221,8 @@ def status(answer: object) -> tuple[Call, str]:
 
 
 def decisions(given: list, n: int) -> tuple[dict[int, dict], list[Ignored]]:
-    """{entity number 1..n: its first decision} of an answer's decisions, and the ones ignored.
-
-    The schema (llm.Client enforces it) already guarantees these shapes; the checks guard direct
-    callers. Not guaranteed by any schema: distinct ids and spans that are in the text.
-    """
+    """{entity number 1..n: its first decision} of an answer's decisions, and the ones ignored. The schema
+    guarantees these shapes (the checks guard direct callers), but not distinct ids or spans in the text."""
     decided, ignored = {}, []
     for d in given:
         i = d.get("id") if isinstance(d, dict) else None
@@ -309,11 +294,9 @@ def resolve(
     rejected holds its tagger span; then the new spans are placed in the order given (re-spans in the
     order asked, then additions), each only on tokens no other entity holds. A placed re-span gives up its
     tagger span; a refused one keeps its tagger entity (invalid_overlaps_other); an addition goes to the
-    first free occurrence of its name, or is dropped (invalid_added_overlaps_other).
-
-    "Two Leopard 2 tanks": "Leopard" delegated and re-spanned to "Leopard 2" is refused while "2" holds
-    its token (sure, or delegated and not rejected), and placed when "2" is rejected.
-    """
+    first free occurrence of its name, or is dropped (invalid_added_overlaps_other). "Two Leopard 2 tanks":
+    "Leopard" delegated and re-spanned to "Leopard 2" is refused while "2" holds its token (sure, or
+    delegated and not rejected), and placed when "2" is rejected."""
     nobody, fixed = -1, -2  # holders that are no decision: no one; a sure entity or a placed addition
     holder = np.full(len(sample.tokens), nobody)  # who holds each token: nobody, fixed, or decision i
     for e in sample.entities:
@@ -352,17 +335,13 @@ def refine(
     config: RefinementConfig | None = None,
     tags: list[str] | None = None,
 ) -> tuple[list[Sample], dict[str, RefinementTrace]]:
-    """Send the entities marked `delegated` to the MLLM, one call per sample. The samples come routed:
-    `uncertainty.route(samples, tau)` first; an entity never routed (`delegated` None) is an error.
-
-    Returns the refined samples and a RefinementTrace per sample id (`counts` adds them up). `tags` (the
-    tagger's tag names) is needed only to send whole samples by their missed-entity score, which happens
-    only with `config.allow_add`.
-    """
+    """Send the entities `uncertainty.route` marked delegated to the MLLM, one call per sample (an entity
+    never routed is an error); return the refined samples and a RefinementTrace per sample id. With
+    `config.allow_add`, `tags` (the tagger's tag names) also sends samples by their missed-entity score."""
     config = config or RefinementConfig()
     asked = [i for i, s in enumerate(samples) if delegated(s) or missed(s, tags, config)]
     image_errors: dict[str, str] = {}  # sample id -> why its image cannot be used
-    jobs = [request_builder(samples[i], dataset, config, image_errors) for i in asked]
+    jobs = [partial(request_with_image, samples[i], dataset, config, image_errors) for i in asked]
     replies = dict(zip(asked, client.map_chat(jobs, desc="refine") if jobs else []))
     out, traces = [], {}
     for i, s in enumerate(samples):
@@ -384,42 +363,13 @@ def missed(sample: Sample, tags: list[str] | None, config: RefinementConfig) -> 
     return config.allow_add and tags is not None and missed_entity_score(sample, tags) > config.missed_tau
 
 
-def request_builder(sample: Sample, dataset: Dataset, config: RefinementConfig, errors: dict[str, str]):
-    """A function that builds one request in map_chat's workers, so only the requests in flight hold their
-    base64 image; an unreadable image (noted in `errors`) makes a text-only call."""
-
-    def build() -> dict:
-        image = None
-        if sample.image:
-            try:
-                image = image_part(sample.image, config.max_side)[0]
-            except ImageError as err:
-                errors[sample.id] = str(err)
-        return build_request(sample, dataset, config, image)
-
-    return build
-
-
-def counts(traces: dict[str, RefinementTrace]) -> dict[str, int | float]:
-    """The stage's numbers, from its traces alone: the summary prints them, metrics.json keeps them. Every
-    key is always there, 0 included, so reading one that is not (renamed, misspelt) fails instead of
-    reading 0. Besides the totals: one key per Call, Outcome and Ignored value; kept_by_fallback (the
-    Outcomes that are no action); added."""
-    ts = list(traces.values())
-    asked = [t for t in ts if t.call is not Call.NOT_ASKED]
-    decided = [d.outcome for t in ts for d in t.decisions]
-    tally = Counter([t.call for t in ts] + decided + [x for t in ts for x in t.ignored])
-    return {
-        "samples": len(ts),
-        "entities": sum(t.entities for t in ts),
-        "delegated": len(decided),
-        "calls": len(asked),
-        "calls_per_sample": len(asked) / max(len(ts), 1),
-        "authors_calls": sum(1 for t in ts if t.entities),
-        "missed_routed": sum(1 for t in asked if not t.decisions),
-        "image_errors": sum(1 for t in asked if t.image_error),
-        "text_only_calls": sum(1 for t in asked if t.text_only),
-        **{o.value: tally[o] for o in [*Call, *Outcome, *Ignored]},
-        "kept_by_fallback": sum(1 for o in decided if o.value not in ACTIONS),
-        "added": sum(len(t.added) for t in ts),
-    }
+def request_with_image(sample: Sample, dataset: Dataset, config: RefinementConfig, errors: dict) -> dict:
+    """One routed sample's request with its image, built in map_chat's workers so that only the requests in
+    flight hold their base64 image; an unreadable image (noted in `errors`) makes a text-only call."""
+    image = None
+    if sample.image:
+        try:
+            image = image_part(sample.image, config.max_side)[0]
+        except ImageError as err:
+            errors[sample.id] = str(err)
+    return build_request(sample, dataset, config, image)

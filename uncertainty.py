@@ -1,14 +1,12 @@
 """How unsure the tagger is: entity uncertainty from CRF marginals, the threshold tau, and routing.
 
-The first half of ReFineG's Refinement Stage. The tagger (tagger.py) predicts entities with the CRF
-marginals P(tag_t = k | text); from them every predicted entity gets an uncertainty in [0, 1]
-(`Entity.uncertainty`, higher = less sure). The entities above a threshold tau are marked once
-(`Entity.delegated`, `route`) and go to the MLLM (refinement.py); self-training (selftrain.py)
-learns only from sentences whose entities are all sure; `missed_entity_score` says how likely the
-tagger missed an entity outside its predictions.
+The first half of ReFineG's Refinement Stage. From the tagger's CRF marginals P(tag_t = k | text) every
+predicted entity gets an uncertainty in [0, 1] (higher = less sure); those above a threshold tau are
+marked once (`route`) and go to the MLLM (refinement.py); self-training (selftrain.py) learns only from
+sentences whose entities are all sure.
 
-Inputs: predicted Samples (Viterbi entities, `.marginals` (T, K) in `tags` order). Outputs: the
-uncertainty of every entity and whether it is delegated (both set in place), and the threshold.
+Inputs: predicted Samples (Viterbi entities, `.marginals` (T, K) in `tags` order). Outputs: each entity's
+`uncertainty` and `delegated` (set in place), and the threshold.
 
     python -m bench uncertainty     # AUROC and risk-coverage of the uncertainty, CCKS + Twitter-GMNER
 
@@ -37,21 +35,15 @@ class UncertaintyConfig:
     mc_passes: int = setting(10, "dropout passes T for mc_dropout")
 
     def __post_init__(self):
+        rate_ok = self.target_rate is not None and 0 <= self.target_rate <= 1 or self.tau is not None
+        passes_ok = self.method != "mc_dropout" or self.mc_passes >= 1
         require_valid(
             self,
             [
                 ("method", self.method in METHODS, " or ".join(METHODS)),
                 ("tau", self.tau is None or self.tau >= 0, "none or an uncertainty >= 0"),
-                (
-                    "target_rate",
-                    self.target_rate is not None and 0 <= self.target_rate <= 1 or self.tau is not None,
-                    "a share in [0, 1] (none only together with a fixed `tau`)",
-                ),
-                (
-                    "mc_passes",
-                    self.method != "mc_dropout" or self.mc_passes >= 1,
-                    "at least 1 with mc_dropout",
-                ),
+                ("target_rate", rate_ok, "a share in [0, 1] (none only together with a fixed `tau`)"),
+                ("mc_passes", passes_ok, "at least 1 with mc_dropout"),
             ],
         )
 
@@ -65,8 +57,7 @@ def entity_uncertainty(marginals: np.ndarray, tags: list[str], e: Entity) -> tup
     Span: 1 - the mean, over the span's tokens, of the probability of the predicted ROLE
     (B/I/E/S summed over types), plus one position after the span whose predicted role is
     "does not continue" (in BIO a too-short entity is invisible inside its own span).
-    Type: 1 - the mean over the span's tokens of the probability mass of the predicted type.
-    """
+    Type: 1 - the mean over the span's tokens of the probability mass of the predicted type."""
     scheme = scheme_of(tags)
     n = e.end - e.start
     predicted = spans_to_tags(n, [Entity(0, n, e.type)], scheme)
@@ -93,23 +84,19 @@ def span_entropy(marginals: np.ndarray, e: Entity) -> float:
 
 
 def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig | None = None) -> None:
-    """Set every predicted entity's `uncertainty` in [0, 1] from `sample.marginals`.
-
-    marginal: max(span, type uncertainty). An entity is wrong when its span is wrong OR its
-    type is wrong; the max flags either doubt at full strength, where a mean would let a sure
-    span hide an unsure type; the two doubts are also the two corrections the MLLM can make.
-    mc_dropout: the caller ran tagger.predict(..., mc_passes=T), so the marginals are averaged
-    over T dropout passes; the uncertainty is their normalised entropy over the span.
-    """
+    """Set every predicted entity's `uncertainty` in [0, 1] from `sample.marginals`, by `config.method`.
+    marginal: max(span, type uncertainty), the two corrections the MLLM can make; an entity is wrong when
+    its span OR its type is wrong, and the max flags either doubt at full strength where a mean would let
+    a sure span hide an unsure type. mc_dropout: the normalised entropy over the span of marginals averaged
+    over T dropout passes (the caller ran tagger.predict(..., mc_passes=T))."""
     config = config or UncertaintyConfig()
     for s in samples:
         if not s.entities:
             continue
-        if s.marginals is None or s.marginals.shape != (len(s.tokens), len(tags)):
+        want = (len(s.tokens), len(tags))
+        if s.marginals is None or s.marginals.shape != want:
             got = None if s.marginals is None else s.marginals.shape
-            raise ValueError(
-                f"sample {s.id}: expected marginals of shape {(len(s.tokens), len(tags))}, got {got}"
-            )
+            raise ValueError(f"sample {s.id}: expected marginals of shape {want}, got {got}")
         for e in s.entities:
             if config.method == "marginal":
                 e.uncertainty = max(entity_uncertainty(s.marginals, tags, e))
@@ -118,20 +105,13 @@ def estimate(samples: list[Sample], tags: list[str], config: UncertaintyConfig |
 
 
 def missed_entity_score(sample: Sample, tags: list[str]) -> float:
-    """max over tokens outside every predicted entity of 1 - P(O): how likely the tagger missed one."""
-    return missed_entity(sample, tags)[0]
-
-
-def missed_entity(sample: Sample, tags: list[str]) -> tuple[float, int | None]:
-    """The missed-entity score and the token it comes from (None when no token is outside an entity)."""
+    """max over tokens outside every entity of 1 - P(O) (0 if none): how likely the tagger missed one."""
     outside = np.ones(len(sample.tokens), dtype=bool)
     for e in sample.entities:
         outside[e.start : e.end] = False
     if sample.marginals is None or not outside.any():
-        return 0.0, None
-    not_o = np.where(outside, 1.0 - sample.marginals[:, tags.index("O")], -1.0)
-    t = int(not_o.argmax())
-    return float(not_o[t]), t
+        return 0.0
+    return float((1.0 - sample.marginals[outside, tags.index("O")]).max())
 
 
 # ---------------------------------------------------------------- threshold and routing
@@ -161,11 +141,9 @@ def tau_for(desc: list[float], k: int) -> float:
 
 
 def route(samples: list[Sample], tau: float) -> None:
-    """Mark every predicted entity `delegated` (uncertainty strictly above tau) or not, in place.
-
-    The one place the routing is decided: refinement, the counts and the run's page read the mark.
-    [0.9, 0.2] with tau 0.5 -> delegated [True, False].
-    """
+    """Mark every predicted entity `delegated` (uncertainty strictly above tau) or not, in place: the one
+    place the routing is decided (refinement, the counts and the run's page read the mark).
+    [0.9, 0.2] with tau 0.5 -> delegated [True, False]."""
     uncertainties(samples)
     for s in samples:
         for e in s.entities:

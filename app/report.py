@@ -95,8 +95,8 @@ def mllm_line(mllm: dict, url: str) -> str:
 
 
 def refinement_line(notes: dict) -> str:
-    """What the refinement stage did, in one line, from refinement.counts (and tau): every key is read by
-    indexing, so one that counts no longer gives is a KeyError here, never a silent 0."""
+    """What the refinement stage did, in one line, from counts.refinement_counts (and tau): every key is
+    read by indexing, so one that counts no longer gives is a KeyError here, never a silent 0."""
     n = notes
     keep, change_type, change_span = n[Outcome.KEEP], n[Outcome.CHANGE_TYPE], n[Outcome.CHANGE_SPAN]
     line = (

@@ -23,11 +23,10 @@ from functools import partial
 from pathlib import Path
 
 import llm
-import refinement
 import tagger
 from app import one_line_warnings, page, serving, store, synthetic
 from app.cli import Settings, parse_settings
-from app.counts import grounding_counts
+from app.counts import grounding_counts, refinement_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
 from app.report import (
     draw,
@@ -187,7 +186,7 @@ class RunHooks:
             for sid, t in r.refinement.items():
                 if t.image_error:
                     print(f"refinement: sample {sid}: {t.image_error}; text-only call")
-            self.run.notes["refinement"] = {"tau": r.tau, **refinement.counts(r.refinement)}
+            self.run.notes["refinement"] = {"tau": r.tau, **refinement_counts(r.refinement)}
             self.run.traces["refinement"] = r.refinement
             print(refinement_line(self.run.notes["refinement"]))
             self.run.metrics.update({k: v for k, v in r.scores.items() if k == "refinement"})

@@ -82,7 +82,7 @@ def bench_gmner(args) -> None:
     import refinement
     import tagger
     import uncertainty
-    from app.counts import grounding_counts
+    from app.counts import grounding_counts, refinement_counts
     from bench import TWITTER, have
     from bench.uncertainty import _unc_tagger
     from demos import DemoConfig, choose, embed_pool
@@ -152,7 +152,7 @@ def bench_gmner(args) -> None:
                 tau, _ = uncertainty.choose_threshold(pred, cfg)
                 uncertainty.route(pred, tau)
                 out, traces = refinement.refine(pred, test_data, c)
-            summary = refinement.counts(traces)
+            summary = refinement_counts(traces)
             assert not summary["failed_call"], summary
             row(name, f"{a:g}", out, c.usage.as_dict())
     best = ceiling(test, pred)

@@ -152,8 +152,8 @@ def score_pool(
 
 def doubt(pred: Sample, tags: list[str], strategy: str) -> tuple[float, str]:
     """A sample's doubt score under `strategy`, and the entity or token behind it."""
-    missed, t = uncertainty.missed_entity(pred, tags)
-    token = pred.tokens[t] if t is not None else ""
+    missed = uncertainty.missed_entity_score(pred, tags)
+    token = missed_token(pred, tags)
     if strategy == "missed":
         return missed, f"missed-entity score {missed:.3f} at {token!r}"
     if strategy == "mnlp":
@@ -162,6 +162,16 @@ def doubt(pred: Sample, tags: list[str], strategy: str) -> tuple[float, str]:
     if worst is None or missed > worst.uncertainty:
         return missed, f"missed-entity score {missed:.3f} at {token!r}"
     return worst.uncertainty, f"{pred.name(worst)!r} ({worst.type}) has uncertainty {worst.uncertainty:.3f}"
+
+
+def missed_token(pred: Sample, tags: list[str]) -> str:
+    """The token the missed-entity score comes from: outside every entity, the most likely not O ("" when
+    no token is outside an entity)."""
+    inside = {t for e in pred.entities for t in range(e.start, e.end)}
+    outside = [t for t in range(len(pred.tokens)) if t not in inside]
+    if pred.marginals is None or not outside:
+        return ""
+    return pred.tokens[max(outside, key=lambda t: 1.0 - pred.marginals[t, tags.index("O")])]
 
 
 def mnlp(pred: Sample, tags: list[str]) -> float:

@@ -25,8 +25,8 @@ from PIL import Image
 import data
 import eval as scorer
 import refineg
-import refinement
 from app import page, report
+from app.counts import refinement_counts
 from data import Box, Entity, Sample
 from formats import ccks
 from grounding import GroundingTrace, WorkedExample
@@ -267,12 +267,12 @@ def test_a_large_run_shows_only_the_samples_with_the_most_mistakes(runs, tmp_pat
 
 
 def test_the_refinement_line_reads_each_count_by_its_key():
-    """refinement.counts of one answered call (one entity re-typed, one sure) prints as the line below; the
+    """refinement_counts of one answered call (one entity re-typed, one sure) prints as the line below; the
     line indexes every count it reads, so a key counts no longer gives (renamed, misspelt) is a KeyError,
     never a silent 0."""
     e = Entity(0, 1, "vehicle", delegated=True)
     trace = RefinementTrace(Call.ANSWERED, 2, [Decision(e, Outcome.CHANGE_TYPE, e)], [], [])
-    n = {"tau": 0.5, **refinement.counts({"a": trace})}
+    n = {"tau": 0.5, **refinement_counts({"a": trace})}
     assert report.refinement_line(n) == (
         "refinement: 1 of 2 entities delegated (uncertainty > tau 0.5), checked in 1 calls: 0 kept, "
         "1 changed (1 type, 0 span), 0 rejected"

@@ -13,6 +13,7 @@ from hostile import BAD_IMAGES, write_bad_image
 import llm
 import refinement as ref
 import uncertainty as unc
+from app.counts import refinement_counts
 from crf import tag_names
 from data import Entity, Sample, spans_to_tags
 from formats.ccks import read_ccks
@@ -40,9 +41,9 @@ def merge_case() -> Sample:
 
 
 def merged(s: Sample, answer: object, allow_add: bool = False) -> tuple[Sample, dict, ref.RefinementTrace]:
-    """merge's sample and trace, and the counts of that one trace."""
+    """merge's sample and trace, and the counts of that one trace (app/counts.py)."""
     out, trace = ref.merge(s, answer, TYPES, allow_add)
-    return out, ref.counts({s.id: trace}), trace
+    return out, refinement_counts({s.id: trace}), trace
 
 
 def decision(action="keep", span="Leopard", typ="vehicle", i=1) -> dict:
@@ -216,25 +217,6 @@ def test_overlaps_are_settled_first_come_first_served_whatever_the_order_of_the_
         assert [c[k] for k in counted] == [3, 2, 2, 1, 1]
 
 
-def test_counts_hold_every_outcome_of_the_closed_sets_zero_or_not():
-    """Every value of Call, Outcome and Ignored is a key of counts, distinct (no key counts two things),
-    there with 0 when nothing happened: a reader never falls back on a default for a missing key."""
-    values = [o.value for o in [*ref.Call, *ref.Outcome, *ref.Ignored]]
-    zero = ref.counts({})
-    assert len(set(values)) == len(values) and set(values) <= set(zero)
-    assert not any(zero.values())
-    failed = ref.counts({"x": ref.merge(merge_case(), llm.LLMError("HTTP 500"), TYPES)[1]})
-    one = {
-        "samples": 1,
-        "entities": 2,
-        "delegated": 1,
-        "calls": 1,
-        "calls_per_sample": 1.0,
-        "authors_calls": 1,
-    }
-    assert failed == zero | one | {"failed_call": 1, "missing": 1, "kept_by_fallback": 1}
-
-
 # ---------------------------------------------------------------- end to end with a fake MLLM
 
 
@@ -325,7 +307,7 @@ def test_refine_end_to_end_on_the_demo_data():
         unc.route(preds, 0.3)
         out, traces = ref.refine(preds, data, client)
         bodies = list(srv.requests)
-    counts = ref.counts(traces)
+    counts = refinement_counts(traces)
     assert counts["delegated"] == planted and counts["calls"] == planted >= 20
     # one trace per sample, one decision per delegated entity; the broken answer says why it failed
     asked = {sid: t for sid, t in traces.items() if t.call is not ref.Call.NOT_ASKED}
@@ -373,7 +355,7 @@ def test_unreadable_image_makes_a_counted_text_only_call(kind, tmp_path):
         client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
         unc.route(routed, -1.0)
         out, traces = ref.refine(routed, data, client)
-    counts = ref.counts(traces)
+    counts = refinement_counts(traces)
     assert traces[routed[0].id].image_error and traces[routed[0].id].text_only
     assert counts["image_errors"] == counts["text_only_calls"] == counts["calls"] == len(srv.requests) == 1
     assert "no image for this text" in json.dumps(srv.requests[0]["messages"])
@@ -423,7 +405,7 @@ def test_refine_routes_a_sample_by_its_missed_entity_score_only_with_allow_add()
         with FakeServer(lambda body: reply(answer)) as srv:
             client = llm.Client(llm.ClientConfig(base_url=srv.url, model="fake", max_retries=0))
             out, traces = ref.refine(samples, data, client, config, tags=tags_given)
-        counts = ref.counts(traces)
+        counts = refinement_counts(traces)
         assert counts["calls"] == len(srv.requests) == counts["missed_routed"] == calls
         assert counts["delegated"] == 0
         if calls:

@@ -30,7 +30,7 @@ import refinement
 import synth
 import uncertainty
 from app import inputs, synthetic
-from app.counts import grounding_counts
+from app.counts import grounding_counts, refinement_counts
 from client.structured import validate
 from formats import ccks
 from levers import synth_filters
@@ -142,7 +142,7 @@ def test_refinement_on_demo_predictions(server):
     seen = record(c)
     uncertainty.route(pred, 0.5)
     out, traces = refinement.refine(pred, demo, c, config)
-    counts = refinement.counts(traces)
+    counts = refinement_counts(traces)
     delegated = [[e for e in s.entities if e.uncertainty > 0.5] for s in pred]
     routed = [i for i, d in enumerate(delegated) if d]
     assert [s.id for s in pred if any(e.uncertainty > 0.5 for e in s.entities)] == ["001", "005", "009"]

@@ -20,7 +20,7 @@ import refinement
 import synth
 import uncertainty
 from app import synthetic
-from app.counts import grounding_counts
+from app.counts import grounding_counts, refinement_counts
 from data import Entity, Sample
 from formats.ccks import read_ccks
 from levers import synth_filters
@@ -117,7 +117,7 @@ def test_refinement_right_and_wrong(demo, accuracy):
     with SimulatedMLLM(data.samples, sizes, SimConfig(refine_accuracy=accuracy, seed=3)) as sim:
         uncertainty.route(pred, 0.5)
         out, traces = refinement.refine(pred, data, Client(ClientConfig(base_url=sim.url)))
-    summary = refinement.counts(traces)
+    summary = refinement_counts(traces)
     assert summary["calls"] == sum(1 for s in pred if s.entities) and not summary["failed_call"]
     got = scorer.evaluate(data.samples, out)["mner"]
     overlapped = sum(
