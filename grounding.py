@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from data import Box, Dataset, Entity, Sample, is_number, require_valid, setting, without_spaces
 from images import ImageError, image_part, image_size
-from llm import Chat, LLMError, Reply, text_part
+from llm import Chat, LLMError, Reply, closed, text_part
 
 # Box format -> how the prompt describes it. Qwen2.5-VL's "absolute pixels" are those of its own resize of the
 # image (images.smart_resize: sides multiples of 28); for abs the image is sent at that size already
@@ -206,26 +206,15 @@ def answer_schema(
     # Whole units except for 0-1: llama.cpp's grammar enforces minimum/maximum on integers only, so a
     # "number" lets a model write -3333333333 and pay a re-ask with every image sent again.
     coord = {"type": "number" if fmt == "norm1" else "integer", "minimum": 0, "maximum": top}
-    item = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["entity", "type", "boxes"],
-        "properties": {
+    box = {"type": "array", "minItems": 4, "maxItems": 4, "items": coord}
+    item = closed(
+        {
             "entity": {"type": "string", "enum": list(asked)},
             "type": {"type": "string", "enum": types},
-            "boxes": {
-                "type": "array",
-                "maxItems": max_boxes,
-                "items": {"type": "array", "minItems": 4, "maxItems": 4, "items": coord},
-            },
-        },
-    }
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["entities"],
-        "properties": {"entities": {"type": "array", "maxItems": len(asked), "items": item}},
-    }
+            "boxes": {"type": "array", "maxItems": max_boxes, "items": box},
+        }
+    )
+    return closed({"entities": {"type": "array", "maxItems": len(asked), "items": item}})
 
 
 def parse_answer(

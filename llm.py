@@ -120,6 +120,12 @@ class Chat(Protocol):
     def map_chat(self, jobs: list[Job], desc: str = "") -> list[Answer]: ...
 
 
+def closed(props: dict) -> dict:
+    """A JSON-schema object of exactly these properties, each required: what the stages' answer schemas are
+    built of (`additionalProperties: false` keeps a structured-output server from adding keys)."""
+    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
+
+
 def text_part(text: str) -> dict:
     """A text part of an OpenAI chat message (images.image_part makes the image parts)."""
     return {"type": "text", "text": text}

@@ -23,7 +23,7 @@ import numpy as np
 
 from data import Dataset, Entity, Sample, find_name, require_valid, setting
 from images import ImageError, image_part
-from llm import Chat, LLMError, text_part
+from llm import Chat, LLMError, closed, text_part
 from uncertainty import delegated, missed_entity_score
 
 
@@ -170,11 +170,6 @@ def answer_schema(n: int, types: list[str], config: RefinementConfig) -> dict:
         added = closed({k: decision["properties"][k] for k in ("span", "type")})
         props["added"] = {"type": "array", "maxItems": 5, "items": added}
     return closed(props)
-
-
-def closed(props: dict) -> dict:
-    """A JSON-schema object of exactly these properties, each required."""
-    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
 
 
 def build_request(sample: Sample, dataset: Dataset, config: RefinementConfig, image: dict | None) -> dict:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
 from data import Dataset, Entity, Sample, label_names, require_valid, setting, tokenize, without_spaces
-from llm import Chat, LLMError, Reply
+from llm import Chat, LLMError, Reply, closed
 
 MAX_NAME_CHARS = 100  # schema bound on a declared name; real names are far shorter
 
@@ -96,11 +96,6 @@ def answer_schema(types: list[str], config: SynthConfig) -> dict:
     )
     per_seed = config.per_seed
     return closed({"samples": {"type": "array", "minItems": per_seed, "maxItems": per_seed, "items": sample}})
-
-
-def closed(props: dict) -> dict:
-    """A JSON object schema with exactly these properties, each required."""
-    return {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
 
 
 def system_prompt(data: Dataset, config: SynthConfig) -> str:
