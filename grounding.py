@@ -14,12 +14,12 @@ free-text reasoning, boxes for entities the MLLM invents (ignored and counted).
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
 from typing import NamedTuple
 
-from data import Box, Dataset, Entity, Sample, is_number, require_valid, setting, without_spaces
+from data import Box, Dataset, Sample, is_number, require_valid, setting, without_spaces
 from images import ImageError, image_part, image_size
 from llm import Chat, LLMError, Reply, closed, text_part
 
@@ -368,16 +368,10 @@ def show(path: str, config: GroundingConfig) -> Shown:
 
 
 def with_boxes(sample: Sample, boxes: dict[str, list[Box]], never: set[str]) -> Sample:
-    """A copy of the sample whose entities carry the boxes found for their name (every occurrence alike)."""
+    """A copy of the sample whose entities carry the boxes found for their name (every occurrence alike); the
+    rest of each entity (uncertainty, source, routing) as it was."""
     ents = [
-        Entity(
-            e.start,
-            e.end,
-            e.type,
-            [] if e.type.lower() in never else list(boxes.get(sample.name(e), [])),
-            e.uncertainty,
-            e.source,
-        )
+        replace(e, boxes=[] if e.type.lower() in never else list(boxes.get(sample.name(e), [])))
         for e in sample.entities
     ]
-    return Sample(sample.id, list(sample.tokens), sample.image, ents, sample.marginals)
+    return replace(sample, tokens=list(sample.tokens), entities=ents)

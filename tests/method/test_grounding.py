@@ -101,6 +101,26 @@ def test_from_model_clips_to_the_image_and_rejects_unknown_formats():
         g.to_model(Box(0, 0, 1, 1), (10, 10), (10, 10), "xywh")
 
 
+def test_boxes_attach_by_name_and_the_rest_of_each_entity_stays():
+    """Both occurrences of "USS Nimitz" get its box; a never-grounded type gets none; each entity keeps its
+    uncertainty, source and routing (the summary and trace read the tagger's, a porter may read these)."""
+    s = Sample("s", ["USS", "Nimitz", "near", "Guam", "and", "USS", "Nimitz"], "x.jpg")
+    s.entities = [
+        Entity(0, 2, "vessel", uncertainty=0.7, source="mllm", delegated=True),
+        Entity(3, 4, "location", uncertainty=0.1, source="tagger", delegated=False),
+        Entity(5, 7, "vessel", uncertainty=0.2, source="tagger", delegated=False),
+    ]
+    box = Box(1, 2, 30, 40)
+    out = g.with_boxes(s, {"USS Nimitz": [box], "Guam": [box]}, {"location"})
+    assert [e.boxes for e in out.entities] == [[box], [], [box]]
+    assert [(e.uncertainty, e.source, e.delegated) for e in out.entities] == [
+        (0.7, "mllm", True),
+        (0.1, "tagger", False),
+        (0.2, "tagger", False),
+    ]
+    assert s.entities[0].boxes == [] and out.tokens == s.tokens and out.tokens is not s.tokens
+
+
 # ---------------------------------------------------------------- the grounding call on a fake MLLM
 
 
