@@ -31,8 +31,9 @@ import grounding
 from app.report import TASKS, picture, scope_line
 from app.rundir import atomic, read_json, simulated
 from data import Box, Entity, Sample
+from formats.rules import size_or_none
 from grounding import GroundingTrace
-from images import ImageError, image_size
+from images import ImageError
 from refinement import Call, Outcome, RefinementTrace
 
 THUMB_SIDE = 320  # pixels, the long side of a thumbnail: a 3,000-sample run's report/ stays a few MB
@@ -98,10 +99,8 @@ def record(
 
 
 def size_of(path: str | None) -> list[int] | None:
-    try:
-        return list(image_size(path)) if path else None
-    except ImageError:
-        return None
+    size = size_or_none(path)
+    return list(size) if size else None
 
 
 def refinement_record(s: Sample, t: RefinementTrace) -> dict:

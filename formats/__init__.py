@@ -2,8 +2,7 @@
 
 - `ccks.py`: the CCKS-2025 folder (text.json, entity.json, images/, types.txt).
 - `twitter.py`: Twitter-GMNER (IMGID + CoNLL, Pascal-VOC xml/) and plain two-column CoNLL.
-- `rules.py`: what every layout shares: the gold box policy (`gold_box`) and images found by id.
-- `imagefiles.py`: the readers' look at image files (readable or not, upright size), without decoding.
+- `rules.py`: what every layout shares: the gold box policy (`gold_box`), images found by id and checked.
 Every reader returns a `data.Dataset`; names become spans by the rules in data.py and gold boxes are
 checked by rules.py, so the formats differ only in how they store the same thing. An image file that is not a
 readable image counts as no image (`Dataset.bad_images`, one warning line).
@@ -31,8 +30,7 @@ from typing import NamedTuple
 
 from data import DataError, Dataset
 from formats.ccks import read_ccks
-from formats.imagefiles import image_problem
-from formats.rules import attach_images
+from formats.rules import attach_images, image_problem
 from formats.twitter import read_conll, read_twitter
 
 LAYOUTS = [  # what read_dataset reads with no reader passed in, said when a file is none of it

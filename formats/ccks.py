@@ -30,8 +30,7 @@ from data import (
     tokenize,
     without_spaces,
 )
-from formats.imagefiles import size_or_none
-from formats.rules import find_image, gold_box
+from formats.rules import find_image, gold_box, size_or_none
 
 ID_RE = re.compile(r"\w[\w.-]*")  # a sample id names its image file: no path separators, no leading dot
 CONTROL_HINT = " (a tab or line break inside a string must be written \\t or \\n)"

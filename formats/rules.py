@@ -1,18 +1,23 @@
-"""The reading rules every dataset layout shares: one policy for gold boxes, one way to find an image by id.
+"""The reading rules every dataset layout shares: one policy for gold boxes, one way to find and check images.
 
 `gold_box` checks a box as read (CCKS's JSON, Twitter-GMNER's Pascal-VOC XML) and clips it to its image;
-`find_image` and `attach_images` find `<id>.jpg` (.png, .jpeg) in one or more folders. The readers
-(formats/ccks.py, formats/twitter.py, labelling's Label Studio reader) count and warn what these report.
+`find_image` and `attach_images` find `<id>.jpg` (.png, .jpeg) in one or more folders; `image_problem` and
+`size_or_none` look at an image file (untrusted input) without decoding it. The readers (formats/ccks.py,
+formats/twitter.py, labelling's Label Studio reader) count and warn what these report.
 
     python -m formats examples/demo     # reads a folder with these rules and prints its statistics
 
-Left out on purpose: guessing an image from anything but the sample id.
+Left out on purpose: guessing an image from anything but the sample id; decoding pixels (a truncated JPEG
+passes here; the stage that decodes it counts it).
 """
 
 import math
 from pathlib import Path
 
+from PIL import Image
+
 from data import Box, DataError, Dataset, is_number
+from images import ImageError, image_size
 
 
 def gold_box(bnd: dict, where: str, size: tuple[int, int] | None, text: bool = False) -> tuple[Box, bool]:
@@ -67,3 +72,24 @@ def attach_images(dataset: Dataset, dirs: list[Path]) -> None:
     for s in dataset.samples:
         s.image = find_image(dirs, s.id)
     dataset.missing_images = sum(1 for s in dataset.samples if s.image is None)
+
+
+def image_problem(path: str) -> str:
+    """ "" when the file is an image PIL can read, else why not. Cheap: the header is parsed and
+    `verify` checks the structure without decoding pixels (a truncated JPEG passes, and a stage that
+    decodes it later counts it)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ... by format
+        return f"{type(e).__name__}: {str(e).replace(f' {path!r}', '')}"  # the caller names the file
+    return ""
+
+
+def size_or_none(path: str | None) -> tuple[int, int] | None:
+    """An image's upright (width, height), or None when there is none or it cannot be read: a caller that
+    only clips or converts boxes with it goes without, and the stages count the unreadable image."""
+    try:
+        return image_size(path) if path else None
+    except ImageError:
+        return None

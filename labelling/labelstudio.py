@@ -34,8 +34,7 @@ from xml.sax.saxutils import quoteattr
 from data import Box, DataError, Dataset, Entity, Sample, is_number
 from formats import Reader, accepted, first_line
 from formats.ccks import ID_RE, read_types, types_text
-from formats.imagefiles import size_or_none
-from formats.rules import find_image
+from formats.rules import find_image, size_or_none
 
 SPAN, BOX, CHOICE = "label", "box", "grounding"  # the names of the config's three controls
 NOT_IN_IMAGE = "not in the image"  # the per-entity choice that makes a missing box a decision
