@@ -8,12 +8,4 @@ keeps (OUT/tagger, reused by --tagger); report.py: the summary, the lines the st
 --viz pictures; page.py: trace.jsonl and report.html; suggestion.py: the --suggest stage, written into the run
 (the labelling loop itself is in labelling/); score.py: the scorer's command line (`python -m app.score`,
 eval.evaluate on files). A reader of the method may skip it.
-Here: how the command lines (refineg.py, `python -m app.score`, `python -m formats`) show warnings.
 """
-
-import warnings
-
-
-def one_line_warnings() -> None:
-    """Show warnings as `warning: message` lines, without Python's echo of the source line."""
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import llm
 import tagger
-from app import one_line_warnings, page, serving, store, synthetic
+from app import page, serving, store, synthetic
 from app.cli import Settings, parse_settings
 from app.counts import grounding_counts, refinement_counts
 from app.inputs import describe_inputs, read_inputs, read_pool
@@ -50,7 +50,7 @@ from app.rundir import (
 )
 from app.suggestion import suggestion_stage
 from data import DataError, Dataset, InvalidSettings, Sample
-from formats import ccks, twitter
+from formats import ccks, one_line_warnings, twitter
 
 NOTHING_TO_PREDICT = "nothing to predict (--suggest without --test holds no sample out)"
 REUSED = "reused (same settings and data)"  # how the tagger came about when out/tagger was reused

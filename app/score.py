@@ -18,10 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from app import one_line_warnings
 from data import DataError, Dataset, Sample
 from eval import TASKS, evaluate
-from formats import read_dataset
+from formats import one_line_warnings, read_dataset
 from formats.ccks import read_ccks_predictions
 from labelling.labelstudio import EXPORT
 

@@ -46,6 +46,12 @@ class Reader(NamedTuple):
     read: Callable[[Path, list[str | Path] | None], Dataset | None]  # None: not a file of this layout
 
 
+def one_line_warnings() -> None:
+    """Show the readers' warnings (and any other) as `warning: message` lines, without Python's echo of the
+    source line: what the command lines (refineg.py, `python -m app.score`, `python -m formats`) call."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+
+
 def read_dataset(
     path: str | Path, images: list[str | Path] | None = None, readers: list[Reader] | None = None
 ) -> Dataset:

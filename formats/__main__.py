@@ -4,9 +4,8 @@ JSON export: labelling's reader, as every dataset flag of refineg.py reads it), 
 import json
 import sys
 
-from app import one_line_warnings
 from data import DataError
-from formats import read_dataset, stats
+from formats import one_line_warnings, read_dataset, stats
 from labelling.labelstudio import EXPORT
 
 one_line_warnings()
