@@ -86,7 +86,7 @@ class Hooks:
         """Around each stage (the application times it and names it in an error)."""
         return contextlib.nullcontext()
 
-    def reuse(self, name: str, key: tuple, make: Callable[[], tuple]) -> tuple:
+    def reuse(self, name: str, key: tuple, make: Callable[[], object]) -> object:
         """make(), or what an earlier make() of the same `key` (settings and inputs) returned."""
         return make()
 
@@ -128,7 +128,9 @@ def pipeline(
     hooks.finished("refinement", r)
     with hooks.stage("demo selection"):
         if "grounding" in clients and r.refined:  # the labelled samples, embedded once; k per sample
-            r.demo_pool = demos.embed_pool(labelled.samples, settings.demos)
+            key = (settings.demos, [(s.id, s.image) for s in labelled.samples])
+            embed = partial(demos.embed_pool, labelled.samples, settings.demos)
+            r.demo_pool = hooks.reuse("demo pool", key, embed)
             r.examples = demos.choose(r.refined, r.demo_pool)
     with hooks.stage("grounding"):
         r.final = r.refined

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import demos
 import llm
 import tagger
 from app import page, serving, store, synthetic
@@ -69,13 +70,16 @@ class RunHooks:
         self.trained_on = train  # what a tagger trained here learnt from: the training split + synthetic
         self.how: dict[str, str] = {}  # trained tagger -> how it came about (trained, reused)
         self.synthesized: dict = {}  # synthetic.summary.json's counts, once synthesis ran or was reused
+        self.pools: dict[str, demos.Pool] = {}  # embedded demo pools by key (--suggest-ground: grounding's)
 
     def stage(self, name: str):
         return self.run.stage(name)
 
-    def reuse(self, name: str, key: tuple, make: Callable[[], tuple]) -> tuple:
+    def reuse(self, name: str, key: tuple, make: Callable[[], object]) -> object:
         if name == "synthesis":
             return self.synthesis(fingerprint(*key), make)
+        if name == "demo pool":
+            return self.demo_pool(key, make)
         model, info = self.trained(name, fingerprint(*key), len(key[2]), make)
         if name == "tagger" and self.how[name] == REUSED and key[3] and self.settings.run.suggest:
             info = {**info, "before_pool": self.before_pool(key)}  # what ranks the pool for --suggest
@@ -89,6 +93,13 @@ class RunHooks:
             "before self-training", (dataclasses.replace(key[0], int8=False), *key[1:3], []), make
         )
         return before
+
+    def demo_pool(self, key: tuple, make: Callable[[], object]) -> demos.Pool:
+        """The labelled samples embedded for demo selection, once per run: in memory, for this run only."""
+        done = fingerprint(*key)
+        if done not in self.pools:
+            self.pools[done] = make()
+        return self.pools[done]
 
     def synthesis(self, key: str, make: Callable[[], tuple]) -> tuple:
         """synthetic.jsonl written with the same settings, model and seeds when no call failed (a failed
@@ -156,7 +167,7 @@ class RunHooks:
             if chooser and s.run.suggest:
                 print(f"chooser (ranks the pool, before self-training on it): {chooser}")
             print(f"tagger: {self.tagger_how(r)}")
-        suggestion_stage(self.run, s, self.chooser(r), self.pool, self.labelled)
+        suggestion_stage(self.run, s, self.chooser(r), self.pool, self.labelled, self.demo_pool)
 
     def tagger_how(self, r) -> str:
         how = self.how.get("tagger", REUSED)

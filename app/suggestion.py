@@ -13,6 +13,8 @@ Left out on purpose: sending the project to a Label Studio server (docs/labellin
 """
 
 import dataclasses
+from collections.abc import Callable
+from functools import partial
 
 import demos
 import grounding
@@ -26,10 +28,16 @@ from labelling import labelstudio, suggest
 
 
 def suggestion_stage(
-    run: Run, cfg: Settings, chooser: tagger.Tagger, pool: list[Sample], labelled: Dataset
+    run: Run,
+    cfg: Settings,
+    chooser: tagger.Tagger,
+    pool: list[Sample],
+    labelled: Dataset,
+    demo_pool: Callable[[tuple, Callable[[], demos.Pool]], demos.Pool],
 ) -> None:
     """With --suggest N: the N pool samples to label next, ranked and pre-annotated by `chooser`, in
-    OUT/suggested/."""
+    OUT/suggested/. `demo_pool(key, make)`: the run's embedded worked examples (RunHooks.demo_pool), so
+    --suggest-ground and the grounding stage embed them once."""
     n = cfg.run.suggest
     if not n:
         return
@@ -37,7 +45,7 @@ def suggestion_stage(
         chosen = suggest.suggest(chooser, pool, n, cfg.suggest, progress=cfg.tagger.progress)
         boxes = {c.sample.id: NULL_BOXES for c in chosen}
         if cfg.suggest.ground:
-            chosen, boxes = ground_suggestions(run, cfg, chosen, labelled)
+            chosen, boxes = ground_suggestions(run, cfg, chosen, labelled, demo_pool)
         with atomic(run.out / "suggested") as tmp:
             suggest.write_suggestions(chosen, labelled, tmp)
         with atomic(run.out / "suggested.jsonl") as tmp:
@@ -90,7 +98,7 @@ def who_chose(cfg: Settings, labelled: Dataset) -> str:
 
 
 def ground_suggestions(
-    run: Run, cfg: Settings, chosen: list[suggest.Suggestion], labelled: Dataset
+    run: Run, cfg: Settings, chosen: list[suggest.Suggestion], labelled: Dataset, demo_pool: Callable
 ) -> tuple[list[suggest.Suggestion], dict[str, str]]:
     """--suggest-ground: the MLLM draws the suggestions' boxes after the same worked examples as the
     grounding stage (chosen from every labelled sample); per sample, what its boxes are (from the trace)."""
@@ -101,7 +109,8 @@ def ground_suggestions(
         )
     client = run.client("suggestion grounding")
     queries = [c.sample for c in chosen]
-    examples = demos.choose(queries, demos.embed_pool(labelled.samples, cfg.demos))
+    key = (cfg.demos, [(s.id, s.image) for s in labelled.samples])  # the pipeline's key for the same pool
+    examples = demos.choose(queries, demo_pool(key, partial(demos.embed_pool, labelled.samples, cfg.demos)))
     samples, traces = grounding.ground(queries, examples, labelled, client, cfg.grounding)
     run.notes["suggestion grounding"] = grounding_counts(samples, traces)
     for line in image_lines(traces):

@@ -540,7 +540,8 @@ def suggestion_round(args: list[str], monkeypatch) -> Path:
     labelled = join([read_dataset(p) for p in settings.data], settings.data)
     pool = inputs.read_pool(settings, labelled)
     Path(settings.out).mkdir(parents=True)
-    suggestion.suggestion_stage(Run(Path(settings.out), cfg.llm), cfg, None, pool, labelled)
+    embed = lambda key, make: make()  # noqa: E731 (no pool to share: no grounding stage here)
+    suggestion.suggestion_stage(Run(Path(settings.out), cfg.llm), cfg, None, pool, labelled, embed)
     return Path(settings.out)
 
 

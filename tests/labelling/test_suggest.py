@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import demos
 import formats
 import refineg
 from data import Entity, Sample
@@ -298,6 +299,34 @@ def test_bad_suggest_settings_are_refused_before_anything_runs(capsys):
     err = capsys.readouterr().err
     assert "--unlabelled: expected the pool to suggest from" in err
     assert "--suggest-strategy: expected entity or mnlp or missed or random, got 'loud'" in err
+
+
+def test_suggest_ground_and_the_grounding_stage_embed_the_worked_examples_once(tmp_path, monkeypatch):
+    """With --test, --suggest and --suggest-ground, both the suggestions and the test samples are grounded
+    after worked examples chosen from the same labelled samples: they are embedded once in the run."""
+    from test_pipeline import oracle
+
+    from servers.fake_mllm import FakeServer
+
+    labelled, pool = split_demo(tmp_path)
+    test = tmp_path / "test"
+    shutil.copytree(labelled, test)
+    for folder, keep in ((labelled, slice(0, 16)), (test, slice(16, 20))):
+        for name in ("text.json", "entity.json"):
+            records = json.loads((folder / name).read_text())
+            (folder / name).write_text(json.dumps(dict(sorted(records.items())[keep])))
+    calls = []
+    embed_pool = demos.embed_pool
+    monkeypatch.setattr(demos, "embed_pool", lambda *args: calls.append(args) or embed_pool(*args))
+    args = ["--data", str(labelled), "--test", str(test), "--unlabelled", str(pool), "--suggest", "4"]
+    args += ["--out", str(tmp_path / "run"), "--no-synthesize", "--no-refine", "--suggest-ground", *FAST]
+    with FakeServer(oracle) as srv:
+        assert refineg.main(args + ["--llm-url", srv.url]) == 0
+    usage = json.loads((tmp_path / "run" / "usage.json").read_text())["llm"]
+    assert usage["suggestion grounding"]["calls"] > 0 and usage["grounding"]["calls"] > 0
+    assert len(calls) == 1 and [s.id for s in calls[0][0]] == sorted(
+        json.loads((labelled / "text.json").read_text())
+    )
 
 
 def test_suggest_ground_predraws_the_mllm_boxes_and_counts_its_calls(tmp_path, capsys):
